@@ -1,0 +1,28 @@
+# Two commands set up and test a fresh machine:  `make setup`  then  `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# CUDA machines: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128` (same torch version).
+TORCH_INDEX ?=
+
+.PHONY: setup test test-all lint bench demo clean
+
+setup:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: an unpinned torch pulls ~3 GB of CUDA wheels onto a CPU machine.
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@$(BIN)/silo --version
+
+test:
+	$(BIN)/python -m pytest -q
+
+test-all:
+	$(BIN)/python -m pytest -q -m ''
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
