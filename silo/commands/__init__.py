@@ -1,0 +1,1 @@
+"""One module per `silo` subcommand; each exposes `register(subparsers)`."""
