@@ -1,0 +1,301 @@
+"""PII scrubbing: every record passes through here before training can see it.
+
+Built on presidio-analyzer (detection) and presidio-anonymizer (replacement), offline: Presidio's no-op NLP
+engine, a few of its validated pattern recognizers (cards with Luhn, IBAN, email, IP, URL) and Silo's own
+recognizers (`client/recognizers.py`) for the HIPAA Safe Harbor identifiers and bank identifiers that
+stock Presidio needs an NER model or more context for. A site that has an NER model names it in
+`[scrub] ner_model` and gets it on top.
+
+Fail-closed: a record that cannot be scrubbed (not a mapping, a configured field missing or not text, an
+exception) or that still shows an identifier on a second pass is quarantined and never returned. Only
+`scrub_records` can create `ScrubbedRecords`, so training code can insist on being given scrubbed data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, overload
+
+from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry, RecognizerResult
+from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngineProvider
+from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, IbanRecognizer
+from presidio_anonymizer import AnonymizerEngine
+from presidio_anonymizer.entities import OperatorConfig
+from presidio_anonymizer.entities import RecognizerResult as Detection
+
+from client.recognizers import NamePlaceRecognizer, regex_recognizers
+from common.config_scrub import ScrubConfig, ScrubOperator
+from common.errors import ConfigError, ScrubFailed
+from common.version import CODE_VERSION
+
+# The second pass also flags weaker evidence: a record with a near-threshold guess left in it is quarantined.
+SECOND_PASS_MARGIN = 0.1
+# 16 bytes = 128 bits: below that a pseudonym key could be brute-forced against known names.
+MIN_KEY_BYTES = 16
+# Hex digits of the HMAC in a pseudonym: 8 = 32 bits, collisions negligible within one site's values.
+PSEUDONYM_HEX = 8
+# What a scrubbed placeholder looks like; the second pass must not read these as identifiers.
+_PLACEHOLDER = re.compile(rf"<[A-Z_]+(?:_[0-9a-f]{{{PSEUDONYM_HEX}}})?>")
+# Predefined Presidio entity names mapped onto Silo's vocabulary.
+_NER_LABELS = {
+    "PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "LOCATION": "LOCATION",
+    "FAC": "LOCATION", "DATE": "DATE_TIME",
+}  # fmt: skip
+
+_SEAL = object()  # only scrub_records holds it: the one way to make ScrubbedRecords
+
+
+class ScrubbedRecords(Sequence[Mapping[str, Any]]):
+    """An immutable sequence of scrubbed records (read-only mappings). Only `scrub_records` can make one."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: Iterable[Mapping[str, Any]], *, _seal: object = None) -> None:
+        if _seal is not _SEAL:
+            raise ScrubFailed(
+                "ScrubbedRecords can only be created by client.scrub.scrub_records(); scrub first."
+            )
+        self._records = tuple(MappingProxyType(dict(r)) for r in records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @overload
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Mapping[str, Any], ...]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._records[index]
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        return iter(self._records)
+
+    def __reduce__(self) -> Any:  # no pickling round-trip that skips the seal
+        raise TypeError("ScrubbedRecords cannot be pickled; scrub again where the records are used.")
+
+    def __repr__(self) -> str:
+        return f"ScrubbedRecords({len(self._records)} records)"
+
+
+@dataclass(frozen=True)
+class ScrubResult:
+    records: ScrubbedRecords
+    quarantined: int
+    # Counts and configuration only: never a raw value.
+    report: dict[str, Any]
+
+
+class _NerRecognizer(EntityRecognizer):
+    """A site's own NER model (spaCy or transformers), mapped onto PERSON / LOCATION / DATE_TIME."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._run: Callable[[str], list[tuple[str, int, int, float]]]
+        super().__init__(supported_entities=["PERSON", "LOCATION", "DATE_TIME"], name="SiteNer")
+
+    def load(self) -> None:
+        path = Path(self._model)
+        if (path / "config.json").is_file() and not (path / "meta.json").is_file():
+            from transformers import pipeline
+
+            ner = pipeline("token-classification", model=str(path), aggregation_strategy="simple")
+            self._run = lambda text: [
+                (str(e["entity_group"]).split("-")[-1], int(e["start"]), int(e["end"]), float(e["score"]))
+                for e in ner(text)
+            ]
+        else:
+            import spacy
+
+            nlp = spacy.load(self._model)
+            self._run = lambda text: [(e.label_, e.start_char, e.end_char, 0.85) for e in nlp(text).ents]
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        return [
+            RecognizerResult(_NER_LABELS[label], s, e, score)
+            for label, s, e, score in self._run(text)
+            if label in _NER_LABELS
+        ]
+
+
+class _Analyzer(AnalyzerEngine):
+    """Silo's recognizers carry their context in their patterns, and the no-op NLP engine gives no lemmas to
+    enhance with: skip Presidio's context step (it deep-copies and re-filters every result on every call)."""
+
+    def _enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):  # type: ignore[no-untyped-def]
+        return raw_results
+
+
+def _load_key(path: str) -> bytes:
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as err:
+        raise ConfigError(f"`scrub.pseudonym_key_file` cannot be read: {path!r} ({err.strerror}).") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            f"`scrub.pseudonym_key_file` must hold at least {MIN_KEY_BYTES} bytes, got {len(key)} in {path!r}."
+        )
+    return key
+
+
+def _merge(results: list[RecognizerResult]) -> list[Detection]:
+    """Overlapping detections become one span covering all of them, typed by the strongest."""
+    merged: list[Detection] = []
+    for r in sorted(results, key=lambda r: (r.start, -r.end)):
+        last = merged[-1] if merged else None
+        if last is not None and r.start < last.end:
+            best = last if (last.score, last.end - last.start) >= (r.score, r.end - r.start) else r
+            merged[-1] = Detection(best.entity_type, last.start, max(last.end, r.end), best.score)
+        else:
+            merged.append(Detection(r.entity_type, r.start, r.end, r.score))
+    return merged
+
+
+class Scrubber:
+    """Analyzer + anonymizer for one site configuration. Expensive to build: build once, reuse."""
+
+    def __init__(self, config: ScrubConfig, analyzer: AnalyzerEngine, key: bytes | None) -> None:
+        self.config = config
+        self._analyzer = analyzer
+        self._anonymizer = AnonymizerEngine()
+        self._key = key
+        self._operators = {
+            entity: self._operator(entity) for entity in analyzer.get_supported_entities(language="en")
+        }
+
+    def _operator(self, entity: str) -> OperatorConfig:
+        op = self.config.operator
+        if op is ScrubOperator.REDACT:
+            return OperatorConfig("redact")
+        if op is ScrubOperator.PSEUDONYM:
+            return OperatorConfig("custom", {"lambda": lambda value, _e=entity: self.pseudonym(_e, value)})
+        return OperatorConfig("replace", {"new_value": f"<{entity}>"})
+
+    def pseudonym(self, entity_type: str, value: str) -> str:
+        """`<TYPE_hhhhhhhh>`: keyed HMAC-SHA256 of the normalised value, the same token for the same value."""
+        if self._key is None:
+            raise ScrubFailed("pseudonyms need `scrub.pseudonym_key_file`; none was loaded.")
+        norm = " ".join(value.casefold().split())
+        digest = hmac.new(self._key, f"{entity_type}\x00{norm}".encode(), hashlib.sha256).hexdigest()
+        return f"<{entity_type}_{digest[:PSEUDONYM_HEX]}>"
+
+    def analyze(self, text: str, *, score_threshold: float | None = None) -> list[Detection]:
+        """Detections in `text`, overlaps merged."""
+        threshold = self.config.score_threshold if score_threshold is None else score_threshold
+        return _merge(self._analyzer.analyze(text=text, language="en", score_threshold=threshold))
+
+    def scrub_text(self, text: str) -> tuple[str, dict[str, int]]:
+        """The text with every detected identifier replaced, and how many of each type were found."""
+        if not isinstance(text, str):
+            raise ScrubFailed(f"only text can be scrubbed, got {type(text).__name__}.")
+        results = self.analyze(text)
+        if not results:
+            return text, {}
+        anonymized = self._anonymizer.anonymize(
+            text=text, analyzer_results=results, operators=self._operators
+        )
+        return anonymized.text, dict(Counter(r.entity_type for r in results))
+
+    def residual(self, scrubbed: str) -> list[str]:
+        """Entity types a second, more sensitive pass still finds in scrubbed text (placeholders blanked)."""
+        blanked = _PLACEHOLDER.sub(lambda m: "_" * len(m.group()), scrubbed)
+        threshold = max(0.0, self.config.score_threshold - SECOND_PASS_MARGIN)
+        return [r.entity_type for r in self.analyze(blanked, score_threshold=threshold)]
+
+
+def build_scrubber(config: ScrubConfig) -> Scrubber:
+    """The analyzer for `config`, offline. `ScrubFailed` if it cannot be built; `ConfigError` for a bad key."""
+    key = _load_key(config.pseudonym_key_file) if config.pseudonym_key_file else None
+    try:
+        nlp_engine = NlpEngineProvider(
+            nlp_configuration={
+                "nlp_engine_name": "no_op",
+                "models": [{"lang_code": "en", "model_name": "no_op"}],
+            }
+        ).create_engine()
+        registry = RecognizerRegistry(supported_languages=["en"])
+        for recognizer in (
+            CreditCardRecognizer(),
+            IbanRecognizer(),
+            *regex_recognizers(),
+            NamePlaceRecognizer(),
+        ):
+            registry.add_recognizer(recognizer)
+        if config.ner_model:
+            registry.add_recognizer(_NerRecognizer(config.ner_model))
+        analyzer = _Analyzer(nlp_engine=nlp_engine, registry=registry, supported_languages=["en"])
+        analyzer.analyze(text="Patient: Test Person, MRN 12345678.", language="en")  # fail now, not mid-run
+    except Exception as err:  # any failure to build means nothing can be scrubbed: fail closed
+        raise ScrubFailed(f"could not build the PII analyzer: {type(err).__name__}: {err}") from err
+    return Scrubber(config, analyzer, key)
+
+
+def _scrub_record(
+    record: Any, scrubber: Scrubber, entities: Counter[str], residual: Counter[str]
+) -> str | dict:
+    """The scrubbed record, or the reason it is quarantined."""
+    if not isinstance(record, Mapping):
+        return "not_a_record"
+    out = dict(record)
+    found: Counter[str] = Counter()
+    for name in scrubber.config.fields:
+        value = record.get(name)
+        if value is None:
+            return "missing_field"
+        if not isinstance(value, str):
+            return "not_text"
+        try:
+            text, counts = scrubber.scrub_text(value)
+            left = scrubber.residual(text) if scrubber.config.second_pass else []
+        except Exception:  # fail closed: whatever went wrong, this record is not trained on
+            return "scrub_error"
+        if left:
+            residual.update(left)
+            return "residual_identifier"
+        found.update(counts)
+        out[name] = text
+    entities.update(found)
+    return out
+
+
+def scrub_records(
+    records: Iterable[Any],
+    scrubber: Scrubber,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> ScrubResult:
+    """Scrub the configured fields of every record; quarantine what cannot be scrubbed. `progress(n)` is
+    called after each record with the number processed so far."""
+    kept: list[dict] = []
+    entities: Counter[str] = Counter()
+    residual: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    n = 0
+    for n, record in enumerate(records, start=1):
+        outcome = _scrub_record(record, scrubber, entities, residual)
+        if isinstance(outcome, str):
+            reasons[outcome] += 1
+        else:
+            kept.append(outcome)
+        if progress is not None:
+            progress(n)
+    quarantined = n - len(kept)
+    report = {
+        "silo_version": CODE_VERSION,
+        "records_in": n,
+        "records_out": len(kept),
+        "quarantined": quarantined,
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "entities": dict(sorted(entities.items())),
+        "second_pass_entities": dict(sorted(residual.items())),
+        "config": scrubber.config.summary(),
+    }
+    return ScrubResult(ScrubbedRecords(kept, _seal=_SEAL), quarantined, report)
