@@ -1,0 +1,191 @@
+"""Local LoRA training and evaluation at a site.
+
+The loss is a per-sample mean (each record's mean token loss, then the mean over the batch), not
+the token mean over the whole batch that transformers computes: with DP-SGD, a record's gradient
+must not depend on the other records in its batch, or per-sample clipping does not bound it.
+
+FedProx's proximal term mu/2 * ||w - w_global||^2 is applied as a decoupled step after each
+optimiser step (w -= lr * mu * (w - w_global)). It uses no data, so it is DP post-processing and
+works the same with and without Opacus (whose optimiser would drop a gradient added to the loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from client.prepare import IGNORE_INDEX
+from common.config import Precision, TaskConfig, TaskType, TrainingConfig
+
+# Wraps (model, optimizer, loader) for private training; returns the wrapped three (see client/privacy.py).
+PrivacyWrapper = Callable[[torch.nn.Module, torch.optim.Optimizer, DataLoader], tuple[Any, Any, Any]]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean per-sample training loss over the round's steps
+    steps: int  # optimiser steps taken
+    num_examples: int  # size of the training split (FedAvg's weight)
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    num_examples: int
+    accuracy: float | None = None  # classification only
+    macro_f1: float | None = None  # classification only
+
+    def metrics(self) -> dict[str, float]:
+        out = {"eval_loss": self.loss, "num-examples": float(self.num_examples)}
+        if self.accuracy is not None:
+            out["accuracy"] = self.accuracy
+        if self.macro_f1 is not None:
+            out["macro_f1"] = self.macro_f1
+        return out
+
+
+def autocast_context(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on a GPU that has it (AUTO), fp16/bf16 when asked, plain fp32 otherwise."""
+    if device.type != "cuda" or precision is Precision.FP32:
+        return contextlib.nullcontext()
+    if precision is Precision.FP16:
+        return torch.autocast("cuda", dtype=torch.float16)
+    if precision is Precision.BF16 or torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def per_sample_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], task: TaskConfig) -> torch.Tensor:
+    """One loss per record in the batch (shape [B])."""
+    input_ids, attention, labels = batch
+    logits = model(input_ids=input_ids, attention_mask=attention).logits
+    if task.type is TaskType.CLASSIFICATION:
+        return F.cross_entropy(logits.float(), labels, reduction="none")
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    token_loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="none",
+    ).view(shift_labels.shape)
+    valid = (shift_labels != IGNORE_INDEX).float()
+    return (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+
+
+def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+    for batch in loader:
+        yield tuple(t.to(device) for t in batch)
+
+
+def train_round(model: torch.nn.Module, dataset: TensorDataset, *, task: TaskConfig, training: TrainingConfig,
+                device: torch.device, global_state: dict[str, torch.Tensor] | None = None,
+                proximal_mu: float = 0.0, privacy: PrivacyWrapper | None = None,
+                progress: Callable[[int, float], None] | None = None) -> TrainResult:
+    """`training.epochs` local passes (capped at `training.max_steps`); returns the mean loss."""
+    t0 = time.perf_counter()
+    torch.manual_seed(training.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer: Any = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
+    loader: Any = DataLoader(dataset, batch_size=min(training.batch_size, len(dataset)), shuffle=True)
+    if privacy is not None:
+        model, optimizer, loader = privacy(model, optimizer, loader)
+    prox = _proximal_targets(model, global_state) if proximal_mu > 0 and global_state is not None else None
+
+    model.train()
+    steps, loss_sum = 0, 0.0
+    for _ in range(training.epochs):
+        for batch in _batches(loader, device):
+            if batch[0].shape[0] == 0:
+                # Poisson sampling drew no record. The step still happens for the accountant
+                # (the privacy wrapper counts it); the model sees no data and does not move.
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
+                continue
+            with autocast_context(device, training.precision):
+                loss = per_sample_loss(model, batch, task).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if prox is not None:
+                _proximal_step(prox, lr=training.learning_rate, mu=proximal_mu)
+            steps += 1
+            loss_sum += float(loss.detach())
+            if progress is not None:
+                progress(steps, float(loss.detach()))
+            if training.max_steps and steps >= training.max_steps:
+                break
+        if training.max_steps and steps >= training.max_steps:
+            break
+    return TrainResult(loss=loss_sum / max(steps, 1), steps=steps, num_examples=len(dataset),
+                       seconds=time.perf_counter() - t0)
+
+
+def _proximal_targets(model: torch.nn.Module, global_state: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pairs (trainable parameter, its global value), matched by PEFT's saved-key naming."""
+    from peft import get_peft_model_state_dict
+
+    inner = getattr(model, "_module", model)  # Opacus' GradSampleModule keeps the model in _module
+    saved = get_peft_model_state_dict(inner)
+    by_data = {v.data_ptr(): k for k, v in saved.items()}
+    pairs = []
+    for p in inner.parameters():
+        if p.requires_grad and p.data_ptr() in by_data:
+            pairs.append((p, global_state[by_data[p.data_ptr()]].to(p.device, p.dtype)))
+    return pairs
+
+
+@torch.no_grad()
+def _proximal_step(pairs: list[tuple[torch.Tensor, torch.Tensor]], *, lr: float, mu: float) -> None:
+    for p, g in pairs:
+        p.sub_(lr * mu * (p - g))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: TensorDataset, *, task: TaskConfig, device: torch.device,
+             batch_size: int = 32) -> EvalResult:
+    """Mean per-record loss; accuracy and macro-F1 for classification."""
+    model.eval()
+    losses: list[float] = []
+    preds: list[int] = []
+    golds: list[int] = []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        batch = tuple(t.to(device) for t in batch)
+        input_ids, attention, labels = batch
+        if task.type is TaskType.CLASSIFICATION:
+            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+            losses.extend(F.cross_entropy(logits, labels, reduction="none").tolist())
+            preds.extend(logits.argmax(-1).tolist())
+            golds.extend(labels.tolist())
+        else:
+            losses.extend(per_sample_loss(model, batch, task).tolist())
+    loss = sum(losses) / max(len(losses), 1)
+    if task.type is not TaskType.CLASSIFICATION:
+        return EvalResult(loss=loss, num_examples=len(dataset))
+    accuracy = sum(p == g for p, g in zip(preds, golds, strict=True)) / max(len(golds), 1)
+    return EvalResult(loss=loss, num_examples=len(dataset), accuracy=accuracy,
+                      macro_f1=macro_f1(preds, golds, num_labels=len(task.labels)))
+
+
+def macro_f1(preds: list[int], golds: list[int], *, num_labels: int) -> float:
+    """Unweighted mean F1 over the labels that occur in gold or predictions."""
+    scores = []
+    for label in range(num_labels):
+        tp = sum(p == label and g == label for p, g in zip(preds, golds, strict=True))
+        fp = sum(p == label and g != label for p, g in zip(preds, golds, strict=True))
+        fn = sum(p != label and g == label for p, g in zip(preds, golds, strict=True))
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

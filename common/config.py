@@ -1,0 +1,330 @@
+"""Site and federation configuration: TOML files loaded into frozen, self-validating dataclasses.
+
+A site TOML has the sections `[site] [data] [task] [model] [lora] [training]` (plus `[privacy]` and
+`[scrub]`, owned by their stages); a federation TOML has `[federation] [model] [lora] [task]`.
+Relative paths in a TOML resolve against the file's own directory, so a config directory can move.
+Every check names the field and the value, PEFT style: "`lora.r` must be > 0, got 0."
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError
+
+
+class TaskType(enum.StrEnum):
+    CAUSAL_LM = "causal_lm"
+    CLASSIFICATION = "classification"
+
+
+class StrategyName(enum.StrEnum):
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDADAM = "fedadam"
+
+
+class Precision(enum.StrEnum):
+    AUTO = "auto"  # bf16 autocast on a GPU that supports it, fp32 otherwise
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _enum(cls: type[enum.StrEnum], value: Any, name: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in cls)
+        raise ConfigError(f"`{name}` must be one of {allowed}, got {value!r}.") from None
+
+
+def _build(cls: type, section: str, raw: Any) -> Any:
+    """Build dataclass `cls` from the TOML table `raw`, rejecting unknown keys by name."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"`[{section}]` must be a table, got {raw!r}.")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in `[{section}]`: {', '.join(unknown)} (allowed: {', '.join(sorted(known))}).")
+    try:
+        return cls(**raw)
+    except TypeError as err:  # a missing required key
+        raise ConfigError(f"`[{section}]`: {err}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Base model: a local directory (from `save_pretrained`) or a hub id already in the local cache."""
+
+    base: str = ""
+    # Tokens per record after truncation; 128 keeps the demo's notes whole on a 2-core CPU.
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.base, str) and bool(self.base), f"`model.base` must be a path or hub id, got {self.base!r}.")
+        _require(isinstance(self.max_length, int) and self.max_length > 0, f"`model.max_length` must be > 0, got {self.max_length!r}.")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        _require(isinstance(self.r, int) and self.r > 0, f"`lora.r` must be > 0, got {self.r!r}.")
+        _require(isinstance(self.alpha, int | float) and self.alpha > 0, f"`lora.alpha` must be > 0, got {self.alpha!r}.")
+        _require(isinstance(self.dropout, int | float) and 0 <= self.dropout < 1, f"`lora.dropout` must be in [0, 1), got {self.dropout!r}.")
+        _require(
+            len(self.target_modules) > 0 and all(isinstance(m, str) and m for m in self.target_modules),
+            f"`lora.target_modules` must be a non-empty list of module names, got {list(self.target_modules)!r}.",
+        )
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    type: TaskType = TaskType.CAUSAL_LM
+    # Classification only: the label names, in index order.
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", _enum(TaskType, self.type, "task.type"))
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        if self.type is TaskType.CLASSIFICATION:
+            _require(len(self.labels) >= 2, f"`task.labels` must list >= 2 labels for classification, got {list(self.labels)!r}.")
+            _require(len(set(self.labels)) == len(self.labels), f"`task.labels` has duplicates: {list(self.labels)!r}.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = "data"
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    label_field: str = "label"
+    # Share of records held out for evaluating the global adapter; never trained on.
+    holdout_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.dir, str) and bool(self.dir), f"`data.dir` must be a directory path, got {self.dir!r}.")
+        _require(
+            isinstance(self.holdout_fraction, int | float) and 0 < self.holdout_fraction < 1,
+            f"`data.holdout_fraction` must be in (0, 1), got {self.holdout_fraction!r}.",
+        )
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    # Local passes over the site's training split per round.
+    epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    # Stop a round after this many optimiser steps (0 = no cap); bounds a round's time on big sites.
+    max_steps: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: Precision = Precision.AUTO
+    # Torch intra-op threads per site process; 1 lets several sites share a small machine.
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", _enum(Precision, self.precision, "training.precision"))
+        _require(isinstance(self.epochs, int) and self.epochs > 0, f"`training.epochs` must be > 0, got {self.epochs!r}.")
+        _require(isinstance(self.batch_size, int) and self.batch_size > 0, f"`training.batch_size` must be > 0, got {self.batch_size!r}.")
+        _require(
+            isinstance(self.learning_rate, int | float) and self.learning_rate > 0,
+            f"`training.learning_rate` must be > 0, got {self.learning_rate!r}.",
+        )
+        _require(isinstance(self.max_steps, int) and self.max_steps >= 0, f"`training.max_steps` must be >= 0, got {self.max_steps!r}.")
+        _require(isinstance(self.threads, int) and self.threads > 0, f"`training.threads` must be > 0, got {self.threads!r}.")
+        dev = self.device
+        _require(
+            isinstance(dev, str) and (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")),
+            f"`training.device` must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {dev!r}.",
+        )
+
+
+@dataclass(frozen=True)
+class SiteSection:
+    id: str = ""
+    # Where the site keeps its ledger, keys and scrubbed cache (relative to the TOML's directory).
+    state_dir: str = "state"
+
+    def __post_init__(self) -> None:
+        ok = isinstance(self.id, str) and bool(self.id) and all(c.isalnum() or c in "-_." for c in self.id)
+        _require(ok, f"`site.id` must be a non-empty name of letters, digits, '-', '_' or '.', got {self.id!r}.")
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    site: SiteSection
+    data: DataConfig
+    task: TaskConfig
+    model: ModelConfig
+    lora: LoraSettings
+    training: TrainingConfig
+    # Directory of the TOML file; relative paths resolve against it.
+    root: Path = field(default=Path("."), compare=False)
+    privacy: Any = None  # common.config_privacy.PrivacyConfig when that stage is present
+    scrub: Any = None  # common.config_scrub.ScrubConfig when that stage is present
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.data.dir)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve(self.site.state_dir)
+
+    def model_source(self) -> str:
+        """A local path when one exists relative to the TOML, else the string as given (a hub id)."""
+        local = self.resolve(self.model.base)
+        return str(local) if local.exists() else self.model.base
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    rounds: int = 3
+    min_sites: int = 2
+    strategy: StrategyName = StrategyName.FEDAVG
+    # FedProx: weight of the proximal term mu/2 * ||w - w_global||^2 at the sites.
+    proximal_mu: float = 0.01
+    # FedAdam (Reddi et al. 2021): server learning rate, moment decays and adaptivity tau.
+    server_learning_rate: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    # Seconds to wait for the sites' replies in one round before going on without the late ones.
+    round_timeout_s: float = 600.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", _enum(StrategyName, self.strategy, "federation.strategy"))
+        _require(isinstance(self.rounds, int) and self.rounds > 0, f"`federation.rounds` must be > 0, got {self.rounds!r}.")
+        _require(isinstance(self.min_sites, int) and self.min_sites > 0, f"`federation.min_sites` must be > 0, got {self.min_sites!r}.")
+        _require(self.proximal_mu >= 0, f"`federation.proximal_mu` must be >= 0, got {self.proximal_mu!r}.")
+        _require(self.server_learning_rate > 0, f"`federation.server_learning_rate` must be > 0, got {self.server_learning_rate!r}.")
+        _require(0 <= self.beta1 < 1, f"`federation.beta1` must be in [0, 1), got {self.beta1!r}.")
+        _require(0 <= self.beta2 < 1, f"`federation.beta2` must be in [0, 1), got {self.beta2!r}.")
+        _require(self.tau > 0, f"`federation.tau` must be > 0, got {self.tau!r}.")
+        _require(self.round_timeout_s > 0, f"`federation.round_timeout_s` must be > 0, got {self.round_timeout_s!r}.")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    federation: FederationSection
+    model: ModelConfig
+    lora: LoraSettings
+    task: TaskConfig
+    root: Path = field(default=Path("."), compare=False)
+
+    def model_source(self) -> str:
+        local = Path(self.model.base).expanduser()
+        local = local if local.is_absolute() else self.root / local
+        return str(local) if local.exists() else self.model.base
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical config: a resumed run must have the same one."""
+        body = json.dumps(_plain(self), sort_keys=True, default=str).encode()
+        return hashlib.sha256(body).hexdigest()
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    out = asdict(cfg)
+    out.pop("root", None)
+    return out
+
+
+def _read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh), p.resolve().parent
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: invalid TOML: {err}") from None
+
+
+def _check_sections(raw: dict[str, Any], allowed: set[str], path: str | Path) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))}).")
+
+
+def _with_path(path: str | Path, build: Any) -> Any:
+    try:
+        return build()
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    raw, root = _read_toml(path)
+    _check_sections(raw, {"site", "data", "task", "model", "lora", "training", "privacy", "scrub"}, path)
+
+    def build() -> SiteConfig:
+        return SiteConfig(
+            site=_build(SiteSection, "site", raw.get("site")),
+            data=_build(DataConfig, "data", raw.get("data")),
+            task=_build(TaskConfig, "task", raw.get("task")),
+            model=_build(ModelConfig, "model", raw.get("model")),
+            lora=_build(LoraSettings, "lora", raw.get("lora")),
+            training=_build(TrainingConfig, "training", raw.get("training")),
+            root=root,
+            privacy=_load_optional("privacy", raw.get("privacy")),
+            scrub=_load_optional("scrub", raw.get("scrub")),
+        )
+
+    return _with_path(path, build)
+
+
+def _load_optional(section: str, raw: Any) -> Any:
+    """The `[privacy]` and `[scrub]` sections, validated by their own stage's config class."""
+    if section == "privacy":
+        try:
+            from common.config_privacy import PrivacyConfig
+        except ImportError:
+            return raw
+        return PrivacyConfig.from_mapping(raw or {})
+    try:
+        from common.config_scrub import ScrubConfig
+    except ImportError:
+        return raw
+    return ScrubConfig.from_mapping(raw or {})
+
+
+def load_federation_config(path: str | Path) -> FederationConfig:
+    raw, root = _read_toml(path)
+    _check_sections(raw, {"federation", "model", "lora", "task"}, path)
+    return _with_path(
+        path,
+        lambda: FederationConfig(
+            federation=_build(FederationSection, "federation", raw.get("federation")),
+            model=_build(ModelConfig, "model", raw.get("model")),
+            lora=_build(LoraSettings, "lora", raw.get("lora")),
+            task=_build(TaskConfig, "task", raw.get("task")),
+            root=root,
+        ),
+    )

@@ -1,0 +1,180 @@
+"""The coordinator's run directory: every completed round on disk, so a killed coordinator resumes.
+
+    RUN/manifest.json                  the run: config hash, code version, base model, sites,
+                                       per-round metrics, sha256 of each round's adapter
+    RUN/rounds/<n>/adapter_config.json  the global adapter after round n, PEFT format
+    RUN/rounds/<n>/adapter_model.safetensors
+    RUN/rounds/<n>/server_state.npz    strategy state (FedAdam's moments), when it has any
+    RUN/final/                          copy of the last round once the run completes
+
+A round is written to `rounds/.<n>.partial/` and renamed into place, then the manifest is
+replaced atomically: a crash leaves either the whole round or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from common.adapter import sha256_file
+from common.errors import ConfigError, FederationFailed
+
+MANIFEST = "manifest.json"
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+SCHEMA_VERSION = 1
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path, manifest: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+
+    # ---- opening -------------------------------------------------------------------------
+    @classmethod
+    def open_or_create(cls, path: str | Path, *, config_hash: str, config: dict[str, Any], base_model: str,
+                       code_version: str, rounds_planned: int) -> RunDirectory:
+        """A new run, or the existing one at `path` to resume (same config hash required)."""
+        p = Path(path)
+        manifest_path = p / MANIFEST
+        if manifest_path.exists():
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise FederationFailed(f"{manifest_path}: unreadable manifest ({err})") from None
+            if manifest.get("config_hash") != config_hash:
+                raise ConfigError(
+                    f"{p} holds a run with a different configuration (config hash "
+                    f"{str(manifest.get('config_hash'))[:12]} != {config_hash[:12]}); use a new run directory"
+                )
+            run = cls(p, manifest)
+            run.manifest["status"] = "running"
+            run.manifest.setdefault("resumes", []).append({"at": _now(), "from_round": run.completed_rounds})
+            run.manifest["rounds_planned"] = rounds_planned
+            run._save_manifest()
+            return run
+        p.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "schema": SCHEMA_VERSION,
+            "run_id": uuid.uuid4().hex[:16],
+            "created": _now(),
+            "status": "running",
+            "code_version": code_version,
+            "config_hash": config_hash,
+            "config": config,
+            "base_model": base_model,
+            "rounds_planned": rounds_planned,
+            "completed_rounds": -1,
+            "sites": {},
+            "rounds": [],
+        }
+        run = cls(p, manifest)
+        run._save_manifest()
+        return run
+
+    @property
+    def run_id(self) -> str:
+        return str(self.manifest["run_id"])
+
+    @property
+    def completed_rounds(self) -> int:
+        """-1 before round 0 (the initial adapter) is saved."""
+        return int(self.manifest["completed_rounds"])
+
+    def round_dir(self, n: int) -> Path:
+        return self.path / "rounds" / str(n)
+
+    # ---- writing -------------------------------------------------------------------------
+    def save_round(self, n: int, arrays: dict[str, np.ndarray], *, adapter_config: dict[str, Any],
+                   record: dict[str, Any], server_state: dict[str, Any] | None = None) -> str:
+        """Write round `n`'s global adapter and metrics; returns the adapter file's sha256."""
+        if n != self.completed_rounds + 1:
+            raise FederationFailed(f"round {n} cannot follow completed round {self.completed_rounds}")
+        final = self.round_dir(n)
+        partial = final.with_name(f".{n}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, partial / ADAPTER_FILE,
+                  metadata={"format": "pt"})
+        (partial / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2, default=_json_default) + "\n")
+        if server_state:
+            flat = {f"{group}/{key}": value for group, values in server_state.items() for key, value in values.items()}
+            np.savez(partial / "server_state.npz", **flat)
+        digest = sha256_file(partial / ADAPTER_FILE)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        entry = {"round": n, "adapter_sha256": digest, "completed_at": _now(), **record}
+        self.manifest["rounds"] = [r for r in self.manifest["rounds"] if r["round"] != n] + [entry]
+        self.manifest["completed_rounds"] = n
+        self._save_manifest()
+        return digest
+
+    def update_round(self, n: int, **fields: Any) -> None:
+        for entry in self.manifest["rounds"]:
+            if entry["round"] == n:
+                entry.update(fields)
+        self._save_manifest()
+
+    def set_sites(self, sites: dict[str, str]) -> None:
+        self.manifest["sites"].update(sites)
+        self._save_manifest()
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        self.manifest["status"] = status
+        self.manifest["finished"] = _now()
+        if reason:
+            self.manifest["failure"] = reason
+        if status == "completed" and self.completed_rounds >= 0:
+            final = self.path / "final"
+            shutil.rmtree(final, ignore_errors=True)
+            shutil.copytree(self.round_dir(self.completed_rounds), final)
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    # ---- reading -------------------------------------------------------------------------
+    def load_round(self, n: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Round `n`'s adapter arrays (hash-checked against the manifest) and strategy state."""
+        d = self.round_dir(n)
+        expected = next((r["adapter_sha256"] for r in self.manifest["rounds"] if r["round"] == n), None)
+        if expected is None or not (d / ADAPTER_FILE).exists():
+            raise FederationFailed(f"{d}: round {n} is not on disk; cannot resume")
+        actual = sha256_file(d / ADAPTER_FILE)
+        if actual != expected:
+            raise FederationFailed(f"{d / ADAPTER_FILE}: sha256 {actual[:12]} does not match the manifest's {expected[:12]}")
+        state: dict[str, Any] = {}
+        if (d / "server_state.npz").exists():
+            with np.load(d / "server_state.npz") as npz:
+                for flat_key in npz.files:
+                    group, key = flat_key.split("/", 1)
+                    state.setdefault(group, {})[key] = npz[flat_key]
+        return load_file(d / ADAPTER_FILE), state
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, set | tuple):
+        return sorted(obj) if isinstance(obj, set) else list(obj)
+    return str(obj)

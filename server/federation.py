@@ -1,0 +1,194 @@
+"""The coordinator's round loop over Flower's Grid: send the global adapter, collect site updates,
+aggregate, checkpoint, evaluate, and record everything in the run manifest.
+
+Resuming is the same call on the same run directory: rounds already on disk are not re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from common.adapter import adapter_state, numpy_to_state, state_to_arrays, state_to_numpy
+from common.config import FederationConfig
+from common.errors import FederationFailed
+from common.model import load_lora_model
+from common.version import CODE_VERSION
+from server.checkpoint import ADAPTER_CONFIG, RunDirectory
+from server.strategy import Arrays, FedAvg, SiteUpdate, average_metrics, make_strategy
+
+# How often to look for connected SuperNodes while waiting for `min_sites` of them.
+NODE_POLL_S = 1.0
+
+
+def initial_adapter(cfg: FederationConfig) -> tuple[Arrays, dict[str, Any]]:
+    """Round 0: a fresh LoRA adapter on the base model (seeded), and its PEFT config."""
+    model = load_lora_model(cfg.model_source(), cfg.lora, cfg.task, seed=cfg.federation.seed)
+    peft_cfg = model.peft_config["default"]
+    peft_cfg.base_model_name_or_path = cfg.model.base
+    return state_to_numpy(adapter_state(model)), peft_cfg.to_dict()
+
+
+def wait_for_sites(grid: Grid, *, minimum: int, timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FederationFailed(f"only {len(nodes)} site(s) connected after {timeout_s:.0f}s; `min_sites` is {minimum}")
+        time.sleep(NODE_POLL_S)
+
+
+def _messages(nodes: Iterable[int], arrays: Arrays, config: dict[str, Any], message_type: str, rnd: int) -> list[Message]:
+    record = RecordDict({"arrays": state_to_arrays(numpy_to_state(arrays)), "config": ConfigRecord(config)})
+    return [Message(content=record, dst_node_id=n, message_type=message_type, group_id=str(rnd)) for n in nodes]
+
+
+def _reply_error(msg: Message) -> str:
+    return msg.error.reason or f"error code {msg.error.code}"
+
+
+def collect_updates(replies: Iterable[Message], spec: dict[str, tuple[int, ...]]) -> tuple[list[SiteUpdate], list[dict[str, Any]]]:
+    """Accepted updates, and a record of each rejected or failed reply with its reason."""
+    accepted, rejected = [], []
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            rejected.append({"node_id": node, "reason": _reply_error(msg)})
+            continue
+        content = msg.content
+        site_id = str(content["site"]["site-id"]) if "site" in content else str(node)
+        arrays = {k: v.numpy() for k, v in content["arrays"].items()}
+        shapes = {k: tuple(v.shape) for k, v in arrays.items()}
+        if shapes != spec:
+            rejected.append({"node_id": node, "site_id": site_id, "reason": "adapter keys or shapes differ from the global adapter"})
+            continue
+        metrics = {k: float(v) for k, v in content["metrics"].items() if isinstance(v, int | float)}
+        accepted.append(SiteUpdate(node_id=node, site_id=site_id, arrays=arrays,
+                                   num_examples=int(metrics.get("num-examples", 0)), metrics=metrics))
+    return accepted, rejected
+
+
+def evaluate_round(grid: Grid, nodes: list[int], arrays: Arrays, rnd: int, timeout: float) -> dict[str, Any]:
+    replies = list(grid.send_and_receive(_messages(nodes, arrays, {"server-round": rnd}, MessageType.EVALUATE, rnd),
+                                         timeout=timeout))
+    per_site, failed = [], []
+    for msg in replies:
+        if msg.has_error():
+            failed.append({"node_id": msg.metadata.src_node_id, "reason": _reply_error(msg)})
+            continue
+        m = {k: float(v) for k, v in msg.content["metrics"].items() if isinstance(v, int | float)}
+        per_site.append((int(m.get("num-examples", 0)), m))
+    out: dict[str, Any] = average_metrics(per_site) if per_site else {}
+    out["sites"] = len(per_site)
+    if failed:
+        out["failed"] = failed
+    return out
+
+
+def run_federation(grid: Grid, cfg: FederationConfig, run_dir: str) -> RunDirectory:
+    fed = cfg.federation
+    run = RunDirectory.open_or_create(
+        run_dir, config_hash=cfg.config_hash(), config=_config_dict(cfg), base_model=cfg.model.base,
+        code_version=CODE_VERSION, rounds_planned=fed.rounds,
+    )
+    strategy = make_strategy(fed)
+    try:
+        _run_rounds(grid, cfg, run, strategy)
+    except FederationFailed as err:
+        run.finish("failed", str(err))
+        raise
+    except Exception as err:
+        run.finish("failed", f"{type(err).__name__}: {err}")
+        raise
+    run.finish("completed")
+    log(INFO, "[silo] run %s completed: %d rounds, final adapter in %s", run.run_id, run.completed_rounds,
+        run.path / "final")
+    return run
+
+
+def eval_from_train_replies(updates: list[SiteUpdate]) -> dict[str, Any]:
+    """The sites' hold-out metrics of the adapter they received, weighted by hold-out size."""
+    pairs = []
+    for u in updates:
+        m = {k.removeprefix("global_"): v for k, v in u.metrics.items() if k.startswith("global_")}
+        if m:
+            pairs.append((int(u.metrics.get("holdout-examples", 0)), m))
+    out: dict[str, Any] = average_metrics(pairs) if pairs else {}
+    out["sites"] = len(pairs)
+    return out
+
+
+def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: FedAvg) -> None:
+    fed = cfg.federation
+    timeout = fed.round_timeout_s
+    nodes = wait_for_sites(grid, minimum=fed.min_sites, timeout_s=timeout)
+    if run.completed_rounds < 0:
+        initial, initial_config = initial_adapter(cfg)
+        run.save_round(0, initial, adapter_config=initial_config, record={"kind": "initial"})
+    else:
+        log(INFO, "[silo] resuming run %s after round %d", run.run_id, run.completed_rounds)
+    arrays, server_state = run.load_round(run.completed_rounds)
+    strategy.load_state_dict(server_state.get("strategy", {}))
+    adapter_config = json.loads((run.round_dir(0) / ADAPTER_CONFIG).read_text())
+    spec = {k: tuple(v.shape) for k, v in arrays.items()}
+    down_bytes = sum(v.nbytes for v in arrays.values())
+
+    for rnd in range(run.completed_rounds + 1, fed.rounds + 1):
+        t0 = time.perf_counter()
+        nodes = wait_for_sites(grid, minimum=fed.min_sites, timeout_s=timeout)
+        config = {"server-round": rnd, "run-id": run.run_id, **strategy.site_config()}
+        replies = list(grid.send_and_receive(_messages(nodes, arrays, config, MessageType.TRAIN, rnd), timeout=timeout))
+        accepted, rejected = collect_updates(replies, spec)
+        for r in rejected:
+            log(WARNING, "[silo] round %d: update from node %s rejected: %s", rnd, r["node_id"], r["reason"])
+        if len(accepted) < fed.min_sites:
+            reasons = "; ".join(f"node {r['node_id']}: {r['reason']}" for r in rejected) or "no replies in time"
+            raise FederationFailed(f"round {rnd}: {len(accepted)} usable update(s), `min_sites` is {fed.min_sites} ({reasons})")
+        # The sites evaluated the adapter they received (round rnd-1's) before training on it.
+        run.update_round(rnd - 1, eval=eval_from_train_replies(accepted))
+        _log_eval(rnd - 1, fed.rounds, run)
+        run.set_sites({str(u.node_id): u.site_id for u in accepted})
+        arrays = strategy.aggregate(arrays, accepted)
+        record = {
+            "kind": "train",
+            "strategy": str(fed.strategy),
+            "train": average_metrics(accepted),
+            "sites": [{"node_id": u.node_id, "site_id": u.site_id, "num_examples": u.num_examples,
+                       "bytes_up": sum(a.nbytes for a in u.arrays.values()), **u.metrics} for u in accepted],
+            "rejected": rejected,
+            "bytes_down_per_site": down_bytes,
+            "round_seconds": time.perf_counter() - t0,
+            "slowest_site_train_seconds": max(u.metrics.get("train_seconds", 0.0) for u in accepted),
+        }
+        state = strategy.state_dict()
+        run.save_round(rnd, arrays, adapter_config=adapter_config, record=record,
+                       server_state={"strategy": state} if state else None)
+        log(INFO, "[silo] round %d/%d  sites %d  train_loss %.4f  (%.1fs)", rnd, fed.rounds, len(accepted),
+            record["train"].get("train_loss", float("nan")), record["round_seconds"])
+    # The final adapter has no next round to evaluate it: one evaluate message.
+    run.update_round(run.completed_rounds, eval=evaluate_round(grid, nodes, arrays, run.completed_rounds, timeout))
+    _log_eval(run.completed_rounds, fed.rounds, run)
+
+
+def _log_eval(rnd: int, planned: int, run: RunDirectory) -> None:
+    entry = next(r for r in run.manifest["rounds"] if r["round"] == rnd)
+    log(INFO, "[silo] round %d/%d  held-out eval_loss %.4f over %d site(s)", rnd, planned,
+        entry["eval"].get("eval_loss", float("nan")), entry["eval"].get("sites", 0))
+
+
+def _config_dict(cfg: FederationConfig) -> dict[str, Any]:
+    out = asdict(cfg)
+    out.pop("root", None)
+    return out
+
+
