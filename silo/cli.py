@@ -12,10 +12,9 @@ import importlib
 import pkgutil
 import sys
 
+import silo.commands
 from common.errors import EXIT_CODES, SiloError
 from common.version import CODE_VERSION
-
-import silo.commands
 
 
 def _exit_code_help() -> str:
