@@ -1,0 +1,202 @@
+"""`[privacy]` section of a site's TOML: DP-SGD settings and the site's own budget ceiling.
+
+```toml
+[privacy]
+max_grad_norm = 1.0
+target_epsilon = 2.0        # per run; σ is derived (see `resolve_noise_multiplier`)
+target_delta = 1e-5
+planned_rounds = 10
+budget_epsilon = 8.0        # the site's total across all runs; no coordinator can raise it
+budget_delta = 1e-5
+```
+
+DP is on unless the site writes `enabled = false`; that also requires `budget_epsilon = inf`, an explicit
+acknowledgement that such a site has no finite guarantee (the ledger records those rounds with ε = inf).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from common.accounting import Accountant, EpsilonConversion, default_conversion, find_noise_multiplier
+from common.errors import ConfigError
+
+
+class GradSampleMode(StrEnum):
+    """How Opacus computes per-sample gradients.
+
+    `hooks` is the default: fastest on a PEFT Llama in our measurements (bench/dp_overhead.py;
+    STACK.md: DP/no-DP step rate 0.84-0.91 hooks, 0.73 functorch, 0.60 ghost).
+    """
+
+    HOOKS = "hooks"
+    FUNCTORCH = "functorch"
+    GHOST = "ghost"
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """DP-SGD settings of one site. Give `noise_multiplier` directly, or the per-run target
+    (`target_epsilon`, `target_delta`, `planned_rounds`) from which it is derived."""
+
+    max_grad_norm: float
+    budget_epsilon: float
+    budget_delta: float
+    enabled: bool = True
+    accountant: Accountant = Accountant.RDP
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    target_delta: float | None = None
+    planned_rounds: int | None = None
+    grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
+    poisson_sampling: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "poisson_sampling"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"`{name}` must be true or false, got {getattr(self, name)!r}.")
+        object.__setattr__(self, "accountant", _enum(Accountant, "accountant", self.accountant))
+        object.__setattr__(
+            self, "grad_sample_mode", _enum(GradSampleMode, "grad_sample_mode", self.grad_sample_mode)
+        )
+        _check_positive("max_grad_norm", self.max_grad_norm)
+        if not _in_range(self.budget_epsilon, 0, math.inf) and self.budget_epsilon != math.inf:
+            raise ConfigError(f"`budget_epsilon` must be > 0 (inf allowed), got {self.budget_epsilon!r}.")
+        _check_delta("budget_delta", self.budget_delta)
+
+        if not self.enabled:
+            if self.budget_epsilon != math.inf:
+                raise ConfigError(
+                    "`enabled = false` trains without differential privacy: set `budget_epsilon = inf` to "
+                    f"acknowledge that this site's data gets no finite guarantee, got {self.budget_epsilon}."
+                )
+            warnings.warn(
+                "[privacy] enabled = false: this site trains WITHOUT differential privacy; its ledger "
+                "records epsilon = inf for every round.",
+                stacklevel=2,
+            )
+            return
+
+        if not self.poisson_sampling:
+            warnings.warn(
+                "[privacy] poisson_sampling = false: the rdp/prv accountants assume Poisson sampling, so the "
+                "epsilon recorded for this site is an approximation, not a guarantee.",
+                stacklevel=2,
+            )
+        direct = self.noise_multiplier is not None
+        target = {
+            "target_epsilon": self.target_epsilon,
+            "target_delta": self.target_delta,
+            "planned_rounds": self.planned_rounds,
+        }
+        given = [name for name, value in target.items() if value is not None]
+        if direct and given:
+            raise ConfigError(
+                f"give either `noise_multiplier` or the target ({', '.join(target)}), not both; "
+                f"got noise_multiplier={self.noise_multiplier} and {given[0]}={target[given[0]]}."
+            )
+        if direct:
+            _check_positive("noise_multiplier", self.noise_multiplier)
+            return
+        missing = [name for name, value in target.items() if value is None]
+        if missing:
+            raise ConfigError(
+                f"`noise_multiplier` is not set, so {', '.join(f'`{m}`' for m in missing)} must be; "
+                "give `noise_multiplier` directly or all of target_epsilon, target_delta, planned_rounds."
+            )
+        _check_positive("target_epsilon", self.target_epsilon)
+        _check_delta("target_delta", self.target_delta)
+        rounds = self.planned_rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ConfigError(f"`planned_rounds` must be an integer >= 1, got {rounds!r}.")
+        target_epsilon, target_delta = self.target_epsilon, self.target_delta
+        if target_epsilon is not None and target_epsilon > self.budget_epsilon:
+            raise ConfigError(
+                f"`target_epsilon` must be <= `budget_epsilon` ({self.budget_epsilon}), "
+                f"got {self.target_epsilon}."
+            )
+        if target_delta is not None and target_delta > self.budget_delta:
+            raise ConfigError(
+                f"`target_delta` must be <= `budget_delta` ({self.budget_delta}), got {self.target_delta}."
+            )
+
+    @property
+    def conversion(self) -> EpsilonConversion | None:
+        """The ε conversion recorded with every ε (Opacus 1.6's: Balle et al. 2020 for RDP)."""
+        return default_conversion(self.accountant)
+
+    @property
+    def delta(self) -> float:
+        """δ at which ε is reported and checked against the budget: `target_delta`, else `budget_delta`."""
+        return self.target_delta if self.target_delta is not None else self.budget_delta
+
+    def resolve_noise_multiplier(self, *, sample_rate: float, steps_per_round: int) -> float:
+        """σ for this site's rounds; 0.0 when DP is disabled.
+
+        Derived: the smallest σ (within 0.01 ε) such that `planned_rounds × steps_per_round` steps at
+        `sample_rate` spend at most `target_epsilon` at `target_delta` with this accountant and
+        conversion; the search never overshoots. Spending already in the ledger is not subtracted:
+        the ledger's budget check refuses a round that would cross `budget_epsilon`.
+        """
+        if not self.enabled:
+            return 0.0
+        if self.noise_multiplier is not None:
+            return float(self.noise_multiplier)
+        target_epsilon, planned_rounds = self.target_epsilon, self.planned_rounds
+        if target_epsilon is None or planned_rounds is None:  # unreachable: __post_init__ requires both
+            raise ConfigError("`noise_multiplier` or `target_epsilon` and `planned_rounds` must be set.")
+        return find_noise_multiplier(
+            target_epsilon=target_epsilon,
+            delta=self.delta,
+            sample_rate=sample_rate,
+            steps=planned_rounds * steps_per_round,
+            accountant=self.accountant,
+            conversion=self.conversion,
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> PrivacyConfig:
+        """Build from the parsed `[privacy]` table; unknown keys are an error, not ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown key `{unknown[0]}` in [privacy]; known keys: {', '.join(sorted(known))}."
+            )
+        for name in ("max_grad_norm", "budget_epsilon", "budget_delta"):
+            if name not in data:
+                raise ConfigError(f"[privacy] is missing required key `{name}`.")
+        return cls(**dict(data))
+
+
+def _in_range(value: object, low: float, high: float) -> bool:
+    """`low < value < high` for a real number; False for bools, strings and NaN."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and low < value < high
+
+
+def _check_positive(name: str, value: object) -> None:
+    if not _in_range(value, 0, math.inf):
+        raise ConfigError(f"`{name}` must be a finite number > 0, got {value!r}.")
+
+
+def _check_delta(name: str, value: object) -> None:
+    if not _in_range(value, 0, 1):
+        raise ConfigError(f"`{name}` must be in (0, 1), got {value!r}.")
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _enum(kind: type[E], name: str, value: object) -> E:
+    choices = ", ".join(f'"{member.value}"' for member in kind)
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"`{name}` must be one of {choices}, got {value!r}.")
