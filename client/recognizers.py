@@ -32,7 +32,8 @@ NAME_LIST_LOCALES: tuple[str, ...] = (
 )  # fmt: skip
 _NAME_ATTRS = (
     "first_names", "first_names_male", "first_names_female", "last_names",
-    "first_romanized_names", "last_romanized_names",
+    "first_romanized_names", "last_romanized_names", "last_names_male", "last_names_female", "male_last_names",
+    "female_last_names", "unisex_last_names",
 )  # fmt: skip
 
 # Everyday clinical, banking and letter vocabulary that is capitalised at sentence starts and in headings.
