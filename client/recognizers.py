@@ -665,10 +665,12 @@ class NamePlaceRecognizer(EntityRecognizer):
         if all(m.group().isupper() and len(m.group()) <= 3 for m in run):  # "USD", "MRN": codes, not names
             return None
         before, after = text[max(0, start - 48) : start], text[end : end + 16]
-        if _STATE_AFTER.match(after) or _INSTITUTION_BEFORE.search(before) or _POSTCODE_BEFORE.search(before):
-            return ("LOCATION", start, end, 0.85)
         if _TITLE_BEFORE.search(before) or _LABEL_COMMA.search(before):
             return ("PERSON", start, self._extend_last_first(text, before, end), 0.85)
+        if _STRONG_PERSON_BEFORE.search(before):  # "Attending: Tao Xu, MD" is not in Maryland
+            return None
+        if _STATE_AFTER.match(after) or _INSTITUTION_BEFORE.search(before) or _POSTCODE_BEFORE.search(before):
+            return ("LOCATION", start, end, 0.85)
         return None
 
     def _classify(self, text: str, run: list[re.Match[str]]) -> tuple[str, int, int, float] | None:
@@ -703,7 +705,7 @@ class NamePlaceRecognizer(EntityRecognizer):
         """After "Name:" a comma can separate last and first name ("Nelson, Eleanor", "NELSON, ELEANOR")."""
         if not _LABEL_COMMA.search(before):
             return end
-        m = re.match(r",\s*((?:[A-Z][\w'’\-]*)(?:\s+[A-Z][\w'’\-]*)?)", text[end : end + 64])
+        m = re.match(r", ?([A-Z][\w'’\-]*(?: [A-Z][a-z][\w'’\-]*)?)", text[end : end + 64])
         if m and not is_common(m.group(1).split()[0]):
             return end + m.end()
         return end

@@ -1,0 +1,222 @@
+"""`silo scrub`: scrub a site's records into a directory it can inspect before any training round."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.config_scrub import ScrubConfig, ScrubOperator
+from common.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from client.scrub import Scrubber
+
+SUFFIXES = (".jsonl", ".csv")
+# Progress is redrawn at most this often (seconds), so printing never costs more than scrubbing.
+PROGRESS_INTERVAL_S = 0.5
+
+_EPILOG = """\
+Each input file is written to DIR under the same name with the same fields; every field named by
+--field (default: text) is scrubbed and the others are copied. Records that cannot be scrubbed
+(missing or non-text field, or an identifier still visible on a second pass) are quarantined: they
+are left out of the output and counted in DIR/report.json, which never contains a raw value.
+Output appears all at once: it is written to a temporary directory and renamed into place.
+
+examples:
+  silo scrub --in site/notes.jsonl --out site/scrubbed
+  silo scrub --in site/raw/ --out site/scrubbed --config site.toml
+  silo scrub --in messages.csv --out out/ --field subject --field body --operator pseudonym --config site.toml
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "scrub",
+        help="scrub PII from site records (JSONL/CSV) into a directory, with a report",
+        description="Remove personal data (HIPAA Safe Harbor and bank identifiers) from a JSONL or CSV "
+        "file, or a directory of them, so a site can inspect exactly what training will see.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--in", dest="inp", required=True, metavar="PATH", help="a .jsonl or .csv file, or a directory of them"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist, or be empty)")
+    parser.add_argument(
+        "--field",
+        action="append",
+        metavar="NAME",
+        help="field to scrub (repeatable; default: from config, else 'text')",
+    )
+    parser.add_argument("--config", metavar="SITE_TOML", help="site TOML whose [scrub] section configures scrubbing")
+    parser.add_argument(
+        "--operator",
+        choices=[op.value for op in ScrubOperator],
+        help="replace with <TYPE> (default), keyed pseudonym <TYPE_hhhhhhhh>, or redact",
+    )
+    parser.set_defaults(func=run)
+
+
+def _load_config(args: argparse.Namespace) -> ScrubConfig:
+    section: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            with path.open("rb") as f:
+                section = dict(tomllib.load(f).get("scrub", {}))
+        except OSError as err:
+            raise ConfigError(f"cannot read --config {path}: {err.strerror}.") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path} is not valid TOML: {err}.") from None
+        key = section.get("pseudonym_key_file")
+        if isinstance(key, str) and key and not Path(key).is_absolute():
+            section["pseudonym_key_file"] = str(path.parent / key)  # relative to the TOML's own directory
+    if args.field:
+        section["fields"] = tuple(args.field)
+    if args.operator:
+        section["operator"] = args.operator
+    return ScrubConfig.from_mapping(section)
+
+
+def _input_files(inp: Path) -> list[Path]:
+    if inp.is_file():
+        if inp.suffix.lower() not in SUFFIXES:
+            raise DataError(f"{inp}: expected a .jsonl or .csv file.")
+        return [inp]
+    if inp.is_dir():
+        files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise DataError(f"{inp}: no .jsonl or .csv files in this directory.")
+        return files
+    raise DataError(f"{inp}: no such file or directory.")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}, column {err.colno}).") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}.")
+            records.append(record)
+    return records
+
+
+def _read_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        if not header:
+            raise DataError(f"{path}:1: expected a header row.")
+        records = []
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} columns as in the header.")
+            records.append(row)
+    return records, header
+
+
+class _Progress:
+    """A counter with a rate on stderr: redrawn in place on a terminal, a line now and then otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.start = self.last = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.n = 0
+
+    def __call__(self, n: int) -> None:
+        self.n = n
+        now = time.monotonic()
+        if now - self.last >= (PROGRESS_INTERVAL_S if self.tty else 10 * PROGRESS_INTERVAL_S):
+            self.last = now
+            self._draw(now, end="\r" if self.tty else "\n")
+
+    def _draw(self, now: float, end: str) -> None:
+        rate = self.n / max(now - self.start, 1e-9)
+        print(f"silo scrub: {self.label}: {self.n:,} records ({rate:,.0f}/s)", end=end, file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        self._draw(time.monotonic(), end="\n")
+
+
+def _scrub_file(path: Path, dest: Path, scrubber: Scrubber) -> dict[str, Any]:
+    from client.scrub import scrub_records
+
+    header: list[str] = []
+    if path.suffix.lower() == ".csv":
+        records, header = _read_csv(path)
+    else:
+        records = _read_jsonl(path)
+    progress = _Progress(path.name)
+    result = scrub_records(records, scrubber, progress=progress)
+    progress.done()
+    with dest.open("w", encoding="utf-8", newline="") as f:
+        if header:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(dict(r) for r in result.records)
+        else:
+            for record in result.records:
+                f.write(json.dumps(dict(record), ensure_ascii=False) + "\n")
+    return result.report
+
+
+def _total(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {"records_in": 0, "records_out": 0, "quarantined": 0}
+    counters: dict[str, Counter[str]] = {
+        k: Counter() for k in ("quarantine_reasons", "entities", "second_pass_entities")
+    }
+    for report in reports.values():
+        for key in total:
+            total[key] += report[key]
+        for key, counter in counters.items():
+            counter.update(report[key])
+    total.update({key: dict(sorted(counter.items())) for key, counter in counters.items()})
+    return total
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: Presidio takes a second to import, and `silo --help` should not wait for it.
+    from client.scrub import build_scrubber
+
+    config = _load_config(args)
+    files = _input_files(Path(args.inp))
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"--out {out} exists and is not an empty directory; choose a new one.")
+    scrubber = build_scrubber(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        reports = {p.name: _scrub_file(p, staging / p.name, scrubber) for p in files}
+        total = _total(reports)
+        report = {"config": config.summary(), "total": total, "files": reports}
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(
+        f"silo scrub: {total['records_out']:,} of {total['records_in']:,} records written to {out}; "
+        f"{total['quarantined']:,} quarantined; report: {out / 'report.json'}",
+        file=sys.stderr,
+    )
+    return 0
