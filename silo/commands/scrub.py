@@ -21,7 +21,6 @@ from common.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from client.scrub import Scrubber
 
-SUFFIXES = (".jsonl", ".csv")
 # Progress is redrawn at most this often (seconds), so printing never costs more than scrubbing.
 PROGRESS_INTERVAL_S = 0.5
 
@@ -88,47 +87,9 @@ def _load_config(args: argparse.Namespace) -> ScrubConfig:
     return ScrubConfig.from_mapping(section)
 
 
-def _input_files(inp: Path) -> list[Path]:
-    if inp.is_file():
-        if inp.suffix.lower() not in SUFFIXES:
-            raise DataError(f"{inp}: expected a .jsonl or .csv file.")
-        return [inp]
-    if inp.is_dir():
-        files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
-        if not files:
-            raise DataError(f"{inp}: no .jsonl or .csv files in this directory.")
-        return files
-    raise DataError(f"{inp}: no such file or directory.")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}, column {err.colno}).") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}.")
-            records.append(record)
-    return records
-
-
-def _read_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def _csv_header(path: Path) -> list[str]:
     with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        if not header:
-            raise DataError(f"{path}:1: expected a header row.")
-        records = []
-        for row in reader:
-            if None in row or any(v is None for v in row.values()):
-                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} columns as in the header.")
-            records.append(row)
-    return records, header
+        return next(csv.reader(f), [])
 
 
 class _Progress:
@@ -156,13 +117,11 @@ class _Progress:
 
 
 def _scrub_file(path: Path, dest: Path, scrubber: Scrubber) -> dict[str, Any]:
+    from client.ingest import read_record_file
     from client.scrub import scrub_records
 
-    header: list[str] = []
-    if path.suffix.lower() == ".csv":
-        records, header = _read_csv(path)
-    else:
-        records = _read_jsonl(path)
+    records = [record for _, record in read_record_file(path)]
+    header = _csv_header(path) if path.suffix == ".csv" else []
     progress = _Progress(path.name)
     result = scrub_records(records, scrubber, progress=progress)
     progress.done()
@@ -193,10 +152,11 @@ def _total(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: Presidio takes a second to import, and `silo --help` should not wait for it.
+    from client.ingest import list_record_files
     from client.scrub import build_scrubber
 
     config = _load_config(args)
-    files = _input_files(Path(args.inp))
+    files = list_record_files(Path(args.inp))
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"--out {out} exists and is not an empty directory; choose a new one.")

@@ -55,7 +55,7 @@ def test_cli_scrub_names_file_and_line_of_malformed_jsonl(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["scrub", "--in", str(bad), "--out", str(out)]) == 3
     err = capsys.readouterr().err
-    assert f"{bad}:2: not valid JSON" in err
+    assert f"{bad}:2: invalid JSON" in err
     assert not out.exists()  # nothing half-written
     assert list(tmp_path.iterdir()) == [bad]
 
@@ -64,7 +64,7 @@ def test_cli_scrub_names_file_and_line_of_a_ragged_csv(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("id,text\n1,hello\n2,too,many\n")
     assert main(["scrub", "--in", str(bad), "--out", str(tmp_path / "out")]) == 3
-    assert f"{bad}:3: expected 2 columns" in capsys.readouterr().err
+    assert f"{bad}:3: row has a different number of fields" in capsys.readouterr().err
 
 
 def test_cli_scrub_refuses_a_non_empty_out_dir(site_dir, tmp_path, capsys):
