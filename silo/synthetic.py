@@ -70,7 +70,6 @@ _US_PLACES: tuple[tuple[str, str], ...] = (
     ("Sacramento", "CA"), ("Eugene", "OR"), ("Spokane", "WA"), ("Tacoma", "WA"), ("Anchorage", "AK"),
     ("Honolulu", "HI"), ("Gainesville", "FL"), ("Tallahassee", "FL"), ("Orlando", "FL"), ("Aurora", "CO"),
 )  # fmt: skip
-_INTL_CITY_LOCALES = ("de_DE", "pl_PL", "en_IN", "cs_CZ", "fi_FI", "nl_NL", "it_IT", "sv_SE", "pt_PT")
 # Real US area codes, so generated numbers are valid to a phone-number library.
 _AREA_CODES = (
     "201", "212", "213", "303", "312", "314", "404", "415", "503", "512", "602", "608", "612", "617",
@@ -360,10 +359,6 @@ def _intl_address(ctx: _Ctx) -> tuple[str, str, str]:
     loc = ctx.rng.choice(("de_DE", "fr_FR", "nl_NL", "es_ES", "it_IT", "en_GB"))
     f = ctx.fake(loc)
     return f.street_address(), f.postcode(), f.city()
-
-
-def _intl_city(ctx: _Ctx) -> str:
-    return ctx.fake(ctx.rng.choice(_INTL_CITY_LOCALES)).city()
 
 
 def _age(ctx: _Ctx) -> int:
