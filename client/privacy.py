@@ -1,0 +1,191 @@
+"""DP-SGD for the site's LoRA training loop, with Opacus.
+
+`make_private` wraps (model, optimizer, data_loader) with an `opacus.PrivacyEngine`: per-sample
+gradients of the trainable (LoRA) parameters, per-sample clipping to `max_grad_norm`, Gaussian noise
+`noise_multiplier * max_grad_norm`, Poisson sampling, and the engine's accountant counting every step.
+
+Empty Poisson batches. With Poisson sampling a step's batch can be empty, and a Llama forward pass
+crashes on zero rows. The mechanism the accountants analyse still releases `sum of clipped gradients
+(none) + noise` at that step; skipping the step instead would reveal that no record was sampled, which
+the analysis does not cover. So on an empty draw the wrapped loader performs that noise-only step itself
+(the DP optimizer clips an empty set, adds noise, steps, and its accountant counts it) and yields only
+non-empty batches to the training loop. The loop never sees an empty batch; `steps_taken` counts both.
+
+Loss. Use a per-sample loss (one value per record, e.g. `client.train.per_sample_loss`) and reduce it
+with `PrivateTraining.reduce_loss`: a mean for hooks/functorch, Opacus' two-pass criterion for ghost
+clipping. A token mean over the whole batch would make one record's gradient depend on the others.
+
+Move the model to its device BEFORE `get_peft_model` (Opacus issue 820: otherwise LoRA updates can be
+silently corrupted); `make_private` refuses a model whose parameters span devices.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from common.accounting import DPEvent
+from common.config_privacy import GradSampleMode, PrivacyConfig
+from common.errors import ConfigError
+
+
+class _PerSampleLoss(torch.nn.Module):
+    """Identity "criterion" over per-sample losses, so that ghost clipping can wrap it.
+
+    Opacus' ghost criterion calls it with `reduction = "none"` to get one loss per record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = "mean"
+
+    def forward(self, per_sample: torch.Tensor) -> torch.Tensor:
+        if self.reduction == "none":
+            return per_sample
+        return per_sample.sum() if self.reduction == "sum" else per_sample.mean()
+
+
+@dataclass
+class PrivateTraining:
+    """The wrapped training objects; iterate `data_loader`, step `optimizer`, read `steps_taken`."""
+
+    model: torch.nn.Module
+    optimizer: Any  # opacus.optimizers.DPOptimizer
+    data_loader: _EmptyStepLoader
+    privacy_engine: Any  # opacus.PrivacyEngine
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    grad_sample_mode: GradSampleMode
+    _criterion: Any = None  # ghost mode only: opacus DPLossFastGradientClipping
+
+    @property
+    def steps_taken(self) -> int:
+        """DP steps the accountant has counted (empty Poisson draws included)."""
+        return sum(steps for _, _, steps in self.privacy_engine.accountant.history)
+
+    def history(self) -> list[DPEvent]:
+        """This session's accountant history, `(noise_multiplier, sample_rate, steps)` per run of steps."""
+        return [DPEvent(float(s), float(q), int(n)) for s, q, n in self.privacy_engine.accountant.history]
+
+    def reduce_loss(self, per_sample: torch.Tensor) -> Any:
+        """Batch loss to call `.backward()` on, from one loss per record (shape [B])."""
+        if self._criterion is not None:
+            return self._criterion(per_sample)
+        return per_sample.mean()
+
+    def step_empty(self) -> None:
+        """The noise-only DP step of an empty Poisson draw (the wrapped loader calls this itself)."""
+        _step_empty(self.optimizer, self.grad_sample_mode)
+
+
+def _step_empty(optimizer: Any, mode: GradSampleMode) -> None:
+    """Clip an empty set of per-sample gradients, add noise, step; the accountant counts the step."""
+    optimizer.zero_grad(set_to_none=True)  # the previous step's clipped sums must not leak in
+    for p in optimizer.params:
+        if mode is GradSampleMode.GHOST:
+            p.grad = torch.zeros_like(p)  # ghost clipping accumulates `p.grad` directly
+        else:
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class _EmptyStepLoader:
+    """Opacus' Poisson loader, minus empty batches: each one becomes a noise-only step instead."""
+
+    def __init__(self, loader: DataLoader, *, optimizer: Any, mode: GradSampleMode) -> None:
+        self.loader = loader
+        self.dataset = loader.dataset
+        self._optimizer, self._mode = optimizer, mode
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if batch_size_of(batch) == 0:
+                _step_empty(self._optimizer, self._mode)
+                continue
+            yield batch
+
+
+def batch_size_of(batch: Any) -> int:
+    """Rows in a collated batch (tensor, mapping or sequence of tensors); 0 for Opacus' empty batches."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 0
+    if isinstance(batch, Mapping):
+        return batch_size_of(next(iter(batch.values()))) if batch else 0
+    if isinstance(batch, Sequence) and not isinstance(batch, str | bytes):
+        return batch_size_of(batch[0]) if len(batch) else 0
+    raise TypeError(f"cannot tell the batch size of a {type(batch).__name__}")
+
+
+def make_private(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: DataLoader,
+    *,
+    config: PrivacyConfig,
+    noise_multiplier: float,
+    max_grad_norm: float,
+) -> PrivateTraining:
+    """Wrap the site's training objects for DP-SGD (accountant, grad-sample mode and Poisson sampling
+    from `config`; `noise_multiplier` from `config.resolve_noise_multiplier(...)`)."""
+    from opacus import PrivacyEngine
+
+    if not config.enabled:
+        raise ConfigError("[privacy] enabled = false: train without make_private (the ledger records epsilon = inf).")
+    if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+        raise ConfigError(f"`noise_multiplier` must be a finite number >= 0, got {noise_multiplier}.")
+    if noise_multiplier == 0:
+        warnings.warn(
+            "make_private with noise_multiplier = 0: clipping only, NO privacy (for correctness checks).",
+            stacklevel=2,
+        )
+    if not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
+        raise ConfigError(f"`max_grad_norm` must be a finite number > 0, got {max_grad_norm}.")
+    devices = {p.device for p in model.parameters()}
+    if len(devices) > 1:
+        raise ConfigError(
+            f"model parameters span devices {sorted(map(str, devices))}: move the base model to one device "
+            "before get_peft_model (Opacus issue 820)."
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("model has no trainable parameters; attach LoRA before make_private.")
+
+    engine = PrivacyEngine(accountant=config.accountant.value)
+    mode = config.grad_sample_mode
+    kwargs: dict[str, Any] = {
+        "module": model,
+        "optimizer": optimizer,
+        "data_loader": data_loader,
+        "noise_multiplier": float(noise_multiplier),
+        "max_grad_norm": float(max_grad_norm),
+        "poisson_sampling": config.poisson_sampling,
+        "grad_sample_mode": mode.value,
+        "loss_reduction": "mean",
+    }
+    criterion = None
+    if mode is GradSampleMode.GHOST:
+        wrapped_model, dp_optimizer, criterion, dp_loader = engine.make_private(criterion=_PerSampleLoss(), **kwargs)
+    else:
+        wrapped_model, dp_optimizer, dp_loader = engine.make_private(**kwargs)
+
+    return PrivateTraining(
+        model=wrapped_model,
+        optimizer=dp_optimizer,
+        data_loader=_EmptyStepLoader(dp_loader, optimizer=dp_optimizer, mode=mode),
+        privacy_engine=engine,
+        noise_multiplier=float(noise_multiplier),
+        max_grad_norm=float(max_grad_norm),
+        sample_rate=1 / len(dp_loader),  # what Opacus hands its accountant at every step
+        grad_sample_mode=mode,
+        _criterion=criterion,
+    )

@@ -1,0 +1,172 @@
+"""`silo budget`: a site's privacy spent and remaining, per run and per round, from its ledger."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from client.ledger import iter_rounds, read_ledger, verify_ledger
+from common import keys
+from common.accounting import Accountant, EpsilonConversion, compute_epsilon
+from common.errors import LedgerError
+
+_EPILOG = """\
+Epsilon is cumulative over EVERY round in the ledger (all runs, restarts included): each total is
+the privacy accountant's composition of all recorded DP events, not a sum of per-round values.
+A round that was reserved but never completed (the site stopped mid-round) still counts as spent.
+"remaining" is the site's budget_epsilon minus the total after that round. The ledger is verified
+first (against --public-key, or else the key it names) and an invalid ledger is refused.
+
+examples:
+  silo budget --ledger site/ledger.jsonl
+  silo budget --ledger site/ledger.jsonl --public-key site/keys/ledger.pem.pub --json
+"""
+
+_COLUMNS = (
+    ("entry", "{index}"),
+    ("run", "{run_id}"),
+    ("round", "{round}"),
+    ("status", "{status}"),
+    ("sigma", "{noise_multiplier:.4g}"),
+    ("q", "{sample_rate:.4g}"),
+    ("steps", "{steps}"),
+    ("eps round", "{epsilon_round}"),
+    ("eps total", "{epsilon_total}"),
+    ("budget", "{budget_epsilon}"),
+    ("remaining", "{remaining}"),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "budget",
+        help="show a site's privacy budget: spent and remaining per run and round",
+        description="Read a site's privacy ledger and show epsilon spent and remaining per run and round.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--ledger", required=True, metavar="FILE", help="the site's ledger (JSONL)")
+    parser.add_argument(
+        "--public-key", metavar="FILE", help="the site's Ed25519 public key (PEM) to verify signatures against"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    public_key = keys.load_public_key(args.public_key) if args.public_key else None
+    result = verify_ledger(args.ledger, public_key)
+    if not result.ok:
+        raise LedgerError(f"{args.ledger}: {result} Not showing a budget from it (see `silo ledger verify`).")
+    report = budget_report(Path(args.ledger))
+    report["verified_against"] = "--public-key" if public_key else "the key named in the ledger"
+    if args.json:
+        print(json.dumps(_strict_json(report), indent=2, allow_nan=False))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def budget_report(path: Path) -> dict[str, Any]:
+    """Rounds, runs and the current total of a (verified) ledger, as plain data."""
+    entries = read_ledger(path)
+    rounds = []
+    for entry, status in iter_rounds(entries):
+        row = {name: entry[name] for name in ("index", "run_id", "round", "site_id", "noise_multiplier",
+                                                "sample_rate", "steps", "epsilon_round", "epsilon_total",
+                                                "budget_epsilon", "delta", "accountant", "epsilon_conversion",
+                                                "dp_enabled", "timestamp")}  # fmt: skip
+        row["status"] = status
+        row["remaining"] = _remaining(entry)
+        rounds.append(row)
+    last = entries[-1] if entries else None
+    runs = _runs(entries, rounds, last)
+    spent = {
+        "epsilon": last["epsilon_total"] if last else 0.0,
+        "delta": last["delta"] if last else None,
+        "budget_epsilon": last["budget_epsilon"] if last else None,
+        "remaining": _remaining(last) if last else None,
+        "method": _method(last) if last else None,
+    }
+    return {"ledger": str(path), "entries": len(entries), "rounds": rounds, "runs": runs, "spent": spent}
+
+
+def _runs(entries: list[dict[str, Any]], rounds: list[dict[str, Any]], last: dict[str, Any] | None) -> list[dict]:
+    """Per run: its rounds, the ε of its own events alone, and the ledger total after its last round."""
+    if last is None:
+        return []
+    accountant = Accountant(last["accountant"])
+    conversion = EpsilonConversion(last["epsilon_conversion"]) if last["epsilon_conversion"] else None
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for row in rounds:
+        runs.setdefault(row["run_id"] or "(unnamed)", []).append(row)
+    out = []
+    for run_id, rows in runs.items():
+        events = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
+        out.append({
+            "run_id": run_id,
+            "rounds": len(rows),
+            "epsilon_run": compute_epsilon(events, delta=last["delta"], accountant=accountant, conversion=conversion),
+            "epsilon_total_after": rows[-1]["epsilon_total"],
+            "remaining_after": rows[-1]["remaining"],
+        })  # fmt: skip
+    return out
+
+
+def format_report(report: dict[str, Any]) -> str:
+    spent = report["spent"]
+    if not report["rounds"]:
+        return f"{report['ledger']}: no rounds recorded; nothing spent."
+    rows = [[title for title, _ in _COLUMNS]]
+    for r in report["rounds"]:
+        values = {k: (_num(v) if k in ("epsilon_round", "epsilon_total", "budget_epsilon", "remaining") else v)
+                  for k, v in r.items()}  # fmt: skip
+        values = {k: ("-" if v is None else v) for k, v in values.items()}
+        rows.append([fmt.format(**values) for _, fmt in _COLUMNS])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append("per run (epsilon of the run alone; total = whole ledger after its last round):")
+    for run in report["runs"]:
+        lines.append(
+            f"  {run['run_id']}: rounds {run['rounds']}, epsilon {_num(run['epsilon_run'])}, "
+            f"total after {_num(run['epsilon_total_after'])}, remaining {_num(run['remaining_after'])}"
+        )
+    lines.append("")
+    lines.append(
+        f"spent epsilon {_num(spent['epsilon'])} of budget {_num(spent['budget_epsilon'])} at delta "
+        f"{spent['delta']} ({spent['method']}); remaining {_num(spent['remaining'])}. "
+        f"Signatures verified against {report.get('verified_against', '?')}."
+    )
+    return "\n".join(lines)
+
+
+def _method(entry: dict[str, Any]) -> str:
+    return entry["accountant"] + (f"/{entry['epsilon_conversion']}" if entry["epsilon_conversion"] else "")
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.4f}"
+
+
+def _remaining(entry: dict[str, Any]) -> float:
+    """Budget left after an entry; an infinite budget (a site without DP) never runs out."""
+    budget = entry["budget_epsilon"]
+    return math.inf if math.isinf(budget) else budget - entry["epsilon_total"]
+
+
+def _strict_json(value: Any) -> Any:
+    """Infinite ε as the string "inf", as in the ledger itself: strict JSON has no infinity."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    return value

@@ -1,0 +1,123 @@
+import json
+import math
+import stat
+
+import pytest
+
+from client.ledger import Ledger
+from common import keys
+from silo.cli import main
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A site with a signing key (made by `silo ledger keygen`) and a ledger of two runs."""
+    assert main(["ledger", "keygen", "--out", str(tmp_path / "site.pem")]) == 0
+    key = keys.load_private_key(tmp_path / "site.pem")
+    ledger_path = tmp_path / "ledger.jsonl"
+    with Ledger.open(ledger_path, signing_key=key) as ledger:
+        for run_id in ("run-a", "run-b"):
+            for r in range(2):
+                plan = ledger.plan_round(
+                    noise_multiplier=1.1, sample_rate=0.01, steps=100, delta=1e-5, accountant="rdp",
+                    budget_epsilon=3.0, budget_delta=1e-5, run_id=run_id, round=r, site_id="site-a",
+                )  # fmt: skip
+                ledger.record_round(plan, run_id=run_id, round=r, site_id="site-a", max_grad_norm=1.0,
+                                    dataset_size=1000, update_sha256="cd" * 32)  # fmt: skip
+    return {"dir": tmp_path, "ledger": str(ledger_path), "pub": str(tmp_path / "site.pem.pub")}
+
+
+def test_cli_ledger_keygen_writes_a_private_key_only_the_owner_can_read(site):
+    mode = stat.S_IMODE((site["dir"] / "site.pem").stat().st_mode)
+    assert mode == 0o600
+    assert keys.fingerprint(keys.load_public_key(site["pub"])) == keys.fingerprint(
+        keys.load_private_key(site["dir"] / "site.pem")
+    )
+
+
+def test_cli_ledger_keygen_refuses_to_overwrite(site, capsys):
+    assert main(["ledger", "keygen", "--out", str(site["dir"] / "site.pem")]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_cli_ledger_verify_accepts_an_intact_ledger(site, capsys):
+    assert main(["ledger", "verify", "--ledger", site["ledger"], "--public-key", site["pub"]]) == 0
+    assert "ledger OK: 8 entries" in capsys.readouterr().out
+
+
+def test_cli_ledger_verify_names_the_first_bad_entry(site, capsys):
+    path = site["dir"] / "ledger.jsonl"
+    rows = path.read_bytes().splitlines(keepends=True)
+    rows[5] = rows[5].replace(b'"noise_multiplier":1.1', b'"noise_multiplier":1.2')
+    path.write_bytes(b"".join(rows))
+    assert main(["ledger", "verify", "--ledger", site["ledger"], "--public-key", site["pub"]]) == 6
+    err = capsys.readouterr().err
+    assert "INVALID at entry 5" in err and "signature invalid" in err
+    assert err.count("\n") == 1  # one line, no traceback
+
+
+def test_cli_ledger_verify_rejects_another_sites_key(site, tmp_path, capsys):
+    other = keys.save_public_key(keys.generate_signing_key(), tmp_path / "other.pub")
+    assert main(["ledger", "verify", "--ledger", site["ledger"], "--public-key", str(other)]) == 6
+    assert "entry 0" in capsys.readouterr().err
+
+
+def test_cli_ledger_verify_json(site, capsys):
+    assert main(["ledger", "verify", "--ledger", site["ledger"], "--public-key", site["pub"], "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] is True and result["first_bad_index"] is None
+
+
+def test_cli_ledger_export_writes_an_audit_directory(site, capsys):
+    out = site["dir"] / "audit"
+    assert main(["ledger", "export", "--ledger", site["ledger"], "--out", str(out)]) == 0
+    assert "exported 8 entries" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["ledger.jsonl", "manifest.json", "site_public_key.pem"]
+    assert main(["ledger", "verify", "--ledger", str(out / "ledger.jsonl"), "--public-key", site["pub"]]) == 0
+
+
+def test_cli_budget_shows_spent_and_remaining_per_run_and_round(site, capsys):
+    assert main(["budget", "--ledger", site["ledger"], "--public-key", site["pub"]]) == 0
+    out = capsys.readouterr().out
+    assert "run-a" in out and "run-b" in out and "remaining" in out
+    assert "spent epsilon 1.2368 of budget 3.0000" in out
+
+
+def test_cli_budget_json_is_strict_and_composes_runs(site, capsys):
+    assert main(["budget", "--ledger", site["ledger"], "--json"]) == 0
+    report = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(name))
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 0, 1]
+    runs = {run["run_id"]: run for run in report["runs"]}
+    assert runs["run-a"]["epsilon_run"] == pytest.approx(runs["run-b"]["epsilon_run"])
+    assert runs["run-b"]["epsilon_total_after"] > runs["run-b"]["epsilon_run"]
+    assert report["spent"]["remaining"] == pytest.approx(3.0 - report["spent"]["epsilon"])
+
+
+def test_cli_budget_shows_a_site_without_dp_as_infinite(tmp_path, capsys):
+    key = keys.generate_signing_key()
+    with Ledger.open(tmp_path / "ledger.jsonl", signing_key=key) as ledger:
+        plan = ledger.plan_round(
+            noise_multiplier=0.0, sample_rate=0.01, steps=100, delta=1e-5, accountant="rdp",
+            budget_epsilon=math.inf, budget_delta=1e-5, dp_enabled=False,
+        )  # fmt: skip
+        ledger.record_round(plan, run_id="r", round=0, site_id="s", max_grad_norm=None, dataset_size=10,
+                            update_sha256="ef" * 32)  # fmt: skip
+    assert main(["budget", "--ledger", str(tmp_path / "ledger.jsonl"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["spent"]["epsilon"] == "inf" and report["rounds"][0]["dp_enabled"] is False
+
+
+def test_cli_budget_refuses_a_tampered_ledger(site, capsys):
+    path = site["dir"] / "ledger.jsonl"
+    rows = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(rows[:2] + rows[3:]))
+    assert main(["budget", "--ledger", site["ledger"]]) == 6
+    assert "INVALID at entry 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["budget", "--help"], ["ledger", "--help"], ["ledger", "verify", "--help"]])
+def test_cli_ledger_help_explains_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert "--ledger" in capsys.readouterr().out or argv == ["ledger", "--help"]
