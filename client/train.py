@@ -133,7 +133,7 @@ def _proximal_targets(model: torch.nn.Module, global_state: dict[str, torch.Tens
     from peft import get_peft_model_state_dict
 
     inner = getattr(model, "_module", model)  # Opacus' GradSampleModule keeps the model in _module
-    saved = get_peft_model_state_dict(inner)
+    saved = get_peft_model_state_dict(inner, save_embedding_layers=False)
     by_data = {v.data_ptr(): k for k, v in saved.items()}
     pairs = []
     for p in inner.parameters():

@@ -1,7 +1,8 @@
 """The LoRA adapter as it crosses the wire and lands on disk.
 
-Only adapter tensors travel: `get_peft_model_state_dict` holds the LoRA A/B matrices (and, for
-classification, the trained head), never base weights and never records.
+Only adapter tensors travel: the LoRA A/B matrices (and, for classification, the trained head),
+never base weights and never records. `save_embedding_layers=False` matters: when `lm_head` or an
+embedding is a LoRA target, PEFT would otherwise add that layer's full base weight to the state.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ StateDict = dict[str, torch.Tensor]
 
 def adapter_state(model: PeftModel) -> StateDict:
     """A detached CPU copy of the adapter's trainable tensors, in PEFT's saved-key format."""
-    return {k: v.detach().to("cpu").clone() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach().to("cpu").clone() for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
 
 
 def load_adapter_state(model: PeftModel, state: StateDict) -> None:
     """Load `state` into `model`, refusing missing or unexpected keys and wrong shapes."""
-    expected = get_peft_model_state_dict(model)
+    expected = get_peft_model_state_dict(model, save_embedding_layers=False)
     check_compatible(state, {k: (tuple(v.shape), v.dtype) for k, v in expected.items()})
     result = set_peft_model_state_dict(model, state)
     unexpected = getattr(result, "unexpected_keys", [])

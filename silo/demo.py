@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from common.errors import ConfigError, FederationFailed
 from silo.basemodel import build_base_model
-from silo.launch import LocalFederation
+from silo.launch import LocalFederation, follow_run
 from silo.synthetic import make_bank_messages, make_clinical_notes
 
 # (site id, record maker, seed): two hospitals and a bank, so the sites' data differ (non-IID).
@@ -118,49 +117,14 @@ def prepare_demo(out: Path, *, base_model: str | None = None, sites: int = 3, re
     return layout
 
 
-class RoundProgress:
-    """Prints one line per completed round, read from the run's manifest as the run goes."""
-
-    def __init__(self, run_dir: Path, log: TextIO) -> None:
-        self.manifest = run_dir / "manifest.json"
-        self.log = log
-        self.shown = -1
-        self.t0 = time.monotonic()
-
-    def __call__(self) -> None:
-        try:
-            manifest = json.loads(self.manifest.read_text())
-        except (OSError, json.JSONDecodeError):
-            return
-        for entry in manifest.get("rounds", []):
-            n = entry["round"]
-            if n <= self.shown or "eval" not in entry:
-                continue
-            self.shown = n
-            planned = manifest.get("rounds_planned", "?")
-            ev = entry["eval"].get("eval_loss", float("nan"))
-            if n == 0:
-                line = f"round 0/{planned}  eval_loss {ev:.4f}  (initial adapter)"
-            else:
-                tr = entry.get("train", {}).get("train_loss", float("nan"))
-                line = (f"round {n}/{planned}  sites {len(entry.get('sites', []))}  train_loss {tr:.4f}  "
-                        f"eval_loss {ev:.4f}  rejected {len(entry.get('rejected', []))}")
-            print(f"[{time.monotonic() - self.t0:6.1f}s] {line}", file=self.log, flush=True)
-
-
 def run_local_federation(layout: DemoLayout, site_configs: list[Path], *, timeout: float, log: TextIO,
                          insecure: bool = True) -> dict:
     """Start the processes, run, check the real outcome, stop everything; returns the manifest."""
-    fed = LocalFederation(layout.out / "processes", site_configs, insecure=insecure)
-    progress = RoundProgress(layout.run_dir, log)
-    with fed:
-        print(f"[demo] SuperLink on {fed.address}; {len(site_configs)} SuperNodes started (logs in {fed.logs})", file=log)
+    with LocalFederation(layout.out / "processes", site_configs, insecure=insecure) as fed:
+        print(f"[demo] SuperLink on {fed.address}; {len(site_configs)} SuperNodes (logs in {fed.logs})", file=log)
         run_id = fed.submit({"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)})
-        print(f"[demo] submitted Flower run {run_id}", file=log)
-        status = fed.wait(run_id, timeout=timeout, poll=progress)
-        progress()
-    manifest = json.loads((layout.run_dir / "manifest.json").read_text()) if (layout.run_dir / "manifest.json").exists() else {}
-    if status.get("status") != "finished:completed" or manifest.get("status") != "completed":
-        reason = manifest.get("failure") or f"Flower status {status.get('status')!r}"
-        raise FederationFailed(f"run {run_id} failed: {reason} (logs in {fed.logs})")
-    return manifest
+        print(f"[demo] submitted Flower run {run_id}; rounds appear as the sites report", file=log)
+        try:
+            return follow_run(fed.connection, run_id, layout.run_dir, timeout=timeout, log=log)
+        except FederationFailed as err:
+            raise FederationFailed(f"{err} (process logs in {fed.logs})") from None

@@ -1,0 +1,80 @@
+"""`silo site check` and `silo site start`: for the site operator."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from common.config import load_site_config
+from common.errors import ConfigError
+from silo.launch import BIN, flower_env
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    site = sub.add_parser("site", help="check or start this site's node")
+    ssub = site.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = ssub.add_parser(
+        "check",
+        help="validate the site TOML and records without training or sending anything",
+        description="Load the site TOML and every record file, check them against the task, and report "
+        "the train / hold-out split. Errors name the field, or the file and line.",
+    )
+    check.add_argument("--config", type=Path, required=True, help="site TOML")
+    check.set_defaults(func=check_site)
+
+    start = ssub.add_parser(
+        "start",
+        help="run this site's SuperNode in the foreground",
+        description="Check the site, then run a Flower SuperNode that connects to the coordinator's SuperLink "
+        "and answers its rounds with this site's TOML.",
+    )
+    start.add_argument("--config", type=Path, required=True, help="site TOML")
+    start.add_argument("--superlink", required=True, help="coordinator's SuperLink address host:port")
+    start.add_argument("--root-certificates", type=Path, help="CA certificate of the coordinator's TLS")
+    start.add_argument("--auth-key", type=Path, help="this site's SuperNode authentication private key")
+    start.add_argument(
+        "--port", type=int, default=9094, help="local port for the ClientApp runtime (default: %(default)s)"
+    )
+    start.add_argument("--insecure", action="store_true", help="plain-text connection (testing only; warns)")
+    start.set_defaults(func=start_site)
+
+
+def check_site(args: argparse.Namespace) -> int:
+    from client.ingest import load_site_records, split_records
+
+    cfg = load_site_config(args.config)
+    records = load_site_records(cfg.data_dir, cfg.data, cfg.task)
+    split = split_records(records, holdout_fraction=cfg.data.holdout_fraction, seed=cfg.data.seed)
+    print(
+        f"site {cfg.site.id}: {len(records)} records in {cfg.data_dir} "
+        f"({len(split.train)} train, {len(split.holdout)} hold-out); task {cfg.task.type}; model {cfg.model_source()}"
+    )
+    return 0
+
+
+def start_site(args: argparse.Namespace) -> int:
+    check_site(args)
+    cfg_path = Path(args.config).resolve()
+    argv = [
+        str(BIN / "flower-supernode"),
+        "--superlink",
+        args.superlink,
+        "--port",
+        str(args.port),
+        "--node-config",
+        f"site-config='{cfg_path}'",
+    ]
+    if args.insecure:
+        print("silo: WARNING: --insecure: this site's updates travel unencrypted", file=sys.stderr)
+        argv.append("--insecure")
+    elif args.root_certificates is None:
+        raise ConfigError("give --root-certificates (the coordinator's CA), or --insecure for testing")
+    else:
+        argv += ["--root-certificates", str(args.root_certificates)]
+    if args.auth_key is not None:
+        argv += ["--auth-supernode-private-key", str(args.auth_key)]
+    env = flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")))
+    os.execve(argv[0], argv, env)
+    return 0  # not reached
