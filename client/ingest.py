@@ -121,13 +121,20 @@ class Split:
 def split_records(records: list[dict[str, Any]], *, holdout_fraction: float, seed: int) -> Split:
     """Deterministic split by a keyed hash of each record's content, so it survives reordering
     and restarts: a record is in the hold-out set in every round or in none."""
-    train, holdout = [], []
-    for rec in records:
-        digest = hashlib.sha256(f"{seed}:{json.dumps(rec, sort_keys=True)}".encode()).digest()
-        (holdout if int.from_bytes(digest[:8], "big") / 2**64 < holdout_fraction else train).append(rec)
-    if not train or not holdout:
-        raise DataError(
-            f"{len(records)} records are too few to hold out {holdout_fraction:.0%} for evaluation "
-            f"(train {len(train)}, hold-out {len(holdout)})"
-        )
-    return Split(train=train, holdout=holdout)
+    if len(records) < 2:
+        raise DataError(f"{len(records)} record(s) are too few to split into training and hold-out sets (need >= 2)")
+    scores = [
+        int.from_bytes(hashlib.sha256(f"{seed}:{json.dumps(rec, sort_keys=True)}".encode()).digest()[:8], "big") / 2**64
+        for rec in records
+    ]
+    held = [score < holdout_fraction for score in scores]
+    # A small site can hash every record onto one side (10 records at 20%: 0.8**10, about 1 in 9).
+    # Move the record nearest the cut across: both sides non-empty, still a function of content only.
+    if not any(held):
+        held[scores.index(min(scores))] = True
+    elif all(held):
+        held[scores.index(max(scores))] = False
+    return Split(
+        train=[rec for rec, h in zip(records, held, strict=True) if not h],
+        holdout=[rec for rec, h in zip(records, held, strict=True) if h],
+    )

@@ -42,6 +42,22 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is_int(value: Any) -> bool:
+    """An integer, not a bool: TOML's `true` must not pass as 1."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A real number (int or float), not a bool or a string; NaN fails every comparison after this."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    """A TOML list of names; a bare string would otherwise be split into its characters."""
+    _require(isinstance(value, list | tuple), f"`{name}` must be a list, got {value!r}.")
+    return tuple(value)
+
+
 def _enum(cls: type[enum.StrEnum], value: Any, name: str) -> Any:
     try:
         return cls(value)
@@ -76,7 +92,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.base, str) and bool(self.base), f"`model.base` must be a path or hub id, got {self.base!r}.")
-        _require(isinstance(self.max_length, int) and self.max_length > 0, f"`model.max_length` must be > 0, got {self.max_length!r}.")
+        _require(_is_int(self.max_length) and self.max_length > 0, f"`model.max_length` must be > 0, got {self.max_length!r}.")
 
 
 @dataclass(frozen=True)
@@ -87,10 +103,10 @@ class LoraSettings:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        _require(isinstance(self.r, int) and self.r > 0, f"`lora.r` must be > 0, got {self.r!r}.")
-        _require(isinstance(self.alpha, int | float) and self.alpha > 0, f"`lora.alpha` must be > 0, got {self.alpha!r}.")
-        _require(isinstance(self.dropout, int | float) and 0 <= self.dropout < 1, f"`lora.dropout` must be in [0, 1), got {self.dropout!r}.")
+        object.__setattr__(self, "target_modules", _names(self.target_modules, "lora.target_modules"))
+        _require(_is_int(self.r) and self.r > 0, f"`lora.r` must be > 0, got {self.r!r}.")
+        _require(_is_number(self.alpha) and self.alpha > 0, f"`lora.alpha` must be > 0, got {self.alpha!r}.")
+        _require(_is_number(self.dropout) and 0 <= self.dropout < 1, f"`lora.dropout` must be in [0, 1), got {self.dropout!r}.")
         _require(
             len(self.target_modules) > 0 and all(isinstance(m, str) and m for m in self.target_modules),
             f"`lora.target_modules` must be a non-empty list of module names, got {list(self.target_modules)!r}.",
@@ -105,7 +121,7 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", _enum(TaskType, self.type, "task.type"))
-        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        object.__setattr__(self, "labels", tuple(str(x) for x in _names(self.labels, "task.labels")))
         if self.type is TaskType.CLASSIFICATION:
             _require(len(self.labels) >= 2, f"`task.labels` must list >= 2 labels for classification, got {list(self.labels)!r}.")
             _require(len(set(self.labels)) == len(self.labels), f"`task.labels` has duplicates: {list(self.labels)!r}.")
@@ -125,7 +141,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(isinstance(self.dir, str) and bool(self.dir), f"`data.dir` must be a directory path, got {self.dir!r}.")
         _require(
-            isinstance(self.holdout_fraction, int | float) and 0 < self.holdout_fraction < 1,
+            _is_number(self.holdout_fraction) and 0 < self.holdout_fraction < 1,
             f"`data.holdout_fraction` must be in (0, 1), got {self.holdout_fraction!r}.",
         )
 
@@ -146,14 +162,14 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", _enum(Precision, self.precision, "training.precision"))
-        _require(isinstance(self.epochs, int) and self.epochs > 0, f"`training.epochs` must be > 0, got {self.epochs!r}.")
-        _require(isinstance(self.batch_size, int) and self.batch_size > 0, f"`training.batch_size` must be > 0, got {self.batch_size!r}.")
+        _require(_is_int(self.epochs) and self.epochs > 0, f"`training.epochs` must be > 0, got {self.epochs!r}.")
+        _require(_is_int(self.batch_size) and self.batch_size > 0, f"`training.batch_size` must be > 0, got {self.batch_size!r}.")
         _require(
-            isinstance(self.learning_rate, int | float) and self.learning_rate > 0,
+            _is_number(self.learning_rate) and self.learning_rate > 0,
             f"`training.learning_rate` must be > 0, got {self.learning_rate!r}.",
         )
-        _require(isinstance(self.max_steps, int) and self.max_steps >= 0, f"`training.max_steps` must be >= 0, got {self.max_steps!r}.")
-        _require(isinstance(self.threads, int) and self.threads > 0, f"`training.threads` must be > 0, got {self.threads!r}.")
+        _require(_is_int(self.max_steps) and self.max_steps >= 0, f"`training.max_steps` must be >= 0, got {self.max_steps!r}.")
+        _require(_is_int(self.threads) and self.threads > 0, f"`training.threads` must be > 0, got {self.threads!r}.")
         dev = self.device
         _require(
             isinstance(dev, str) and (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")),
@@ -221,14 +237,14 @@ class FederationSection:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", _enum(StrategyName, self.strategy, "federation.strategy"))
-        _require(isinstance(self.rounds, int) and self.rounds > 0, f"`federation.rounds` must be > 0, got {self.rounds!r}.")
-        _require(isinstance(self.min_sites, int) and self.min_sites > 0, f"`federation.min_sites` must be > 0, got {self.min_sites!r}.")
-        _require(self.proximal_mu >= 0, f"`federation.proximal_mu` must be >= 0, got {self.proximal_mu!r}.")
-        _require(self.server_learning_rate > 0, f"`federation.server_learning_rate` must be > 0, got {self.server_learning_rate!r}.")
-        _require(0 <= self.beta1 < 1, f"`federation.beta1` must be in [0, 1), got {self.beta1!r}.")
-        _require(0 <= self.beta2 < 1, f"`federation.beta2` must be in [0, 1), got {self.beta2!r}.")
-        _require(self.tau > 0, f"`federation.tau` must be > 0, got {self.tau!r}.")
-        _require(self.round_timeout_s > 0, f"`federation.round_timeout_s` must be > 0, got {self.round_timeout_s!r}.")
+        _require(_is_int(self.rounds) and self.rounds > 0, f"`federation.rounds` must be > 0, got {self.rounds!r}.")
+        _require(_is_int(self.min_sites) and self.min_sites > 0, f"`federation.min_sites` must be > 0, got {self.min_sites!r}.")
+        _require(_is_number(self.proximal_mu) and self.proximal_mu >= 0, f"`federation.proximal_mu` must be >= 0, got {self.proximal_mu!r}.")
+        _require(_is_number(self.server_learning_rate) and self.server_learning_rate > 0, f"`federation.server_learning_rate` must be > 0, got {self.server_learning_rate!r}.")
+        _require(_is_number(self.beta1) and 0 <= self.beta1 < 1, f"`federation.beta1` must be in [0, 1), got {self.beta1!r}.")
+        _require(_is_number(self.beta2) and 0 <= self.beta2 < 1, f"`federation.beta2` must be in [0, 1), got {self.beta2!r}.")
+        _require(_is_number(self.tau) and self.tau > 0, f"`federation.tau` must be > 0, got {self.tau!r}.")
+        _require(_is_number(self.round_timeout_s) and self.round_timeout_s > 0, f"`federation.round_timeout_s` must be > 0, got {self.round_timeout_s!r}.")
 
 
 @dataclass(frozen=True)

@@ -116,8 +116,8 @@ class RunDirectory:
                   metadata={"format": "pt"})
         (partial / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2, default=_json_default) + "\n")
         if server_state:
-            flat = {f"{group}/{key}": value for group, values in server_state.items() for key, value in values.items()}
-            np.savez(partial / "server_state.npz", **flat)
+            # allow_pickle=False: an object that is not an array fails here, not when the run resumes.
+            np.savez(partial / "server_state.npz", allow_pickle=False, **_flatten(server_state))
         digest = sha256_file(partial / ADAPTER_FILE)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
@@ -165,9 +165,27 @@ class RunDirectory:
         if (d / "server_state.npz").exists():
             with np.load(d / "server_state.npz") as npz:
                 for flat_key in npz.files:
-                    group, key = flat_key.split("/", 1)
-                    state.setdefault(group, {})[key] = npz[flat_key]
+                    *groups, key = flat_key.split("/")
+                    node = state
+                    for group in groups:
+                        node = node.setdefault(group, {})
+                    node[key] = npz[flat_key]
         return load_file(d / ADAPTER_FILE), state
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts of arrays (FedAdam's {"strategy": {"m": {name: array}}}) as "a/b/name" keys.
+
+    npz holds only flat arrays; a nested dict would be pickled and refused on load."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if "/" in key:
+            raise FederationFailed(f"server state key {key!r} must not contain '/'")
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = np.asarray(value)
+    return flat
 
 
 def _now() -> str:

@@ -110,7 +110,8 @@ class FedAdam(FedAvg):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"m": self.m, "v": self.v}
+        """A snapshot: copies, so later rounds do not change a state already handed to the checkpoint."""
+        return {"m": {k: a.copy() for k, a in self.m.items()}, "v": {k: a.copy() for k, a in self.v.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.m = dict(state.get("m", {}))
