@@ -135,11 +135,12 @@ def test_make_private_changes_only_and_all_lora_tensors(task, device):
     assert private.steps_taken == len(private.data_loader) == 4
 
 
-def test_make_private_turns_empty_poisson_batches_into_noise_only_steps():
+@pytest.mark.parametrize("mode", list(GradSampleMode))
+def test_make_private_turns_empty_poisson_batches_into_noise_only_steps(mode):
     model = tiny_lora_llama("causal_lm")
     # 8 records, batch 1: sample rate 1/8, so a step draws no record with probability (7/8)^8 = 0.34.
     private = make_private(
-        model, sgd(model), DataLoader(dataset("causal_lm", size=8), batch_size=1), config=privacy_config(),
+        model, sgd(model), DataLoader(dataset("causal_lm", size=8), batch_size=1), config=privacy_config(mode=mode),
         noise_multiplier=1.0, max_grad_norm=1.0,
     )  # fmt: skip
     torch.manual_seed(3)
