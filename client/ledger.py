@@ -212,9 +212,7 @@ class Ledger:
             state = _walk(_read_lines(path), keys.public_key_raw(signing_key).hex(), check_epsilon=False)
         except _BadEntry as err:
             _release_lock(lock_fd)
-            raise LedgerError(
-                f"{path}: {err} Refusing to plan rounds on a ledger that fails verification."
-            ) from None
+            raise LedgerError(f"{path}: {err} Refusing to plan rounds on a ledger that fails verification.") from None
         except BaseException:
             _release_lock(lock_fd)
             raise
@@ -368,9 +366,7 @@ class Ledger:
         self._check_open()
         index = plan.reservation_index
         if index not in self._state.open_reservations:
-            raise LedgerError(
-                f"{self.path}: reservation {index} is not open in this ledger (recorded twice?)."
-            )
+            raise LedgerError(f"{self.path}: reservation {index} is not open in this ledger (recorded twice?).")
         reserved = self._state.entries[index]
         if hashlib.sha256(self._state.lines[index]).hexdigest() != plan.reservation_sha256:
             raise LedgerError(f"{self.path}: plan does not match reservation entry {index}.")
@@ -384,8 +380,7 @@ class Ledger:
         for name, value in (("run_id", run_id), ("round", round), ("site_id", site_id)):
             if reserved[name] is not None and reserved[name] != value:
                 raise LedgerError(
-                    f"{self.path}: `{name}` {value!r} differs from reservation entry {index} "
-                    f"({reserved[name]!r})."
+                    f"{self.path}: `{name}` {value!r} differs from reservation entry {index} ({reserved[name]!r})."
                 )
         accountant = Accountant(reserved["accountant"])
         conversion = _conversion(reserved["epsilon_conversion"])
@@ -454,14 +449,17 @@ def verify_ledger(path: str | Path, public_key: Ed25519PublicKey | None) -> Veri
         lines = _read_lines(path)
     except _BadEntry as err:
         return VerifyResult(ok=False, entries=err.index, first_bad_index=err.index, reason=err.reason)
-    if public_key is None:
-        public_hex = embedded_public_key(path)
-        if public_hex is None:
-            return VerifyResult(ok=True, entries=0, epsilon_total=0.0)
-    else:
-        public_hex = keys.public_key_raw(public_key).hex()
+    if not lines:
+        return VerifyResult(ok=True, entries=0, epsilon_total=0.0)
     try:
+        if public_key is None:
+            public_hex = _parse(0, lines[0])["site_public_key"]
+            keys.public_key_from_raw(bytes.fromhex(public_hex))
+        else:
+            public_hex = keys.public_key_raw(public_key).hex()
         state = _walk(lines, public_hex, check_epsilon=True)
+    except ConfigError as err:  # the embedded key is not an Ed25519 key
+        return VerifyResult(ok=False, entries=len(lines), first_bad_index=0, reason=str(err))
     except _BadEntry as err:
         return VerifyResult(ok=False, entries=len(lines), first_bad_index=err.index, reason=err.reason)
     total = _decode_epsilon(state.entries[-1]["epsilon_total"]) if state.entries else 0.0
@@ -546,9 +544,7 @@ def _walk(lines: list[bytes], public_hex: str, *, check_epsilon: bool) -> _State
     for index, line in enumerate(lines):
         entry = _parse(index, line)
         if entry["index"] != index:
-            raise _BadEntry(
-                index, f"index field says {entry['index']}: entries deleted, inserted or reordered."
-            )
+            raise _BadEntry(index, f"index field says {entry['index']}: entries deleted, inserted or reordered.")
         if entry["prev_sha256"] != state.last_sha256:
             raise _BadEntry(
                 index,
@@ -570,9 +566,7 @@ def _walk(lines: list[bytes], public_hex: str, *, check_epsilon: bool) -> _State
         else:
             state.open_reservations.discard(entry["reservation"])
         if check_epsilon:
-            _check_epsilon(
-                index, entry, state.events, event or _event_of(state.entries[entry["reservation"]])
-            )
+            _check_epsilon(index, entry, state.events, event or _event_of(state.entries[entry["reservation"]]))
         state.entries.append(entry)
         state.lines.append(line)
     return state
@@ -597,9 +591,7 @@ def _check_semantics(index: int, entry: dict[str, Any], state: _State) -> None:
         reserved = state.entries[reservation]
         for name in _EVENT_FIELDS:
             if entry[name] != reserved[name]:
-                raise _BadEntry(
-                    index, f"`{name}` {entry[name]!r} differs from its reservation {reservation}."
-                )
+                raise _BadEntry(index, f"`{name}` {entry[name]!r} differs from its reservation {reservation}.")
         if entry["update_sha256"] is None or not _SHA256_HEX.fullmatch(entry["update_sha256"]):
             raise _BadEntry(index, "a round entry needs `update_sha256` (64 lowercase hex digits).")
     elif entry["reservation"] is not None:
@@ -612,9 +604,7 @@ def _check_epsilon(index: int, entry: dict[str, Any], events: list[DPEvent], eve
     for name, history in (("epsilon_round", [event]), ("epsilon_total", events)):
         recorded = _decode_epsilon(entry[name])
         try:
-            expected = compute_epsilon(
-                history, delta=entry["delta"], accountant=accountant, conversion=conversion
-            )
+            expected = compute_epsilon(history, delta=entry["delta"], accountant=accountant, conversion=conversion)
         except ConfigError as err:
             raise _BadEntry(index, f"cannot recompute {name}: {err}") from None
         same = recorded == expected or math.isclose(recorded, expected, rel_tol=EPSILON_REL_TOL)
@@ -633,9 +623,7 @@ def _event_of(entry: dict[str, Any]) -> DPEvent:
 
 
 def _canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps(
-        entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode()
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def _parse(index: int, line: bytes) -> dict[str, Any]:

@@ -355,3 +355,11 @@ def _sha256(data):
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def test_verify_ledger_without_a_key_checks_against_the_embedded_key(ledger_file, key):
+    assert verify_ledger(ledger_file, None).ok
+    rows = lines(ledger_file)
+    rows[3] = b"{not json\n"
+    result = verify_ledger(tampered(ledger_file, rows), None)
+    assert result.first_bad_index == 3 and "not valid JSON" in result.reason
