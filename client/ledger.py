@@ -41,7 +41,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -356,12 +356,13 @@ class Ledger:
         max_grad_norm: float | None,
         dataset_size: int,
         update_sha256: str,
-        steps_taken: int | None = None,
+        accountant_history: Iterable[tuple[float, float, int]] | None = None,
     ) -> dict[str, Any]:
         """Complete `plan`'s reservation after training, before the update is sent; append + fsync.
 
-        `steps_taken` (if given) must not exceed the reserved steps: more steps than reserved would
-        spend more than the ledger says, so the update must not leave the site.
+        `accountant_history` (pass `PrivateTraining.history()`): what Opacus' accountant counted this
+        round. It must be the plan's (noise_multiplier, sample_rate) for at most the reserved steps;
+        otherwise the ledger would understate the privacy spent, and `LedgerError` says not to send.
         """
         self._check_open()
         index = plan.reservation_index
@@ -370,11 +371,8 @@ class Ledger:
         reserved = self._state.entries[index]
         if hashlib.sha256(self._state.lines[index]).hexdigest() != plan.reservation_sha256:
             raise LedgerError(f"{self.path}: plan does not match reservation entry {index}.")
-        if steps_taken is not None and steps_taken > plan.steps:
-            raise LedgerError(
-                f"round took {steps_taken} steps but reserved {plan.steps} (entry {index}): the ledger would "
-                "understate the privacy spent; do not send this update."
-            )
+        if accountant_history is not None:
+            _check_trained_within(plan, list(accountant_history), index)
         if not _SHA256_HEX.fullmatch(update_sha256):
             raise LedgerError(f"`update_sha256` must be 64 lowercase hex digits, got {update_sha256!r}.")
         for name, value in (("run_id", run_id), ("round", round), ("site_id", site_id)):
@@ -433,6 +431,25 @@ class Ledger:
     def _check_open(self) -> None:
         if self._lock_fd is None:
             raise LedgerError(f"{self.path}: ledger is closed.")
+
+
+def _check_trained_within(plan: RoundPlan, history: list[tuple[float, float, int]], index: int) -> None:
+    steps = sum(int(n) for _, _, n in history)
+    for noise_multiplier, sample_rate, _ in history:
+        if not (
+            math.isclose(noise_multiplier, plan.noise_multiplier, rel_tol=1e-12)
+            and math.isclose(sample_rate, plan.sample_rate, rel_tol=1e-12)
+        ):
+            raise LedgerError(
+                f"trained with noise_multiplier={noise_multiplier}, sample_rate={sample_rate} but reserved "
+                f"{plan.noise_multiplier}, {plan.sample_rate} (entry {index}): the ledger would misstate the "
+                "privacy spent; do not send this update."
+            )
+    if steps > plan.steps:
+        raise LedgerError(
+            f"trained {steps} steps but reserved {plan.steps} (entry {index}): the ledger would understate "
+            "the privacy spent; do not send this update."
+        )
 
 
 # ---- verification -------------------------------------------------------------------------------

@@ -116,6 +116,14 @@ class _EmptyStepLoader:
             yield batch
 
 
+def planned_sample_rate(*, dataset_size: int, batch_size: int) -> float:
+    """The sample rate `make_private` will hand its accountant for a `DataLoader(dataset, batch_size)`:
+    Opacus uses 1 / len(loader) = 1 / ceil(dataset_size / batch_size). Plan the round with this."""
+    if dataset_size < 1 or batch_size < 1:
+        raise ConfigError(f"need dataset_size >= 1 and batch_size >= 1, got {dataset_size} and {batch_size}.")
+    return 1 / math.ceil(dataset_size / batch_size)
+
+
 def batch_size_of(batch: Any) -> int:
     """Rows in a collated batch (tensor, mapping or sequence of tensors); 0 for Opacus' empty batches."""
     if isinstance(batch, torch.Tensor):

@@ -155,14 +155,26 @@ def test_ledger_record_round_twice_is_refused(path, key):
             record(ledger, round_plan)
 
 
-def test_ledger_record_round_refuses_more_steps_than_reserved(path, key):
+@pytest.mark.parametrize(
+    ("trained", "message"),
+    [
+        ([(1.1, 0.01, 60), (1.1, 0.01, 41)], "trained 101 steps but reserved 100"),
+        ([(1.0, 0.01, 100)], "trained with noise_multiplier=1.0"),
+        ([(1.1, 0.02, 100)], "sample_rate=0.02"),
+    ],
+)
+def test_ledger_record_round_refuses_training_beyond_the_reservation(path, key, trained, message):
     with Ledger.open(path, signing_key=key) as ledger:
         round_plan = plan(ledger)
-        with pytest.raises(LedgerError, match="do not send"):
+        with pytest.raises(LedgerError, match=message):
             ledger.record_round(
                 round_plan, run_id="r", round=0, site_id="s", max_grad_norm=1.0, dataset_size=10,
-                update_sha256="ab" * 32, steps_taken=101,
+                update_sha256="ab" * 32, accountant_history=trained,
             )  # fmt: skip
+        ledger.record_round(
+            round_plan, run_id="r", round=0, site_id="s", max_grad_norm=1.0, dataset_size=10,
+            update_sha256="ab" * 32, accountant_history=[(1.1, 0.01, 100)],
+        )  # fmt: skip
 
 
 def test_ledger_prv_accountant_records_no_conversion(path, key):

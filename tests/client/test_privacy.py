@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.privacy import make_private
+from client.privacy import make_private, planned_sample_rate
 from common.config_privacy import GradSampleMode, PrivacyConfig
 from common.errors import ConfigError
 
@@ -167,7 +167,8 @@ def test_make_private_records_sample_rate_and_accountant():
         model, sgd(model), DataLoader(dataset("causal_lm"), batch_size=4), config=privacy_config(),
         noise_multiplier=1.3, max_grad_norm=0.5,
     )  # fmt: skip
-    assert private.sample_rate == 0.25
+    assert private.sample_rate == 0.25 == planned_sample_rate(dataset_size=16, batch_size=4)
+    assert planned_sample_rate(dataset_size=10, batch_size=4) == 1 / 3  # 3 batches, the last one short
     assert private.privacy_engine.accountant.mechanism() == "rdp"
 
 
@@ -188,3 +189,32 @@ def test_make_private_refuses_a_model_without_trainable_parameters():
     with pytest.raises(ConfigError, match="no trainable parameters"):
         make_private(model, optimizer, DataLoader(dataset("causal_lm")), config=privacy_config(),
                      noise_multiplier=1.0, max_grad_norm=1.0)  # fmt: skip
+
+
+def test_make_private_round_fits_its_ledger_reservation(tmp_path):
+    """The site protocol: plan (budget check) -> train under DP -> record what the accountant counted."""
+    from client.ledger import Ledger, verify_ledger
+    from common import keys
+
+    config, key = privacy_config(), keys.generate_signing_key()
+    data, batch_size, epochs = dataset("causal_lm", size=10), 4, 2
+    sample_rate = planned_sample_rate(dataset_size=len(data), batch_size=batch_size)
+    steps = epochs * round(1 / sample_rate)
+    with Ledger.open(tmp_path / "ledger.jsonl", signing_key=key) as ledger:
+        round_plan = ledger.plan_round(
+            noise_multiplier=1.0, sample_rate=sample_rate, steps=steps, delta=config.delta,
+            accountant=config.accountant, budget_epsilon=config.budget_epsilon, budget_delta=config.budget_delta,
+        )  # fmt: skip
+        model = tiny_lora_llama("causal_lm")
+        private = make_private(
+            model, sgd(model), DataLoader(data, batch_size=batch_size), config=config, noise_multiplier=1.0,
+            max_grad_norm=config.max_grad_norm,
+        )  # fmt: skip
+        for _ in range(epochs):
+            train_private(private, "causal_lm")
+        ledger.record_round(
+            round_plan, run_id="r", round=0, site_id="s", max_grad_norm=1.0, dataset_size=len(data),
+            update_sha256="ab" * 32, accountant_history=private.history(),
+        )  # fmt: skip
+    assert private.history() == [(1.0, sample_rate, steps)]
+    assert verify_ledger(tmp_path / "ledger.jsonl", key.public_key()).ok
