@@ -150,9 +150,7 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """
     from opacus.accountants.analysis import rdp as opacus_rdp
 
-    curve = opacus_rdp.compute_rdp(
-        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS)
-    )
+    curve = opacus_rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS))
     curve.setflags(write=False)  # shared by every caller through the cache
     return curve
 
@@ -194,9 +192,7 @@ def find_noise_multiplier(
         raise ConfigError(f"`epsilon_tolerance` must be > 0, got {epsilon_tolerance}.")
 
     def spend(sigma: float) -> float:
-        return compute_epsilon(
-            [(sigma, sample_rate, steps)], delta=delta, accountant=accountant, conversion=conversion
-        )
+        return compute_epsilon([(sigma, sample_rate, steps)], delta=delta, accountant=accountant, conversion=conversion)
 
     sigma_low, sigma_high = 0.0, 1.0
     eps_high = spend(sigma_high)

@@ -61,9 +61,7 @@ class PrivacyConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"`{name}` must be true or false, got {getattr(self, name)!r}.")
         object.__setattr__(self, "accountant", _enum(Accountant, "accountant", self.accountant))
-        object.__setattr__(
-            self, "grad_sample_mode", _enum(GradSampleMode, "grad_sample_mode", self.grad_sample_mode)
-        )
+        object.__setattr__(self, "grad_sample_mode", _enum(GradSampleMode, "grad_sample_mode", self.grad_sample_mode))
         _check_positive("max_grad_norm", self.max_grad_norm)
         if not _in_range(self.budget_epsilon, 0, math.inf) and self.budget_epsilon != math.inf:
             raise ConfigError(f"`budget_epsilon` must be > 0 (inf allowed), got {self.budget_epsilon!r}.")
@@ -117,8 +115,7 @@ class PrivacyConfig:
         target_epsilon, target_delta = self.target_epsilon, self.target_delta
         if target_epsilon is not None and target_epsilon > self.budget_epsilon:
             raise ConfigError(
-                f"`target_epsilon` must be <= `budget_epsilon` ({self.budget_epsilon}), "
-                f"got {self.target_epsilon}."
+                f"`target_epsilon` must be <= `budget_epsilon` ({self.budget_epsilon}), got {self.target_epsilon}."
             )
         if target_delta is not None and target_delta > self.budget_delta:
             raise ConfigError(
@@ -165,9 +162,7 @@ class PrivacyConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(
-                f"unknown key `{unknown[0]}` in [privacy]; known keys: {', '.join(sorted(known))}."
-            )
+            raise ConfigError(f"unknown key `{unknown[0]}` in [privacy]; known keys: {', '.join(sorted(known))}.")
         for name in ("max_grad_norm", "budget_epsilon", "budget_delta"):
             if name not in data:
                 raise ConfigError(f"[privacy] is missing required key `{name}`.")

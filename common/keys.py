@@ -27,9 +27,7 @@ def generate_signing_key() -> Ed25519PrivateKey:
 def save_private_key(key: Ed25519PrivateKey, path: str | Path) -> Path:
     """Write `key` as PEM with mode 0600; refuse to overwrite an existing file."""
     path = Path(path)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     _write_new(path, pem, mode=PRIVATE_KEY_MODE)
     return path
 
