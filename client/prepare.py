@@ -12,14 +12,21 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
+from client.scrub import ScrubbedRecords
 from common.config import DataConfig, TaskConfig, TaskType
+from common.errors import ScrubFailed
 
 IGNORE_INDEX = -100  # positions that carry no loss (prompt and padding)
 
 
-def encode_records(records: list[dict[str, Any]], tokenizer: Any, *, data: DataConfig, task: TaskConfig,
+def encode_records(records: ScrubbedRecords, tokenizer: Any, *, data: DataConfig, task: TaskConfig,
                    max_length: int) -> TensorDataset:
-    """(input_ids, attention_mask, labels) for every record; labels are token ids or class ids."""
+    """(input_ids, attention_mask, labels) for every record; labels are token ids or class ids.
+
+    Only scrubbed records are accepted: this is the gate between a site's raw data and training."""
+    if not isinstance(records, ScrubbedRecords):
+        raise ScrubFailed(f"training accepts only scrubbed records, got {type(records).__name__}; "
+                          "pass them through client.scrub.scrub_records first")
     if task.type is TaskType.CLASSIFICATION:
         return _encode_classification(records, tokenizer, data=data, task=task, max_length=max_length)
     seqs: list[list[int]] = []
@@ -45,7 +52,7 @@ def encode_records(records: list[dict[str, Any]], tokenizer: Any, *, data: DataC
     return TensorDataset(input_ids, attention, labels_t)
 
 
-def _encode_classification(records: list[dict[str, Any]], tokenizer: Any, *, data: DataConfig, task: TaskConfig,
+def _encode_classification(records: ScrubbedRecords, tokenizer: Any, *, data: DataConfig, task: TaskConfig,
                            max_length: int) -> TensorDataset:
     index = {name: i for i, name in enumerate(task.labels)}
     enc = tokenizer(

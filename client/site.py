@@ -1,13 +1,18 @@
 """What a site does when the coordinator asks it to train or evaluate the global adapter.
 
-records → ingest → scrub → split → tokenize → LoRA training → adapter update back to Flower.
+records → ingest → split → scrub → tokenize → LoRA training → adapter update back to Flower.
 Failures become error replies that say why; when any stage fails, nothing is sent.
+
+Records are scrubbed on every round, in this process, from the raw files: tokenization accepts only
+`ScrubbedRecords`, which only the scrubber can make, so no path reaches training around it.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -15,20 +20,15 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 
 from client.ingest import load_site_records, split_records
 from client.prepare import encode_records
+from client.scrub import ScrubbedRecords, build_scrubber, scrub_records
 from client.train import evaluate, train_round
 from common.adapter import adapter_state, arrays_to_state, hash_state, load_adapter_state, state_to_arrays
-from common.config import SiteConfig, load_site_config
-from common.errors import SiloError
+from common.config import SiteConfig, TaskType, load_site_config
+from common.errors import ScrubFailed, SiloError
 from common.model import load_lora_model, load_tokenizer, resolve_device
 
 # Error-reply codes the coordinator records with the reason (Flower reserves small codes).
 ERROR_CODE_BASE = 1000
-
-
-@dataclass(frozen=True)
-class SiteData:
-    train: torch.utils.data.TensorDataset
-    holdout: torch.utils.data.TensorDataset
 
 
 def site_config(context: Context) -> SiteConfig:
@@ -44,12 +44,41 @@ def configure_threads(cfg: SiteConfig) -> None:
     torch.set_num_threads(cfg.training.threads)
 
 
+@dataclass(frozen=True)
+class SiteData:
+    train: torch.utils.data.TensorDataset
+    holdout: torch.utils.data.TensorDataset
+    scrub_report: dict[str, Any]
+
+
+def scrub_fields(cfg: SiteConfig, records: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The text fields training reads (text, or prompt and response), plus any the site's `[scrub]`
+    names that the records have; never the label. A record lacking one of them is quarantined."""
+    d = cfg.data
+    prompted = cfg.task.type is TaskType.CAUSAL_LM and any(d.prompt_field in r for r in records)
+    used = (d.prompt_field, d.response_field) if prompted else (d.text_field,)
+    extra = tuple(f for f in cfg.scrub.fields if any(f in r for r in records))
+    return tuple(dict.fromkeys((*used, *extra)))
+
+
 def load_site_data(cfg: SiteConfig, tokenizer: Any) -> SiteData:
     records = load_site_records(cfg.data_dir, cfg.data, cfg.task)
     split = split_records(records, holdout_fraction=cfg.data.holdout_fraction, seed=cfg.data.seed)
-    encode = lambda recs: encode_records(recs, tokenizer, data=cfg.data, task=cfg.task,  # noqa: E731
-                                         max_length=cfg.model.max_length)
-    return SiteData(train=encode(split.train), holdout=encode(split.holdout))
+    scrubber = build_scrubber(replace(cfg.scrub, fields=scrub_fields(cfg, records)))
+    train, holdout = scrub_records(split.train, scrubber), scrub_records(split.holdout, scrubber)
+    if not len(train.records) or not len(holdout.records):
+        raise ScrubFailed(f"every record of a split was quarantined by scrubbing ({train.quarantined} train, "
+                          f"{holdout.quarantined} hold-out); see `silo scrub` to inspect")
+
+    def encode(recs: ScrubbedRecords) -> torch.utils.data.TensorDataset:
+        return encode_records(recs, tokenizer, data=cfg.data, task=cfg.task, max_length=cfg.model.max_length)
+
+    report = {
+        "records_in": train.report["records_in"] + holdout.report["records_in"],
+        "quarantined": train.quarantined + holdout.quarantined,
+        "entities": dict(Counter(train.report["entities"]) + Counter(holdout.report["entities"])),
+    }
+    return SiteData(train=encode(train.records), holdout=encode(holdout.records), scrub_report=report)
 
 
 @dataclass
@@ -99,7 +128,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         "holdout-examples": before.num_examples,
     })
     content = RecordDict({"arrays": state_to_arrays(update), "metrics": metrics})
-    content["site"] = _site_record(site.cfg, update)
+    content["site"] = _site_record(site.cfg, update, site.data.scrub_report)
     return Message(content=content, reply_to=msg)
 
 
@@ -112,10 +141,12 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(result.metrics())}), reply_to=msg)
 
 
-def _site_record(cfg: SiteConfig, update: dict[str, torch.Tensor]) -> Any:
+def _site_record(cfg: SiteConfig, update: dict[str, torch.Tensor], scrub_report: dict[str, Any]) -> Any:
     from flwr.app import ConfigRecord
 
-    return ConfigRecord({"site-id": cfg.site.id, "update-sha256": hash_state(update)})
+    # Counts by entity type only; the scrub report never holds a raw value.
+    return ConfigRecord({"site-id": cfg.site.id, "update-sha256": hash_state(update),
+                         "scrub-report": json.dumps(scrub_report, sort_keys=True)})
 
 
 def error_reply(msg: Message, err: SiloError) -> Message:

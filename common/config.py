@@ -261,8 +261,11 @@ class FederationConfig:
         return str(local) if local.exists() else self.model.base
 
     def config_hash(self) -> str:
-        """sha256 of the canonical config: a resumed run must have the same one."""
-        body = json.dumps(_plain(self), sort_keys=True, default=str).encode()
+        """sha256 of the canonical config: a resumed run must have the same one. The round timeout is
+        operational (a slow restart may need a longer one), so it is left out."""
+        plain = _plain(self)
+        plain["federation"].pop("round_timeout_s", None)
+        body = json.dumps(plain, sort_keys=True, default=str).encode()
         return hashlib.sha256(body).hexdigest()
 
 

@@ -66,7 +66,12 @@ def collect_updates(replies: Iterable[Message], spec: dict[str, tuple[int, ...]]
             rejected.append({"node_id": node, "reason": _reply_error(msg)})
             continue
         content = msg.content
-        site_id = str(content["site"]["site-id"]) if "site" in content else str(node)
+        if "arrays" not in content or "metrics" not in content:
+            rejected.append({"node_id": node, "reason": f"malformed reply (records: {sorted(content.keys())})"})
+            continue
+        site = content["site"] if "site" in content else {}
+        site_id = str(site.get("site-id", node))
+        report = {"scrub": json.loads(str(site["scrub-report"]))} if "scrub-report" in site else {}
         arrays = {k: v.numpy() for k, v in content["arrays"].items()}
         shapes = {k: tuple(v.shape) for k, v in arrays.items()}
         if shapes != spec:
@@ -74,7 +79,7 @@ def collect_updates(replies: Iterable[Message], spec: dict[str, tuple[int, ...]]
             continue
         metrics = {k: float(v) for k, v in content["metrics"].items() if isinstance(v, int | float)}
         accepted.append(SiteUpdate(node_id=node, site_id=site_id, arrays=arrays,
-                                   num_examples=int(metrics.get("num-examples", 0)), metrics=metrics))
+                                   num_examples=int(metrics.get("num-examples", 0)), metrics=metrics, report=report))
     return accepted, rejected
 
 
@@ -85,6 +90,9 @@ def evaluate_round(grid: Grid, nodes: list[int], arrays: Arrays, rnd: int, timeo
     for msg in replies:
         if msg.has_error():
             failed.append({"node_id": msg.metadata.src_node_id, "reason": _reply_error(msg)})
+            continue
+        if "metrics" not in msg.content:
+            failed.append({"node_id": msg.metadata.src_node_id, "reason": "malformed reply (no metrics)"})
             continue
         m = {k: float(v) for k, v in msg.content["metrics"].items() if isinstance(v, int | float)}
         per_site.append((int(m.get("num-examples", 0)), m))
@@ -114,6 +122,34 @@ def run_federation(grid: Grid, cfg: FederationConfig, run_dir: str) -> RunDirect
     log(INFO, "[silo] run %s completed: %d rounds, final adapter in %s", run.run_id, run.completed_rounds,
         run.path / "final")
     return run
+
+
+# Flower's error for a SuperNode that is registered but not connected (restarting, backing off).
+NODE_UNAVAILABLE = "Node Unavailable"
+# Pause before asking unavailable sites again; their reconnect back-off is a few seconds to ~20 s.
+RETRY_PAUSE_S = 3.0
+
+
+def train_round_replies(grid: Grid, nodes: list[int], arrays: Arrays, config: dict[str, Any], rnd: int,
+                        spec: dict[str, tuple[int, ...]], min_sites: int, timeout: float,
+                        ) -> tuple[list[SiteUpdate], list[dict[str, Any]]]:
+    """Send the round to every site; while too few updates are in, ask the sites that were merely
+    unreachable again (they trained nothing) until the round's timeout."""
+    deadline = time.monotonic() + timeout
+    accepted: list[SiteUpdate] = []
+    pending = list(nodes)
+    while True:
+        replies = list(grid.send_and_receive(_messages(pending, arrays, config, MessageType.TRAIN, rnd),
+                                             timeout=max(deadline - time.monotonic(), 1.0)))
+        new, rejected = collect_updates(replies, spec)
+        accepted += new
+        unavailable = [r for r in rejected if NODE_UNAVAILABLE in r["reason"]]
+        if len(accepted) >= min_sites or not unavailable or time.monotonic() + RETRY_PAUSE_S > deadline:
+            return accepted, rejected
+        log(WARNING, "[silo] round %d: %d site(s) unreachable, asking again", rnd, len(unavailable))
+        time.sleep(RETRY_PAUSE_S)
+        pending = [r["node_id"] for r in unavailable] + [n for n in grid.get_node_ids()
+                                                        if n not in pending and n not in {u.node_id for u in accepted}]
 
 
 def eval_from_train_replies(updates: list[SiteUpdate]) -> dict[str, Any]:
@@ -147,8 +183,7 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
         t0 = time.perf_counter()
         nodes = wait_for_sites(grid, minimum=fed.min_sites, timeout_s=timeout)
         config = {"server-round": rnd, "run-id": run.run_id, **strategy.site_config()}
-        replies = list(grid.send_and_receive(_messages(nodes, arrays, config, MessageType.TRAIN, rnd), timeout=timeout))
-        accepted, rejected = collect_updates(replies, spec)
+        accepted, rejected = train_round_replies(grid, nodes, arrays, config, rnd, spec, fed.min_sites, timeout)
         for r in rejected:
             log(WARNING, "[silo] round %d: update from node %s rejected: %s", rnd, r["node_id"], r["reason"])
         if len(accepted) < fed.min_sites:
@@ -164,7 +199,8 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             "strategy": str(fed.strategy),
             "train": average_metrics(accepted),
             "sites": [{"node_id": u.node_id, "site_id": u.site_id, "num_examples": u.num_examples,
-                       "bytes_up": sum(a.nbytes for a in u.arrays.values()), **u.metrics} for u in accepted],
+                       "bytes_up": sum(a.nbytes for a in u.arrays.values()), **u.metrics, **u.report}
+                      for u in accepted],
             "rejected": rejected,
             "bytes_down_per_site": down_bytes,
             "round_seconds": time.perf_counter() - t0,

@@ -34,6 +34,8 @@ class SiteUpdate:
     arrays: Arrays
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    # What the site reports of its own pipeline (scrub counts by entity type); never raw values.
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 def weighted_average(arrays: Sequence[Arrays], weights: Sequence[float]) -> Arrays:

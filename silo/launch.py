@@ -55,11 +55,12 @@ def flower_env(flwr_home: Path, *, threads: int = 1) -> dict[str, str]:
     return env
 
 
-def kill_matching(needle: str) -> None:
-    """SIGKILL every Flower process whose command line contains `needle`.
+def kill_children_of(port: int) -> None:
+    """SIGKILL the SuperExec and app processes serving the Flower process listening on `port`.
 
-    SuperExec and the app processes detach into sessions of their own, so killing a SuperLink's or
-    SuperNode's process group misses them; they carry the address of their parent's API instead."""
+    They detach into sessions of their own, so killing the parent's process group misses them; each
+    carries `--runtime-api-address 127.0.0.1:<parent's port>`, which is how they are found."""
+    needle = f"--runtime-api-address 127.0.0.1:{port} "
     me = os.getpid()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
@@ -68,7 +69,7 @@ def kill_matching(needle: str) -> None:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if needle in cmdline and ("flwr" in cmdline or "flower" in cmdline):
+        if needle in cmdline:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(entry.name), signal.SIGKILL)
 
@@ -210,6 +211,9 @@ class LocalFederation:
         argv = [
             str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.superlink_port),
             "--disable-runtime-dependency-installation",
+            # State on disk, as a production coordinator keeps it: a restarted SuperLink still knows
+            # its SuperNodes, which then reconnect by themselves.
+            "--database", str(self.workdir / "superlink.db"),
         ]
         if self.insecure:
             argv.append("--insecure")
@@ -253,18 +257,18 @@ class LocalFederation:
     def kill_coordinator(self) -> None:
         """SIGKILL the SuperLink and the ServerApp it runs: a coordinator crash, for tests and drills."""
         self.proc("superlink").stop(kill=True)
-        kill_matching(f"127.0.0.1:{self.superlink_port} ")
+        kill_children_of(self.superlink_port)
 
     def kill_site(self, index: int) -> None:
         self.proc(f"site-{index}").stop(kill=True)
-        kill_matching(f"127.0.0.1:{self.site_ports[index]} ")
+        kill_children_of(self.site_ports[index])
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
-        kill_matching(f"127.0.0.1:{self.superlink_port} ")
+        kill_children_of(self.superlink_port)
         for port in self.site_ports.values():
-            kill_matching(f"127.0.0.1:{port} ")
+            kill_children_of(port)
 
     def __enter__(self) -> LocalFederation:
         return self.start()
