@@ -9,22 +9,27 @@ Records are scrubbed on every round, in this process, from the raw files: tokeni
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from client.ingest import load_site_records, split_records
 from client.prepare import encode_records
+from client.ledger import Ledger
+from client.privacy import make_private, planned_sample_rate
 from client.scrub import ScrubbedRecords, build_scrubber, scrub_records
-from client.train import evaluate, train_round
+from client.train import evaluate, round_plan_steps, train_round
 from common.adapter import adapter_state, arrays_to_state, hash_state, load_adapter_state, state_to_arrays
 from common.config import SiteConfig, TaskType, load_site_config
 from common.errors import ScrubFailed, SiloError
+from common.keys import generate_signing_key, load_private_key, save_private_key, save_public_key
 from common.model import load_lora_model, load_tokenizer, resolve_device
 
 # Error-reply codes the coordinator records with the reason (Flower reserves small codes).
@@ -102,20 +107,70 @@ def load_for_round(msg: Message, context: Context) -> Loaded:
     return Loaded(cfg, device, data, model, global_state)
 
 
+def site_signing_key(cfg: SiteConfig) -> Any:
+    """The site's Ed25519 key that signs its ledger (made on first use, 0600, beside the ledger).
+    Auditors verify with `<state_dir>/site_signing.pub` or `silo ledger export`."""
+    path = cfg.state_dir / "site_signing.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = generate_signing_key()
+        save_private_key(key, path)
+        save_public_key(key, path.with_suffix(".pub"))
+    return load_private_key(path)
+
+
+def ledger_path(cfg: SiteConfig) -> Path:
+    return cfg.state_dir / "privacy_ledger.jsonl"
+
+
+# Seconds to wait for the ledger lock held by another round or run at this site before refusing.
+LEDGER_LOCK_TIMEOUT_S = 30.0
+
+
 def handle_train(msg: Message, context: Context) -> Message:
     """Evaluate the incoming global adapter on the hold-out split, then train on the train split.
+
+    Privacy: under the ledger's lock, the round is planned and reserved against the site's budget
+    BEFORE any training (refused with BudgetExhausted otherwise), trained with DP-SGD, and recorded
+    with the update's sha256 before the update is sent. Any failure: an error reply, no update.
 
     Evaluating here, on receipt, saves the coordinator a second message (and a second process
     start at every site) per round; only the final adapter needs its own evaluate message."""
     try:
         config = msg.content["config"]
+        run_id, server_round = str(config.get("run-id", "unknown")), int(config["server-round"])
         site = load_for_round(msg, context)
-        before = evaluate(site.model, site.data.holdout, task=site.cfg.task, device=site.device)
-        result = train_round(
-            site.model, site.data.train, task=site.cfg.task, training=site.cfg.training, device=site.device,
-            global_state=site.global_state, proximal_mu=float(config.get("proximal-mu", 0.0)),
-        )
-        update = adapter_state(site.model)
+        cfg, privacy = site.cfg, site.cfg.privacy
+        before = evaluate(site.model, site.data.holdout, task=cfg.task, device=site.device)
+        n = len(site.data.train)
+        batch_size, steps = round_plan_steps(n, cfg.training)
+        sample_rate = planned_sample_rate(dataset_size=n, batch_size=batch_size)
+        sigma = privacy.resolve_noise_multiplier(sample_rate=sample_rate, steps_per_round=steps)
+        with Ledger.open(ledger_path(cfg), signing_key=site_signing_key(cfg), lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger:
+            plan = ledger.plan_round(
+                noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=privacy.delta,
+                accountant=privacy.accountant, budget_epsilon=privacy.budget_epsilon,
+                budget_delta=privacy.budget_delta, dp_enabled=privacy.enabled,
+                poisson_sampling=privacy.poisson_sampling, run_id=run_id, round=server_round, site_id=cfg.site.id,
+            )
+
+            def dp(model: Any, optimizer: Any, loader: Any) -> Any:
+                return make_private(model, optimizer, loader, config=privacy, noise_multiplier=sigma,
+                                    max_grad_norm=privacy.max_grad_norm)
+
+            result = train_round(
+                site.model, site.data.train, task=cfg.task, training=cfg.training, device=site.device,
+                global_state=site.global_state, proximal_mu=float(config.get("proximal-mu", 0.0)),
+                privacy=dp if privacy.enabled else None,
+            )
+            update = adapter_state(site.model)
+            update_sha = hash_state(update)
+            entry = ledger.record_round(
+                plan, run_id=run_id, round=server_round, site_id=cfg.site.id,
+                max_grad_norm=privacy.max_grad_norm if privacy.enabled else None, dataset_size=n,
+                update_sha256=update_sha,
+                accountant_history=result.private.history() if result.private is not None else None,
+            )
     except SiloError as err:
         return error_reply(msg, err)
     metrics = MetricRecord({
@@ -123,12 +178,12 @@ def handle_train(msg: Message, context: Context) -> Message:
         "train_loss": result.loss,
         "steps": result.steps,
         "train_seconds": result.seconds,
-        "server-round": int(config["server-round"]),
+        "server-round": server_round,
         **{f"global_{k}": v for k, v in before.metrics().items() if k != "num-examples"},
         "holdout-examples": before.num_examples,
     })
     content = RecordDict({"arrays": state_to_arrays(update), "metrics": metrics})
-    content["site"] = _site_record(site.cfg, update, site.data.scrub_report)
+    content["site"] = _site_record(cfg, update_sha, site.data.scrub_report, plan, entry)
     return Message(content=content, reply_to=msg)
 
 
@@ -141,12 +196,27 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(result.metrics())}), reply_to=msg)
 
 
-def _site_record(cfg: SiteConfig, update: dict[str, torch.Tensor], scrub_report: dict[str, Any]) -> Any:
-    from flwr.app import ConfigRecord
-
-    # Counts by entity type only; the scrub report never holds a raw value.
-    return ConfigRecord({"site-id": cfg.site.id, "update-sha256": hash_state(update),
-                         "scrub-report": json.dumps(scrub_report, sort_keys=True)})
+def _site_record(cfg: SiteConfig, update_sha: str, scrub_report: dict[str, Any], plan: Any,
+                 entry: dict[str, Any]) -> ConfigRecord:
+    """What the site declares with its update: identity, the update's hash, its scrub counts (by
+    entity type only, never a raw value) and the privacy this round spent, as its ledger says."""
+    privacy = {
+        "dp_enabled": plan.dp_enabled,
+        "noise_multiplier": plan.noise_multiplier,
+        "sample_rate": plan.sample_rate,
+        "steps": plan.steps,
+        "max_grad_norm": cfg.privacy.max_grad_norm,
+        "delta": plan.delta,
+        "accountant": str(plan.accountant),
+        "conversion": str(plan.conversion) if plan.conversion else None,
+        "epsilon_round": plan.epsilon_round,
+        "epsilon_total": plan.epsilon_total_after,
+        "budget_epsilon": plan.budget_epsilon,
+        "ledger_entry_sha256": hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest(),
+    }
+    return ConfigRecord({"site-id": cfg.site.id, "update-sha256": update_sha,
+                         "scrub-report": json.dumps(scrub_report, sort_keys=True),
+                         "privacy": json.dumps(privacy, sort_keys=True, default=str)})
 
 
 def error_reply(msg: Message, err: SiloError) -> Message:

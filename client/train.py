@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from client.prepare import IGNORE_INDEX
 from common.config import Precision, TaskConfig, TaskType, TrainingConfig
 
-# Wraps (model, optimizer, loader) for private training; returns the wrapped three (see client/privacy.py).
-PrivacyWrapper = Callable[[torch.nn.Module, torch.optim.Optimizer, DataLoader], tuple[Any, Any, Any]]
+# Wraps (model, optimizer, loader) for DP-SGD: client.privacy.make_private with the round's settings.
+PrivacyWrapper = Callable[[torch.nn.Module, torch.optim.Optimizer, DataLoader], Any]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class TrainResult:
     steps: int  # optimiser steps taken
     num_examples: int  # size of the training split (FedAvg's weight)
     seconds: float
+    # client.privacy.PrivateTraining when trained under DP: its accountant history goes to the ledger.
+    private: Any = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,13 @@ def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.T
         yield tuple(t.to(device) for t in batch)
 
 
+def round_plan_steps(dataset_size: int, training: TrainingConfig) -> tuple[int, int]:
+    """(batch size, optimiser steps) a round will take: what the ledger reserves before training."""
+    batch = min(training.batch_size, dataset_size)
+    steps = training.epochs * math.ceil(dataset_size / batch)
+    return batch, min(steps, training.max_steps) if training.max_steps else steps
+
+
 def train_round(model: torch.nn.Module, dataset: TensorDataset, *, task: TaskConfig, training: TrainingConfig,
                 device: torch.device, global_state: dict[str, torch.Tensor] | None = None,
                 proximal_mu: float = 0.0, privacy: PrivacyWrapper | None = None,
@@ -94,38 +103,40 @@ def train_round(model: torch.nn.Module, dataset: TensorDataset, *, task: TaskCon
     torch.manual_seed(training.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: Any = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
-    loader: Any = DataLoader(dataset, batch_size=min(training.batch_size, len(dataset)), shuffle=True)
+    loader: Any = DataLoader(dataset, batch_size=round_plan_steps(len(dataset), training)[0], shuffle=True)
+    private = None
+    reduce_loss: Callable[[torch.Tensor], Any] = torch.mean
+    model.train()  # Opacus validates the module in training mode
     if privacy is not None:
-        model, optimizer, loader = privacy(model, optimizer, loader)
+        # Poisson sampling, per-sample clipping and noise; empty draws become noise-only steps
+        # inside the private loader (counted by its accountant), so no batch here is empty.
+        private = privacy(model, optimizer, loader)
+        model, optimizer, loader = private.model, private.optimizer, private.data_loader
+        reduce_loss = private.reduce_loss
     prox = _proximal_targets(model, global_state) if proximal_mu > 0 and global_state is not None else None
 
     model.train()
     steps, loss_sum = 0, 0.0
     for _ in range(training.epochs):
         for batch in _batches(loader, device):
-            if batch[0].shape[0] == 0:
-                # Poisson sampling drew no record. The step still happens for the accountant
-                # (the privacy wrapper counts it); the model sees no data and does not move.
-                optimizer.zero_grad(set_to_none=True)
-                steps += 1
-                continue
             with autocast_context(device, training.precision):
-                loss = per_sample_loss(model, batch, task).mean()
+                per_sample = per_sample_loss(model, batch, task)
+            loss = reduce_loss(per_sample)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if prox is not None:
                 _proximal_step(prox, lr=training.learning_rate, mu=proximal_mu)
             steps += 1
-            loss_sum += float(loss.detach())
+            loss_sum += float(per_sample.detach().mean())
             if progress is not None:
-                progress(steps, float(loss.detach()))
+                progress(steps, float(per_sample.detach().mean()))
             if training.max_steps and steps >= training.max_steps:
                 break
         if training.max_steps and steps >= training.max_steps:
             break
     return TrainResult(loss=loss_sum / max(steps, 1), steps=steps, num_examples=len(dataset),
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, private=private)
 
 
 def _proximal_targets(model: torch.nn.Module, global_state: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:

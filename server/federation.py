@@ -71,7 +71,10 @@ def collect_updates(replies: Iterable[Message], spec: dict[str, tuple[int, ...]]
             continue
         site = content["site"] if "site" in content else {}
         site_id = str(site.get("site-id", node))
-        report = {"scrub": json.loads(str(site["scrub-report"]))} if "scrub-report" in site else {}
+        report = {k: json.loads(str(site[f"{k}-report" if k == "scrub" else k])) for k in ("scrub", "privacy")
+                  if (f"{k}-report" if k == "scrub" else k) in site}
+        if "update-sha256" in site:
+            report["update_sha256"] = str(site["update-sha256"])
         arrays = {k: v.numpy() for k, v in content["arrays"].items()}
         shapes = {k: tuple(v.shape) for k, v in arrays.items()}
         if shapes != spec:

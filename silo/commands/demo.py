@@ -23,24 +23,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="federated rounds (default: 3)")
     p.add_argument("--sites", type=int, default=3, help="number of sites, 1-3 (default: 3)")
     p.add_argument("--records", type=int, default=240, help="synthetic records per site (default: 240)")
-    p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], default="fedavg",
-                   help="aggregation strategy (default: fedavg)")
-    p.add_argument("--base-model", metavar="PATH_OR_ID", default=None,
-                   help="use this base model (local directory or cached hub id) instead of building one")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds before the run is declared failed (default: 900)")
+    p.add_argument(
+        "--strategy",
+        choices=["fedavg", "fedprox", "fedadam"],
+        default="fedavg",
+        help="aggregation strategy (default: fedavg)",
+    )
+    p.add_argument(
+        "--base-model",
+        metavar="PATH_OR_ID",
+        default=None,
+        help="use this base model (local directory or cached hub id) instead of building one",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds before the run is declared failed (default: 900)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    layout = prepare_demo(args.out, base_model=args.base_model, sites=args.sites, records=args.records,
-                          rounds=args.rounds, strategy=args.strategy)
+    layout = prepare_demo(
+        args.out,
+        base_model=args.base_model,
+        sites=args.sites,
+        records=args.records,
+        rounds=args.rounds,
+        strategy=args.strategy,
+    )
     sites = sorted((layout.out / "sites").glob("*/site.toml"))
     manifest = run_local_federation(layout, sites, timeout=args.timeout, log=sys.stderr)
     rounds = manifest["rounds"]
     first, last = rounds[0]["eval"]["eval_loss"], rounds[-1]["eval"]["eval_loss"]
-    print(f"run {manifest['run_id']} completed: {manifest['completed_rounds']} rounds in {time.monotonic() - t0:.0f}s; "
-          f"held-out loss {first:.3f} -> {last:.3f}")
+    print(
+        f"run {manifest['run_id']} completed: {manifest['completed_rounds']} rounds in {time.monotonic() - t0:.0f}s; "
+        f"held-out loss {first:.3f} -> {last:.3f}"
+    )
     print(f"final adapter: {layout.run_dir / 'final'}  (PeftModel.from_pretrained(base, that_dir))")
     print(f"manifest:      {layout.run_dir / 'manifest.json'}")
     return 0
