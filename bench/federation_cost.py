@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,14 +34,8 @@ def machine() -> str:
 
 
 def model_stats(model_dir: Path) -> tuple[int, int]:
-    params, nbytes = 0, 0
-    for f in model_dir.glob("*.safetensors"):
-        with safe_open(str(f), framework="pt") as fh:
-            for k in fh.keys():
-                t = fh.get_tensor(k)
-                params += t.numel()
-                nbytes += t.numel() * t.element_size()
-    return params, nbytes
+    tensors = [t for f in model_dir.glob("*.safetensors") for t in load_file(f).values()]
+    return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
 
 
 def main() -> int:
@@ -57,8 +51,7 @@ def main() -> int:
     manifest = run_local_federation(layout, sites, timeout=1800, log=sys.stderr)
 
     params, model_bytes = model_stats(layout.base_model)
-    with safe_open(str(layout.run_dir / "final" / "adapter_model.safetensors"), framework="pt") as fh:
-        adapter_params = sum(fh.get_tensor(k).numel() for k in fh.keys())
+    adapter_params = sum(t.numel() for t in load_file(layout.run_dir / "final" / "adapter_model.safetensors").values())
     rows = []
     for r in manifest["rounds"]:
         if r["round"] == 0:
