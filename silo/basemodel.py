@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-
 # Special tokens; the BPE reserves them first so their ids are stable (0, 1, 2).
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
@@ -40,6 +38,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048):
 def build_base_model(out_dir: str | Path, texts: Iterable[str], *, vocab_size: int = 2048, hidden_size: int = 256,
                      num_layers: int = 4, seed: int = 0) -> Path:
     """Write a tokenizer and a freshly initialised Llama to `out_dir`; returns the directory."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(out_dir)
