@@ -1,7 +1,7 @@
 """What a site does when the coordinator asks it to train or evaluate the global adapter.
 
-records → ingest → split → scrub → tokenize → LoRA training → adapter update back to Flower.
-Failures become error replies that say why; when any stage fails, nothing is sent.
+records → ingest → split → scrub → tokenize → LoRA training → seal (sign) → adapter update back to Flower.
+Failures become error replies that say why; when any stage fails, signing included, nothing is sent.
 
 Records are scrubbed on every round, in this process, from the raw files: tokenization accepts only
 `ScrubbedRecords`, which only the scrubber can make, so no path reaches training around it.
@@ -12,25 +12,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from client.ingest import load_site_records, split_records
-from client.prepare import encode_records
 from client.ledger import Ledger
+from client.prepare import encode_records
 from client.privacy import make_private, planned_sample_rate
 from client.scrub import ScrubbedRecords, build_scrubber, scrub_records
 from client.train import evaluate, round_plan_steps, train_round
 from common.adapter import adapter_state, arrays_to_state, hash_state, load_adapter_state, state_to_arrays
 from common.config import SiteConfig, TaskType, load_site_config
-from common.errors import ScrubFailed, SiloError
-from common.keys import generate_signing_key, load_private_key, save_private_key, save_public_key
+from common.errors import ScrubFailed, SiloError, UpdateRejected
+from common.keys import generate_signing_key, load_private_key, public_key_raw, save_private_key, save_public_key
 from common.model import load_lora_model, load_tokenizer, resolve_device
+from common.sealing import UpdateBinding, seal_update
 
 # Error-reply codes the coordinator records with the reason (Flower reserves small codes).
 ERROR_CODE_BASE = 1000
@@ -72,8 +73,10 @@ def load_site_data(cfg: SiteConfig, tokenizer: Any) -> SiteData:
     scrubber = build_scrubber(replace(cfg.scrub, fields=scrub_fields(cfg, records)))
     train, holdout = scrub_records(split.train, scrubber), scrub_records(split.holdout, scrubber)
     if not len(train.records) or not len(holdout.records):
-        raise ScrubFailed(f"every record of a split was quarantined by scrubbing ({train.quarantined} train, "
-                          f"{holdout.quarantined} hold-out); see `silo scrub` to inspect")
+        raise ScrubFailed(
+            f"every record of a split was quarantined by scrubbing ({train.quarantined} train, "
+            f"{holdout.quarantined} hold-out); see `silo scrub` to inspect"
+        )
 
     def encode(recs: ScrubbedRecords) -> torch.utils.data.TensorDataset:
         return encode_records(recs, tokenizer, data=cfg.data, task=cfg.task, max_length=cfg.model.max_length)
@@ -146,45 +149,96 @@ def handle_train(msg: Message, context: Context) -> Message:
         batch_size, steps = round_plan_steps(n, cfg.training)
         sample_rate = planned_sample_rate(dataset_size=n, batch_size=batch_size)
         sigma = privacy.resolve_noise_multiplier(sample_rate=sample_rate, steps_per_round=steps)
-        with Ledger.open(ledger_path(cfg), signing_key=site_signing_key(cfg), lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger:
+        signing_key = site_signing_key(cfg)
+        with Ledger.open(ledger_path(cfg), signing_key=signing_key, lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger:
             plan = ledger.plan_round(
-                noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=privacy.delta,
-                accountant=privacy.accountant, budget_epsilon=privacy.budget_epsilon,
-                budget_delta=privacy.budget_delta, dp_enabled=privacy.enabled,
-                poisson_sampling=privacy.poisson_sampling, run_id=run_id, round=server_round, site_id=cfg.site.id,
+                noise_multiplier=sigma,
+                sample_rate=sample_rate,
+                steps=steps,
+                delta=privacy.delta,
+                accountant=privacy.accountant,
+                budget_epsilon=privacy.budget_epsilon,
+                budget_delta=privacy.budget_delta,
+                dp_enabled=privacy.enabled,
+                poisson_sampling=privacy.poisson_sampling,
+                run_id=run_id,
+                round=server_round,
+                site_id=cfg.site.id,
             )
 
             def dp(model: Any, optimizer: Any, loader: Any) -> Any:
-                return make_private(model, optimizer, loader, config=privacy, noise_multiplier=sigma,
-                                    max_grad_norm=privacy.max_grad_norm)
+                return make_private(
+                    model,
+                    optimizer,
+                    loader,
+                    config=privacy,
+                    noise_multiplier=sigma,
+                    max_grad_norm=privacy.max_grad_norm,
+                )
 
             result = train_round(
-                site.model, site.data.train, task=cfg.task, training=cfg.training, device=site.device,
-                global_state=site.global_state, proximal_mu=float(config.get("proximal-mu", 0.0)),
+                site.model,
+                site.data.train,
+                task=cfg.task,
+                training=cfg.training,
+                device=site.device,
+                global_state=site.global_state,
+                proximal_mu=float(config.get("proximal-mu", 0.0)),
                 privacy=dp if privacy.enabled else None,
             )
             update = adapter_state(site.model)
             update_sha = hash_state(update)
             entry = ledger.record_round(
-                plan, run_id=run_id, round=server_round, site_id=cfg.site.id,
-                max_grad_norm=privacy.max_grad_norm if privacy.enabled else None, dataset_size=n,
+                plan,
+                run_id=run_id,
+                round=server_round,
+                site_id=cfg.site.id,
+                max_grad_norm=privacy.max_grad_norm if privacy.enabled else None,
+                dataset_size=n,
                 update_sha256=update_sha,
                 accountant_history=result.private.history() if result.private is not None else None,
             )
+        metrics = {
+            "num-examples": result.num_examples,
+            "train_loss": result.loss,
+            "steps": result.steps,
+            "train_seconds": result.seconds,
+            "server-round": server_round,
+            **{f"global_{k}": v for k, v in before.metrics().items() if k != "num-examples"},
+            "holdout-examples": before.num_examples,
+        }
+        declarations = _site_record(cfg, update_sha, site.data.scrub_report, plan, entry)
+        declarations.update(
+            seal_fields(
+                signing_key,
+                run_id=run_id,
+                round=server_round,
+                site_id=cfg.site.id,
+                update_sha256=update_sha,
+                global_sha256=hash_state(site.global_state),
+                metrics=metrics,
+                declarations=declarations,
+            )
+        )
     except SiloError as err:
         return error_reply(msg, err)
-    metrics = MetricRecord({
-        "num-examples": result.num_examples,
-        "train_loss": result.loss,
-        "steps": result.steps,
-        "train_seconds": result.seconds,
-        "server-round": server_round,
-        **{f"global_{k}": v for k, v in before.metrics().items() if k != "num-examples"},
-        "holdout-examples": before.num_examples,
-    })
-    content = RecordDict({"arrays": state_to_arrays(update), "metrics": metrics})
-    content["site"] = _site_record(cfg, update_sha, site.data.scrub_report, plan, entry)
+    content = RecordDict({"arrays": state_to_arrays(update), "metrics": MetricRecord(metrics)})
+    content["site"] = declarations
     return Message(content=content, reply_to=msg)
+
+
+def seal_fields(key: Any, *, declarations: ConfigRecord, **binding: Any) -> dict[str, bytes]:
+    """The signed seal over the update (common/sealing.py), as fields of the reply's "site" record.
+
+    Any failure to sign becomes `UpdateRejected` at the site: the round replies with an error and
+    sends no update. The public key travels too, for coordinators without a key registry."""
+    try:
+        plain = {k: str(v) for k, v in declarations.items()}
+        sealed = seal_update(key, UpdateBinding(declarations=plain, **binding))
+        public = public_key_raw(key)
+    except Exception as err:  # noqa: BLE001 - whatever breaks signing, nothing unsigned may leave
+        raise UpdateRejected(f"could not sign the update at the site: {type(err).__name__}: {err}") from None
+    return {"seal-payload": sealed.payload, "seal-signature": sealed.signature, "signing-public-key": public}
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
@@ -196,8 +250,9 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(result.metrics())}), reply_to=msg)
 
 
-def _site_record(cfg: SiteConfig, update_sha: str, scrub_report: dict[str, Any], plan: Any,
-                 entry: dict[str, Any]) -> ConfigRecord:
+def _site_record(
+    cfg: SiteConfig, update_sha: str, scrub_report: dict[str, Any], plan: Any, entry: dict[str, Any]
+) -> ConfigRecord:
     """What the site declares with its update: identity, the update's hash, its scrub counts (by
     entity type only, never a raw value) and the privacy this round spent, as its ledger says."""
     privacy = {
@@ -214,9 +269,14 @@ def _site_record(cfg: SiteConfig, update_sha: str, scrub_report: dict[str, Any],
         "budget_epsilon": plan.budget_epsilon,
         "ledger_entry_sha256": hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest(),
     }
-    return ConfigRecord({"site-id": cfg.site.id, "update-sha256": update_sha,
-                         "scrub-report": json.dumps(scrub_report, sort_keys=True),
-                         "privacy": json.dumps(privacy, sort_keys=True, default=str)})
+    return ConfigRecord(
+        {
+            "site-id": cfg.site.id,
+            "update-sha256": update_sha,
+            "scrub-report": json.dumps(scrub_report, sort_keys=True),
+            "privacy": json.dumps(privacy, sort_keys=True, default=str),
+        }
+    )
 
 
 def error_reply(msg: Message, err: SiloError) -> Message:

@@ -1,7 +1,8 @@
 """Site and federation configuration: TOML files loaded into frozen, self-validating dataclasses.
 
 A site TOML has the sections `[site] [data] [task] [model] [lora] [training]` (plus `[privacy]` and
-`[scrub]`, owned by their stages); a federation TOML has `[federation] [model] [lora] [task]`.
+`[scrub]`, owned by their stages); a federation TOML has `[federation] [model] [lora] [task]`, plus
+the optional `[security]` (signed, validated updates; robust aggregation) and `[central_dp]`.
 Relative paths in a TOML resolve against the file's own directory, so a config directory can move.
 Every check names the field and the value, PEFT style: "`lora.r` must be > 0, got 0."
 """
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from common.accounting import Accountant, EpsilonConversion
 from common.errors import ConfigError
 
 
@@ -28,6 +30,14 @@ class StrategyName(enum.StrEnum):
     FEDAVG = "fedavg"
     FEDPROX = "fedprox"
     FEDADAM = "fedadam"
+
+
+class Aggregator(enum.StrEnum):
+    """How the sites' adapters are combined before the strategy's server step."""
+
+    MEAN = "mean"  # example-weighted mean (FedAvg)
+    TRIMMED_MEAN = "trimmed_mean"  # coordinate-wise, unweighted, `trim_fraction` cut from each end
+    MEDIAN = "median"  # coordinate-wise, unweighted
 
 
 class Precision(enum.StrEnum):
@@ -75,7 +85,9 @@ def _build(cls: type, section: str, raw: Any) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s) in `[{section}]`: {', '.join(unknown)} (allowed: {', '.join(sorted(known))}).")
+        raise ConfigError(
+            f"unknown key(s) in `[{section}]`: {', '.join(unknown)} (allowed: {', '.join(sorted(known))})."
+        )
     try:
         return cls(**raw)
     except TypeError as err:  # a missing required key
@@ -91,8 +103,13 @@ class ModelConfig:
     max_length: int = 128
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.base, str) and bool(self.base), f"`model.base` must be a path or hub id, got {self.base!r}.")
-        _require(_is_int(self.max_length) and self.max_length > 0, f"`model.max_length` must be > 0, got {self.max_length!r}.")
+        _require(
+            isinstance(self.base, str) and bool(self.base), f"`model.base` must be a path or hub id, got {self.base!r}."
+        )
+        _require(
+            _is_int(self.max_length) and self.max_length > 0,
+            f"`model.max_length` must be > 0, got {self.max_length!r}.",
+        )
 
 
 @dataclass(frozen=True)
@@ -106,7 +123,10 @@ class LoraSettings:
         object.__setattr__(self, "target_modules", _names(self.target_modules, "lora.target_modules"))
         _require(_is_int(self.r) and self.r > 0, f"`lora.r` must be > 0, got {self.r!r}.")
         _require(_is_number(self.alpha) and self.alpha > 0, f"`lora.alpha` must be > 0, got {self.alpha!r}.")
-        _require(_is_number(self.dropout) and 0 <= self.dropout < 1, f"`lora.dropout` must be in [0, 1), got {self.dropout!r}.")
+        _require(
+            _is_number(self.dropout) and 0 <= self.dropout < 1,
+            f"`lora.dropout` must be in [0, 1), got {self.dropout!r}.",
+        )
         _require(
             len(self.target_modules) > 0 and all(isinstance(m, str) and m for m in self.target_modules),
             f"`lora.target_modules` must be a non-empty list of module names, got {list(self.target_modules)!r}.",
@@ -123,7 +143,10 @@ class TaskConfig:
         object.__setattr__(self, "type", _enum(TaskType, self.type, "task.type"))
         object.__setattr__(self, "labels", tuple(str(x) for x in _names(self.labels, "task.labels")))
         if self.type is TaskType.CLASSIFICATION:
-            _require(len(self.labels) >= 2, f"`task.labels` must list >= 2 labels for classification, got {list(self.labels)!r}.")
+            _require(
+                len(self.labels) >= 2,
+                f"`task.labels` must list >= 2 labels for classification, got {list(self.labels)!r}.",
+            )
             _require(len(set(self.labels)) == len(self.labels), f"`task.labels` has duplicates: {list(self.labels)!r}.")
 
 
@@ -139,7 +162,9 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.dir, str) and bool(self.dir), f"`data.dir` must be a directory path, got {self.dir!r}.")
+        _require(
+            isinstance(self.dir, str) and bool(self.dir), f"`data.dir` must be a directory path, got {self.dir!r}."
+        )
         _require(
             _is_number(self.holdout_fraction) and 0 < self.holdout_fraction < 1,
             f"`data.holdout_fraction` must be in (0, 1), got {self.holdout_fraction!r}.",
@@ -163,12 +188,18 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", _enum(Precision, self.precision, "training.precision"))
         _require(_is_int(self.epochs) and self.epochs > 0, f"`training.epochs` must be > 0, got {self.epochs!r}.")
-        _require(_is_int(self.batch_size) and self.batch_size > 0, f"`training.batch_size` must be > 0, got {self.batch_size!r}.")
+        _require(
+            _is_int(self.batch_size) and self.batch_size > 0,
+            f"`training.batch_size` must be > 0, got {self.batch_size!r}.",
+        )
         _require(
             _is_number(self.learning_rate) and self.learning_rate > 0,
             f"`training.learning_rate` must be > 0, got {self.learning_rate!r}.",
         )
-        _require(_is_int(self.max_steps) and self.max_steps >= 0, f"`training.max_steps` must be >= 0, got {self.max_steps!r}.")
+        _require(
+            _is_int(self.max_steps) and self.max_steps >= 0,
+            f"`training.max_steps` must be >= 0, got {self.max_steps!r}.",
+        )
         _require(_is_int(self.threads) and self.threads > 0, f"`training.threads` must be > 0, got {self.threads!r}.")
         dev = self.device
         _require(
@@ -238,13 +269,110 @@ class FederationSection:
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", _enum(StrategyName, self.strategy, "federation.strategy"))
         _require(_is_int(self.rounds) and self.rounds > 0, f"`federation.rounds` must be > 0, got {self.rounds!r}.")
-        _require(_is_int(self.min_sites) and self.min_sites > 0, f"`federation.min_sites` must be > 0, got {self.min_sites!r}.")
-        _require(_is_number(self.proximal_mu) and self.proximal_mu >= 0, f"`federation.proximal_mu` must be >= 0, got {self.proximal_mu!r}.")
-        _require(_is_number(self.server_learning_rate) and self.server_learning_rate > 0, f"`federation.server_learning_rate` must be > 0, got {self.server_learning_rate!r}.")
-        _require(_is_number(self.beta1) and 0 <= self.beta1 < 1, f"`federation.beta1` must be in [0, 1), got {self.beta1!r}.")
-        _require(_is_number(self.beta2) and 0 <= self.beta2 < 1, f"`federation.beta2` must be in [0, 1), got {self.beta2!r}.")
+        _require(
+            _is_int(self.min_sites) and self.min_sites > 0,
+            f"`federation.min_sites` must be > 0, got {self.min_sites!r}.",
+        )
+        _require(
+            _is_number(self.proximal_mu) and self.proximal_mu >= 0,
+            f"`federation.proximal_mu` must be >= 0, got {self.proximal_mu!r}.",
+        )
+        _require(
+            _is_number(self.server_learning_rate) and self.server_learning_rate > 0,
+            f"`federation.server_learning_rate` must be > 0, got {self.server_learning_rate!r}.",
+        )
+        _require(
+            _is_number(self.beta1) and 0 <= self.beta1 < 1, f"`federation.beta1` must be in [0, 1), got {self.beta1!r}."
+        )
+        _require(
+            _is_number(self.beta2) and 0 <= self.beta2 < 1, f"`federation.beta2` must be in [0, 1), got {self.beta2!r}."
+        )
         _require(_is_number(self.tau) and self.tau > 0, f"`federation.tau` must be > 0, got {self.tau!r}.")
-        _require(_is_number(self.round_timeout_s) and self.round_timeout_s > 0, f"`federation.round_timeout_s` must be > 0, got {self.round_timeout_s!r}.")
+        _require(
+            _is_number(self.round_timeout_s) and self.round_timeout_s > 0,
+            f"`federation.round_timeout_s` must be > 0, got {self.round_timeout_s!r}.",
+        )
+
+
+@dataclass(frozen=True)
+class SecuritySection:
+    """`[security]`: what the coordinator checks before an update may be aggregated.
+
+    With `registry`, each update must carry a valid Ed25519 signature by the key registered for its
+    site id. Without one, signatures are still required and checked, but against the key the site sends
+    with its update, pinned on first use for the rest of the run: tampering and replays are caught,
+    site identity is not (the manifest says "pinned-on-first-use").
+    """
+
+    # JSON `{"sites": {"<site_id>": {"signing_public_key": "<PEM>", "fingerprint": "<sha256 hex>"}}}`.
+    registry: str = ""
+    require_signatures: bool = True
+    # Reject an update whose L2 distance from the global adapter, ||w_site - w_global||_2, exceeds
+    # this (0 = no bound; the manifest records every site's `update_norm` to help choose one).
+    max_update_norm: float = 0.0
+    # Reject a reply whose arrays and declarations exceed this many bytes (0 = the global adapter's
+    # own size plus 1 MiB for the site's declarations).
+    max_update_bytes: int = 0
+    aggregator: Aggregator = Aggregator.MEAN
+    # trimmed_mean: floor(trim_fraction * sites) values cut from each end of every coordinate.
+    trim_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aggregator", _enum(Aggregator, self.aggregator, "security.aggregator"))
+        _require(isinstance(self.registry, str), f"`security.registry` must be a path, got {self.registry!r}.")
+        _require(
+            isinstance(self.require_signatures, bool),
+            f"`security.require_signatures` must be true or false, got {self.require_signatures!r}.",
+        )
+        _require(
+            _is_number(self.max_update_norm) and self.max_update_norm >= 0,
+            f"`security.max_update_norm` must be >= 0, got {self.max_update_norm!r}.",
+        )
+        _require(
+            _is_int(self.max_update_bytes) and self.max_update_bytes >= 0,
+            f"`security.max_update_bytes` must be >= 0, got {self.max_update_bytes!r}.",
+        )
+        _require(
+            _is_number(self.trim_fraction) and 0 <= self.trim_fraction < 0.5,
+            f"`security.trim_fraction` must be in [0, 0.5), got {self.trim_fraction!r}.",
+        )
+        _require(
+            self.require_signatures or not self.registry,
+            "`security.require_signatures` cannot be false when `security.registry` is set.",
+        )
+
+
+@dataclass(frozen=True)
+class CentralDPSection:
+    """`[central_dp]`: site-level DP at the coordinator (McMahan et al. 2018, fixed clipping).
+
+    Each site's delta w_k - w is clipped to L2 norm `clip`; the unweighted mean of the clipped deltas
+    gets Gaussian noise of std `noise_multiplier * clip / n` (n = sites aggregated). Off by default.
+    """
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    clip: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    # RDP -> (epsilon, delta) conversion; see common/accounting.py.
+    conversion: str = "balle2020"
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), f"`central_dp.enabled` must be true or false, got {self.enabled!r}.")
+        _require(
+            _is_number(self.noise_multiplier) and self.noise_multiplier > 0,
+            f"`central_dp.noise_multiplier` must be > 0, got {self.noise_multiplier!r}.",
+        )
+        _require(_is_number(self.clip) and self.clip > 0, f"`central_dp.clip` must be > 0, got {self.clip!r}.")
+        _require(
+            _is_number(self.delta) and 0 < self.delta < 1, f"`central_dp.delta` must be in (0, 1), got {self.delta!r}."
+        )
+        object.__setattr__(self, "accountant", _enum(Accountant, self.accountant, "central_dp.accountant"))
+        if self.accountant is Accountant.PRV:
+            object.__setattr__(self, "conversion", "")
+        else:
+            object.__setattr__(self, "conversion", _enum(EpsilonConversion, self.conversion, "central_dp.conversion"))
 
 
 @dataclass(frozen=True)
@@ -254,6 +382,22 @@ class FederationConfig:
     lora: LoraSettings
     task: TaskConfig
     root: Path = field(default=Path("."), compare=False)
+    security: SecuritySection = field(default_factory=SecuritySection)
+    central_dp: CentralDPSection = field(default_factory=CentralDPSection)
+
+    def __post_init__(self) -> None:
+        _require(
+            not self.central_dp.enabled or self.security.aggregator is Aggregator.MEAN,
+            '`central_dp.enabled` needs `security.aggregator = "mean"` (its noise is calibrated to the mean), '
+            f"got {str(self.security.aggregator)!r}.",
+        )
+
+    def registry_path(self) -> Path | None:
+        """The site key registry, resolved against the TOML's directory; None when not configured."""
+        if not self.security.registry:
+            return None
+        p = Path(self.security.registry).expanduser()
+        return p if p.is_absolute() else self.root / p
 
     def model_source(self) -> str:
         local = Path(self.model.base).expanduser()
@@ -265,6 +409,10 @@ class FederationConfig:
         operational (a slow restart may need a longer one), so it is left out."""
         plain = _plain(self)
         plain["federation"].pop("round_timeout_s", None)
+        # Sections left at their defaults are left out, so runs started before they existed resume.
+        for name, default in (("security", SecuritySection()), ("central_dp", CentralDPSection())):
+            if getattr(self, name) == default:
+                plain.pop(name, None)
         body = json.dumps(plain, sort_keys=True, default=str).encode()
         return hashlib.sha256(body).hexdigest()
 
@@ -336,7 +484,7 @@ def _load_optional(section: str, raw: Any) -> Any:
 
 def load_federation_config(path: str | Path) -> FederationConfig:
     raw, root = _read_toml(path)
-    _check_sections(raw, {"federation", "model", "lora", "task"}, path)
+    _check_sections(raw, {"federation", "model", "lora", "task", "security", "central_dp"}, path)
     return _with_path(
         path,
         lambda: FederationConfig(
@@ -345,5 +493,7 @@ def load_federation_config(path: str | Path) -> FederationConfig:
             lora=_build(LoraSettings, "lora", raw.get("lora")),
             task=_build(TaskConfig, "task", raw.get("task")),
             root=root,
+            security=_build(SecuritySection, "security", raw.get("security")),
+            central_dp=_build(CentralDPSection, "central_dp", raw.get("central_dp")),
         ),
     )

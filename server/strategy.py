@@ -9,6 +9,11 @@ classes keep whatever state must survive a coordinator restart (FedAdam's moment
   each round's config.
 - FedAdam (Reddi et al. 2021, Algorithm 2, no bias correction): with the averaged pseudo-gradient
   d = avg_k(w_k) - w, m = b1 m + (1-b1) d, v = b2 v + (1-b2) d^2, w += eta m / (sqrt(v) + tau).
+
+Every strategy first combines the sites' adapters with its `aggregator` (`[security] aggregator`):
+the example-weighted mean, or, for federations that fear faulty or hostile sites, a coordinate-wise
+trimmed mean or median (Yin et al. 2018), unweighted so that one site cannot buy influence with a
+claimed example count. FedAdam then steps towards whatever was combined.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import FederationSection, StrategyName
+from common.config import Aggregator, FederationSection, SecuritySection, StrategyName
 from common.errors import ConfigError
 
 Arrays = dict[str, np.ndarray]
@@ -53,6 +58,32 @@ def weighted_average(arrays: Sequence[Arrays], weights: Sequence[float]) -> Arra
     return out
 
 
+def trimmed_mean(arrays: Sequence[Arrays], *, trim_fraction: float) -> Arrays:
+    """Coordinate-wise: sort the n site values, drop floor(trim_fraction * n) from each end, average."""
+    if not arrays:
+        raise ValueError("nothing to aggregate")
+    cut = trimmed_per_side(len(arrays), trim_fraction)
+    out: Arrays = {}
+    for key in arrays[0]:
+        stacked = np.sort(np.stack([a[key].astype(np.float64) for a in arrays]), axis=0)
+        out[key] = stacked[cut : len(arrays) - cut].mean(axis=0).astype(arrays[0][key].dtype)
+    return out
+
+
+def trimmed_per_side(n: int, trim_fraction: float) -> int:
+    return int(np.floor(trim_fraction * n))
+
+
+def coordinate_median(arrays: Sequence[Arrays]) -> Arrays:
+    """Coordinate-wise median (the mean of the two middle values when n is even)."""
+    if not arrays:
+        raise ValueError("nothing to aggregate")
+    return {
+        key: np.median(np.stack([a[key].astype(np.float64) for a in arrays]), axis=0).astype(arrays[0][key].dtype)
+        for key in arrays[0]
+    }
+
+
 def average_metrics(updates: Sequence[SiteUpdate] | Sequence[tuple[int, dict[str, float]]]) -> dict[str, float]:
     """Example-weighted mean of every metric all replies share (`num-examples` is summed)."""
     pairs = [(u.num_examples, u.metrics) if isinstance(u, SiteUpdate) else u for u in updates]
@@ -67,13 +98,28 @@ def average_metrics(updates: Sequence[SiteUpdate] | Sequence[tuple[int, dict[str
 
 class FedAvg:
     name = StrategyName.FEDAVG
+    aggregator = Aggregator.MEAN
+    trim_fraction = 0.0
 
     def site_config(self) -> dict[str, Any]:
         """Extra values sent to the sites with each training round."""
         return {}
 
+    def combine(self, updates: Sequence[SiteUpdate]) -> Arrays:
+        """The sites' adapters combined by this strategy's aggregator."""
+        arrays = [u.arrays for u in updates]
+        if self.aggregator is Aggregator.TRIMMED_MEAN:
+            return trimmed_mean(arrays, trim_fraction=self.trim_fraction)
+        if self.aggregator is Aggregator.MEDIAN:
+            return coordinate_median(arrays)
+        return weighted_average(arrays, [u.num_examples for u in updates])
+
     def aggregate(self, global_arrays: Arrays, updates: Sequence[SiteUpdate]) -> Arrays:
-        return weighted_average([u.arrays for u in updates], [u.num_examples for u in updates])
+        return self.combine(updates)
+
+    def aggregate_combined(self, global_arrays: Arrays, combined: Arrays) -> Arrays:
+        """The new global adapter from an already combined one (central DP combines and noises it)."""
+        return combined
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -101,7 +147,10 @@ class FedAdam(FedAvg):
         self.v: Arrays = {}
 
     def aggregate(self, global_arrays: Arrays, updates: Sequence[SiteUpdate]) -> Arrays:
-        avg = super().aggregate(global_arrays, updates)
+        return self.aggregate_combined(global_arrays, self.combine(updates))
+
+    def aggregate_combined(self, global_arrays: Arrays, combined: Arrays) -> Arrays:
+        avg = combined
         out: Arrays = {}
         for key, w in global_arrays.items():
             d = avg[key].astype(np.float64) - w.astype(np.float64)
@@ -120,7 +169,14 @@ class FedAdam(FedAvg):
         self.v = dict(state.get("v", {}))
 
 
-def make_strategy(cfg: FederationSection) -> FedAvg:
+def make_strategy(cfg: FederationSection, security: SecuritySection | None = None) -> FedAvg:
+    strategy = _strategy(cfg)
+    if security is not None:
+        strategy.aggregator, strategy.trim_fraction = security.aggregator, security.trim_fraction
+    return strategy
+
+
+def _strategy(cfg: FederationSection) -> FedAvg:
     if cfg.strategy is StrategyName.FEDAVG:
         return FedAvg()
     if cfg.strategy is StrategyName.FEDPROX:

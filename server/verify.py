@@ -1,0 +1,209 @@
+"""The coordinator's gate: nothing is aggregated unless it is signed by its site and well-formed.
+
+- `load_registry`: the site public keys the coordinator trusts (JSON, see `Registry`).
+- `UpdateVerifier.verify`: the site's seal (common/sealing.py) checked against the registered key,
+  or, with no registry, against the key the site sent, pinned on first use for the rest of the run.
+- `validate_update`: byte size, keys, shapes, dtypes, NaN/Inf and ||w_site - w_global||_2 bound.
+
+Each check raises `UpdateRejected` with a reason that the round's manifest entry records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from common.errors import ConfigError, UpdateRejected
+from common.keys import fingerprint, load_public_key, public_key_from_raw, public_key_pem
+from common.sealing import Seal, SealedUpdate, UpdateBinding, metrics_digest, open_sealed, read_seal
+
+Arrays = dict[str, np.ndarray]
+
+# Allowance over the adapter's own bytes for a reply's declarations (scrub and privacy reports, seal).
+DECLARATION_ALLOWANCE_BYTES = 1 << 20
+
+IDENTITY_REGISTRY = "registry"
+IDENTITY_PINNED = "pinned-on-first-use"
+IDENTITY_NONE = "unsigned-accepted"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """`{"sites": {"<site_id>": {"signing_public_key": "<PEM>", "fingerprint": "<sha256 hex>"}}}`."""
+
+    keys: dict[str, Ed25519PublicKey]
+    sha256: str  # of the registry file, recorded in the manifest with each round
+
+
+def registry_entry(key: Ed25519PublicKey | Ed25519PrivateKey) -> dict[str, str]:
+    return {"signing_public_key": public_key_pem(key).decode(), "fingerprint": fingerprint(key)}
+
+
+def write_registry(path: str | Path, site_public_keys: Mapping[str, str | Path]) -> Path:
+    """A registry file from `{site_id: path of its site_signing.pub}`."""
+    sites = {site_id: registry_entry(load_public_key(pub)) for site_id, pub in sorted(site_public_keys.items())}
+    path = Path(path)
+    path.write_text(json.dumps({"sites": sites}, indent=2) + "\n")
+    return path
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read and check the registry: every key parses, matches its fingerprint, and is used once."""
+    path = Path(path)
+    try:
+        body = path.read_bytes()
+        raw = json.loads(body)
+    except OSError as err:
+        raise ConfigError(f"cannot read site key registry {path}: {err.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: site key registry is not JSON: {err}") from None
+    sites = raw.get("sites") if isinstance(raw, dict) else None
+    if not isinstance(sites, dict):
+        raise ConfigError(f'{path}: a site key registry needs a "sites" object, got {type(sites).__name__}.')
+    keys: dict[str, Ed25519PublicKey] = {}
+    for site_id, entry in sites.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("signing_public_key"), str):
+            raise ConfigError(f'{path}: site {site_id!r} needs a "signing_public_key" PEM string.')
+        try:
+            key = serialization.load_pem_public_key(entry["signing_public_key"].encode())
+        except ValueError as err:
+            raise ConfigError(f"{path}: site {site_id!r}: not a PEM public key: {err}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigError(f"{path}: site {site_id!r}: expected an Ed25519 key, got {type(key).__name__}.")
+        if entry.get("fingerprint") not in (None, fingerprint(key)):
+            raise ConfigError(f"{path}: site {site_id!r}: fingerprint {entry['fingerprint']!r} does not match its key.")
+        keys[str(site_id)] = key
+    prints = [fingerprint(k) for k in keys.values()]
+    if len(set(prints)) != len(prints):
+        raise ConfigError(f"{path}: two sites share one signing key; each site needs its own.")
+    return Registry(keys=keys, sha256=hashlib.sha256(body).hexdigest())
+
+
+# The seal's fields in the reply's "site" record; everything else there is a signed declaration.
+SEAL_PAYLOAD, SEAL_SIGNATURE, SEAL_PUBLIC_KEY = "seal-payload", "seal-signature", "signing-public-key"
+SEAL_FIELDS = (SEAL_PAYLOAD, SEAL_SIGNATURE, SEAL_PUBLIC_KEY)
+
+
+def site_declarations(site_record: Mapping[str, Any]) -> dict[str, str]:
+    """The string fields of the reply's "site" record that the seal covers."""
+    return {k: str(v) for k, v in site_record.items() if k not in SEAL_FIELDS}
+
+
+@dataclass
+class UpdateVerifier:
+    """Checks seals for one run. `pinned` maps site id -> key fingerprint, seen so far (no registry)."""
+
+    registry: Registry | None
+    require_signatures: bool = True
+    pinned: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """How site identity is established, for the manifest."""
+        if self.registry is not None:
+            return IDENTITY_REGISTRY
+        return IDENTITY_PINNED if self.require_signatures else IDENTITY_NONE
+
+    def verify(
+        self,
+        site_record: Mapping[str, Any],
+        *,
+        run_id: str,
+        round: int,
+        update_sha256: str,
+        global_sha256: str,
+        metrics: Mapping[str, Any],
+    ) -> Seal | None:
+        """The opened seal; None only when signatures are not required and the update has none."""
+        payload, signature = site_record.get(SEAL_PAYLOAD), site_record.get(SEAL_SIGNATURE)
+        if not isinstance(payload, bytes) or not isinstance(signature, bytes):
+            if self.require_signatures:
+                raise UpdateRejected("unsigned update: no seal in the reply")
+            return None
+        try:
+            metrics_digest(metrics)
+        except (TypeError, ValueError):
+            raise UpdateRejected("metrics are not all numbers") from None
+        claimed = read_seal(payload)
+        key = self._key_for(claimed.site_id, site_record)
+        binding = UpdateBinding(
+            run_id=run_id,
+            round=round,
+            site_id=str(site_record.get("site-id", "")),
+            update_sha256=update_sha256,
+            global_sha256=global_sha256,
+            metrics=metrics,
+            declarations=site_declarations(site_record),
+        )
+        seal = open_sealed(SealedUpdate(payload, signature), key, binding)
+        if self.registry is None:
+            self.pinned.setdefault(seal.site_id, seal.key_fingerprint)
+        return seal
+
+    def _key_for(self, site_id: str, site_record: Mapping[str, Any]) -> Ed25519PublicKey:
+        if self.registry is not None:
+            if site_id not in self.registry.keys:
+                raise UpdateRejected(f"site {site_id!r} is not in the coordinator's key registry")
+            return self.registry.keys[site_id]
+        raw = site_record.get(SEAL_PUBLIC_KEY)
+        if not isinstance(raw, bytes):
+            raise UpdateRejected("signed update without the site's public key (no registry to look it up in)")
+        try:
+            key = public_key_from_raw(raw)
+        except ConfigError as err:
+            raise UpdateRejected(f"bad site public key: {err}") from None
+        pinned = self.pinned.get(site_id)
+        if pinned is not None and pinned != fingerprint(key):
+            raise UpdateRejected(
+                f"site {site_id!r} signed with key {fingerprint(key)[:12]}, "
+                f"but this run pinned {pinned[:12]} on first use"
+            )
+        return key
+
+
+def update_norm(arrays: Arrays, global_arrays: Arrays) -> float:
+    """||w_site - w_global||_2 over all tensors, in float64."""
+    total = 0.0
+    for key, w in global_arrays.items():
+        d = arrays[key].astype(np.float64) - w.astype(np.float64)
+        total += float(np.dot(d.ravel(), d.ravel()))
+    return math.sqrt(total)
+
+
+def payload_limit(global_arrays: Arrays, max_update_bytes: int) -> int:
+    return max_update_bytes or sum(a.nbytes for a in global_arrays.values()) + DECLARATION_ALLOWANCE_BYTES
+
+
+def check_payload_size(payload_bytes: int, global_arrays: Arrays, *, max_update_bytes: int = 0) -> None:
+    limit = payload_limit(global_arrays, max_update_bytes)
+    if payload_bytes > limit:
+        raise UpdateRejected(f"oversized update: {payload_bytes} bytes, limit {limit}")
+
+
+def validate_update(arrays: Arrays, global_arrays: Arrays, *, max_update_norm: float = 0.0) -> float:
+    """Reject anything but a finite adapter of the global adapter's exact form within the norm bound;
+    returns the update's norm ||w_site - w_global||_2."""
+    missing, extra = sorted(set(global_arrays) - set(arrays)), sorted(set(arrays) - set(global_arrays))
+    if missing or extra:
+        raise UpdateRejected(f"unexpected adapter keys: missing {missing[:3]}, unexpected {extra[:3]}")
+    for key, w in global_arrays.items():
+        a = arrays[key]
+        if a.shape != w.shape:
+            raise UpdateRejected(f"tensor {key} has shape {a.shape}, expected {w.shape}")
+        if a.dtype != w.dtype:
+            raise UpdateRejected(f"tensor {key} has dtype {a.dtype}, expected {w.dtype}")
+        if not np.isfinite(a).all():
+            raise UpdateRejected(f"tensor {key} has NaN or Inf values")
+    norm = update_norm(arrays, global_arrays)
+    if max_update_norm and norm > max_update_norm:
+        raise UpdateRejected(f"update norm {norm:.4g} exceeds `security.max_update_norm` {max_update_norm:g}")
+    return norm

@@ -1,0 +1,250 @@
+"""The coordinator's gate: registry, seals (as the site makes them), validation, each with its reason."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from client.site import seal_fields
+from common.adapter import hash_state, numpy_to_state
+from common.config import SecuritySection
+from common.errors import ConfigError, UpdateRejected
+from common.keys import generate_signing_key, save_public_key
+from server.federation import RoundGate, collect_updates
+from server.verify import (
+    IDENTITY_PINNED,
+    IDENTITY_REGISTRY,
+    UpdateVerifier,
+    check_payload_size,
+    load_registry,
+    registry_entry,
+    update_norm,
+    validate_update,
+    write_registry,
+)
+
+GLOBAL = {"a.lora_A.weight": np.zeros((2, 3), np.float32), "a.lora_B.weight": np.ones((3, 2), np.float32)}
+KEYS = {"site-0": generate_signing_key(), "site-1": generate_signing_key()}
+
+
+def _site_arrays(shift: float = 0.5) -> dict[str, np.ndarray]:
+    return {k: (v + shift).astype(np.float32) for k, v in GLOBAL.items()}
+
+
+def _reply(
+    site_id: str,
+    *,
+    run_id: str = "run-1",
+    rnd: int = 1,
+    arrays=None,
+    key=None,
+    node: int = 7,
+    metrics=None,
+    signed: bool = True,
+    sign_arrays=None,
+):
+    """A site's train reply, sealed by the site's own `seal_fields`."""
+    arrays = _site_arrays() if arrays is None else arrays
+    metrics = {"num-examples": 10, "train_loss": 1.5} if metrics is None else metrics
+    declarations = ConfigRecord(
+        {
+            "site-id": site_id,
+            "update-sha256": hash_state(numpy_to_state(arrays)),
+            "privacy": json.dumps({"epsilon_round": 0.5}),
+        }
+    )
+    if signed:
+        declarations.update(
+            seal_fields(
+                key or KEYS[site_id],
+                run_id=run_id,
+                round=rnd,
+                site_id=site_id,
+                update_sha256=hash_state(numpy_to_state(sign_arrays if sign_arrays is not None else arrays)),
+                global_sha256=hash_state(numpy_to_state(GLOBAL)),
+                metrics=metrics,
+                declarations=declarations,
+            )
+        )
+    content = RecordDict(
+        {"arrays": ArrayRecord(numpy_to_state(arrays)), "metrics": MetricRecord(metrics), "site": declarations}
+    )
+    return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    pubs = {}
+    for site_id, key in KEYS.items():
+        pubs[site_id] = save_public_key(key, tmp_path / f"{site_id}.pub")
+    return load_registry(write_registry(tmp_path / "registry.json", pubs))
+
+
+def _gate(registry=None, rnd: int = 1, **security) -> RoundGate:
+    return RoundGate(
+        UpdateVerifier(registry=registry, require_signatures=security.pop("require_signatures", True)),
+        SecuritySection(**security),
+        "run-1",
+        rnd,
+        GLOBAL,
+    )
+
+
+def _reason(gate: RoundGate, reply) -> str:
+    accepted, rejected = collect_updates([reply], gate)
+    assert not accepted
+    return rejected[0]["reason"]
+
+
+# ---- registry ------------------------------------------------------------------------------
+def test_load_registry_reads_keys_and_hash(registry):
+    assert set(registry.keys) == {"site-0", "site-1"}
+    assert len(registry.sha256) == 64
+
+
+def test_load_registry_rejects_a_wrong_fingerprint(tmp_path):
+    entry = registry_entry(KEYS["site-0"]) | {"fingerprint": "0" * 64}
+    (tmp_path / "r.json").write_text(json.dumps({"sites": {"site-0": entry}}))
+
+    with pytest.raises(ConfigError, match="fingerprint .* does not match"):
+        load_registry(tmp_path / "r.json")
+
+
+def test_load_registry_rejects_a_shared_key(tmp_path):
+    entry = registry_entry(KEYS["site-0"])
+    (tmp_path / "r.json").write_text(json.dumps({"sites": {"a": entry, "b": entry}}))
+
+    with pytest.raises(ConfigError, match="share one signing key"):
+        load_registry(tmp_path / "r.json")
+
+
+@pytest.mark.parametrize("body", ["[]", "{}", '{"sites": {"a": {}}}', "not json"])
+def test_load_registry_rejects_malformed_files(tmp_path, body):
+    (tmp_path / "r.json").write_text(body)
+
+    with pytest.raises(ConfigError):
+        load_registry(tmp_path / "r.json")
+
+
+# ---- signatures ----------------------------------------------------------------------------
+def test_gate_accepts_a_registered_signed_update(registry):
+    gate = _gate(registry)
+    accepted, rejected = collect_updates([_reply("site-0"), _reply("site-1", node=8)], gate)
+
+    assert rejected == []
+    assert [u.site_id for u in accepted] == ["site-0", "site-1"]
+    assert accepted[0].report["signing_key_fingerprint"]
+    assert accepted[0].report["update_norm"] == pytest.approx(update_norm(_site_arrays(), GLOBAL))
+    assert gate.verifier.identity == IDENTITY_REGISTRY
+
+
+def test_gate_rejects_a_site_not_in_the_registry(registry):
+    assert "not in the coordinator's key registry" in _reason(
+        _gate(registry), _reply("site-9", key=generate_signing_key())
+    )
+
+
+def test_gate_rejects_a_registered_name_signed_with_another_key(registry):
+    assert "bad signature" in _reason(_gate(registry), _reply("site-0", key=KEYS["site-1"]))
+
+
+def test_gate_rejects_an_unsigned_update(registry):
+    assert "unsigned update" in _reason(_gate(registry), _reply("site-0", signed=False))
+
+
+def test_gate_rejects_a_replay_from_another_round(registry):
+    assert "another round" in _reason(_gate(registry, rnd=2), _reply("site-0", rnd=1))
+
+
+def test_gate_rejects_a_replay_from_another_run(registry):
+    assert "another run" in _reason(_gate(registry), _reply("site-0", run_id="run-0"))
+
+
+def test_gate_rejects_a_second_update_from_one_site_in_a_round(registry):
+    _accepted, rejected = collect_updates([_reply("site-0"), _reply("site-0", node=9)], _gate(registry))
+
+    assert [r["reason"] for r in rejected] == ["a second update from site 'site-0' in round 1"]
+
+
+def test_gate_rejects_arrays_changed_after_signing(registry):
+    assert "adapter differs" in _reason(_gate(registry), _reply("site-0", sign_arrays=_site_arrays(0.25)))
+
+
+def test_gate_without_registry_pins_the_first_key(registry):
+    gate = _gate(None)
+    accepted, _ = collect_updates([_reply("site-0")], gate)
+    assert accepted and gate.verifier.identity == IDENTITY_PINNED
+
+    gate2 = RoundGate(gate.verifier, SecuritySection(), "run-1", 2, GLOBAL)
+    reason = _reason(gate2, _reply("site-0", rnd=2, key=generate_signing_key()))
+
+    assert "pinned" in reason
+
+
+def test_gate_may_accept_unsigned_updates_only_when_told():
+    accepted, rejected = collect_updates([_reply("site-0", signed=False)], _gate(None, require_signatures=False))
+
+    assert rejected == [] and accepted[0].report["signing_key_fingerprint"] is None
+
+
+# ---- validation ----------------------------------------------------------------------------
+def _bad(**change):
+    arrays = {**_site_arrays(), **change}
+    return arrays
+
+
+@pytest.mark.parametrize(
+    ("arrays", "reason"),
+    [
+        (_bad(**{"a.lora_A.weight": np.full((2, 3), np.nan, np.float32)}), "NaN or Inf"),
+        (_bad(**{"a.lora_A.weight": np.full((2, 3), np.inf, np.float32)}), "NaN or Inf"),
+        (_bad(**{"a.lora_A.weight": np.zeros((3, 2), np.float32)}), "has shape"),
+        (_bad(**{"a.lora_A.weight": np.zeros((2, 3), np.float64)}), "has dtype"),
+        (_bad(**{"extra.weight": np.zeros(1, np.float32)}), "unexpected adapter keys"),
+        ({"a.lora_A.weight": np.zeros((2, 3), np.float32)}, "unexpected adapter keys"),
+    ],
+)
+def test_validate_update_rejects_with_reason(arrays, reason):
+    with pytest.raises(UpdateRejected, match=reason):
+        validate_update(arrays, GLOBAL)
+
+
+def test_validate_update_norm_bound():
+    # Every one of the 12 coordinates moved by 0.5: norm sqrt(12 * 0.25) = sqrt(3).
+    assert validate_update(_site_arrays(), GLOBAL) == pytest.approx(np.sqrt(3))
+    validate_update(_site_arrays(), GLOBAL, max_update_norm=1.74)
+    with pytest.raises(UpdateRejected, match=r"update norm 1.732 exceeds `security.max_update_norm` 1.7"):
+        validate_update(_site_arrays(), GLOBAL, max_update_norm=1.7)
+
+
+def test_check_payload_size_default_is_adapter_plus_allowance():
+    adapter = sum(a.nbytes for a in GLOBAL.values())
+    check_payload_size(adapter + (1 << 20), GLOBAL)
+    with pytest.raises(UpdateRejected, match="oversized update"):
+        check_payload_size(adapter + (1 << 20) + 1, GLOBAL)
+    with pytest.raises(UpdateRejected, match="limit 100"):
+        check_payload_size(101, GLOBAL, max_update_bytes=100)
+
+
+def test_gate_records_validation_reasons(registry):
+    assert "NaN or Inf" in _reason(
+        _gate(registry), _reply("site-0", arrays=_bad(**{"a.lora_B.weight": np.full((3, 2), np.nan, np.float32)}))
+    )
+    assert "exceeds" in _reason(_gate(registry, max_update_norm=0.1), _reply("site-0"))
+    assert "oversized" in _reason(_gate(registry, max_update_bytes=64), _reply("site-0"))
+
+
+def test_gate_passes_error_replies_through_with_their_reason(registry):
+    error = SimpleNamespace(
+        has_error=lambda: True,
+        metadata=SimpleNamespace(src_node_id=3),
+        error=SimpleNamespace(reason="BudgetExhausted: no budget", code=1005),
+    )
+
+    _accepted, rejected = collect_updates([error], _gate(registry))
+
+    assert rejected == [{"node_id": 3, "reason": "BudgetExhausted: no budget"}]
