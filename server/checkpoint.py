@@ -9,10 +9,20 @@
 
 A round is written to `rounds/.<n>.partial/` and renamed into place, then the manifest is
 replaced atomically: a crash leaves either the whole round or none of it.
+
+Encryption at rest: when the coordinator's environment names a key (`SILO_AT_REST_KEY_FILE`, or
+`SILO_AT_REST_KEY`; see common/encryption.py), the adapter weights and the strategy state are
+written only as AES-256-GCM `adapter_model.safetensors.enc` / `server_state.npz.enc`, never in
+plain text, and the manifest records the cipher and key id. `adapter_config.json` (rank, alpha,
+target modules) and the manifest (metrics, hashes, site ids: what auditors read) stay plain. The
+manifest's `adapter_sha256` is always the hash of the plain adapter, so it names the same adapter
+whether encrypted or not; resuming decrypts, checks that hash, and refuses a wrong or missing key.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -22,15 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
-from common.adapter import sha256_file
+from common import encryption
 from common.errors import ConfigError, FederationFailed
 
 MANIFEST = "manifest.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+SERVER_STATE = "server_state.npz"
 SCHEMA_VERSION = 1
+# Marks "read the at-rest key from the environment" (None means: no encryption).
+KEY_FROM_ENV: Any = object()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -44,15 +58,29 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 class RunDirectory:
-    def __init__(self, path: str | Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, manifest: dict[str, Any], *, at_rest_key: bytes | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
+        self.at_rest_key = at_rest_key
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
-    def open_or_create(cls, path: str | Path, *, config_hash: str, config: dict[str, Any], base_model: str,
-                       code_version: str, rounds_planned: int) -> RunDirectory:
-        """A new run, or the existing one at `path` to resume (same config hash required)."""
+    def open_or_create(
+        cls,
+        path: str | Path,
+        *,
+        config_hash: str,
+        config: dict[str, Any],
+        base_model: str,
+        code_version: str,
+        rounds_planned: int,
+        at_rest_key: Any = KEY_FROM_ENV,
+    ) -> RunDirectory:
+        """A new run, or the existing one at `path` to resume (same config hash required).
+
+        `at_rest_key`: 32 bytes to encrypt rounds with, None for none, or by default whatever the
+        environment names (SILO_AT_REST_KEY_FILE / SILO_AT_REST_KEY)."""
+        key = encryption.key_from_env() if at_rest_key is KEY_FROM_ENV else at_rest_key
         p = Path(path)
         manifest_path = p / MANIFEST
         if manifest_path.exists():
@@ -65,7 +93,10 @@ class RunDirectory:
                     f"{p} holds a run with a different configuration (config hash "
                     f"{str(manifest.get('config_hash'))[:12]} != {config_hash[:12]}); use a new run directory"
                 )
-            run = cls(p, manifest)
+            _check_resume_key(p, manifest.get("at_rest"), key)
+            run = cls(p, manifest, at_rest_key=key)
+            if key is not None and not manifest.get("at_rest"):
+                run.manifest["at_rest"] = _at_rest_record(key, from_round=run.completed_rounds + 1)
             run.manifest["status"] = "running"
             run.manifest.setdefault("resumes", []).append({"at": _now(), "from_round": run.completed_rounds})
             run.manifest["rounds_planned"] = rounds_planned
@@ -86,7 +117,9 @@ class RunDirectory:
             "sites": {},
             "rounds": [],
         }
-        run = cls(p, manifest)
+        if key is not None:
+            manifest["at_rest"] = _at_rest_record(key, from_round=0)
+        run = cls(p, manifest, at_rest_key=key)
         run._save_manifest()
         return run
 
@@ -103,8 +136,15 @@ class RunDirectory:
         return self.path / "rounds" / str(n)
 
     # ---- writing -------------------------------------------------------------------------
-    def save_round(self, n: int, arrays: dict[str, np.ndarray], *, adapter_config: dict[str, Any],
-                   record: dict[str, Any], server_state: dict[str, Any] | None = None) -> str:
+    def save_round(
+        self,
+        n: int,
+        arrays: dict[str, np.ndarray],
+        *,
+        adapter_config: dict[str, Any],
+        record: dict[str, Any],
+        server_state: dict[str, Any] | None = None,
+    ) -> str:
         """Write round `n`'s global adapter and metrics; returns the adapter file's sha256."""
         if n != self.completed_rounds + 1:
             raise FederationFailed(f"round {n} cannot follow completed round {self.completed_rounds}")
@@ -112,13 +152,15 @@ class RunDirectory:
         partial = final.with_name(f".{n}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, partial / ADAPTER_FILE,
-                  metadata={"format": "pt"})
+        adapter = save_safetensors({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"format": "pt"})
+        self._write(partial, ADAPTER_FILE, adapter)
         (partial / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2, default=_json_default) + "\n")
         if server_state:
+            buf = io.BytesIO()
             # allow_pickle=False: an object that is not an array fails here, not when the run resumes.
-            np.savez(partial / "server_state.npz", allow_pickle=False, **_flatten(server_state))
-        digest = sha256_file(partial / ADAPTER_FILE)
+            np.savez(buf, allow_pickle=False, **_flatten(server_state))
+            self._write(partial, SERVER_STATE, buf.getvalue())
+        digest = hashlib.sha256(adapter).hexdigest()
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         entry = {"round": n, "adapter_sha256": digest, "completed_at": _now(), **record}
@@ -151,26 +193,79 @@ class RunDirectory:
     def _save_manifest(self) -> None:
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
+    def _write(self, directory: Path, name: str, data: bytes) -> None:
+        """`data` as `name`, or only as `name.enc` when a key is set: plain weights never touch the disk."""
+        if self.at_rest_key is None:
+            (directory / name).write_bytes(data)
+        else:
+            encrypted = encryption.encrypt_bytes(self.at_rest_key, data, context=name)
+            (directory / (name + encryption.SUFFIX)).write_bytes(encrypted)
+
+    def _read(self, directory: Path, name: str) -> bytes | None:
+        """The plain bytes of `name` in `directory` (decrypting `name.enc`); None when neither exists."""
+        encrypted = directory / (name + encryption.SUFFIX)
+        if encrypted.exists():
+            if self.at_rest_key is None:
+                raise ConfigError(
+                    f"{encrypted} is encrypted at rest; give its key in {encryption.ENV_KEY_FILE} or {encryption.ENV_KEY}"
+                )
+            try:
+                return encryption.decrypt_bytes(
+                    self.at_rest_key, encrypted.read_bytes(), context=name, source=str(encrypted)
+                )
+            except encryption.DecryptionFailed as err:
+                raise FederationFailed(str(err)) from None
+        plain = directory / name
+        return plain.read_bytes() if plain.exists() else None
+
     # ---- reading -------------------------------------------------------------------------
     def load_round(self, n: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Round `n`'s adapter arrays (hash-checked against the manifest) and strategy state."""
         d = self.round_dir(n)
         expected = next((r["adapter_sha256"] for r in self.manifest["rounds"] if r["round"] == n), None)
-        if expected is None or not (d / ADAPTER_FILE).exists():
+        adapter = self._read(d, ADAPTER_FILE) if expected is not None else None
+        if adapter is None:
             raise FederationFailed(f"{d}: round {n} is not on disk; cannot resume")
-        actual = sha256_file(d / ADAPTER_FILE)
+        actual = hashlib.sha256(adapter).hexdigest()
         if actual != expected:
-            raise FederationFailed(f"{d / ADAPTER_FILE}: sha256 {actual[:12]} does not match the manifest's {expected[:12]}")
+            raise FederationFailed(
+                f"{d / ADAPTER_FILE}: sha256 {actual[:12]} does not match the manifest's {expected[:12]}"
+            )
         state: dict[str, Any] = {}
-        if (d / "server_state.npz").exists():
-            with np.load(d / "server_state.npz") as npz:
+        packed = self._read(d, SERVER_STATE)
+        if packed is not None:
+            with np.load(io.BytesIO(packed), allow_pickle=False) as npz:
                 for flat_key in npz.files:
                     *groups, key = flat_key.split("/")
                     node = state
                     for group in groups:
                         node = node.setdefault(group, {})
                     node[key] = npz[flat_key]
-        return load_file(d / ADAPTER_FILE), state
+        return load_safetensors(adapter), state
+
+
+def _at_rest_record(key: bytes, *, from_round: int) -> dict[str, Any]:
+    return {
+        "cipher": encryption.CIPHER,
+        "key_id": encryption.key_id(key),
+        "from_round": from_round,
+        "encrypted": [ADAPTER_FILE, SERVER_STATE],
+    }
+
+
+def _check_resume_key(path: Path, record: dict[str, Any] | None, key: bytes | None) -> None:
+    """A run encrypted at rest resumes only with its own key (checked by id before any round is read)."""
+    if not record:
+        return
+    if key is None:
+        raise ConfigError(
+            f"{path} is encrypted at rest (key id {record.get('key_id')}); give its key in "
+            f"{encryption.ENV_KEY_FILE} or {encryption.ENV_KEY} to resume"
+        )
+    if encryption.key_id(key) != record.get("key_id"):
+        raise ConfigError(
+            f"{path} was encrypted with key id {record.get('key_id')}, not the given key's {encryption.key_id(key)}"
+        )
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """`silo demo`: a whole federation on this machine from nothing, offline.
 
 Writes under OUT: a small base model with its tokenizer (`base-model/`), three sites' synthetic
-records and TOMLs (`sites/<id>/`), a federation TOML, then starts a SuperLink and three SuperNodes as
-separate processes, runs the rounds, and leaves the run directory in `OUT/run/`.
+records and TOMLs (`sites/<id>/`), the federation's keys (`keys/`, as `silo keys` makes them), a
+federation TOML that names the keys' site registry, then starts a SuperLink (TLS, SuperNode
+authentication) and three SuperNodes as separate processes, runs the rounds, and leaves the run
+directory in `OUT/run/`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from common import encryption
 from common.errors import ConfigError, FederationFailed
+from common.pki import create_keys
 from silo.basemodel import build_base_model
 from silo.launch import LocalFederation, follow_run
 from silo.synthetic import make_bank_messages, make_clinical_notes
@@ -51,6 +55,18 @@ class DemoLayout:
     def run_dir(self) -> Path:
         return self.out / "run"
 
+    @property
+    def keys(self) -> Path:
+        return self.out / "keys"
+
+    @property
+    def registry(self) -> Path:
+        return self.keys / "coordinator" / "registry.json"
+
+    @property
+    def at_rest_key(self) -> Path:
+        return self.keys / "coordinator" / "at_rest.key"
+
     def site_dir(self, site_id: str) -> Path:
         return self.out / "sites" / site_id
 
@@ -58,8 +74,15 @@ class DemoLayout:
         return self.site_dir(site_id) / "site.toml"
 
 
-def write_site(layout: DemoLayout, site_id: str, records: list[dict[str, str]], *, base_model: str,
-               rounds: int, extra_toml: str = "") -> Path:
+def write_site(
+    layout: DemoLayout,
+    site_id: str,
+    records: list[dict[str, str]],
+    *,
+    base_model: str,
+    rounds: int,
+    extra_toml: str = "",
+) -> Path:
     d = layout.site_dir(site_id)
     (d / "data").mkdir(parents=True, exist_ok=True)
     with (d / "data" / "records.jsonl").open("w", encoding="utf-8") as fh:
@@ -69,38 +92,59 @@ def write_site(layout: DemoLayout, site_id: str, records: list[dict[str, str]], 
         f'[site]\nid = "{site_id}"\nstate_dir = "state"\n\n'
         '[data]\ndir = "data"\nholdout_fraction = 0.2\n\n'
         '[task]\ntype = "causal_lm"\n\n'
-        f'[model]\nbase = {json.dumps(base_model)}\nmax_length = 128\n\n'
-        '[lora]\nr = 8\nalpha = 16\ndropout = 0.0\n'
+        f"[model]\nbase = {json.dumps(base_model)}\nmax_length = 128\n\n"
+        "[lora]\nr = 8\nalpha = 16\ndropout = 0.0\n"
         f"target_modules = {DEMO_LORA_TARGETS}\n\n"
-        '[training]\nepochs = 1\nbatch_size = 16\nlearning_rate = 0.003\nthreads = 1\n\n'
+        "[training]\nepochs = 1\nbatch_size = 16\nlearning_rate = 0.003\nthreads = 1\n\n"
         # DP-SGD on by default: sigma is derived so the planned rounds spend target_epsilon; the
         # site refuses any round that would take its total past budget_epsilon.
-        f'[privacy]\nmax_grad_norm = 1.0\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nplanned_rounds = {rounds}\n'
-        'budget_epsilon = 10.0\nbudget_delta = 1e-5\n'
-        + extra_toml
+        f"[privacy]\nmax_grad_norm = 1.0\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nplanned_rounds = {rounds}\n"
+        "budget_epsilon = 10.0\nbudget_delta = 1e-5\n" + extra_toml
     )
     return layout.site_config(site_id)
 
 
-def write_federation(layout: DemoLayout, *, base_model: str, rounds: int, min_sites: int, strategy: str = "fedavg",
-                     timeout_s: float = 300.0) -> Path:
+def write_federation(
+    layout: DemoLayout,
+    *,
+    base_model: str,
+    rounds: int,
+    min_sites: int,
+    strategy: str = "fedavg",
+    timeout_s: float = 300.0,
+    registry: Path | None = None,
+) -> Path:
+    # With a registry, each update must be signed by the key registered for its site.
+    security = f"\n[security]\nregistry = {json.dumps(str(registry))}\n" if registry is not None else ""
     layout.federation_config.write_text(
         f'[federation]\nrounds = {rounds}\nmin_sites = {min_sites}\nstrategy = "{strategy}"\n'
-        f'round_timeout_s = {timeout_s}\n\n'
-        f'[model]\nbase = {json.dumps(base_model)}\nmax_length = 128\n\n'
-        '[lora]\nr = 8\nalpha = 16\ndropout = 0.0\n'
+        f"round_timeout_s = {timeout_s}\n\n"
+        f"[model]\nbase = {json.dumps(base_model)}\nmax_length = 128\n\n"
+        "[lora]\nr = 8\nalpha = 16\ndropout = 0.0\n"
         f"target_modules = {DEMO_LORA_TARGETS}\n\n"
-        '[task]\ntype = "causal_lm"\n'
+        '[task]\ntype = "causal_lm"\n' + security
     )
     return layout.federation_config
 
 
-def prepare_demo(out: Path, *, base_model: str | None = None, sites: int = 3, records: int = RECORDS_PER_SITE,
-                 rounds: int = 3, strategy: str = "fedavg", log: TextIO = sys.stderr) -> DemoLayout:
-    """Write the base model (unless one is given), the sites and the federation config."""
+def prepare_demo(
+    out: Path,
+    *,
+    base_model: str | None = None,
+    sites: int = 3,
+    records: int = RECORDS_PER_SITE,
+    rounds: int = 3,
+    strategy: str = "fedavg",
+    insecure: bool = False,
+    encrypt_at_rest: bool = False,
+    log: TextIO = sys.stderr,
+) -> DemoLayout:
+    """Write the base model (unless one is given), the sites, their keys and the federation config."""
     layout = DemoLayout(out.resolve())
     if layout.run_dir.exists() and any(layout.run_dir.iterdir()):
-        raise ConfigError(f"{layout.run_dir} already holds a run; pick a new --out or resume with `silo federation run`")
+        raise ConfigError(
+            f"{layout.run_dir} already holds a run; pick a new --out or resume with `silo federation run`"
+        )
     if not 1 <= sites <= len(DEMO_SITES):
         raise ConfigError(f"`--sites` must be between 1 and {len(DEMO_SITES)}, got {sites}")
     if base_model is None:
@@ -113,15 +157,45 @@ def prepare_demo(out: Path, *, base_model: str | None = None, sites: int = 3, re
         recs = [{"text": r.text} for r in make(records, seed=seed)]
         write_site(layout, site_id, recs, base_model=base_model, rounds=rounds)
         print(f"[demo] site {site_id}: {len(recs)} synthetic records with planted identifiers", file=log)
-    write_federation(layout, base_model=base_model, rounds=rounds, min_sites=min(2, sites), strategy=strategy)
+    registry = None
+    if not insecure:
+        if not layout.registry.exists():  # a rerun into the same OUT keeps its keys
+            create_keys(layout.keys, [site_id for site_id, _, _ in DEMO_SITES[:sites]])
+        registry = layout.registry
+        print(
+            f"[demo] keys: CA, SuperLink TLS certificate, per-site SuperNode and signing keys in {layout.keys}",
+            file=log,
+        )
+    if encrypt_at_rest and not layout.at_rest_key.exists():
+        encryption.write_key_file(layout.at_rest_key)
+    write_federation(
+        layout, base_model=base_model, rounds=rounds, min_sites=min(2, sites), strategy=strategy, registry=registry
+    )
     return layout
 
 
-def run_local_federation(layout: DemoLayout, site_configs: list[Path], *, timeout: float, log: TextIO,
-                         insecure: bool = True) -> dict:
+def run_local_federation(
+    layout: DemoLayout,
+    site_configs: list[Path],
+    *,
+    timeout: float,
+    log: TextIO,
+    insecure: bool = False,
+    encrypt_at_rest: bool = False,
+) -> dict:
     """Start the processes, run, check the real outcome, stop everything; returns the manifest."""
-    with LocalFederation(layout.out / "processes", site_configs, insecure=insecure) as fed:
-        print(f"[demo] SuperLink on {fed.address}; {len(site_configs)} SuperNodes (logs in {fed.logs})", file=log)
+    at_rest = layout.at_rest_key if encrypt_at_rest else None
+    with LocalFederation(
+        layout.out / "processes",
+        site_configs,
+        keys=None if insecure else layout.keys,
+        insecure=insecure,
+        at_rest_key_file=at_rest,
+    ) as fed:
+        mode = "plain text, NO authentication" if insecure else f"TLS, {len(fed.registered)} SuperNode keys registered"
+        print(
+            f"[demo] SuperLink on {fed.address} ({mode}); {len(site_configs)} SuperNodes (logs in {fed.logs})", file=log
+        )
         run_id = fed.submit({"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)})
         print(f"[demo] submitted Flower run {run_id}; rounds appear as the sites report", file=log)
         try:

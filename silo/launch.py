@@ -1,6 +1,11 @@
 """Start and drive a real Flower federation: one SuperLink and one SuperNode per site, each a
 separate process talking over sockets, and Silo's app submitted with `flwr run`.
 
+Secure by default: with a key directory from `silo keys` (common/pki.py) the SuperLink serves TLS
+and admits only SuperNodes whose public key was registered with it (`flwr supernode register`);
+each SuperNode checks the SuperLink's certificate and signs its requests with its site's key.
+Plain-text mode exists for tests and only when asked for (`insecure=True`).
+
 `flwr run` exits 0 even when the run failed, so the outcome is read from `flwr ls` and from the
 run's manifest. Every process started here is stopped on exit, with the processes it started.
 """
@@ -12,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.errors import FederationFailed
+from common import encryption
+from common.config import load_site_config
+from common.errors import ConfigError, FederationFailed
+from common.pki import KeyLayout, SiteKit, create_keys, install_site_signing_key
 
 BIN = Path(sys.executable).parent
 APP_DIR = Path(__file__).resolve().parent.parent  # the project root holds the Flower app's pyproject
@@ -118,6 +127,24 @@ class FlowerConnection:
             raise FederationFailed(f"`flwr run` could not submit the run to {self.address}: {detail}")
         return int(payload["run-id"])
 
+    def register_supernode(self, public_key: Path) -> str:
+        """Register a SuperNode's public key with the SuperLink; "registered" or "already registered".
+
+        Registration is kept in the SuperLink's database, so after a restart the key is already known."""
+        out = self.flwr(
+            "supernode", "register", str(Path(public_key).resolve()), "silo", "--format", "json", timeout=60
+        )
+        try:
+            payload = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            payload = {}
+        if payload.get("success"):
+            return "registered"
+        if "already in use" in str(payload.get("error-message", "")):
+            return "already registered"
+        detail = (out.stdout + out.stderr).strip()[-2000:]
+        raise FederationFailed(f"could not register SuperNode key {public_key} with {self.address}: {detail}")
+
     def run_status(self, run_id: int) -> dict[str, Any]:
         out = self.flwr("ls", "--run-id", str(run_id), "--format", "json", timeout=30)
         try:
@@ -141,7 +168,9 @@ class FlowerConnection:
             if not self.superlink_alive():
                 raise FederationFailed(f"the SuperLink died during run {run_id}")
             time.sleep(interval)
-        raise FederationFailed(f"run {run_id} did not finish within {timeout:.0f}s (last status {status.get('status')!r})")
+        raise FederationFailed(
+            f"run {run_id} did not finish within {timeout:.0f}s (last status {status.get('status')!r})"
+        )
 
 
 @dataclass
@@ -173,34 +202,128 @@ class Proc:
             return ""
 
 
+def superlink_argv(*, host: str, port: int, keys: KeyLayout | None, database: Path | None = None) -> list[str]:
+    """`flower-superlink` with Silo's settings: TLS and SuperNode authentication unless `keys` is None."""
+    argv = [
+        str(BIN / "flower-superlink"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+    if database is not None:
+        # State on disk, as a production coordinator keeps it: a restarted SuperLink still knows its
+        # SuperNodes (and their registered keys), which then reconnect by themselves.
+        argv += ["--database", str(database)]
+    if keys is None:
+        return [*argv, "--insecure"]
+    for path in (keys.ca_cert, keys.superlink_cert, keys.superlink_key):
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: give the coordinator/ directory made by `silo keys`")
+    return [
+        *argv,
+        "--ssl-ca-certfile", str(keys.ca_cert.resolve()),
+        "--ssl-certfile", str(keys.superlink_cert.resolve()),
+        "--ssl-keyfile", str(keys.superlink_key.resolve()),
+        # Only SuperNodes whose public key the operator registered may join (TLS alone admits anyone).
+        "--enable-supernode-auth",
+    ]  # fmt: skip
+
+
+def supernode_argv(*, superlink: str, port: int, site_config: Path, kit: SiteKit | None) -> list[str]:
+    """`flower-supernode` for one site: checks the SuperLink's certificate and authenticates with the kit's key."""
+    argv = [
+        str(BIN / "flower-supernode"), "--superlink", superlink, "--port", str(port),
+        "--node-config", f"site-config='{Path(site_config).resolve()}'",
+    ]  # fmt: skip
+    if kit is None:
+        return [*argv, "--insecure"]
+    kit.check()
+    return [
+        *argv,
+        "--root-certificates",
+        str(kit.ca_cert.resolve()),
+        "--auth-supernode-private-key",
+        str(kit.auth_key.resolve()),
+    ]
+
+
+def wait_healthy(
+    address: str, *, ca_cert: Path | None, alive: Callable[[], bool], log: Path, timeout: float = 60.0
+) -> None:
+    """Poll the SuperLink's `/health` (over TLS, trusting only `ca_cert`, when given) until it answers."""
+    deadline = time.monotonic() + timeout
+    context = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert is not None else None
+    url = f"{'https' if ca_cert is not None else 'http'}://{address}/health"
+    while time.monotonic() < deadline:
+        if not alive():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
+            raise FederationFailed(f"SuperLink exited at start (log {log}):\n{tail}")
+        try:
+            urllib.request.urlopen(url, timeout=1, context=context)  # noqa: S310 (our own SuperLink)
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise FederationFailed(f"SuperLink not healthy after {timeout:.0f}s (log {log})")
+
+
+def register_sites(connection: FlowerConnection, keys: KeyLayout) -> dict[str, str]:
+    """Register every site's SuperNode key in `keys` (coordinator/supernodes/<id>.pub) with the SuperLink."""
+    pubs = sorted((keys.coordinator / "supernodes").glob("*.pub"))
+    return {pub.stem: connection.register_supernode(pub) for pub in pubs}
+
+
 @dataclass
 class LocalFederation:
-    """A SuperLink and one SuperNode per site TOML on loopback, until `stop()` or `with` exit."""
+    """A SuperLink and one SuperNode per site TOML on loopback, until `stop()` or `with` exit.
+
+    `keys` is a `silo keys` directory holding every site's kit (sites/<site id>/); without one, a
+    fresh one is made under `workdir/keys`. The SuperLink registers the SuperNode keys found in
+    `keys/coordinator/supernodes/`: a site whose key is not there cannot join. `insecure=True`
+    runs without TLS or authentication (tests of the plain-text path only). `at_rest_key_file`
+    is handed to the coordinator as SILO_AT_REST_KEY_FILE, encrypting its checkpoints."""
 
     workdir: Path
     site_configs: list[Path]
-    insecure: bool = True
+    keys: Path | None = None
+    insecure: bool = False
+    at_rest_key_file: Path | None = None
     superlink_port: int = 0
     procs: list[Proc] = field(default_factory=list)
     site_ports: dict[int, int] = field(default_factory=dict)
+    registered: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.superlink_port = self.superlink_port or free_port()
-        self.connection = FlowerConnection(self.workdir / "flwr-home", self.address, insecure=self.insecure)
+        self.site_ids = [load_site_config(c).site.id for c in self.site_configs]
+        self.key_layout: KeyLayout | None = None
+        if not self.insecure:
+            if self.keys is None:
+                self.keys = create_keys(self.workdir / "keys", self.site_ids).root
+            self.key_layout = KeyLayout(Path(self.keys).resolve())
+        ca = self.key_layout.ca_cert if self.key_layout else None
+        self.connection = FlowerConnection(
+            self.workdir / "flwr-home", self.address, insecure=self.insecure, root_certificates=ca
+        )
         self.connection.superlink_alive = lambda: all(p.alive() for p in self.procs if p.name == "superlink")
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.superlink_port}"
 
-    def _spawn(self, name: str, argv: list[str]) -> Proc:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.logs / f"{name}.log"
         with log.open("ab") as fh:
             popen = subprocess.Popen(
-                argv, stdout=fh, stderr=subprocess.STDOUT, env=self.connection.env, cwd=self.workdir,
+                argv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env or self.connection.env,
+                cwd=self.workdir,
                 start_new_session=True,
             )
         proc = Proc(name, popen, log)
@@ -208,42 +331,30 @@ class LocalFederation:
         return proc
 
     def start_superlink(self) -> Proc:
-        argv = [
-            str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.superlink_port),
-            "--disable-runtime-dependency-installation",
-            # State on disk, as a production coordinator keeps it: a restarted SuperLink still knows
-            # its SuperNodes, which then reconnect by themselves.
-            "--database", str(self.workdir / "superlink.db"),
-        ]
-        if self.insecure:
-            argv.append("--insecure")
-        proc = self._spawn("superlink", argv)
-        self._wait_healthy(proc)
+        argv = superlink_argv(
+            host="127.0.0.1", port=self.superlink_port, keys=self.key_layout, database=self.workdir / "superlink.db"
+        )
+        env = dict(self.connection.env)
+        if self.at_rest_key_file is not None:
+            # The ServerApp inherits the SuperLink's environment; only the coordinator gets the key.
+            env[encryption.ENV_KEY_FILE] = str(Path(self.at_rest_key_file).resolve())
+        proc = self._spawn("superlink", argv, env)
+        ca = self.key_layout.ca_cert if self.key_layout else None
+        wait_healthy(self.address, ca_cert=ca, alive=proc.alive, log=proc.log)
+        if self.key_layout is not None:
+            self.registered = register_sites(self.connection, self.key_layout)
         return proc
 
-    def _wait_healthy(self, proc: Proc, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        scheme = "http" if self.insecure else "https"
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise FederationFailed(f"SuperLink exited at start (log {proc.log}):\n{proc.tail()}")
-            try:
-                urllib.request.urlopen(f"{scheme}://{self.address}/health", timeout=1)  # noqa: S310 (loopback)
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise FederationFailed(f"SuperLink not healthy after {timeout:.0f}s (log {proc.log})")
+    def site_kit(self, index: int) -> SiteKit | None:
+        return self.key_layout.site(self.site_ids[index]) if self.key_layout else None
 
     def start_site(self, index: int) -> Proc:
         cfg = Path(self.site_configs[index]).resolve()
         port = self.site_ports.setdefault(index, free_port())
-        argv = [
-            str(BIN / "flower-supernode"), "--superlink", self.address, "--port", str(port),
-            "--node-config", f"site-config='{cfg}'",
-        ]
-        if self.insecure:
-            argv.append("--insecure")
-        return self._spawn(f"site-{index}", argv)
+        kit = self.site_kit(index)
+        if kit is not None:
+            install_site_signing_key(kit, load_site_config(cfg).state_dir)
+        return self._spawn(f"site-{index}", supernode_argv(superlink=self.address, port=port, site_config=cfg, kit=kit))
 
     def start(self) -> LocalFederation:
         self.start_superlink()

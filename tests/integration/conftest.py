@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from common.pki import create_keys
 from silo.basemodel import build_base_model
 from silo.demo import DemoLayout, write_federation, write_site
 from silo.synthetic import make_bank_messages, make_clinical_notes
@@ -21,7 +22,11 @@ def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_base_model(out, corpus, hidden_size=64, num_layers=2, vocab_size=1024)
 
 
-def make_layout(root: Path, base_model: Path, *, rounds: int, sites: int = 2, strategy: str = "fedavg") -> tuple[DemoLayout, list[Path]]:
+def make_layout(
+    root: Path, base_model: Path, *, rounds: int, sites: int = 2, strategy: str = "fedavg", keys: bool = True
+) -> tuple[DemoLayout, list[Path]]:
+    """Sites, a federation TOML and (unless `keys=False`) the federation's keys in `layout.keys`, whose
+    registry the federation TOML names: start with `LocalFederation(..., keys=layout.keys)`."""
     layout = DemoLayout(root)
     makers = [(make_clinical_notes, 21), (make_bank_messages, 22), (make_clinical_notes, 23)]
     configs = []
@@ -29,5 +34,17 @@ def make_layout(root: Path, base_model: Path, *, rounds: int, sites: int = 2, st
         make, seed = makers[i]
         records = [{"text": r.text} for r in make(RECORDS, seed=seed)]
         configs.append(write_site(layout, f"site-{i}", records, base_model=str(base_model), rounds=rounds))
-    write_federation(layout, base_model=str(base_model), rounds=rounds, min_sites=sites, strategy=strategy, timeout_s=180)
+    registry = None
+    if keys:
+        create_keys(layout.keys, [f"site-{i}" for i in range(sites)])
+        registry = layout.registry
+    write_federation(
+        layout,
+        base_model=str(base_model),
+        rounds=rounds,
+        min_sites=sites,
+        strategy=strategy,
+        timeout_s=180,
+        registry=registry,
+    )
     return layout, configs

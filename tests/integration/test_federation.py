@@ -26,7 +26,7 @@ def _manifest(run_dir: Path) -> dict:
 
 def test_federation_two_sites_two_rounds_completes_and_learns(tmp_path: Path, base_model_dir: Path) -> None:
     layout, sites = make_layout(tmp_path, base_model_dir, rounds=2)
-    with LocalFederation(tmp_path / "procs", sites) as fed:
+    with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
         run_id = fed.submit({"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)})
         manifest = follow_run(fed.connection, run_id, layout.run_dir, timeout=600, log=sys.stderr)
 
@@ -56,7 +56,7 @@ def test_federation_two_sites_two_rounds_completes_and_learns(tmp_path: Path, ba
 def test_federation_resumes_after_coordinator_killed(tmp_path: Path, base_model_dir: Path) -> None:
     layout, sites = make_layout(tmp_path, base_model_dir, rounds=3)
     run_config = {"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)}
-    with LocalFederation(tmp_path / "procs", sites) as fed:
+    with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
         fed.submit(run_config)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:

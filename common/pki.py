@@ -1,0 +1,363 @@
+"""A federation's keys: a CA, the SuperLink's TLS certificate, and per site a SuperNode
+authentication key and an Ed25519 signing key, in one directory layout.
+
+    DIR/coordinator/ca.pem              CA certificate (every party trusts it)
+    DIR/coordinator/ca.key              CA private key: only needed to issue a new SuperLink
+                                        certificate; keep it offline once the federation runs
+    DIR/coordinator/superlink.pem       SuperLink TLS certificate, SANs = the hosts given
+    DIR/coordinator/superlink.key
+    DIR/coordinator/registry.json       {"sites": {id: {"signing_public_key": PEM, "fingerprint": hex}}}
+    DIR/coordinator/supernodes/<id>.pub each site's SuperNode public key, for `flwr supernode register`
+    DIR/sites/<id>/ca.pem               the site's copy of the CA certificate
+    DIR/sites/<id>/supernode_auth.key   SuperNode authentication key (ECDSA P-384, OpenSSH format,
+    DIR/sites/<id>/supernode_auth.pub   as `flower-supernode --auth-supernode-private-key` reads it)
+    DIR/sites/<id>/site_signing.key     Ed25519 key that signs the site's updates and ledger; belongs
+    DIR/sites/<id>/site_signing.pub     in the site's `state_dir` (see `install_site_signing_key`)
+
+`DIR/coordinator/` goes to the coordinator and `DIR/sites/<id>/` to site <id>; no site ever
+receives another site's directory or the CA key. Private keys are written 0600 and nothing is
+ever overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common import keys
+from common.errors import ConfigError
+
+# Hosts in the SuperLink certificate when none are given: a federation on one machine.
+DEFAULT_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Certificate lifetime: long enough for a study, short enough that a lost key expires; renew with a new DIR.
+DEFAULT_VALIDITY_DAYS = 825
+# P-384: the curve Flower's SuperNode-authentication docs use; also used for the CA and TLS keys.
+CURVE = ec.SECP384R1
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Paths of one key directory (see the module docstring)."""
+
+    root: Path
+
+    @property
+    def coordinator(self) -> Path:
+        return self.root / "coordinator"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.coordinator / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.coordinator / "ca.key"
+
+    @property
+    def superlink_cert(self) -> Path:
+        return self.coordinator / "superlink.pem"
+
+    @property
+    def superlink_key(self) -> Path:
+        return self.coordinator / "superlink.key"
+
+    @property
+    def registry(self) -> Path:
+        return self.coordinator / "registry.json"
+
+    def supernode_public_key(self, site_id: str) -> Path:
+        """The coordinator's copy of a site's SuperNode public key, to register with the SuperLink."""
+        return self.coordinator / "supernodes" / f"{site_id}.pub"
+
+    def site(self, site_id: str) -> SiteKit:
+        return SiteKit(self.root / "sites" / site_id)
+
+    def site_ids(self) -> list[str]:
+        return sorted(json.loads(self.registry.read_text())["sites"]) if self.registry.exists() else []
+
+
+@dataclass(frozen=True)
+class SiteKit:
+    """What one site receives: `DIR/sites/<id>/`."""
+
+    root: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def auth_key(self) -> Path:
+        return self.root / "supernode_auth.key"
+
+    @property
+    def auth_public_key(self) -> Path:
+        return self.root / "supernode_auth.pub"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "site_signing.key"
+
+    @property
+    def signing_public_key(self) -> Path:
+        return self.root / "site_signing.pub"
+
+    def check(self) -> None:
+        missing = [p.name for p in (self.ca_cert, self.auth_key, self.signing_key) if not p.is_file()]
+        if missing:
+            raise ConfigError(f"{self.root}: not a site key directory from `silo keys` (missing {', '.join(missing)})")
+
+
+# ---- key material -------------------------------------------------------------------------
+def generate_ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(CURVE())
+
+
+def make_ca(
+    *, common_name: str = "Silo federation CA", days: int = DEFAULT_VALIDITY_DAYS
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = generate_ec_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))  # tolerate small clock skew between machines
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA384())
+    )  # fmt: skip
+    return key, cert
+
+
+def issue_server_certificate(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    hosts: Sequence[str],
+    *,
+    days: int = DEFAULT_VALIDITY_DAYS,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A TLS server certificate for `hosts` (IP addresses and DNS names), signed by the CA."""
+    if not hosts:
+        raise ConfigError("the SuperLink certificate needs at least one host name or IP address")
+    key = generate_ec_key()
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False  # type: ignore[arg-type]
+        )
+        .sign(ca_key, hashes.SHA384())
+    )  # fmt: skip
+    return key, cert
+
+
+def certificate_hosts(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses a certificate is valid for."""
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+
+
+def openssh_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+
+
+def openssh_public_key(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+
+
+def pem_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def pem_certificate(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def load_certificate(path: str | Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not a readable PEM certificate: {err}") from None
+
+
+# ---- the directory -----------------------------------------------------------------------
+def create_keys(
+    out: str | Path, sites: Iterable[str], *, hosts: Sequence[str] = DEFAULT_HOSTS, days: int = DEFAULT_VALIDITY_DAYS
+) -> KeyLayout:
+    """Write a new federation's keys under `out`; refuses when `out` already holds any of them."""
+    layout = KeyLayout(Path(out))
+    site_ids = _check_site_ids(sites)
+    if layout.coordinator.exists() and any(layout.coordinator.iterdir()):
+        raise ConfigError(
+            f"refusing to overwrite existing keys in {layout.coordinator}; use a new --out, or --add-sites"
+        )
+    for site_id in site_ids:
+        _refuse_existing_site(layout, site_id)
+    layout.coordinator.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_key, ca_cert = make_ca(days=days)
+    tls_key, tls_cert = issue_server_certificate(ca_key, ca_cert, list(hosts), days=days)
+    _write_new(layout.ca_key, pem_private_key(ca_key), private=True)
+    _write_new(layout.ca_cert, pem_certificate(ca_cert), private=False)
+    _write_new(layout.superlink_key, pem_private_key(tls_key), private=True)
+    _write_new(layout.superlink_cert, pem_certificate(tls_cert), private=False)
+    _write_new(layout.registry, _registry_bytes({}), private=False)
+    add_sites(layout.root, site_ids)
+    return layout
+
+
+def add_sites(out: str | Path, sites: Iterable[str]) -> KeyLayout:
+    """Make keys for new sites in an existing key directory and add them to its registry."""
+    layout = KeyLayout(Path(out))
+    site_ids = _check_site_ids(sites)
+    if not layout.ca_cert.is_file() or not layout.registry.is_file():
+        raise ConfigError(
+            f"{layout.root}: no CA or registry; create the federation's keys first (silo keys --out DIR --sites ...)"
+        )
+    registry = read_registry(layout.registry)
+    for site_id in site_ids:
+        if site_id in registry:
+            raise ConfigError(f"site {site_id!r} is already in {layout.registry}; refusing to replace its keys")
+        _refuse_existing_site(layout, site_id)
+    (layout.coordinator / "supernodes").mkdir(exist_ok=True, mode=0o700)
+    ca_pem = layout.ca_cert.read_bytes()
+    for site_id in site_ids:
+        kit = layout.site(site_id)
+        kit.root.mkdir(parents=True, mode=0o700)
+        auth = generate_ec_key()
+        _write_new(kit.ca_cert, ca_pem, private=False)
+        _write_new(kit.auth_key, openssh_private_key(auth), private=True)
+        _write_new(kit.auth_public_key, openssh_public_key(auth), private=False)
+        _write_new(layout.supernode_public_key(site_id), openssh_public_key(auth), private=False)
+        signing = keys.generate_signing_key()
+        keys.save_private_key(signing, kit.signing_key)
+        keys.save_public_key(signing, kit.signing_public_key)
+        registry[site_id] = {
+            "signing_public_key": keys.public_key_pem(signing).decode(),
+            "fingerprint": keys.fingerprint(signing),
+        }
+    _replace(layout.registry, _registry_bytes(registry))
+    return layout
+
+
+def read_registry(path: str | Path) -> dict[str, dict[str, str]]:
+    """The `sites` table of a registry.json, checked: each entry's fingerprint matches its key."""
+    path = Path(path)
+    try:
+        sites = json.loads(path.read_text())["sites"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not a site registry ({err})") from None
+    for site_id, entry in sites.items():
+        try:
+            public = serialization.load_pem_public_key(entry["signing_public_key"].encode())
+        except (ValueError, KeyError, AttributeError) as err:
+            raise ConfigError(f"{path}: site {site_id!r} has no readable signing_public_key ({err})") from None
+        if not isinstance(public, Ed25519PublicKey) or keys.fingerprint(public) != entry.get("fingerprint"):
+            raise ConfigError(f"{path}: site {site_id!r}'s fingerprint does not match its signing_public_key")
+    return dict(sites)
+
+
+def install_site_signing_key(kit: SiteKit, state_dir: str | Path) -> Path:
+    """Copy the kit's signing key into the site's `state_dir`, where the site looks for it.
+
+    An identical key already there is fine; a different one is refused: the coordinator's registry
+    holds the kit's key, so updates signed with the other would be rejected."""
+    state_dir = Path(state_dir)
+    target = state_dir / kit.signing_key.name
+    wanted = keys.fingerprint(keys.load_private_key(kit.signing_key))
+    if target.exists():
+        have = keys.fingerprint(keys.load_private_key(target))
+        if have != wanted:
+            raise ConfigError(
+                f"{target} holds a different signing key ({have[:12]}) than {kit.signing_key} ({wanted[:12]}), "
+                "which the coordinator's registry lists; move the old key away (its ledger entries stay verifiable "
+                "with its .pub) or register it instead"
+            )
+        return target
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _write_new(target, kit.signing_key.read_bytes(), private=True)
+    pub = target.with_suffix(".pub")
+    if not pub.exists():
+        _write_new(pub, kit.signing_public_key.read_bytes(), private=False)
+    return target
+
+
+def _registry_bytes(sites: dict[str, dict[str, str]]) -> bytes:
+    return (json.dumps({"sites": dict(sorted(sites.items()))}, indent=2) + "\n").encode()
+
+
+def _check_site_ids(sites: Iterable[str]) -> list[str]:
+    ids = [s.strip() for s in sites if s.strip()]
+    if not ids:
+        raise ConfigError("give at least one site id (--sites a,b,c)")
+    for s in ids:
+        if not all(c.isalnum() or c in "-_." for c in s) or s.startswith("."):
+            raise ConfigError(f"site id must be letters, digits, '-', '_' or '.', got {s!r}")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"site ids must be unique, got {', '.join(ids)}")
+    return ids
+
+
+def _refuse_existing_site(layout: KeyLayout, site_id: str) -> None:
+    if layout.site(site_id).root.exists():
+        raise ConfigError(f"refusing to overwrite existing keys in {layout.site(site_id).root}")
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not host or any(not (c.isalnum() or c in "-.*") for c in host):
+        raise ConfigError(f"not a host name or IP address for the SuperLink certificate: {host!r}")
+    return x509.DNSName(host)
+
+
+def _write_new(path: Path, data: bytes, *, private: bool) -> None:
+    # common.keys' writer: O_EXCL (never overwrite) and the mode set at creation.
+    keys._write_new(path, data, mode=keys.PRIVATE_KEY_MODE if private else 0o644)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
