@@ -46,8 +46,10 @@ def _reply(
     metrics=None,
     signed: bool = True,
     sign_arrays=None,
+    global_arrays=None,
 ):
     """A site's train reply, sealed by the site's own `seal_fields`."""
+    global_arrays = GLOBAL if global_arrays is None else global_arrays
     arrays = _site_arrays() if arrays is None else arrays
     metrics = {"num-examples": 10, "train_loss": 1.5} if metrics is None else metrics
     declarations = ConfigRecord(
@@ -65,7 +67,7 @@ def _reply(
                 round=rnd,
                 site_id=site_id,
                 update_sha256=hash_state(numpy_to_state(sign_arrays if sign_arrays is not None else arrays)),
-                global_sha256=hash_state(numpy_to_state(GLOBAL)),
+                global_sha256=hash_state(numpy_to_state(global_arrays)),
                 metrics=metrics,
                 declarations=declarations,
             )
