@@ -198,7 +198,7 @@ def handle_train(msg: Message, context: Context) -> Message:
                 update_sha256=update_sha,
                 accountant_history=result.private.history() if result.private is not None else None,
             )
-        metrics = {
+        metrics: dict[str, Any] = {
             "num-examples": result.num_examples,
             "train_loss": result.loss,
             "steps": result.steps,

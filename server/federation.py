@@ -89,9 +89,9 @@ class RoundGate:
         content = msg.content
         if "arrays" not in content or "metrics" not in content or "site" not in content:
             raise UpdateRejected(f"malformed reply (records: {sorted(content.keys())})")
-        site = content["site"]
+        site = content.config_records["site"]
         site_id = str(site.get("site-id", ""))
-        arrays = {k: v.numpy() for k, v in content["arrays"].items()}
+        arrays = {k: v.numpy() for k, v in content.array_records["arrays"].items()}
         check_payload_size(
             sum(a.nbytes for a in arrays.values()) + sum(len(v) for v in site.values() if isinstance(v, str | bytes)),
             self.global_arrays,
@@ -103,7 +103,7 @@ class RoundGate:
             round=self.round,
             update_sha256=hash_state(numpy_to_state(arrays)),
             global_sha256=self.global_sha256,
-            metrics=dict(content["metrics"].items()),
+            metrics=dict(content.metric_records["metrics"].items()),
         )
         norm = validate_update(arrays, self.global_arrays, max_update_norm=self.security.max_update_norm)
         if site_id in self.seen:
@@ -117,7 +117,7 @@ class RoundGate:
         report["update_sha256"] = str(site.get("update-sha256", ""))
         report["update_norm"] = norm
         report["signing_key_fingerprint"] = seal.key_fingerprint if seal is not None else None
-        metrics = {k: float(v) for k, v in content["metrics"].items() if isinstance(v, int | float)}
+        metrics = {k: float(v) for k, v in content.metric_records["metrics"].items() if isinstance(v, int | float)}
         return SiteUpdate(
             node_id=msg.metadata.src_node_id,
             site_id=site_id,
@@ -139,7 +139,7 @@ def collect_updates(replies: Iterable[Message], gate: RoundGate) -> tuple[list[S
         try:
             accepted.append(gate.admit(msg))
         except UpdateRejected as err:
-            site = msg.content.get("site", {})
+            site: Any = msg.content.get("site", {})
             rejected.append({"node_id": node, "site_id": str(site.get("site-id", "")), "reason": str(err)})
     return accepted, rejected
 
@@ -311,7 +311,7 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             arrays = strategy.aggregate_combined(arrays, combined)
         else:
             arrays = strategy.aggregate(arrays, accepted)
-        record = {
+        record: dict[str, Any] = {
             "kind": "train",
             "strategy": str(fed.strategy),
             "security": _security_record(cfg, verifier, strategy, len(accepted)),
