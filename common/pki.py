@@ -38,7 +38,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from common import keys
 from common.errors import ConfigError
 
-# Hosts in the SuperLink certificate when none are given: a federation on one machine.
+# Hosts in the SuperLink certificate when none are given: a federation on one machine. They are
+# always added to hosts given, too: the coordinator reaches its own SuperLink over loopback (to
+# register SuperNodes, to submit runs) and a loopback name proves nothing to a remote attacker.
 DEFAULT_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Certificate lifetime: long enough for a study, short enough that a lost key expires; renew with a new DIR.
 DEFAULT_VALIDITY_DAYS = 825
@@ -231,7 +233,8 @@ def create_keys(
         _refuse_existing_site(layout, site_id)
     layout.coordinator.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_key, ca_cert = make_ca(days=days)
-    tls_key, tls_cert = issue_server_certificate(ca_key, ca_cert, list(hosts), days=days)
+    all_hosts = list(dict.fromkeys([*hosts, *DEFAULT_HOSTS]))
+    tls_key, tls_cert = issue_server_certificate(ca_key, ca_cert, all_hosts, days=days)
     _write_new(layout.ca_key, pem_private_key(ca_key), private=True)
     _write_new(layout.ca_cert, pem_certificate(ca_cert), private=False)
     _write_new(layout.superlink_key, pem_private_key(tls_key), private=True)

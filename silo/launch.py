@@ -231,22 +231,31 @@ def superlink_argv(*, host: str, port: int, keys: KeyLayout | None, database: Pa
     ]  # fmt: skip
 
 
-def supernode_argv(*, superlink: str, port: int, site_config: Path, kit: SiteKit | None) -> list[str]:
-    """`flower-supernode` for one site: checks the SuperLink's certificate and authenticates with the kit's key."""
+def supernode_argv(
+    *,
+    superlink: str,
+    port: int,
+    site_config: Path,
+    kit: SiteKit | None = None,
+    ca_cert: Path | None = None,
+    auth_key: Path | None = None,
+) -> list[str]:
+    """`flower-supernode` for one site: checks the SuperLink's certificate against the CA and signs
+    its requests with the site's SuperNode key (from `kit`, or given one by one); neither: plain text."""
     argv = [
         str(BIN / "flower-supernode"), "--superlink", superlink, "--port", str(port),
         "--node-config", f"site-config='{Path(site_config).resolve()}'",
     ]  # fmt: skip
-    if kit is None:
+    if kit is not None:
+        kit.check()
+        ca_cert, auth_key = kit.ca_cert, kit.auth_key
+    if ca_cert is None and auth_key is None:
         return [*argv, "--insecure"]
-    kit.check()
-    return [
-        *argv,
-        "--root-certificates",
-        str(kit.ca_cert.resolve()),
-        "--auth-supernode-private-key",
-        str(kit.auth_key.resolve()),
-    ]
+    for path in (ca_cert, auth_key):
+        if path is None or not Path(path).is_file():
+            raise ConfigError(f"a SuperNode needs both the CA certificate and its authentication key; missing {path}")
+    return [*argv, "--root-certificates", str(Path(ca_cert).resolve()), "--auth-supernode-private-key",
+            str(Path(auth_key).resolve())]  # fmt: skip
 
 
 def wait_healthy(

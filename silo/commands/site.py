@@ -9,7 +9,8 @@ from pathlib import Path
 
 from common.config import load_site_config
 from common.errors import ConfigError
-from silo.launch import BIN, flower_env
+from common.pki import SiteKit, install_site_signing_key
+from silo.launch import flower_env, supernode_argv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,12 +29,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "start",
         help="run this site's SuperNode in the foreground",
         description="Check the site, then run a Flower SuperNode that connects to the coordinator's SuperLink "
-        "and answers its rounds with this site's TOML.",
+        "over TLS, authenticates with this site's SuperNode key, and answers its rounds with this site's TOML. "
+        "With --keys, the site's signing key is first copied into its state_dir (an existing different key "
+        "there is refused).",
     )
     start.add_argument("--config", type=Path, required=True, help="site TOML")
     start.add_argument("--superlink", required=True, help="coordinator's SuperLink address host:port")
-    start.add_argument("--root-certificates", type=Path, help="CA certificate of the coordinator's TLS")
-    start.add_argument("--auth-key", type=Path, help="this site's SuperNode authentication private key")
+    start.add_argument(
+        "--keys", type=Path, metavar="DIR", help="this site's directory from `silo keys` (DIR/sites/<site id>)"
+    )
+    start.add_argument(
+        "--root-certificates", type=Path, help="CA certificate of the coordinator's TLS (instead of --keys)"
+    )
+    start.add_argument("--auth-key", type=Path, help="SuperNode authentication private key (instead of --keys)")
     start.add_argument(
         "--port", type=int, default=9094, help="local port for the ClientApp runtime (default: %(default)s)"
     )
@@ -57,24 +65,23 @@ def check_site(args: argparse.Namespace) -> int:
 def start_site(args: argparse.Namespace) -> int:
     check_site(args)
     cfg_path = Path(args.config).resolve()
-    argv = [
-        str(BIN / "flower-supernode"),
-        "--superlink",
-        args.superlink,
-        "--port",
-        str(args.port),
-        "--node-config",
-        f"site-config='{cfg_path}'",
-    ]
+    kit = ca_cert = auth_key = None
     if args.insecure:
-        print("silo: WARNING: --insecure: this site's updates travel unencrypted", file=sys.stderr)
-        argv.append("--insecure")
-    elif args.root_certificates is None:
-        raise ConfigError("give --root-certificates (the coordinator's CA), or --insecure for testing")
+        print("silo: WARNING: --insecure: this site's updates travel unencrypted and unauthenticated", file=sys.stderr)
+    elif args.keys is not None:
+        kit = SiteKit(args.keys)
+        kit.check()
+        install_site_signing_key(kit, load_site_config(cfg_path).state_dir)
+    elif args.root_certificates is not None and args.auth_key is not None:
+        ca_cert, auth_key = args.root_certificates, args.auth_key
     else:
-        argv += ["--root-certificates", str(args.root_certificates)]
-    if args.auth_key is not None:
-        argv += ["--auth-supernode-private-key", str(args.auth_key)]
+        raise ConfigError(
+            "give --keys DIR/sites/<site id> (from `silo keys`), or --root-certificates and --auth-key, "
+            "or --insecure for testing"
+        )
+    argv = supernode_argv(
+        superlink=args.superlink, port=args.port, site_config=cfg_path, kit=kit, ca_cert=ca_cert, auth_key=auth_key
+    )
     env = flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")))
     os.execve(argv[0], argv, env)
     return 0  # not reached

@@ -39,7 +39,7 @@ def test_superlink_certificate_is_signed_by_the_ca_for_the_hosts_given(layout):
     ca = pki.load_certificate(layout.ca_cert)
     cert = pki.load_certificate(layout.superlink_cert)
     cert.verify_directly_issued_by(ca)
-    assert sorted(pki.certificate_hosts(cert)) == ["127.0.0.1", "coord.example"]
+    assert sorted(pki.certificate_hosts(cert)) == ["127.0.0.1", "::1", "coord.example", "localhost"]
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     # Python's own TLS stack accepts the pair as a server identity trusting only this CA.
