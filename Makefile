@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CUDA machines: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128` (same torch version).
 TORCH_INDEX ?=
 
-.PHONY: setup test test-all lint bench demo clean
+.PHONY: setup browser test test-all lint bench demo clean
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,11 @@ setup:
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@$(BIN)/silo --version
 
-test:
+# Headless Chromium for the audit report's browser test (Debian's package; root or sudo needed to install).
+browser:
+	command -v chromium || (apt-get update && apt-get install -y chromium)
+
+test: browser
 	$(BIN)/python -m pytest -q
 
 test-all:

@@ -395,7 +395,7 @@ def _fig_epsilon(report: dict[str, Any]) -> Any:
     ax.set_xticks(sorted({r["round"] for r in report["rounds"]}))
     ax.grid(alpha=0.3)
     if report["sites"]:
-        ax.legend(fontsize=8, ncols=2, loc="lower right")
+        ax.legend(fontsize=8, ncols=2, loc="best")
     else:
         ax.text(0.5, 0.5, "no site reported privacy", ha="center", va="center", transform=ax.transAxes)
     return fig

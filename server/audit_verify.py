@@ -349,8 +349,10 @@ def _declared_epsilon_problem(privacy: dict[str, Any]) -> str | None:
     if not privacy or privacy.get("noise_multiplier") is None:
         return None
     event = ((float(privacy["noise_multiplier"]), float(privacy["sample_rate"]), int(privacy["steps"])),)
-    recorded = privacy.get("epsilon_round")
-    recorded = math.inf if recorded in ("inf", "Infinity") else float(recorded)
+    raw = privacy.get("epsilon_round")
+    if raw is None:
+        return "epsilon_round is missing"
+    recorded = math.inf if raw in ("inf", "Infinity") else float(raw)
     problem, _ = _independent_agrees(recorded, event, {"delta": privacy["delta"], "accountant": privacy.get("accountant"),
                                                        "epsilon_conversion": privacy.get("conversion")})  # fmt: skip
     return f"epsilon_round {problem}" if problem else None
