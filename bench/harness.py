@@ -1,0 +1,256 @@
+"""What the benchmarks share (named so it cannot shadow the project's `common` package for scripts run from
+bench/): the machine they ran on, the git commit, aligned tables, site and federation TOMLs, and an in-process
+stand-in for Flower's Grid that runs the coordinator's real round loop against the sites' real handlers.
+
+`InProcessGrid` replaces only the transport. `server.federation.run_federation` (strategy, checkpoint,
+manifest) runs unchanged and each message goes to `client.site.handle_train` / `handle_evaluate` (ingest,
+scrub, tokenize, DP-SGD, signed ledger) with a Flower `Context` per site, as a SuperNode would call them.
+What it does not do: separate processes, gRPC serialisation, sites training in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# Real data lives beside the repository, never inside it (see ../shared/data/README.md).
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def machine() -> str:
+    """One line: OS, CPU model, cores, memory, GPU (if any), torch and Python versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kib = int(
+            next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
+        )
+        mem = f", {kib / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+        torch_v = f"torch {torch.__version__}"
+    except ImportError:
+        gpu, torch_v = "torch missing", ""
+    return (
+        f"{platform.system()} {platform.release()}; {cpu}; {os.cpu_count()} cores{mem}; {gpu}; {torch_v}; "
+        f"Python {platform.python_version()}"
+    )
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with `+dirty` when tracked files differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, markdown: bool = False) -> str:
+    """Columns aligned to their widest cell (plain), or a GitHub markdown table."""
+    cells = [[str(h) for h in header]] + [[_cell(c) for c in row] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells[1:]])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+class InProcessGrid:
+    """The two Grid calls `server.federation` makes, answered by the site handlers in this process."""
+
+    def __init__(self, site_configs: Sequence[Path]) -> None:
+        from flwr.app import Context, RecordDict
+        from flwr.supercore.task_identity import TaskIdentity
+
+        # What a ServerApp process is told by its SuperLink; Message() reads it for the metadata.
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        # Node ids as a SuperLink would hand out: arbitrary positive integers, one per site.
+        self.contexts = {
+            1000 + i: Context(
+                run_id=1,
+                node_id=1000 + i,
+                node_config={"site-config": str(Path(p).resolve())},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, p in enumerate(site_configs)
+        }
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
+        from flwr.app import MessageType
+
+        from client.site import handle_evaluate, handle_train
+
+        replies = []
+        for msg in messages:
+            handler = handle_train if msg.metadata.message_type == MessageType.TRAIN else handle_evaluate
+            replies.append(handler(msg, self.contexts[msg.metadata.dst_node_id]))
+        return replies
+
+
+# ---- site and federation TOMLs, a run, its final adapter -----------------------------------------------------
+
+
+def privacy_toml(epsilon: float | None, *, rounds: int, delta: float = 1e-5, max_grad_norm: float = 1.0) -> str:
+    """`[privacy]`: DP-SGD with sigma derived from (epsilon, delta) over `rounds`, or DP off (epsilon None)."""
+    if epsilon is None:
+        # DP off must be acknowledged with an infinite budget (the ledger records epsilon = inf).
+        return "[privacy]\nenabled = false\nmax_grad_norm = 1.0\nbudget_epsilon = inf\nbudget_delta = 1e-5\n"
+    return (
+        f"[privacy]\nmax_grad_norm = {max_grad_norm}\ntarget_epsilon = {epsilon}\ntarget_delta = {delta}\n"
+        f"planned_rounds = {rounds}\nbudget_epsilon = {epsilon}\nbudget_delta = {delta}\n"
+    )
+
+
+def model_toml(
+    *, base: str | Path, max_length: int, task: str, lora_r: int, lora_alpha: int, targets: Sequence[str]
+) -> str:
+    """`[model] [lora] [task]`, identical in the site and federation TOMLs."""
+    return (
+        f"[model]\nbase = {_q(str(base))}\nmax_length = {max_length}\n\n"
+        f"[lora]\nr = {lora_r}\nalpha = {lora_alpha}\ndropout = 0.0\ntarget_modules = {_list(targets)}\n\n"
+        f"{task}\n"
+    )
+
+
+def classification_task(labels: Sequence[str]) -> str:
+    return f'[task]\ntype = "classification"\nlabels = {_list(labels)}\n'
+
+
+CAUSAL_LM_TASK = '[task]\ntype = "causal_lm"\n'
+
+
+def write_site_toml(site_dir: Path, site_id: str, *, model: str, data: str = "", training: str, privacy: str) -> Path:
+    """`site_dir/site.toml`; its records go in `site_dir/data/`, its ledger and key in `site_dir/state/`."""
+    site_dir.mkdir(parents=True, exist_ok=True)
+    path = site_dir / "site.toml"
+    path.write_text(
+        f'[site]\nid = "{site_id}"\nstate_dir = "state"\n\n[data]\ndir = "data"\n{data}\n'
+        f"{model}\n[training]\n{training}\n{privacy}"
+    )
+    return path
+
+
+def write_federation_toml(path: Path, *, model: str, rounds: int, min_sites: int, timeout_s: float = 3600.0) -> Path:
+    path.write_text(
+        f'[federation]\nrounds = {rounds}\nmin_sites = {min_sites}\nstrategy = "fedavg"\n'
+        f"round_timeout_s = {timeout_s}\n\n{model}"
+    )
+    return path
+
+
+def run_federation_here(
+    work: Path, site_configs: Sequence[Path], federation_config: Path, *, processes: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the federation; returns (manifest, final global adapter as numpy arrays).
+
+    processes=True: SuperLink + one SuperNode per site as separate processes (silo.launch, as `silo demo`).
+    processes=False: the same coordinator loop and site handlers in this process (`InProcessGrid`)."""
+    from server.checkpoint import RunDirectory
+
+    run_dir = work / "run"
+    if processes:
+        from silo.launch import LocalFederation, follow_run
+
+        with LocalFederation(work / "processes", list(site_configs)) as fed:
+            run_id = fed.submit({"silo-config": str(federation_config), "run-dir": str(run_dir)})
+            manifest = follow_run(fed.connection, run_id, run_dir, timeout=6 * 3600, log=sys.stderr)
+    else:
+        from common.config import load_federation_config
+        from server.federation import run_federation
+
+        manifest = run_federation(
+            InProcessGrid(site_configs), load_federation_config(federation_config), str(run_dir)
+        ).manifest
+    run = RunDirectory(run_dir, manifest)
+    arrays, _ = run.load_round(run.completed_rounds)
+    return manifest, arrays
+
+
+def spent_epsilon(manifest: dict[str, Any]) -> tuple[float, float]:
+    """(largest epsilon any site has spent after the last round, its noise multiplier), from the manifest."""
+    last = max((r for r in manifest["rounds"] if r.get("kind") == "train"), key=lambda r: r["round"])
+    privacy = [s.get("privacy", {}) for s in last["sites"]]
+    eps = max(float(p.get("epsilon_total") or 0.0) for p in privacy) if privacy else float("nan")
+    sigma = max(float(p.get("noise_multiplier") or 0.0) for p in privacy) if privacy else float("nan")
+    return eps, sigma
+
+
+def _q(s: str) -> str:
+    import json
+
+    return json.dumps(s)
+
+
+def _list(items: Sequence[str]) -> str:
+    return "[" + ", ".join(_q(x) for x in items) + "]"
+
+
+def evaluate_adapter(
+    arrays: dict[str, Any], *, federation_toml: Path, records: list[dict[str, Any]], data: Any, batch_size: int = 64
+) -> Any:
+    """`client.train.evaluate` of a global adapter on records no site holds, scrubbed as a site scrubs them
+    (tokenization accepts nothing else), on the federation's base model and task."""
+    from client.prepare import encode_records
+    from client.scrub import build_scrubber, scrub_records
+    from client.train import evaluate
+    from common.adapter import load_adapter_state, numpy_to_state
+    from common.config import TaskType, load_federation_config
+    from common.config_scrub import ScrubConfig
+    from common.model import load_lora_model, load_tokenizer, resolve_device
+
+    cfg = load_federation_config(federation_toml)
+    device = resolve_device("auto")
+    model = load_lora_model(cfg.model_source(), cfg.lora, cfg.task, device=device)
+    load_adapter_state(model, numpy_to_state(arrays))
+    fields = (
+        (data.text_field,) if cfg.task.type is TaskType.CLASSIFICATION else (data.prompt_field, data.response_field)
+    )
+    scrubbed = scrub_records(records, build_scrubber(ScrubConfig(fields=fields)))
+    tokenizer = load_tokenizer(cfg.model_source())
+    ds = encode_records(scrubbed.records, tokenizer, data=data, task=cfg.task, max_length=cfg.model.max_length)
+    return evaluate(model, ds, task=cfg.task, device=device, batch_size=batch_size)

