@@ -53,10 +53,20 @@ class KeyLayout:
     """Paths of one key directory (see the module docstring)."""
 
     root: Path
+    # Where coordinator/ was copied to, when it is not under `root` (a container mount, /etc/silo).
+    coordinator_dir: Path | None = None
+
+    @classmethod
+    def for_coordinator(cls, path: str | Path) -> KeyLayout:
+        """The layout of a key directory, or of its coordinator/ part alone wherever that was copied."""
+        path = Path(path)
+        if (path / "coordinator").is_dir():
+            return cls(path)
+        return cls(path.parent, coordinator_dir=path)
 
     @property
     def coordinator(self) -> Path:
-        return self.root / "coordinator"
+        return self.coordinator_dir if self.coordinator_dir is not None else self.root / "coordinator"
 
     @property
     def ca_cert(self) -> Path:

@@ -103,9 +103,7 @@ def start_coordinator(args: argparse.Namespace) -> int:
     elif args.keys is None:
         raise ConfigError("give --keys DIR/coordinator (from `silo keys`), or --insecure for testing")
     else:
-        # Accept the key directory's root as well as its coordinator/ part.
-        root = args.keys.parent if (args.keys / "ca.pem").is_file() else args.keys
-        keys = KeyLayout(root)
+        keys = KeyLayout.for_coordinator(args.keys)
     argv = superlink_argv(host=args.host, port=args.port, keys=keys, database=args.database)
     env = flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")))
     if args.at_rest_key_file is not None:

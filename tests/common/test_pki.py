@@ -1,6 +1,7 @@
 """`silo keys`' material: CA, SuperLink certificate, SuperNode and signing keys, registry, layout."""
 
 import json
+import shutil
 import ssl
 import stat
 
@@ -135,3 +136,13 @@ def test_install_site_signing_key_copies_once_and_refuses_a_different_key(tmp_pa
 def test_site_kit_check_names_missing_files(tmp_path):
     with pytest.raises(ConfigError, match="missing ca.pem, supernode_auth.key, site_signing.key"):
         pki.SiteKit(tmp_path).check()
+
+
+def test_for_coordinator_accepts_the_key_dir_or_its_coordinator_part_anywhere(layout, tmp_path):
+    assert pki.KeyLayout.for_coordinator(layout.root).ca_cert == layout.ca_cert
+    assert pki.KeyLayout.for_coordinator(layout.coordinator).registry == layout.registry
+    copy = tmp_path / "etc-silo"
+    shutil.copytree(layout.coordinator, copy)
+    moved = pki.KeyLayout.for_coordinator(copy)
+    assert moved.superlink_key == copy / "superlink.key"
+    assert moved.supernode_public_key("bank-c") == copy / "supernodes" / "bank-c.pub"
