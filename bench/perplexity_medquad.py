@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,11 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--full", action="store_true", help=f"{FULL.per_site} records/site, {FULL.rounds} rounds")
     ap.add_argument("--processes", action="store_true", help="real SuperLink + SuperNode processes")
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "medquad" / "medquad_answered.jsonl.gz")
+    ap.add_argument("--rounds", type=int, help="override the settings' rounds")
+    ap.add_argument("--records-per-site", type=int, help="override the settings' records per site")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="configurations run at once (in-process)")
     ap.add_argument("--work", type=Path, help="keep sites and runs here (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else FULL if args.full else DEFAULT
+    s = replace(
+        s,
+        rounds=args.rounds or s.rounds,
+        per_site=s.per_site if args.records_per_site is None else args.records_per_site,
+    )
 
     pool, test, tok = split_public(read_medquad(args.data))
     sites = deal_sites(pool, s.per_site)

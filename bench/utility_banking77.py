@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -259,10 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "banking77", help="banking77 directory")
     ap.add_argument("--only", nargs="+", help="run only these configurations (central, federated, dp1, dp3, dp8)")
     ap.add_argument("--work", type=Path, help="keep sites and runs here (default: a temp dir)")
+    ap.add_argument("--rounds", type=int, help="override the settings' rounds")
+    ap.add_argument("--records-per-site", type=int, help="override the settings' records per site")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="configurations run at once (in-process)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else FULL if args.full else DEFAULT
+    s = replace(
+        s,
+        rounds=args.rounds or s.rounds,
+        train_per_site=s.train_per_site if args.records_per_site is None else args.records_per_site,
+    )
     encoder = encoder_dir()
     labels, train, test = read_banking77(args.data)
     sites = [
