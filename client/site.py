@@ -25,13 +25,24 @@ from client.ledger import Ledger
 from client.prepare import encode_records
 from client.privacy import make_private, planned_sample_rate
 from client.scrub import ScrubbedRecords, build_scrubber, scrub_records
+from client.secagg import accept_shares, mask_update, reveal_shares, setup, share_keys
 from client.train import evaluate, round_plan_steps, train_round
-from common.adapter import adapter_state, arrays_to_state, hash_state, load_adapter_state, state_to_arrays
+from common.adapter import (
+    adapter_state,
+    arrays_to_state,
+    hash_state,
+    load_adapter_state,
+    numpy_to_state,
+    state_to_arrays,
+    state_to_numpy,
+)
 from common.config import SiteConfig, TaskType, load_site_config
 from common.errors import ScrubFailed, SiloError, UpdateRejected
 from common.keys import generate_signing_key, load_private_key, public_key_raw, save_private_key, save_public_key
 from common.model import load_lora_model, load_tokenizer, resolve_device
 from common.sealing import UpdateBinding, seal_update
+from common.secagg import RECORD as SECAGG_RECORD
+from common.secagg import STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK
 
 # Error-reply codes the coordinator records with the reason (Flower reserves small codes).
 ERROR_CODE_BASE = 1000
@@ -138,11 +149,19 @@ def handle_train(msg: Message, context: Context) -> Message:
     with the update's sha256 before the update is sent. Any failure: an error reply, no update.
 
     Evaluating here, on receipt, saves the coordinator a second message (and a second process
-    start at every site) per round; only the final adapter needs its own evaluate message."""
+    start at every site) per round; only the final adapter needs its own evaluate message.
+
+    With secure aggregation (a "secagg" record in the message) the shares from the other sites are
+    opened before anything is planned, and only after the ledger has recorded the round is the
+    update clipped, quantised and masked (client/secagg.py); the seal then covers the masked vector
+    that is sent, while the ledger and the declared `update-sha256` name the adapter trained."""
     try:
         config = msg.content["config"]
         run_id, server_round = str(config.get("run-id", "unknown")), int(config["server-round"])
+        secagg = msg.content.config_records.get(SECAGG_RECORD)
         site = load_for_round(msg, context)
+        if secagg is not None:
+            accept_shares(context.state, secagg)
         cfg, privacy = site.cfg, site.cfg.privacy
         before = evaluate(site.model, site.data.holdout, task=cfg.task, device=site.device)
         n = len(site.data.train)
@@ -208,13 +227,23 @@ def handle_train(msg: Message, context: Context) -> Message:
             "holdout-examples": before.num_examples,
         }
         declarations = _site_record(cfg, update_sha, site.data.scrub_report, plan, entry)
+        sent = update
+        if secagg is not None:
+            masked, secagg_declaration = mask_update(
+                context.state,
+                update=state_to_numpy(update),
+                global_arrays=state_to_numpy(site.global_state),
+                weight=result.num_examples,
+            )
+            sent = numpy_to_state(masked)
+            declarations["secagg"] = json.dumps(secagg_declaration, sort_keys=True)
         declarations.update(
             seal_fields(
                 signing_key,
                 run_id=run_id,
                 round=server_round,
                 site_id=cfg.site.id,
-                update_sha256=update_sha,
+                update_sha256=hash_state(sent),
                 global_sha256=hash_state(site.global_state),
                 metrics=metrics,
                 declarations=declarations,
@@ -222,9 +251,32 @@ def handle_train(msg: Message, context: Context) -> Message:
         )
     except SiloError as err:
         return error_reply(msg, err)
-    content = RecordDict({"arrays": state_to_arrays(update), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": state_to_arrays(sent), "metrics": MetricRecord(metrics)})
     content["site"] = declarations
     return Message(content=content, reply_to=msg)
+
+
+def handle_secagg(msg: Message, context: Context) -> Message:
+    """The key stages of secure aggregation (setup, share-keys, unmask); see client/secagg.py.
+
+    The secrets live in `context.state`; the reply carries only public keys, encrypted shares, or
+    the shares the protocol allows this site to reveal."""
+    try:
+        request = msg.content.config_records.get(SECAGG_RECORD)
+        stage = request.get("stage") if request is not None else None
+        if request is None or stage not in (STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK):
+            raise SiloError(f"not a secure aggregation request (stage {stage!r})")
+        if stage == STAGE_SETUP:
+            reply = setup(context.state, request, node_id=msg.metadata.dst_node_id)
+        elif stage == STAGE_SHARE_KEYS:
+            reply = share_keys(context.state, request)
+        else:
+            reply = reveal_shares(context.state, request)
+    except SiloError as err:
+        return error_reply(msg, err)
+    except (KeyError, TypeError, ValueError) as err:
+        return error_reply(msg, SiloError(f"malformed secure aggregation request: {type(err).__name__}: {err}"))
+    return Message(content=RecordDict({SECAGG_RECORD: reply}), reply_to=msg)
 
 
 def seal_fields(key: Any, *, declarations: ConfigRecord, **binding: Any) -> dict[str, bytes]:

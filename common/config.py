@@ -2,7 +2,7 @@
 
 A site TOML has the sections `[site] [data] [task] [model] [lora] [training]` (plus `[privacy]` and
 `[scrub]`, owned by their stages); a federation TOML has `[federation] [model] [lora] [task]`, plus
-the optional `[security]` (signed, validated updates; robust aggregation) and `[central_dp]`.
+the optional `[security]` (signed, validated updates; robust aggregation), `[central_dp]` and `[secagg]`.
 Relative paths in a TOML resolve against the file's own directory, so a config directory can move.
 Every check names the field and the value, PEFT style: "`lora.r` must be > 0, got 0."
 """
@@ -376,6 +376,48 @@ class CentralDPSection:
 
 
 @dataclass(frozen=True)
+class SecAggSection:
+    """`[secagg]`: secure aggregation (SecAgg+ on the complete graph, common/secagg.py); off by default.
+
+    The coordinator sees only the weighted sum of the sites' updates. Each site clips its delta
+    w_k - w to L2 norm `clip` BEFORE masking (the coordinator can no longer check norms), quantises
+    every coordinate of [-clip, clip] to `quantization_range` steps, and masks in the integers mod
+    `modulus`. Shares of each site's secrets are rebuilt from `reconstruction_threshold` of the sites.
+    """
+
+    enabled: bool = False
+    # L2 bound on a site's delta w_k - w; the manifest says how many sites had to clip to it.
+    clip: float = 1.0
+    # Quantisation levels over [-clip, clip]: 2^22 makes one step 2 * clip / 2^22 (4.8e-7 at clip 1).
+    quantization_range: int = 1 << 22
+    # The masking field, a power of two: 2^62 holds a sum over ~1e12 examples at the default range.
+    modulus: int = 1 << 62
+    # Shamir threshold as a share of the sites that joined: t = max(2, ceil(fraction * sites)).
+    reconstruction_threshold: float = 0.6
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), f"`secagg.enabled` must be true or false, got {self.enabled!r}.")
+        _require(_is_number(self.clip) and self.clip > 0, f"`secagg.clip` must be > 0, got {self.clip!r}.")
+        _require(
+            _is_int(self.quantization_range) and self.quantization_range >= 2,
+            f"`secagg.quantization_range` must be an integer >= 2, got {self.quantization_range!r}.",
+        )
+        m = self.modulus
+        _require(
+            _is_int(m) and 2 <= m <= 1 << 62 and not m & (m - 1),
+            f"`secagg.modulus` must be a power of two between 2 and 2^62, got {m!r}.",
+        )
+        _require(
+            self.quantization_range < m // 4,
+            f"`secagg.quantization_range` must be < modulus / 4, got {self.quantization_range!r} with {m!r}.",
+        )
+        _require(
+            _is_number(self.reconstruction_threshold) and 0.5 < self.reconstruction_threshold <= 1,
+            f"`secagg.reconstruction_threshold` must be in (0.5, 1], got {self.reconstruction_threshold!r}.",
+        )
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     federation: FederationSection
     model: ModelConfig
@@ -384,6 +426,7 @@ class FederationConfig:
     root: Path = field(default=Path("."), compare=False)
     security: SecuritySection = field(default_factory=SecuritySection)
     central_dp: CentralDPSection = field(default_factory=CentralDPSection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
 
     def __post_init__(self) -> None:
         _require(
@@ -391,6 +434,22 @@ class FederationConfig:
             '`central_dp.enabled` needs `security.aggregator = "mean"` (its noise is calibrated to the mean), '
             f"got {str(self.security.aggregator)!r}.",
         )
+        if self.secagg.enabled:
+            _require(
+                self.security.aggregator is Aggregator.MEAN,
+                '`secagg.enabled` needs `security.aggregator = "mean"`: the coordinator sees only the sum, '
+                f"got {str(self.security.aggregator)!r}.",
+            )
+            _require(
+                not self.central_dp.enabled,
+                "`secagg.enabled` and `central_dp.enabled` cannot both be on yet: central DP clips each site's "
+                "update at the coordinator, which SecAgg hides.",
+            )
+            _require(
+                self.federation.min_sites >= 2,
+                f"`secagg.enabled` needs `federation.min_sites` >= 2 (a sum of one is that site's update), "
+                f"got {self.federation.min_sites!r}.",
+            )
 
     def registry_path(self) -> Path | None:
         """The site key registry, resolved against the TOML's directory; None when not configured."""
@@ -410,7 +469,11 @@ class FederationConfig:
         plain = _plain(self)
         plain["federation"].pop("round_timeout_s", None)
         # Sections left at their defaults are left out, so runs started before they existed resume.
-        for name, default in (("security", SecuritySection()), ("central_dp", CentralDPSection())):
+        for name, default in (
+            ("security", SecuritySection()),
+            ("central_dp", CentralDPSection()),
+            ("secagg", SecAggSection()),
+        ):
             if getattr(self, name) == default:
                 plain.pop(name, None)
         body = json.dumps(plain, sort_keys=True, default=str).encode()
@@ -484,7 +547,7 @@ def _load_optional(section: str, raw: Any) -> Any:
 
 def load_federation_config(path: str | Path) -> FederationConfig:
     raw, root = _read_toml(path)
-    _check_sections(raw, {"federation", "model", "lora", "task", "security", "central_dp"}, path)
+    _check_sections(raw, {"federation", "model", "lora", "task", "security", "central_dp", "secagg"}, path)
     return _with_path(
         path,
         lambda: FederationConfig(
@@ -495,5 +558,6 @@ def load_federation_config(path: str | Path) -> FederationConfig:
             root=root,
             security=_build(SecuritySection, "security", raw.get("security")),
             central_dp=_build(CentralDPSection, "central_dp", raw.get("central_dp")),
+            secagg=_build(SecAggSection, "secagg", raw.get("secagg")),
         ),
     )

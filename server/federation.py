@@ -6,6 +6,10 @@ An update is aggregated only when its seal verifies (signed by its site's key, f
 round, over exactly the adapter, metrics and declarations that arrived) and it passes validation;
 every other reply is listed under the round's `rejected` with its reason.
 
+With `[secagg] enabled`, each round runs the secure aggregation stages around the train message
+(server/secagg.py): the sites send masked vectors, the gate checks their seals and form only, and
+the coordinator learns just the weighted sum of the survivors' clipped updates.
+
 Resuming is the same call on the same run directory: rounds already on disk are not re-run.
 """
 
@@ -18,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -29,6 +34,7 @@ from common.model import load_lora_model
 from common.version import CODE_VERSION
 from server.central_dp import CentralDP
 from server.checkpoint import ADAPTER_CONFIG, RunDirectory
+from server.secagg import SecAggRound
 from server.strategy import Arrays, FedAvg, SiteUpdate, average_metrics, make_strategy, trimmed_per_side
 from server.verify import IDENTITY_NONE, UpdateVerifier, check_payload_size, load_registry, validate_update
 
@@ -80,6 +86,8 @@ class RoundGate:
     global_sha256: str = ""
     # Site ids already accepted this round: a second update from one site is a replay.
     seen: set[str] = field(default_factory=set)
+    # With secure aggregation the replies are masked vectors: checked for form, not for norm.
+    secagg: SecAggRound | None = None
 
     def __post_init__(self) -> None:
         self.global_sha256 = self.global_sha256 or hash_state(numpy_to_state(self.global_arrays))
@@ -94,7 +102,7 @@ class RoundGate:
         arrays = {k: v.numpy() for k, v in content.array_records["arrays"].items()}
         check_payload_size(
             sum(a.nbytes for a in arrays.values()) + sum(len(v) for v in site.values() if isinstance(v, str | bytes)),
-            self.global_arrays,
+            self.global_arrays if self.secagg is None else self.secagg.field_like(self.global_arrays),
             max_update_bytes=self.security.max_update_bytes,
         )
         seal = self.verifier.verify(
@@ -105,7 +113,15 @@ class RoundGate:
             global_sha256=self.global_sha256,
             metrics=dict(content.metric_records["metrics"].items()),
         )
-        norm = validate_update(arrays, self.global_arrays, max_update_norm=self.security.max_update_norm)
+        metrics = {k: float(v) for k, v in content.metric_records["metrics"].items() if isinstance(v, int | float)}
+        num_examples = int(metrics.get("num-examples", 0))
+        norm: float | None = None
+        declared: dict[str, Any] | None = None
+        if self.secagg is None:
+            norm = validate_update(arrays, self.global_arrays, max_update_norm=self.security.max_update_norm)
+        else:
+            node = msg.metadata.src_node_id
+            declared = self.secagg.validate_masked(node, arrays, self.global_arrays, site, num_examples)
         if site_id in self.seen:
             raise UpdateRejected(f"a second update from site {site_id!r} in round {self.round}")
         self.seen.add(site_id)
@@ -117,12 +133,13 @@ class RoundGate:
         report["update_sha256"] = str(site.get("update-sha256", ""))
         report["update_norm"] = norm
         report["signing_key_fingerprint"] = seal.key_fingerprint if seal is not None else None
-        metrics = {k: float(v) for k, v in content.metric_records["metrics"].items() if isinstance(v, int | float)}
+        if declared is not None:
+            report["secagg"] = {"masked": True, "clipped": bool(declared.get("clipped"))}
         return SiteUpdate(
             node_id=msg.metadata.src_node_id,
             site_id=site_id,
             arrays=arrays,
-            num_examples=int(metrics.get("num-examples", 0)),
+            num_examples=num_examples,
             metrics=metrics,
             report=report,
         )
@@ -258,6 +275,26 @@ def train_round_replies(
         ]
 
 
+def secure_train_replies(
+    grid: Grid, secagg: SecAggRound, arrays: Arrays, config: dict[str, Any], rnd: int, gate: RoundGate, timeout: float
+) -> tuple[list[SiteUpdate], list[dict[str, Any]]]:
+    """The train message to each site that shared keys, with the shares addressed to it; no second
+    ask: a site that misses this message has dropped, and its masks are cancelled at unmasking."""
+    global_record = state_to_arrays(numpy_to_state(arrays))
+    messages = [
+        Message(
+            content=RecordDict(
+                {"arrays": global_record, "config": ConfigRecord(config), "secagg": secagg.train_record(n)}
+            ),
+            dst_node_id=n,
+            message_type=MessageType.TRAIN,
+            group_id=str(rnd),
+        )
+        for n in secagg.sharing
+    ]
+    return collect_updates(grid.send_and_receive(messages, timeout=timeout), gate)
+
+
 def eval_from_train_replies(updates: list[SiteUpdate]) -> dict[str, Any]:
     """The sites' hold-out metrics of the adapter they received, weighted by hold-out size."""
     pairs = []
@@ -292,8 +329,13 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
         t0 = time.perf_counter()
         nodes = wait_for_sites(grid, minimum=fed.min_sites, timeout_s=timeout)
         config = {"server-round": rnd, "run-id": run.run_id, **strategy.site_config()}
-        gate = RoundGate(verifier, cfg.security, run.run_id, rnd, arrays)
-        accepted, rejected = train_round_replies(grid, nodes, arrays, config, rnd, gate, fed.min_sites, timeout)
+        secagg = SecAggRound(cfg.secagg, run.run_id, rnd) if cfg.secagg.enabled else None
+        gate = RoundGate(verifier, cfg.security, run.run_id, rnd, arrays, secagg=secagg)
+        if secagg is None:
+            accepted, rejected = train_round_replies(grid, nodes, arrays, config, rnd, gate, fed.min_sites, timeout)
+        else:
+            secagg.exchange_keys(grid, nodes, min_sites=fed.min_sites, timeout=timeout)
+            accepted, rejected = secure_train_replies(grid, secagg, arrays, config, rnd, gate, timeout)
         for r in rejected:
             log(WARNING, "[silo] round %d: update from node %s rejected: %s", rnd, r["node_id"], r["reason"])
         if len(accepted) < fed.min_sites:
@@ -305,8 +347,18 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
         run.update_round(rnd - 1, eval=eval_from_train_replies(accepted))
         _log_eval(rnd - 1, fed.rounds, run)
         run.set_sites({str(u.node_id): u.site_id for u in accepted})
-        dp_record = None
-        if central is not None:
+        dp_record = secagg_record = None
+        if secagg is not None:
+            mean_delta, secagg_record = secagg.unmask(
+                grid,
+                {u.node_id: u.arrays for u in accepted},
+                {u.node_id: u.num_examples for u in accepted},
+                min_sites=fed.min_sites,
+                timeout=timeout,
+            )
+            combined = {k: (w.astype(np.float64) + mean_delta[k]).astype(w.dtype) for k, w in arrays.items()}
+            arrays = strategy.aggregate_combined(arrays, combined)
+        elif central is not None:
             combined, dp_record = central.aggregate(arrays, [u.arrays for u in accepted])
             arrays = strategy.aggregate_combined(arrays, combined)
         else:
@@ -332,6 +384,15 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             "round_seconds": time.perf_counter() - t0,
             "slowest_site_train_seconds": max(u.metrics.get("train_seconds", 0.0) for u in accepted),
         }
+        if secagg_record is not None:
+            record["secagg"] = secagg_record
+            log(
+                INFO,
+                "[silo] round %d: secure aggregation of %d site(s), %d dropped; only their sum was seen",
+                rnd,
+                len(secagg_record["sites"]),
+                len(secagg_record["dropped"]),
+            )
         if dp_record is not None:
             record["central_dp"] = dp_record
             log(
@@ -383,6 +444,13 @@ def _security_record(cfg: FederationConfig, verifier: UpdateVerifier, strategy: 
         "max_update_norm": cfg.security.max_update_norm or None,
         "aggregator": str(strategy.aggregator),
     }
+    if cfg.secagg.enabled:
+        out["max_update_norm"] = None
+        out["secagg"] = True
+        out["update_validation"] = (
+            "masked: each update's seal, form and secagg declaration only; norms are bounded by the "
+            f"sites' own clipping to {cfg.secagg.clip:g} before masking"
+        )
     if str(strategy.aggregator) == "trimmed_mean":
         out["trimmed_per_side"] = trimmed_per_side(sites, strategy.trim_fraction)
     return out
