@@ -224,7 +224,7 @@ class RunDirectory:
         d = self.round_dir(n)
         expected = next((r["adapter_sha256"] for r in self.manifest["rounds"] if r["round"] == n), None)
         adapter = self._read(d, ADAPTER_FILE) if expected is not None else None
-        if adapter is None:
+        if adapter is None or expected is None:
             raise FederationFailed(f"{d}: round {n} is not on disk; cannot resume")
         actual = hashlib.sha256(adapter).hexdigest()
         if actual != expected:
