@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 import sys
@@ -315,8 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     header = (
         f"machine: {machine()}\ncommit: {commit}\ndate: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}\n"
-        f"settings: {'--full' if args.full else 'quick (default)'}; logs in {work}"
+        f"settings: {'--full' if args.full else 'quick (default)'}; logs in {work}\n"
+        # Other work on the machine slows every timing: say how loaded it was.
+        f"load average (1/5/15 min) at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
+    if any("earlier run" in b.outcome.get("status", "") for b in bs):
+        header += "\nsome benchmarks were reused from earlier runs (--resume): their own output states their commit"
     print("\n" + header)
     print(format_table(["bench", "metric", "value", "note"], summary_rows(bs)))
     if not args.no_write:
