@@ -96,7 +96,7 @@ def summarise_scrub(out: str, work: Path) -> list[Row]:
     title = ""
     for line in out.splitlines():
         if line.startswith("== "):
-            title = line[3:].split(":")[0]
+            title = line[3:].split(" (")[0].split(":")[0]  # "== <slice> (<seed, locales>): <n> records"
         elif line.startswith("ALL"):
             parts = line.split()
             # ALL gold recall leak pred prec F2 [stock leak]
@@ -277,7 +277,7 @@ def write_results(bs: list[Bench], *, header: str, full: bool, seconds: float) -
         "",
         format_table(["bench", "metric", "value", "note"], summary_rows(bs), markdown=True),
         "",
-        f"Total {seconds / 60:.1f} min. Data: Banking77 (PolyAI, CC BY 4.0; Casanueva et al. 2020) and MedQuAD "
+        f"This invocation: {seconds / 60:.1f} min. Data: Banking77 (PolyAI, CC BY 4.0; Casanueva et al. 2020) and MedQuAD "
         "(CC BY 4.0; Ben Abacha & Demner-Fushman 2019), read from ../shared/data.",
         "",
     ]
