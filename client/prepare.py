@@ -19,14 +19,17 @@ from common.errors import ScrubFailed
 IGNORE_INDEX = -100  # positions that carry no loss (prompt and padding)
 
 
-def encode_records(records: ScrubbedRecords, tokenizer: Any, *, data: DataConfig, task: TaskConfig,
-                   max_length: int) -> TensorDataset:
+def encode_records(
+    records: ScrubbedRecords, tokenizer: Any, *, data: DataConfig, task: TaskConfig, max_length: int
+) -> TensorDataset:
     """(input_ids, attention_mask, labels) for every record; labels are token ids or class ids.
 
     Only scrubbed records are accepted: this is the gate between a site's raw data and training."""
     if not isinstance(records, ScrubbedRecords):
-        raise ScrubFailed(f"training accepts only scrubbed records, got {type(records).__name__}; "
-                          "pass them through client.scrub.scrub_records first")
+        raise ScrubFailed(
+            f"training accepts only scrubbed records, got {type(records).__name__}; "
+            "pass them through client.scrub.scrub_records first"
+        )
     if task.type is TaskType.CLASSIFICATION:
         return _encode_classification(records, tokenizer, data=data, task=task, max_length=max_length)
     seqs: list[list[int]] = []
@@ -52,12 +55,16 @@ def encode_records(records: ScrubbedRecords, tokenizer: Any, *, data: DataConfig
     return TensorDataset(input_ids, attention, labels_t)
 
 
-def _encode_classification(records: ScrubbedRecords, tokenizer: Any, *, data: DataConfig, task: TaskConfig,
-                           max_length: int) -> TensorDataset:
+def _encode_classification(
+    records: ScrubbedRecords, tokenizer: Any, *, data: DataConfig, task: TaskConfig, max_length: int
+) -> TensorDataset:
     index = {name: i for i, name in enumerate(task.labels)}
     enc = tokenizer(
         [str(r[data.text_field]) for r in records],
-        truncation=True, max_length=max_length, padding="longest", return_tensors="pt",
+        truncation=True,
+        max_length=max_length,
+        padding="longest",
+        return_tensors="pt",
     )
     labels = torch.tensor([index[str(r[data.label_field])] for r in records], dtype=torch.long)
     return TensorDataset(enc["input_ids"], enc["attention_mask"], labels)

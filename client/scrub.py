@@ -59,9 +59,7 @@ class ScrubbedRecords(Sequence[Mapping[str, Any]]):
 
     def __init__(self, records: Iterable[Mapping[str, Any]], *, _seal: object = None) -> None:
         if _seal is not _SEAL:
-            raise ScrubFailed(
-                "ScrubbedRecords can only be created by client.scrub.scrub_records(); scrub first."
-            )
+            raise ScrubFailed("ScrubbedRecords can only be created by client.scrub.scrub_records(); scrub first.")
         self._records = tuple(MappingProxyType(dict(r)) for r in records)
 
     def __len__(self) -> int:
@@ -167,9 +165,7 @@ class Scrubber:
         self._analyzer = analyzer
         self._anonymizer = AnonymizerEngine()
         self._key = key
-        self._operators = {
-            entity: self._operator(entity) for entity in analyzer.get_supported_entities(language="en")
-        }
+        self._operators = {entity: self._operator(entity) for entity in analyzer.get_supported_entities(language="en")}
 
     def _operator(self, entity: str) -> OperatorConfig:
         op = self.config.operator
@@ -199,9 +195,7 @@ class Scrubber:
         results = self.analyze(text)
         if not results:
             return text, {}
-        anonymized = self._anonymizer.anonymize(
-            text=text, analyzer_results=results, operators=self._operators
-        )
+        anonymized = self._anonymizer.anonymize(text=text, analyzer_results=results, operators=self._operators)
         return anonymized.text, dict(Counter(r.entity_type for r in results))
 
     def residual(self, scrubbed: str) -> list[str]:
@@ -238,9 +232,7 @@ def build_scrubber(config: ScrubConfig) -> Scrubber:
     return Scrubber(config, analyzer, key)
 
 
-def _scrub_record(
-    record: Any, scrubber: Scrubber, entities: Counter[str], residual: Counter[str]
-) -> str | dict:
+def _scrub_record(record: Any, scrubber: Scrubber, entities: Counter[str], residual: Counter[str]) -> str | dict:
     """The scrubbed record, or the reason it is quarantined."""
     if not isinstance(record, Mapping):
         return "not_a_record"

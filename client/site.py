@@ -15,7 +15,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -109,12 +109,23 @@ class Loaded:
     global_state: dict[str, torch.Tensor]
 
 
+Number = TypeVar("Number", int, float)
+
+
+def config_number(config: ConfigRecord, key: str, kind: type[Number], default: Number | None = None) -> Number:
+    """A number the coordinator sent in the round's config, type-checked: a wrong one ends the round."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UpdateRejected(f"round config `{key}` must be a number, got {value!r}")
+    return kind(value)
+
+
 def load_for_round(msg: Message, context: Context) -> Loaded:
     """Config, data and the model carrying the coordinator's global adapter."""
     cfg = site_config(context)
     configure_threads(cfg)
     device = resolve_device(cfg.training.device)
-    global_state = arrays_to_state(msg.content["arrays"])
+    global_state = arrays_to_state(msg.content.array_records["arrays"])
     data = load_site_data(cfg, load_tokenizer(cfg.model_source()))
     model = load_lora_model(cfg.model_source(), cfg.lora, cfg.task, device=device)
     load_adapter_state(model, global_state)
@@ -156,8 +167,8 @@ def handle_train(msg: Message, context: Context) -> Message:
     update clipped, quantised and masked (client/secagg.py); the seal then covers the masked vector
     that is sent, while the ledger and the declared `update-sha256` name the adapter trained."""
     try:
-        config = msg.content["config"]
-        run_id, server_round = str(config.get("run-id", "unknown")), int(config["server-round"])
+        config = msg.content.config_records["config"]
+        run_id, server_round = str(config.get("run-id", "unknown")), config_number(config, "server-round", int)
         secagg = msg.content.config_records.get(SECAGG_RECORD)
         site = load_for_round(msg, context)
         if secagg is not None:
@@ -202,7 +213,7 @@ def handle_train(msg: Message, context: Context) -> Message:
                 training=cfg.training,
                 device=site.device,
                 global_state=site.global_state,
-                proximal_mu=float(config.get("proximal-mu", 0.0)),
+                proximal_mu=config_number(config, "proximal-mu", float, default=0.0),
                 privacy=dp if privacy.enabled else None,
             )
             update = adapter_state(site.model)

@@ -46,8 +46,12 @@ class EvalResult:
     accuracy: float | None = None  # classification only
     macro_f1: float | None = None  # classification only
 
-    def metrics(self) -> dict[str, float]:
-        out = {"eval_loss": self.loss, "num-examples": float(self.num_examples)}
+    def metrics(self) -> dict[str, int | float | list[int] | list[float]]:
+        """As a Flower MetricRecord takes them."""
+        out: dict[str, int | float | list[int] | list[float]] = {
+            "eval_loss": self.loss,
+            "num-examples": float(self.num_examples),
+        }
         if self.accuracy is not None:
             out["accuracy"] = self.accuracy
         if self.macro_f1 is not None:
@@ -75,8 +79,10 @@ def per_sample_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], tas
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
     token_loss = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none",
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
     ).view(shift_labels.shape)
     valid = (shift_labels != IGNORE_INDEX).float()
     return (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1.0)
@@ -94,10 +100,18 @@ def round_plan_steps(dataset_size: int, training: TrainingConfig) -> tuple[int, 
     return batch, min(steps, training.max_steps) if training.max_steps else steps
 
 
-def train_round(model: torch.nn.Module, dataset: TensorDataset, *, task: TaskConfig, training: TrainingConfig,
-                device: torch.device, global_state: dict[str, torch.Tensor] | None = None,
-                proximal_mu: float = 0.0, privacy: PrivacyWrapper | None = None,
-                progress: Callable[[int, float], None] | None = None) -> TrainResult:
+def train_round(
+    model: torch.nn.Module,
+    dataset: TensorDataset,
+    *,
+    task: TaskConfig,
+    training: TrainingConfig,
+    device: torch.device,
+    global_state: dict[str, torch.Tensor] | None = None,
+    proximal_mu: float = 0.0,
+    privacy: PrivacyWrapper | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> TrainResult:
     """`training.epochs` local passes (capped at `training.max_steps`); returns the mean loss."""
     t0 = time.perf_counter()
     torch.manual_seed(training.seed)
@@ -135,11 +149,18 @@ def train_round(model: torch.nn.Module, dataset: TensorDataset, *, task: TaskCon
                 break
         if training.max_steps and steps >= training.max_steps:
             break
-    return TrainResult(loss=loss_sum / max(steps, 1), steps=steps, num_examples=len(dataset),
-                       seconds=time.perf_counter() - t0, private=private)
+    return TrainResult(
+        loss=loss_sum / max(steps, 1),
+        steps=steps,
+        num_examples=len(dataset),
+        seconds=time.perf_counter() - t0,
+        private=private,
+    )
 
 
-def _proximal_targets(model: torch.nn.Module, global_state: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _proximal_targets(
+    model: torch.nn.Module, global_state: dict[str, torch.Tensor]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pairs (trainable parameter, its global value), matched by PEFT's saved-key naming."""
     from peft import get_peft_model_state_dict
 
@@ -160,8 +181,9 @@ def _proximal_step(pairs: list[tuple[torch.Tensor, torch.Tensor]], *, lr: float,
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: TensorDataset, *, task: TaskConfig, device: torch.device,
-             batch_size: int = 32) -> EvalResult:
+def evaluate(
+    model: torch.nn.Module, dataset: TensorDataset, *, task: TaskConfig, device: torch.device, batch_size: int = 32
+) -> EvalResult:
     """Mean per-record loss; accuracy and macro-F1 for classification."""
     model.eval()
     losses: list[float] = []
@@ -181,8 +203,12 @@ def evaluate(model: torch.nn.Module, dataset: TensorDataset, *, task: TaskConfig
     if task.type is not TaskType.CLASSIFICATION:
         return EvalResult(loss=loss, num_examples=len(dataset))
     accuracy = sum(p == g for p, g in zip(preds, golds, strict=True)) / max(len(golds), 1)
-    return EvalResult(loss=loss, num_examples=len(dataset), accuracy=accuracy,
-                      macro_f1=macro_f1(preds, golds, num_labels=len(task.labels)))
+    return EvalResult(
+        loss=loss,
+        num_examples=len(dataset),
+        accuracy=accuracy,
+        macro_f1=macro_f1(preds, golds, num_labels=len(task.labels)),
+    )
 
 
 def macro_f1(preds: list[int], golds: list[int], *, num_labels: int) -> float:

@@ -23,7 +23,10 @@ StateDict = dict[str, torch.Tensor]
 
 def adapter_state(model: PeftModel) -> StateDict:
     """A detached CPU copy of the adapter's trainable tensors, in PEFT's saved-key format."""
-    return {k: v.detach().to("cpu").clone() for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
+    return {
+        k: v.detach().to("cpu").clone()
+        for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+    }
 
 
 def load_adapter_state(model: PeftModel, state: StateDict) -> None:
@@ -55,8 +58,10 @@ def arrays_to_state(arrays: ArrayRecord) -> StateDict:
 
 
 def state_to_numpy(state: StateDict) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().float().numpy() if v.dtype == torch.bfloat16 else v.detach().cpu().numpy()
-            for k, v in state.items()}
+    return {
+        k: v.detach().cpu().float().numpy() if v.dtype == torch.bfloat16 else v.detach().cpu().numpy()
+        for k, v in state.items()
+    }
 
 
 def numpy_to_state(arrays: dict[str, np.ndarray], like: StateDict | None = None) -> StateDict:

@@ -50,9 +50,7 @@ class ScrubConfig:
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"`scrub.{name}` must be a non-empty string or unset, got {value!r}.")
         if self.operator is ScrubOperator.PSEUDONYM and self.pseudonym_key_file is None:
-            raise ConfigError(
-                "`scrub.pseudonym_key_file` is required when `scrub.operator` is 'pseudonym', got None."
-            )
+            raise ConfigError("`scrub.pseudonym_key_file` is required when `scrub.operator` is 'pseudonym', got None.")
         threshold = self.score_threshold
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
             raise ConfigError(f"`scrub.score_threshold` must be in [0, 1], got {threshold!r}.")

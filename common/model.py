@@ -86,9 +86,12 @@ def attach_lora(model: torch.nn.Module, lora: LoraSettings, task: TaskConfig, *,
     try:
         return get_peft_model(model, lora_config(lora, task))
     except ValueError as err:
-        raise ConfigError(f"cannot attach LoRA ({err}); check `lora.target_modules` = {list(lora.target_modules)!r}.") from None
+        raise ConfigError(
+            f"cannot attach LoRA ({err}); check `lora.target_modules` = {list(lora.target_modules)!r}."
+        ) from None
 
 
-def load_lora_model(source: str, lora: LoraSettings, task: TaskConfig, *, device: torch.device | None = None,
-                    seed: int = 0) -> PeftModel:
+def load_lora_model(
+    source: str, lora: LoraSettings, task: TaskConfig, *, device: torch.device | None = None, seed: int = 0
+) -> PeftModel:
     return attach_lora(load_base_model(source, task, device=device), lora, task, seed=seed)

@@ -15,6 +15,8 @@ def main(grid: Grid, context: Context) -> None:
     config_path = str(context.run_config.get("silo-config", ""))
     run_dir = str(context.run_config.get("run-dir", ""))
     if not config_path or not run_dir:
-        raise ConfigError("run config needs `silo-config` (federation TOML) and `run-dir`; "
-                          "pass them with `flwr run . --run-config \"silo-config='fed.toml' run-dir='RUN'\"`")
+        raise ConfigError(
+            "run config needs `silo-config` (federation TOML) and `run-dir`; "
+            "pass them with `flwr run . --run-config \"silo-config='fed.toml' run-dir='RUN'\"`"
+        )
     run_federation(grid, load_federation_config(config_path), run_dir)

@@ -35,8 +35,15 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=PAD, bos_token=BOS, eos_token=EOS)
 
 
-def build_base_model(out_dir: str | Path, texts: Iterable[str], *, vocab_size: int = 2048, hidden_size: int = 256,
-                     num_layers: int = 4, seed: int = 0) -> Path:
+def build_base_model(
+    out_dir: str | Path,
+    texts: Iterable[str],
+    *,
+    vocab_size: int = 2048,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    seed: int = 0,
+) -> Path:
     """Write a tokenizer and a freshly initialised Llama to `out_dir`; returns the directory."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -266,9 +266,7 @@ def _phone(ctx: _Ctx) -> str:
 
 def _email(ctx: _Ctx, p: _Person) -> str:
     f = ctx.fake()
-    local = ctx.rng.choice(
-        (f"{p.first}.{p.last}", f"{p.first[0]}{p.last}", f"{p.last}{ctx.rng.randrange(100)}")
-    )
+    local = ctx.rng.choice((f"{p.first}.{p.last}", f"{p.first[0]}{p.last}", f"{p.last}{ctx.rng.randrange(100)}"))
     local = "".join(c for c in local.lower() if c.isascii() and (c.isalnum() or c == "."))
     return f"{local}@{f.free_email_domain() if ctx.rng.random() < 0.6 else f.domain_name()}"
 
@@ -299,16 +297,12 @@ def _mrn(ctx: _Ctx) -> str:
 def _health_plan(ctx: _Ctx) -> str:
     rng = ctx.rng
     mbi = f"{rng.randrange(1, 10)}{_upper(rng, 2)}{rng.randrange(10)}-{_alnum(rng, 3)}-{_alnum(rng, 4)}"
-    return rng.choice(
-        (f"{_upper(rng, 3)}{_digits(rng, 9)}", f"H{_digits(rng, 8)}", mbi, f"{_digits(rng, 8)}A")
-    )
+    return rng.choice((f"{_upper(rng, 3)}{_digits(rng, 9)}", f"H{_digits(rng, 8)}", mbi, f"{_digits(rng, 8)}A"))
 
 
 def _account(ctx: _Ctx) -> str:
     rng = ctx.rng
-    return rng.choice(
-        (_digits(rng, 10), _digits(rng, 12), f"{_digits(rng, 4)}-{_digits(rng, 6)}", _digits(rng, 8))
-    )
+    return rng.choice((_digits(rng, 10), _digits(rng, 12), f"{_digits(rng, 4)}-{_digits(rng, 6)}", _digits(rng, 8)))
 
 
 def _license(ctx: _Ctx) -> str:
@@ -410,9 +404,7 @@ def _note_intake(b: _Builder, ctx: _Ctx) -> None:
     rng, p, dr = ctx.rng, ctx.person("patient"), ctx.person("doctor")
     b.add("Patient: ").pii("PERSON", p.full).add(", DOB ").pii("DATE_TIME", _date(ctx, born=True))
     b.add(", MRN ").pii("MEDICAL_RECORD_NUMBER", _mrn(ctx)).add(".\nSeen by Dr. ").pii("PERSON", dr.full)
-    b.add(f" at {rng.choice(_HOSPITALS)}, ").pii("LOCATION", ctx.us_place()[0]).add(" on ").pii(
-        "DATE_TIME", _date(ctx)
-    )
+    b.add(f" at {rng.choice(_HOSPITALS)}, ").pii("LOCATION", ctx.us_place()[0]).add(" on ").pii("DATE_TIME", _date(ctx))
     b.add(f".\nPresents with {rng.choice(_SYMPTOMS)}. History of {rng.choice(_CONDITIONS)}.\n")
     b.add(
         f"Vitals: BP {rng.randrange(100, 180)}/{rng.randrange(60, 110)}, HR {rng.randrange(55, 120)}, "
@@ -427,9 +419,7 @@ def _note_discharge(b: _Builder, ctx: _Ctx) -> None:
         "MEDICAL_RECORD_NUMBER", _mrn(ctx)
     )
     b.add("\nAdmitted: ").pii("DATE_TIME", _date(ctx)).add("  Discharged: ").pii("DATE_TIME", _date(ctx))
-    b.add(f"\nDiagnosis: {rng.choice(_CONDITIONS)}.\nHospital course: {_title(p, rng)} ").pii(
-        "PERSON", p.last
-    )
+    b.add(f"\nDiagnosis: {rng.choice(_CONDITIONS)}.\nHospital course: {_title(p, rng)} ").pii("PERSON", p.last)
     b.add(
         f" was treated with {rng.choice(_MEDS)} and improved. Discharge medications: {rng.choice(_MEDS)}; "
         f"{rng.choice(_MEDS)}.\nFollow-up with Dr. "
@@ -440,9 +430,7 @@ def _note_discharge(b: _Builder, ctx: _Ctx) -> None:
 def _note_referral(b: _Builder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add("Dear Dr. ").pii("PERSON", ctx.person("doctor").last).add(",\n\nThank you for seeing ")
-    b.pii("PERSON", p.full).add(", a ").age(_age(ctx), "-year-old").add(
-        f" {'woman' if p.female else 'man'} with "
-    )
+    b.pii("PERSON", p.full).add(", a ").age(_age(ctx), "-year-old").add(f" {'woman' if p.female else 'man'} with ")
     b.add(f"{rng.choice(_CONDITIONS)} and {rng.choice(_CONDITIONS)}. {'She' if p.female else 'He'} reports ")
     b.add(f"{rng.choice(_SYMPTOMS)} since ").pii("DATE_TIME", _date(ctx)).add(
         f". Current medications: {rng.choice(_MEDS)}."
@@ -455,9 +443,7 @@ def _note_social(b: _Builder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add("Social history: ").pii("PERSON", p.first).add(" lives in ").pii("LOCATION", ctx.us_place()[0])
     b.add(" with her daughter " if p.female else " with his son ").pii("PERSON", ctx.person("relative").full)
-    b.add(", who can be reached at ").pii("PHONE_NUMBER", _phone(ctx)).add(". Address: ").pii(
-        "LOCATION", _street(ctx)
-    )
+    b.add(", who can be reached at ").pii("PHONE_NUMBER", _phone(ctx)).add(". Address: ").pii("LOCATION", _street(ctx))
     b.add(", ")
     _city_state_zip(b, ctx)
     b.add(
@@ -468,9 +454,7 @@ def _note_social(b: _Builder, ctx: _Ctx) -> None:
 
 def _note_ed(b: _Builder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
-    b.add("ED triage ").pii("DATE_TIME", _date(ctx)).add(
-        f" {rng.randrange(24):02d}:{rng.randrange(60):02d}. "
-    )
+    b.add("ED triage ").pii("DATE_TIME", _date(ctx)).add(f" {rng.randrange(24):02d}:{rng.randrange(60):02d}. ")
     b.age(_age(ctx), " yo").add(" brought in by ambulance with ").add(rng.choice(_SYMPTOMS))
     b.add(". Pt identified as ").pii("PERSON", p.full).add(" (SSN ").pii("US_SSN", _ssn(ctx)).add(")")
     b.add(" from driver's license ").pii("LICENSE_NUMBER", _license(ctx)).add(". Vehicle VIN ").pii(
@@ -483,9 +467,7 @@ def _note_device(b: _Builder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     device = rng.choice(_DEVICES)
     b.add("Device clinic note for ").pii("PERSON", p.full).add(f". Interrogated {device}, serial number ")
-    b.pii("DEVICE_ID", _device(ctx)).add(", implanted ").pii("DATE_TIME", _date(ctx)).add(
-        ". Battery adequate. "
-    )
+    b.pii("DEVICE_ID", _device(ctx)).add(", implanted ").pii("DATE_TIME", _date(ctx)).add(". Battery adequate. ")
     b.add("Remote monitoring data uploaded from IP ").pii("IP_ADDRESS", _ip(ctx)).add(
         f". Continue {rng.choice(_MEDS)}."
     )
@@ -497,26 +479,16 @@ def _note_phone(b: _Builder, ctx: _Ctx) -> None:
     b.add("Telephone encounter. Spoke with ").pii("PERSON", p.full).add(" (MRN ").pii(
         "MEDICAL_RECORD_NUMBER", _mrn(ctx)
     )
-    b.add(
-        f") regarding {rng.choice(_CONDITIONS)}. Reports {rng.choice(_SYMPTOMS)}. "
-        f"Advised {rng.choice(_PLANS)}."
-    )
-    b.add(" Callback number ").pii("PHONE_NUMBER", _phone(ctx)).add("; email ").pii(
-        "EMAIL_ADDRESS", _email(ctx, p)
-    )
+    b.add(f") regarding {rng.choice(_CONDITIONS)}. Reports {rng.choice(_SYMPTOMS)}. Advised {rng.choice(_PLANS)}.")
+    b.add(" Callback number ").pii("PHONE_NUMBER", _phone(ctx)).add("; email ").pii("EMAIL_ADDRESS", _email(ctx, p))
     b.add(".\n-- ").pii("PERSON", ctx.person("nurse").full).add(", RN")
 
 
 def _note_progress(b: _Builder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add(f"Progress note. {_title(p, rng)} ").pii("PERSON", p.last).add(" is a ").age(_age(ctx), "-year-old")
-    b.add(
-        f" with {rng.choice(_CONDITIONS)}. Overnight: {rng.choice(_SYMPTOMS)}. "
-        f"Labs: Na {rng.randrange(128, 146)}, "
-    )
-    b.add(
-        f"K {rng.uniform(3.0, 5.5):.1f}, Cr {rng.uniform(0.6, 2.8):.1f}, WBC {rng.uniform(3.5, 18.0):.1f}. "
-    )
+    b.add(f" with {rng.choice(_CONDITIONS)}. Overnight: {rng.choice(_SYMPTOMS)}. Labs: Na {rng.randrange(128, 146)}, ")
+    b.add(f"K {rng.uniform(3.0, 5.5):.1f}, Cr {rng.uniform(0.6, 2.8):.1f}, WBC {rng.uniform(3.5, 18.0):.1f}. ")
     b.add(f"Assessment: {rng.choice(_CONDITIONS)}. Plan: {rng.choice(_PLANS)}; {rng.choice(_MEDS)}. ")
     b.add("Daughter ").pii("PERSON", ctx.person("relative").first).add(" updated by phone.")
 
@@ -557,12 +529,8 @@ def _note_prescription(b: _Builder, ctx: _Ctx) -> None:
 
 def _note_imaging(b: _Builder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
-    b.add("RADIOLOGY REPORT - CT chest with contrast\nPatient: ").pii(
-        "PERSON", f"{p.last.upper()}, {p.first.upper()}"
-    )
-    b.add("  MRN#: ").pii("MEDICAL_RECORD_NUMBER", _mrn(ctx)).add("  Exam date: ").pii(
-        "DATE_TIME", _date(ctx)
-    )
+    b.add("RADIOLOGY REPORT - CT chest with contrast\nPatient: ").pii("PERSON", f"{p.last.upper()}, {p.first.upper()}")
+    b.add("  MRN#: ").pii("MEDICAL_RECORD_NUMBER", _mrn(ctx)).add("  Exam date: ").pii("DATE_TIME", _date(ctx))
     findings = rng.choice(
         (
             "no acute abnormality",
@@ -613,9 +581,7 @@ def _msg_transfer(b: _Builder, ctx: _Ctx) -> None:
 def _msg_ach(b: _Builder, ctx: _Ctx) -> None:
     p = ctx.person("customer")
     b.add("Please set up direct deposit: routing number ").pii("ROUTING_NUMBER", _routing(ctx))
-    b.add(", account number ").pii("ACCOUNT_NUMBER", _account(ctx)).add(". Name on the account: ").pii(
-        "PERSON", p.full
-    )
+    b.add(", account number ").pii("ACCOUNT_NUMBER", _account(ctx)).add(". Name on the account: ").pii("PERSON", p.full)
     b.add(". Employer payroll starts ").pii("DATE_TIME", _date(ctx)).add(". Reach me at ").pii(
         "EMAIL_ADDRESS", _email(ctx, p)
     ).add(".")
@@ -625,18 +591,16 @@ def _msg_address(b: _Builder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("customer")
     b.add("Hello, I moved. New address: ").pii("LOCATION", _street(ctx)).add(", ")
     _city_state_zip(b, ctx)
-    b.add(". Old one was in ").pii("LOCATION", ctx.rng.choice(_US_PLACES)[0]).add(". Customer: ").pii(
-        "PERSON", p.full
-    )
+    b.add(". Old one was in ").pii("LOCATION", ctx.rng.choice(_US_PLACES)[0]).add(". Customer: ").pii("PERSON", p.full)
     b.add(", SSN ").pii("US_SSN", _ssn(ctx)).add(f". Also {rng.choice(_BANK_TOPICS)}.")
 
 
 def _msg_intl(b: _Builder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("customer")
     street, postcode, city = _intl_address(ctx)
-    b.add("Dear Sir or Madam, I live abroad now at ").pii("LOCATION", street).add(", ").pii(
-        "LOCATION", postcode
-    ).add(" ")
+    b.add("Dear Sir or Madam, I live abroad now at ").pii("LOCATION", street).add(", ").pii("LOCATION", postcode).add(
+        " "
+    )
     b.pii("LOCATION", city).add(". Please send statements there and update my phone to ").pii(
         "PHONE_NUMBER", _phone(ctx)
     )
@@ -646,9 +610,7 @@ def _msg_intl(b: _Builder, ctx: _Ctx) -> None:
 
 def _msg_fraud(b: _Builder, ctx: _Ctx) -> None:
     p = ctx.person("customer")
-    b.add("FRAUD ALERT from ").pii("PERSON", p.full).add(": someone logged in from IP ").pii(
-        "IP_ADDRESS", _ip(ctx)
-    )
+    b.add("FRAUD ALERT from ").pii("PERSON", p.full).add(": someone logged in from IP ").pii("IP_ADDRESS", _ip(ctx))
     b.add(" on ").pii("DATE_TIME", _date(ctx)).add(" and tried card ").pii("CREDIT_CARD", _card(ctx))
     b.add(". They changed my email to ").pii("EMAIL_ADDRESS", _email(ctx, ctx.person("fraudster"))).add(
         ". Block everything!"
@@ -670,24 +632,17 @@ def _msg_loan(b: _Builder, ctx: _Ctx) -> None:
 
 def _msg_online(b: _Builder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("customer")
-    b.add(
-        f"{rng.choice(('Hi', 'Hello', 'Good morning'))}, "
-        "I can't log into online banking from my phone (device ID "
-    )
+    b.add(f"{rng.choice(('Hi', 'Hello', 'Good morning'))}, I can't log into online banking from my phone (device ID ")
     b.pii("DEVICE_ID", _device(ctx)).add("). The page ").pii("URL", _url(ctx, p)).add(" just spins. Acct ")
     b.pii("ACCOUNT_NUMBER", _account(ctx)).add(". Thanks, ").pii("PERSON", p.first)
 
 
 def _msg_joint(b: _Builder, ctx: _Ctx) -> None:
     p, q = ctx.person("customer"), ctx.person("partner")
-    b.add("We would like to open a joint account for ").pii("PERSON", p.full).add(" and ").pii(
-        "PERSON", q.full
-    )
+    b.add("We would like to open a joint account for ").pii("PERSON", p.full).add(" and ").pii("PERSON", q.full)
     b.add(". Our address is ").pii("LOCATION", _street(ctx)).add(", ")
     _city_state_zip(b, ctx)
-    b.add(". Contact: ").pii("EMAIL_ADDRESS", _email(ctx, q)).add(" or ").pii(
-        "PHONE_NUMBER", _phone(ctx)
-    ).add(".")
+    b.add(". Contact: ").pii("EMAIL_ADDRESS", _email(ctx, q)).add(" or ").pii("PHONE_NUMBER", _phone(ctx)).add(".")
 
 
 def _msg_wire(b: _Builder, ctx: _Ctx) -> None:
@@ -697,9 +652,7 @@ def _msg_wire(b: _Builder, ctx: _Ctx) -> None:
         "SWIFT_CODE",
         ctx.fake(rng.choice(("en_GB", "de_DE", "nl_NL", "it_IT"))).swift(length=rng.choice((8, 11))),
     )
-    b.add(", account ").pii("ACCOUNT_NUMBER", _account(ctx)).add(
-        f". Amount {rng.randrange(1000, 90000)} USD. Sender: "
-    )
+    b.add(", account ").pii("ACCOUNT_NUMBER", _account(ctx)).add(f". Amount {rng.randrange(1000, 90000)} USD. Sender: ")
     b.pii("PERSON", p.full).add(", ").pii("EMAIL_ADDRESS", _email(ctx, p))
 
 
@@ -731,15 +684,11 @@ def _make(
     return out
 
 
-def make_clinical_notes(
-    n: int, *, seed: int, name_locales: Sequence[str] | None = None
-) -> list[LabelledRecord]:
+def make_clinical_notes(n: int, *, seed: int, name_locales: Sequence[str] | None = None) -> list[LabelledRecord]:
     """`n` clinical-note-like records, deterministic for `seed`."""
     return _make(n, seed, CLINICAL_TEMPLATES, name_locales)
 
 
-def make_bank_messages(
-    n: int, *, seed: int, name_locales: Sequence[str] | None = None
-) -> list[LabelledRecord]:
+def make_bank_messages(n: int, *, seed: int, name_locales: Sequence[str] | None = None) -> list[LabelledRecord]:
     """`n` bank-customer-message-like records, deterministic for `seed`."""
     return _make(n, seed, BANK_TEMPLATES, name_locales)
