@@ -73,7 +73,8 @@ def check_capacity(*, total_weight: int, quantization_range: int, modulus: int) 
 
 def clip_delta(delta: Arrays, clip: float) -> tuple[Arrays, bool]:
     """`delta` scaled to L2 norm <= `clip` (all tensors together), and whether it had to be scaled."""
-    norm = math.sqrt(sum(float(np.dot(d.ravel(), d.ravel())) for d in delta.values()))
+    # Not np.dot: see server/verify.update_norm (OpenBLAS and torch thread pools clash).
+    norm = math.sqrt(sum(float(np.square(d.astype(np.float64)).sum()) for d in delta.values()))
     if norm <= clip:
         return delta, False
     return {k: d * (clip / norm) for k, d in delta.items()}, True
