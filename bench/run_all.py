@@ -7,6 +7,7 @@ Benchmarks (each also runs on its own; see bench/README.md):
   dp           bench/dp_overhead.py        DP-SGD vs plain step time and memory, per Opacus grad-sample mode
   scrub        bench/scrub_eval.py         scrub leak rate, precision; throughput vs stock Presidio
   scale        bench/aggregation_scale.py  aggregation + verification time, 10-100 sites, rank 8-64 (7B shape)
+  security     bench/security_overhead.py  round overhead of signing/verification and SecAgg+ vs plain FedAvg, 3-30 sites
   utility      bench/utility_banking77.py  Banking77 accuracy / macro-F1: central, federated, federated DP
   medquad      bench/perplexity_medquad.py MedQuAD held-out perplexity, federated non-private vs DP
 
@@ -179,6 +180,18 @@ def summarise_medquad(out: str, work: Path) -> list[Row]:
     return rows
 
 
+def summarise_security(out: str, work: Path) -> list[Row]:
+    return [
+        (
+            f"security overhead, {r['sites']} sites, {r['params']:,}-param adapter",
+            f"sign/verify {r['signed'] / r['plain']:.1f}x, SecAgg {r['secagg'] / r['plain']:.1f}x plain FedAvg",
+            f"coordinator {r['plain'] * 1e3:.0f}/{r['signed'] * 1e3:.0f}/{r['secagg'] * 1e3:.0f} ms; "
+            f"SecAgg per site {r['site_secagg'] * 1e3:.0f} ms",
+        )
+        for r in _json(work, "security")["rows"]
+    ]
+
+
 def benches(work: Path) -> list[Bench]:
     return [
         Bench(
@@ -202,6 +215,13 @@ def benches(work: Path) -> list[Bench]:
             ["--quick", "--json", str(work / "scale.json")],
             ["--json", str(work / "scale.json")],
             summarise_scale,
+        ),
+        Bench(
+            "security",
+            "security_overhead.py",
+            ["--quick", "--json", str(work / "security.json")],
+            ["--json", str(work / "security.json")],
+            summarise_security,
         ),
         Bench(
             "utility",
