@@ -13,11 +13,12 @@ import enum
 import hashlib
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.accounting import Accountant, EpsilonConversion
+from common.config_table import check_table
 from common.errors import ConfigError
 
 
@@ -78,16 +79,7 @@ def _enum(cls: type[enum.StrEnum], value: Any, name: str) -> Any:
 
 def _build(cls: type, section: str, raw: Any) -> Any:
     """Build dataclass `cls` from the TOML table `raw`, rejecting unknown keys by name."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"`[{section}]` must be a table, got {raw!r}.")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in `[{section}]`: {', '.join(unknown)} (allowed: {', '.join(sorted(known))})."
-        )
+    raw = check_table(cls, section, raw)
     try:
         return cls(**raw)
     except TypeError as err:  # a missing required key

@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from common.accounting import Accountant, EpsilonConversion, default_conversion, find_noise_multiplier
+from common.config_table import check_table
 from common.errors import ConfigError
 
 
@@ -161,10 +162,7 @@ class PrivacyConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> PrivacyConfig:
         """Build from the parsed `[privacy]` table; unknown keys are an error, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown key `{unknown[0]}` in [privacy]; known keys: {', '.join(sorted(known))}.")
+        data = check_table(cls, "privacy", data)
         for name in ("max_grad_norm", "budget_epsilon", "budget_delta"):
             if name not in data:
                 raise ConfigError(f"[privacy] is missing required key `{name}`.")

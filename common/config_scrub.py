@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from common.config_table import check_table
 from common.errors import ConfigError
 
 
@@ -60,15 +61,7 @@ class ScrubConfig:
     @classmethod
     def from_mapping(cls, d: dict[str, Any]) -> ScrubConfig:
         """Build from a TOML table, rejecting unknown keys by name."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"`[scrub]` must be a table, got {d!r}.")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) in `[scrub]`: {', '.join(unknown)} (allowed: {', '.join(sorted(known))})."
-            )
-        return cls(**d)
+        return cls(**check_table(cls, "scrub", d))
 
     def summary(self) -> dict[str, Any]:
         """What the scrub report records about the configuration (no key material, no paths)."""

@@ -37,7 +37,7 @@ def test_privacy_config_prv_has_no_conversion():
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("noise_multiplier = 1.0\nfoo = 1\n", "unknown key `foo`"),
+        ("noise_multiplier = 1.0\nfoo = 1\n", "unknown key(s) in `[privacy]`: foo"),
         ('noise_multiplier = 1.0\naccountant = "gdp"\n', '`accountant` must be one of "rdp", "prv", got \'gdp\''),
         ('noise_multiplier = 1.0\ngrad_sample_mode = "ew"\n', "`grad_sample_mode` must be one of"),
         ("noise_multiplier = -1.0\n", "`noise_multiplier` must be a finite number > 0, got -1.0."),
