@@ -157,8 +157,11 @@ def model_toml(
     )
 
 
-def classification_task(labels: Sequence[str]) -> str:
-    return f'[task]\ntype = "classification"\nlabels = {_list(labels)}\n'
+def classification_task(labels: Sequence[str], *, pooling: str = "model", head_init: str = "random") -> str:
+    return (
+        f'[task]\ntype = "classification"\nlabels = {_list(labels)}\n'
+        f"pooling = {_q(pooling)}\nhead_init = {_q(head_init)}\n"
+    )
 
 
 CAUSAL_LM_TASK = '[task]\ntype = "causal_lm"\n'

@@ -70,7 +70,9 @@ DIRICHLET_ALPHA = 0.5  # the usual "moderately non-IID" setting (Hsu et al. 2019
 SPLIT_SEED = 0
 EPSILONS = (1.0, 3.0, 8.0)
 DELTA = 1e-5  # < 1/n for every site (n <= 10,003)
-LORA_TARGETS = ("query", "key", "value")
+# LoRA on the top layer's attention: backpropagation stops there, so a step costs ~half of LoRA on all six
+# layers on a CPU, and the encoder's pretrained features below are used as they are.
+LORA_TARGETS = ("layer.5.attention.self.query", "layer.5.attention.self.value")
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,19 @@ class Settings:
     test_n: int  # test records (0 = all 3,080)
     rounds: int
     local_epochs: int
-    batch_size: int = 32
-    learning_rate: float = 5e-3
-    max_length: int = 64  # Banking77 queries are short: 64 word pieces keep all but a handful whole
+    # Chosen for DP-SGD on a validation split of the train records (the sites' hold-outs), never on test:
+    # large Poisson batches and several local epochs a round (Li et al. 2022, "Large language models can be
+    # strong differentially private learners"), Adam at 1e-2; the non-private rows use the same.
+    batch_size: int = 256
+    learning_rate: float = 1e-2
+    # Banking77 queries are short (median 13 word pieces): 40 keeps 96.9% of them whole and costs ~0.6x the
+    # time of 64, since a batch of 256 is padded to its longest record.
+    max_length: int = 40
 
 
-QUICK = Settings("quick", train_per_site=250, test_n=770, rounds=3, local_epochs=1)
-DEFAULT = Settings("default", train_per_site=0, test_n=0, rounds=3, local_epochs=1)
-FULL = Settings("full", train_per_site=0, test_n=0, rounds=6, local_epochs=2)
+QUICK = Settings("quick", train_per_site=600, test_n=770, rounds=3, local_epochs=2)
+DEFAULT = Settings("default", train_per_site=0, test_n=0, rounds=5, local_epochs=4)
+FULL = Settings("full", train_per_site=0, test_n=0, rounds=10, local_epochs=4)
 
 
 def encoder_dir() -> Path:
@@ -169,7 +176,7 @@ def run_config(
     model = model_toml(
         base=encoder,
         max_length=s.max_length,
-        task=classification_task(labels),
+        task=classification_task(labels, pooling="mean", head_init="label_names"),
         lora_r=8,
         lora_alpha=16,
         targets=LORA_TARGETS,

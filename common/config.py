@@ -27,6 +27,21 @@ class TaskType(enum.StrEnum):
     CLASSIFICATION = "classification"
 
 
+class Pooling(enum.StrEnum):
+    """How a classifier reads a record's token states (classification only)."""
+
+    MODEL = "model"  # the model's own sequence-classification head (BERT: [CLS] + pooler; Llama: last token)
+    MEAN = "mean"  # mean of the token states (padding excluded), L2-normalised: how sentence encoders are trained
+
+
+class HeadInit(enum.StrEnum):
+    """How the new classification head starts (classification only)."""
+
+    RANDOM = "random"  # the model's own initialisation
+    ZEROS = "zeros"  # every label equally likely at round 0
+    LABEL_NAMES = "label_names"  # each label's row is its encoded name: a zero-shot classifier at round 0
+
+
 class StrategyName(enum.StrEnum):
     FEDAVG = "fedavg"
     FEDPROX = "fedprox"
@@ -130,10 +145,20 @@ class TaskConfig:
     type: TaskType = TaskType.CAUSAL_LM
     # Classification only: the label names, in index order.
     labels: tuple[str, ...] = ()
+    # Classification only: how records are pooled and how the head starts (see Pooling, HeadInit).
+    pooling: Pooling = Pooling.MODEL
+    head_init: HeadInit = HeadInit.RANDOM
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", _enum(TaskType, self.type, "task.type"))
         object.__setattr__(self, "labels", tuple(str(x) for x in _names(self.labels, "task.labels")))
+        object.__setattr__(self, "pooling", _enum(Pooling, self.pooling, "task.pooling"))
+        object.__setattr__(self, "head_init", _enum(HeadInit, self.head_init, "task.head_init"))
+        if self.type is not TaskType.CLASSIFICATION:
+            _require(
+                self.pooling is Pooling.MODEL and self.head_init is HeadInit.RANDOM,
+                "`task.pooling` and `task.head_init` apply to classification only; remove them for causal_lm.",
+            )
         if self.type is TaskType.CLASSIFICATION:
             _require(
                 len(self.labels) >= 2,

@@ -15,7 +15,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft import TaskType as PeftTaskType
 
-from common.config import LoraSettings, TaskConfig, TaskType
+from common.config import HeadInit, LoraSettings, Pooling, TaskConfig, TaskType
 from common.errors import ConfigError
 
 # Load reports and progress bars from transformers are noise in a site's log; errors still surface.
@@ -45,15 +45,55 @@ def load_tokenizer(source: str) -> Any:
     return tok
 
 
+# Mean pooling feeds the head unit-length embeddings times this, and a label-name row has norm
+# LABEL_NAME_ROW_NORM: round-0 logits are 10 x cosine(record, label name), a softmax that can be confident
+# without saturating. (Tuned on a validation split of Banking77's train records, never on its test split.)
+MEAN_POOLING_SCALE = 5.0
+LABEL_NAME_ROW_NORM = 2.0
+
+
+class MeanPooledClassifier(torch.nn.Module):
+    """A sentence encoder read the way sentence encoders are trained: the mean of its token states over the
+    real tokens (padding excluded), L2-normalised, then a linear `classifier` (the head PEFT trains in full).
+
+    Called like a transformers sequence classifier: `model(input_ids=..., attention_mask=...).logits`."""
+
+    def __init__(self, encoder: Any, num_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config  # PEFT and the training loop read it as they would a transformers model's
+        self.classifier = torch.nn.Linear(int(encoder.config.hidden_size), num_labels)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit-length sentence embeddings, one row per record."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(mean, dim=-1)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any
+    ) -> Any:  # the extra keywords PEFT passes (labels, return_dict, ...) are not used
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        return SequenceClassifierOutput(
+            logits=self.classifier(MEAN_POOLING_SCALE * self.embed(input_ids, attention_mask))
+        )
+
+
 def load_base_model(source: str, task: TaskConfig, *, device: torch.device | None = None) -> torch.nn.Module:
     """The frozen base model for `task`, on `device` (before LoRA: see Opacus issue 820)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
     try:
-        if task.type is TaskType.CLASSIFICATION:
+        if task.type is TaskType.CLASSIFICATION and task.pooling is Pooling.MEAN:
+            model: Any = MeanPooledClassifier(AutoModel.from_pretrained(source), len(task.labels))
+        elif task.type is TaskType.CLASSIFICATION:
             model = AutoModelForSequenceClassification.from_pretrained(
                 source,
                 num_labels=len(task.labels),
@@ -66,7 +106,48 @@ def load_base_model(source: str, task: TaskConfig, *, device: torch.device | Non
         raise ConfigError(f"cannot load the base model from `model.base` = {source!r}: {err}") from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
+    if task.type is TaskType.CLASSIFICATION and task.head_init is not HeadInit.RANDOM:
+        _init_head(model, source, task)
     return model.to(device or torch.device("cpu"))
+
+
+def _classification_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """The last linear layer that maps to the labels (BERT: classifier, Llama: score, ours: classifier)."""
+    for name in ("classifier", "score"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear):
+            return head
+        if head is not None and isinstance(getattr(head, "out_proj", None), torch.nn.Linear):
+            return head.out_proj  # RoBERTa-style heads: dense -> tanh -> out_proj
+    raise ConfigError(f"`task.head_init` needs a linear classification head; {type(model).__name__} has none known.")
+
+
+def label_name_text(label: str) -> str:
+    """What a label's name reads as: `card_arrival` -> `card arrival`."""
+    return " ".join(label.replace("_", " ").replace("-", " ").split())
+
+
+@torch.no_grad()
+def _init_head(model: torch.nn.Module, source: str, task: TaskConfig) -> None:
+    """`zeros`: all logits 0 at round 0. `label_names`: row i is label i's name encoded as a record is (its
+    unit-length embedding, scaled): the round-0 model is a zero-shot classifier, so training (and DP noise)
+    starts from the public prior in the label names, not from chance. Deterministic: every party builds the
+    same head, and the coordinator's round-0 adapter carries it."""
+    head = _classification_head(model)
+    head.weight.zero_()
+    if head.bias is not None:
+        head.bias.zero_()
+    if task.head_init is HeadInit.ZEROS:
+        return
+    if not isinstance(model, MeanPooledClassifier):
+        raise ConfigError('`task.head_init = "label_names"` needs `task.pooling = "mean"` (a sentence embedding).')
+    tokenizer = load_tokenizer(source)
+    enc = tokenizer([label_name_text(x) for x in task.labels], padding=True, return_tensors="pt")
+    was_training = model.training
+    model.eval()
+    rows = model.embed(enc["input_ids"], enc["attention_mask"])
+    model.train(was_training)
+    head.weight.copy_(rows * LABEL_NAME_ROW_NORM)
 
 
 def lora_config(lora: LoraSettings, task: TaskConfig) -> LoraConfig:

@@ -15,7 +15,9 @@ from common.errors import ConfigError
 
 pytest.importorskip("peft")
 from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel  # noqa: E402
+
+from common.model import MeanPooledClassifier  # noqa: E402
 
 VOCAB, SEQ_LEN, NUM_LABELS = 256, 16, 3
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -30,6 +32,8 @@ def tiny_lora_llama(task, *, device="cpu", seed=0):
     )  # fmt: skip
     if task == "causal_lm":
         base, peft_task = LlamaForCausalLM(config), TaskType.CAUSAL_LM
+    elif task == "seq_cls_mean":  # `task.pooling = "mean"`: our head on the bare model's mean-pooled states
+        base, peft_task = MeanPooledClassifier(LlamaModel(config), NUM_LABELS), TaskType.SEQ_CLS
     else:
         base, peft_task = LlamaForSequenceClassification(config), TaskType.SEQ_CLS
     base = base.to(device)  # before get_peft_model (Opacus issue 820)
@@ -50,7 +54,7 @@ def dataset(task, *, size=16, seed=1):
 def per_sample_loss(model, batch, task):
     ids, attention, labels = batch
     logits = model(input_ids=ids, attention_mask=attention).logits
-    if task == "seq_cls":
+    if task.startswith("seq_cls"):
         return F.cross_entropy(logits, labels, reduction="none")
     token = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), reduction="none")
     return token.view(ids.shape[0], -1).mean(1)
@@ -90,7 +94,7 @@ def snapshot(model):
 
 
 @pytest.mark.parametrize("mode", list(GradSampleMode))
-@pytest.mark.parametrize("task", ["causal_lm", "seq_cls"])
+@pytest.mark.parametrize("task", ["causal_lm", "seq_cls", "seq_cls_mean"])
 def test_make_private_without_noise_and_clipping_equals_plain_training(task, mode):
     plain = tiny_lora_llama(task)
     private_model = copy.deepcopy(plain)
@@ -116,7 +120,7 @@ def test_make_private_without_noise_and_clipping_equals_plain_training(task, mod
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("task", ["causal_lm", "seq_cls"])
+@pytest.mark.parametrize("task", ["causal_lm", "seq_cls", "seq_cls_mean"])
 def test_make_private_changes_only_and_all_lora_tensors(task, device):
     model = tiny_lora_llama(task, device=device)
     before = snapshot(model)
@@ -130,7 +134,9 @@ def test_make_private_changes_only_and_all_lora_tensors(task, device):
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert changed == trainable
-    assert all("lora_" in n or (task == "seq_cls" and ".score." in n) for n in trainable)
+    head = {"seq_cls": ".score.", "seq_cls_mean": ".classifier."}.get(task)
+    assert all("lora_" in n or (head is not None and head in n) for n in trainable)
+    assert head is None or any(head in n for n in trainable)  # the head trains, under DP like the rest
     assert all(torch.isfinite(after[n]).all() for n in trainable)
     assert private.steps_taken == len(private.data_loader) == 4
 

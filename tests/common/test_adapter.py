@@ -11,6 +11,9 @@ from server.checkpoint import RunDirectory
 
 CAUSAL_LM = TaskConfig(type=TaskType.CAUSAL_LM)
 CLASSIFICATION = TaskConfig(type=TaskType.CLASSIFICATION, labels=("routine", "urgent"))
+MEAN_POOLED = TaskConfig(
+    type=TaskType.CLASSIFICATION, labels=("routine", "urgent"), pooling="mean", head_init="label_names"
+)
 LORA = LoraSettings(r=4, alpha=8)
 
 
@@ -48,7 +51,9 @@ def test_arrays_to_state_returns_independent_tensors():
     assert torch.equal(arrays_to_state(arrays)["a.lora_A.weight"], state["a.lora_A.weight"])
 
 
-@pytest.mark.parametrize("task", [CAUSAL_LM, CLASSIFICATION], ids=["causal_lm", "classification"])
+@pytest.mark.parametrize(
+    "task", [CAUSAL_LM, CLASSIFICATION, MEAN_POOLED], ids=["causal_lm", "classification", "mean_pooled"]
+)
 def test_save_round_loads_bit_exact_with_peft_from_pretrained(base_model_dir, tmp_path, task):
     model = load_lora_model(str(base_model_dir), LORA, task)
     state = _randomised(adapter_state(model))
