@@ -92,10 +92,14 @@ class Settings:
     # Banking77 queries are short (median 13 word pieces): 40 keeps 96.9% of them whole and costs ~0.6x the
     # time of 64, since a batch of 256 is padded to its longest record.
     max_length: int = 40
+    lora_r: int = 8
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
 
 QUICK = Settings("quick", train_per_site=600, test_n=770, rounds=3, local_epochs=2)
-DEFAULT = Settings("default", train_per_site=0, test_n=0, rounds=5, local_epochs=4)
+# ~1 h on a 2-core CPU (5 configurations, 2 at a time); 5 rounds x 4 epochs was ~1 point better for DP in
+# the head-only validation runs (bench/README.md) at 2.5x the time: that is --full's neighbourhood.
+DEFAULT = Settings("default", train_per_site=0, test_n=0, rounds=4, local_epochs=2)
 FULL = Settings("full", train_per_site=0, test_n=0, rounds=10, local_epochs=4)
 
 
@@ -177,9 +181,9 @@ def run_config(
         base=encoder,
         max_length=s.max_length,
         task=classification_task(labels, pooling="mean", head_init="label_names"),
-        lora_r=8,
-        lora_alpha=16,
-        targets=LORA_TARGETS,
+        lora_r=s.lora_r,
+        lora_alpha=2 * s.lora_r,
+        targets=s.lora_targets,
     )
     # One torch thread per site: on a small shared machine 2 threads ran 3-6x SLOWER per step than 1
     # (measured here: MiniLM LoRA step, batch 32, 0.5-0.8 s with 1 thread, 2.5-4.6 s with 2, under load).
@@ -268,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="keep sites and runs here (default: a temp dir)")
     ap.add_argument("--rounds", type=int, help="override the settings' rounds")
     ap.add_argument("--records-per-site", type=int, help="override the settings' records per site")
+    ap.add_argument("--local-epochs", type=int, help="override the settings' local epochs per round")
+    ap.add_argument("--batch-size", type=int, help="override the settings' batch size")
+    ap.add_argument("--learning-rate", type=float, help="override the settings' learning rate")
+    ap.add_argument("--lora-r", type=int, help="override the LoRA rank (alpha = 2 r)")
+    ap.add_argument("--lora-targets", nargs="+", help=f"override the LoRA target modules (default {LORA_TARGETS})")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="configurations run at once (in-process)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -276,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         s,
         rounds=args.rounds or s.rounds,
         train_per_site=s.train_per_site if args.records_per_site is None else args.records_per_site,
+        local_epochs=args.local_epochs or s.local_epochs,
+        batch_size=args.batch_size or s.batch_size,
+        learning_rate=args.learning_rate or s.learning_rate,
+        lora_r=args.lora_r or s.lora_r,
+        lora_targets=tuple(args.lora_targets or s.lora_targets),
     )
     encoder = encoder_dir()
     labels, train, test = read_banking77(args.data)
@@ -299,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"banking77, {s.name} settings: {sizes}; test {len(test)}; {s.rounds} rounds x {s.local_epochs} local "
-        f"epoch(s), batch {s.batch_size}, lr {s.learning_rate}, max_length {s.max_length}; "
+        f"epoch(s), batch {s.batch_size}, lr {s.learning_rate}, max_length {s.max_length}, "
+        f"LoRA r={s.lora_r} on {', '.join(s.lora_targets)}; "
         f"{'separate processes' if args.processes else f'in-process sites, {args.jobs} configurations at once'}; "
         f"work dir {work}",
         flush=True,
