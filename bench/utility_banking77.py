@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument(
         "--full",
         action="store_true",
-        help=f"{FULL.rounds} rounds x {FULL.local_epochs} local epochs on all records (~3 h on 2 cores)",
+        help=f"{FULL.rounds} rounds x {FULL.local_epochs} local epochs on all records (~4-5 h on 2 cores)",
     )
     ap.add_argument("--processes", action="store_true", help="real SuperLink + SuperNode processes (slower)")
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "banking77", help="banking77 directory")
