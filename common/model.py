@@ -112,13 +112,11 @@ def load_base_model(source: str, task: TaskConfig, *, device: torch.device | Non
 
 
 def _classification_head(model: torch.nn.Module) -> torch.nn.Linear:
-    """The last linear layer that maps to the labels (BERT: classifier, Llama: score, ours: classifier)."""
+    """The linear layer that maps to the labels (BERT: classifier, Llama: score, ours: classifier)."""
     for name in ("classifier", "score"):
         head = getattr(model, name, None)
         if isinstance(head, torch.nn.Linear):
             return head
-        if head is not None and isinstance(getattr(head, "out_proj", None), torch.nn.Linear):
-            return head.out_proj  # RoBERTa-style heads: dense -> tanh -> out_proj
     raise ConfigError(f"`task.head_init` needs a linear classification head; {type(model).__name__} has none known.")
 
 
