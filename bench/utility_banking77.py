@@ -97,6 +97,8 @@ class Settings:
     max_length: int = 40
     lora_r: int = 8
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    # `[training] dropout` (None: the encoder's own 0.1).
+    dropout: float | None = None
 
 
 QUICK = Settings("quick", train_per_site=600, test_n=770, rounds=3, local_epochs=2)
@@ -194,6 +196,7 @@ def run_config(
     training = (
         f"epochs = {s.local_epochs}\nbatch_size = {s.batch_size}\nlearning_rate = {s.learning_rate}\n"
         f'threads = {threads}\ndevice = "auto"\nseed = 0\n'
+        + (f"dropout = {s.dropout}\n" if s.dropout is not None else "")
     )
     configs = []
     for i, recs in enumerate(site_records):
@@ -286,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--learning-rate", type=float, help="override the settings' learning rate")
     ap.add_argument("--lora-r", type=int, help="override the LoRA rank (alpha = 2 r)")
     ap.add_argument("--lora-targets", nargs="+", help=f"override the LoRA target modules (default {LORA_TARGETS})")
+    ap.add_argument("--dropout", type=float, help="override [training] dropout (0 turns the encoder's dropout off)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="configurations run at once (in-process)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -299,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate or s.learning_rate,
         lora_r=args.lora_r or s.lora_r,
         lora_targets=tuple(args.lora_targets or s.lora_targets),
+        dropout=s.dropout if args.dropout is None else args.dropout,
     )
     encoder = encoder_dir()
     labels, train, test = read_banking77(args.data)
@@ -323,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"banking77, {s.name} settings: {sizes}; test {len(test)}; {s.rounds} rounds x {s.local_epochs} local "
         f"epoch(s), batch {s.batch_size}, lr {s.learning_rate}, max_length {s.max_length}, "
-        f"LoRA r={s.lora_r} on {', '.join(s.lora_targets)}; "
+        f"LoRA r={s.lora_r} on {', '.join(s.lora_targets)}, dropout {'model' if s.dropout is None else s.dropout}; "
         f"{'separate processes' if args.processes else f'in-process sites, {args.jobs} configurations at once'}; "
         f"work dir {work}",
         flush=True,

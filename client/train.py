@@ -100,6 +100,16 @@ def round_plan_steps(dataset_size: int, training: TrainingConfig) -> tuple[int, 
     return batch, min(steps, training.max_steps) if training.max_steps else steps
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every dropout of `model` drops with probability `p`: `nn.Dropout` layers (LoRA's own included) and
+    the `attention_dropout` rate that Llama-style attention reads at each call."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+
+
 def train_round(
     model: torch.nn.Module,
     dataset: TensorDataset,
@@ -115,6 +125,8 @@ def train_round(
     """`training.epochs` local passes (capped at `training.max_steps`); returns the mean loss."""
     t0 = time.perf_counter()
     torch.manual_seed(training.seed)
+    if training.dropout is not None:
+        set_dropout(model, training.dropout)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: Any = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
     loader: Any = DataLoader(dataset, batch_size=round_plan_steps(len(dataset), training)[0], shuffle=True)

@@ -201,6 +201,9 @@ class TrainingConfig:
     # Torch intra-op threads per site process; 1 lets several sites share a small machine.
     threads: int = 1
     seed: int = 0
+    # Dropout probability of every dropout layer of the base model during local training; unset keeps the
+    # checkpoint's own. 0 turns it off: under DP it only adds noise to the DP noise (Li et al. 2022).
+    dropout: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", _enum(Precision, self.precision, "training.precision"))
@@ -218,6 +221,10 @@ class TrainingConfig:
             f"`training.max_steps` must be >= 0, got {self.max_steps!r}.",
         )
         _require(_is_int(self.threads) and self.threads > 0, f"`training.threads` must be > 0, got {self.threads!r}.")
+        _require(
+            self.dropout is None or (_is_number(self.dropout) and 0 <= self.dropout < 1),
+            f"`training.dropout` must be in [0, 1), got {self.dropout!r}.",
+        )
         dev = self.device
         _require(
             isinstance(dev, str) and (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")),

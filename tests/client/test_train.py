@@ -266,3 +266,36 @@ def test_evaluate_causal_lm_reports_loss_only(base_model_dir, encode):
     assert result.loss == pytest.approx(expected, abs=1e-5)
     assert result.accuracy is None and result.macro_f1 is None
     assert set(result.metrics()) == {"eval_loss", "num-examples"}
+
+
+@pytest.mark.parametrize("dropout", [None, 0.0])
+def test_training_dropout_sets_every_dropout_of_the_model_or_leaves_the_models_own(
+    base_model_dir, encode, dropout
+):
+    """`training.dropout = 0` must silence LoRA's `nn.Dropout` and Llama's functional attention dropout
+    alike: a training-mode forward pass is then deterministic. Unset keeps what the model was built with."""
+    model = load_lora_model(str(base_model_dir), LoraSettings(r=4, alpha=8, dropout=0.5), CLASSIFICATION, seed=0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero, which would hide LoRA's dropout
+                param.normal_()
+    attention = [m for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)]
+    assert attention
+    for module in attention:
+        module.attention_dropout = 0.5
+    records = [{"text": t, "label": "routine" if i % 2 else "urgent"} for i, t in enumerate(TRAIN_TEXTS)]
+    input_ids, attention_mask, _ = encode(records, CLASSIFICATION).tensors
+
+    def forward_passes_differ():
+        model.train()
+        with torch.no_grad():
+            first, second = (model(input_ids=input_ids, attention_mask=attention_mask).logits for _ in range(2))
+        return not torch.equal(first, second)
+
+    assert forward_passes_differ()
+    training = TrainingConfig(epochs=1, batch_size=4, learning_rate=1e-3, device="cpu", dropout=dropout)
+    train_round(model, encode(records, CLASSIFICATION), task=CLASSIFICATION, training=training, device=CPU)
+
+    assert forward_passes_differ() is (dropout is None)
+    assert {m.attention_dropout for m in attention} == {0.5 if dropout is None else 0.0}
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.5 if dropout is None else 0.0}
