@@ -106,8 +106,9 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             module.p = p
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = p
+        attention: Any = module  # a plain float attribute, which torch's Module typing does not know
+        if isinstance(getattr(attention, "attention_dropout", None), float):
+            attention.attention_dropout = p
 
 
 def train_round(

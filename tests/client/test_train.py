@@ -269,9 +269,7 @@ def test_evaluate_causal_lm_reports_loss_only(base_model_dir, encode):
 
 
 @pytest.mark.parametrize("dropout", [None, 0.0])
-def test_training_dropout_sets_every_dropout_of_the_model_or_leaves_the_models_own(
-    base_model_dir, encode, dropout
-):
+def test_training_dropout_sets_every_dropout_of_the_model_or_leaves_the_models_own(base_model_dir, encode, dropout):
     """`training.dropout = 0` must silence LoRA's `nn.Dropout` and Llama's functional attention dropout
     alike: a training-mode forward pass is then deterministic. Unset keeps what the model was built with."""
     model = load_lora_model(str(base_model_dir), LoraSettings(r=4, alpha=8, dropout=0.5), CLASSIFICATION, seed=0)

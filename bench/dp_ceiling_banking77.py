@@ -1,0 +1,246 @@
+"""How close can DP-SGD at these sites get? Banking77 on frozen encoder features, for the goal's sake.
+
+    .venv/bin/python bench/dp_ceiling_banking77.py [--schedules 4x2 5x4 10x4 20x4] [--json FILE]
+
+An analysis aid, NOT Silo's pipeline (bench/utility_banking77.py is that): it answers "what is the best a
+federated DP-SGD run could reach on these three sites?" in minutes instead of hours, by training only the
+77-way head on frozen features, so that the encoder's forward pass is paid once.
+
+Same data, sites and model as bench/utility_banking77.py: Banking77 train records dealt over 3 sites by
+Dirichlet(0.5) (seed 0), each site's 20% hold-out chosen by Silo's own `client.ingest.split_records`;
+features from Silo's `common.model.load_base_model` (all-MiniLM-L6-v2, `pooling = "mean"`, the
+`label_names` head as the starting point), max_length 40. Accuracy is on the union of the sites' hold-outs
+(the test split is not read at all).
+
+Training, per configuration: FedAvg over the 3 sites (weighted by records); at each site Poisson-sampled
+batches (rate = Silo's `planned_sample_rate`), per-record gradients of the head clipped to norm 1,
+Gaussian noise sigma * 1 added to their sum (sigma from Silo's `find_noise_multiplier`, RDP, delta 1e-5,
+for all rounds x steps, exactly as a site derives it), Adam at 1e-2. "central" is one site holding every
+site's training records, non-private. The per-record head gradient is computed in closed form
+((softmax - onehot) outer feature), which is what Opacus' per-sample gradients give for a linear layer.
+
+What it cannot see: LoRA inside the encoder (the real run trains r=1 on the top layer's values too) and
+the encoder's features moving. On this data the real pipeline measured a few points BELOW these figures,
+so read them as an upper estimate for DP-SGD with this encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from bench.harness import SHARED_DATA, format_table, git_commit, machine  # noqa: E402
+from bench.utility_banking77 import (  # noqa: E402
+    DELTA,
+    DIRICHLET_ALPHA,
+    EPSILONS,
+    SITES,
+    SPLIT_SEED,
+    dirichlet_split,
+    encoder_dir,
+    read_banking77,
+)
+
+MAX_LENGTH = 40
+BATCH_SIZE = 256
+LEARNING_RATE = 1e-2
+MAX_GRAD_NORM = 1.0
+
+
+def site_features(encoder: Path, labels: list[str], sites: list[list[dict[str, str]]]) -> dict[str, Any]:
+    """Frozen mean-pooled features of every site's training and hold-out records, and the round-0 head."""
+    from client.ingest import split_records
+    from common.config import TaskConfig, TaskType
+    from common.model import MEAN_POOLING_SCALE, load_base_model, load_tokenizer
+
+    task = TaskConfig(type=TaskType.CLASSIFICATION, labels=tuple(labels), pooling="mean", head_init="label_names")
+    model = load_base_model(str(encoder), task).eval()
+    tokenizer = load_tokenizer(str(encoder))
+    index = {name: i for i, name in enumerate(labels)}
+
+    @torch.no_grad()
+    def encode(records: list[dict[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for i in range(0, len(records), 256):
+            enc = tokenizer(
+                [r["text"] for r in records[i : i + 256]],
+                padding=True,
+                truncation=True,
+                max_length=MAX_LENGTH,
+                return_tensors="pt",
+            )
+            rows.append(MEAN_POOLING_SCALE * model.embed(enc["input_ids"], enc["attention_mask"]))
+        return torch.cat(rows), torch.tensor([index[r["category"]] for r in records])
+
+    train, holdout = [], []
+    for recs in sites:
+        split = split_records(recs, holdout_fraction=0.2, seed=0)  # a site's [data] defaults
+        train.append(encode(split.train))
+        holdout.append(encode(split.holdout))
+    return {
+        "train": train,
+        "holdout": (torch.cat([x for x, _ in holdout]), torch.cat([y for _, y in holdout])),
+        "head": (model.classifier.weight.detach().clone(), model.classifier.bias.detach().clone()),
+    }
+
+
+def local_training(
+    head: tuple[torch.Tensor, torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    epochs: int,
+    sigma: float | None,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One site's round: `epochs` passes of (DP-)SGD on the head; sigma None = non-private, no clipping."""
+    from client.privacy import planned_sample_rate
+    from client.train import round_plan_steps
+    from common.config import TrainingConfig
+
+    x_all, y_all = data
+    n = len(y_all)
+    weight, bias = (t.clone().requires_grad_(True) for t in head)
+    optimizer = torch.optim.Adam([weight, bias], lr=LEARNING_RATE)
+    rate = planned_sample_rate(dataset_size=n, batch_size=BATCH_SIZE)
+    _, steps = round_plan_steps(n, TrainingConfig(epochs=epochs, batch_size=BATCH_SIZE))
+    per_epoch = steps // epochs
+    for step in range(steps):
+        if sigma is None:  # shuffled batches, a new order each epoch, as a non-private site's DataLoader
+            if step % per_epoch == 0:
+                perm = torch.randperm(n, generator=generator)
+            take = perm[(step % per_epoch) * BATCH_SIZE :][:BATCH_SIZE]
+        else:  # Poisson sampling, as Opacus' DP data loader
+            take = torch.nonzero(torch.rand(n, generator=generator) < rate).flatten()
+        x, y = x_all[take], y_all[take]
+        with torch.no_grad():
+            p = torch.softmax(x @ weight.T + bias, dim=-1)
+            p[torch.arange(len(y)), y] -= 1  # d loss / d logits, one row per record
+            if sigma is None:
+                grad_w, grad_b = p.T @ x / max(len(y), 1), p.mean(0)
+            else:
+                # ||d loss / d (W, b)|| of a record = ||p|| * sqrt(||x||^2 + 1); clip each to MAX_GRAD_NORM
+                norms = p.norm(dim=-1) * torch.sqrt((x * x).sum(-1) + 1)
+                p = p * (MAX_GRAD_NORM / (norms + 1e-6)).clamp(max=1.0).unsqueeze(-1)
+                expected = rate * n  # Opacus divides the noised sum by the expected batch size
+                noise = sigma * MAX_GRAD_NORM
+                grad_w = (p.T @ x + noise * torch.randn(weight.shape, generator=generator)) / expected
+                grad_b = (p.sum(0) + noise * torch.randn(bias.shape, generator=generator)) / expected
+        weight.grad, bias.grad = grad_w, grad_b
+        optimizer.step()
+    return weight.detach(), bias.detach()
+
+
+def federated(
+    feats: dict[str, Any], *, rounds: int, epochs: int, epsilon: float | None, central: bool = False, seed: int = 0
+) -> dict[str, Any]:
+    """Validation accuracy of the head after `rounds` of FedAvg (or one site holding everything)."""
+    from client.privacy import planned_sample_rate
+    from client.train import round_plan_steps
+    from common.accounting import find_noise_multiplier
+    from common.config import TrainingConfig
+
+    sites = feats["train"]
+    if central:
+        sites = [(torch.cat([x for x, _ in sites]), torch.cat([y for _, y in sites]))]
+    sigmas: list[float | None] = []
+    for _, y in sites:
+        if epsilon is None:
+            sigmas.append(None)
+            continue
+        _, steps = round_plan_steps(len(y), TrainingConfig(epochs=epochs, batch_size=BATCH_SIZE))
+        rate = planned_sample_rate(dataset_size=len(y), batch_size=BATCH_SIZE)
+        sigmas.append(
+            find_noise_multiplier(target_epsilon=epsilon, delta=DELTA, sample_rate=rate, steps=rounds * steps)
+        )
+    generator = torch.Generator().manual_seed(seed)
+    head = feats["head"]
+    sizes = torch.tensor([len(y) for _, y in sites], dtype=torch.float32)
+    for _ in range(rounds):
+        outs = [
+            local_training(head, data, epochs=epochs, sigma=sigma, generator=generator)
+            for data, sigma in zip(sites, sigmas, strict=True)
+        ]
+        head = tuple(sum(o[k] * w for o, w in zip(outs, sizes / sizes.sum(), strict=True)) for k in range(2))
+    x, y = feats["holdout"]
+    accuracy = float(((x @ head[0].T + head[1]).argmax(-1) == y).float().mean())
+    return {"accuracy": accuracy, "sigma": [s for s in sigmas if s is not None]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=SHARED_DATA / "banking77", help="banking77 directory")
+    ap.add_argument(
+        "--schedules",
+        nargs="+",
+        default=["4x2", "5x4", "10x4", "20x4"],
+        help="ROUNDSxLOCAL_EPOCHS to try (default: 4x2 5x4 10x4 20x4; 4x2 is utility_banking77's default)",
+    )
+    ap.add_argument("--seeds", type=int, default=2, help="noise/sampling seeds per cell (mean reported)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    try:
+        schedules = [tuple(int(v) for v in s.lower().split("x")) for s in args.schedules]
+        if any(len(s) != 2 or min(s) < 1 for s in schedules):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--schedules takes ROUNDSxEPOCHS such as 5x4, got {args.schedules}")
+
+    t0 = time.perf_counter()
+    labels, train, _ = read_banking77(args.data)
+    sites = dirichlet_split(train, sites=SITES, alpha=DIRICHLET_ALPHA, seed=SPLIT_SEED)
+    print(f"machine: {machine()}\ncommit: {git_commit()}", flush=True)
+    print(f"encoding {sum(map(len, sites))} records once (frozen encoder) ...", file=sys.stderr, flush=True)
+    feats = site_features(encoder_dir(), labels, sites)
+    print(
+        f"features in {time.perf_counter() - t0:.0f} s; sites train "
+        f"{', '.join(str(len(y)) for _, y in feats['train'])}, hold-out {len(feats['holdout'][1])}",
+        file=sys.stderr,
+        flush=True,
+    )
+    rows, results = [], []
+    configs: list[tuple[str, float | None, bool]] = [
+        ("central, non-private", None, True),
+        ("federated, non-private", None, False),
+        *[(f"federated DP eps={e:g}", e, False) for e in sorted(EPSILONS, reverse=True)],
+    ]
+    x, y = feats["holdout"]
+    zero_shot = float(((x @ feats["head"][0].T + feats["head"][1]).argmax(-1) == y).float().mean())
+    for title, eps, central in configs:
+        cells = []
+        for rounds, epochs in schedules:
+            runs = [
+                federated(feats, rounds=rounds, epochs=epochs, epsilon=eps, central=central, seed=s)
+                for s in range(args.seeds)
+            ]
+            acc = sum(r["accuracy"] for r in runs) / len(runs)
+            cells.append(f"{100 * acc:.1f}")
+            results.append(
+                {"config": title, "rounds": rounds, "local_epochs": epochs, "accuracy": acc, "sigma": runs[0]["sigma"]}
+            )
+            print(f"[ceiling] {title} {rounds}x{epochs}: {100 * acc:.1f}%", file=sys.stderr, flush=True)
+        rows.append([title, *cells])
+    print(
+        f"\nBanking77, head on frozen all-MiniLM-L6-v2 features, hold-out accuracy % (mean of {args.seeds} seeds); "
+        f"zero-shot round-0 head {100 * zero_shot:.1f}%; batch {BATCH_SIZE} (Poisson under DP), Adam "
+        f"{LEARNING_RATE}, clip {MAX_GRAD_NORM}, delta {DELTA}"
+    )
+    print(format_table(["configuration", *(f"{r} rounds x {e} ep" for r, e in schedules)], rows))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"zero_shot": zero_shot, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
