@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         help="ROUNDSxLOCAL_EPOCHS to try (default: 4x2 5x4 10x4 20x4; 4x2 is utility_banking77's default)",
     )
     ap.add_argument("--seeds", type=int, default=2, help="noise/sampling seeds per cell (mean reported)")
+    ap.add_argument("--only", nargs="+", help="run only these configurations (central, federated, dp1, dp3, dp8)")
+    ap.add_argument("--features", type=Path, help="keep the encoded features in this file and reuse them")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     try:
@@ -201,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     sites = dirichlet_split(train, sites=SITES, alpha=DIRICHLET_ALPHA, seed=SPLIT_SEED)
     print(f"machine: {machine()}\ncommit: {git_commit()}", flush=True)
     print(f"encoding {sum(map(len, sites))} records once (frozen encoder) ...", file=sys.stderr, flush=True)
-    feats = site_features(encoder_dir(), labels, sites)
+    if args.features and args.features.exists():
+        feats = torch.load(args.features)
+    else:
+        feats = site_features(encoder_dir(), labels, sites)
+        if args.features:
+            torch.save(feats, args.features)
     print(
         f"features in {time.perf_counter() - t0:.0f} s; sites train "
         f"{', '.join(str(len(y)) for _, y in feats['train'])}, hold-out {len(feats['holdout'][1])}",
@@ -209,14 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows, results = [], []
-    configs: list[tuple[str, float | None, bool]] = [
-        ("central, non-private", None, True),
-        ("federated, non-private", None, False),
-        *[(f"federated DP eps={e:g}", e, False) for e in sorted(EPSILONS, reverse=True)],
+    configs: list[tuple[str, str, float | None, bool]] = [
+        ("central", "central, non-private", None, True),
+        ("federated", "federated, non-private", None, False),
+        *[(f"dp{e:g}", f"federated DP eps={e:g}", e, False) for e in sorted(EPSILONS, reverse=True)],
     ]
+    configs = [c for c in configs if not args.only or c[0] in args.only]
     x, y = feats["holdout"]
     zero_shot = float(((x @ feats["head"][0].T + feats["head"][1]).argmax(-1) == y).float().mean())
-    for title, eps, central in configs:
+    for _, title, eps, central in configs:
         cells = []
         for rounds, epochs in schedules:
             runs = [
