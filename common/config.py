@@ -202,7 +202,8 @@ class TrainingConfig:
     threads: int = 1
     seed: int = 0
     # Dropout probability of every dropout layer of the base model during local training; unset keeps the
-    # checkpoint's own. 0 turns it off: under DP it only adds noise to the DP noise (Li et al. 2022).
+    # checkpoint's own; 0 turns it off (suggested for DP by Li et al. 2022, yet 0.5-1.8 points worse on the
+    # Banking77 bench: measure on your own hold-out).
     dropout: float | None = None
 
     def __post_init__(self) -> None:
