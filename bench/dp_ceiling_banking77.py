@@ -7,7 +7,8 @@ federated DP-SGD run could reach on these three sites?" in minutes instead of ho
 77-way head on frozen features, so that the encoder's forward pass is paid once.
 
 Same data, sites and model as bench/utility_banking77.py: Banking77 train records dealt over 3 sites by
-Dirichlet(0.5) (seed 0), each site's 20% hold-out chosen by Silo's own `client.ingest.split_records`;
+Dirichlet(0.5) (seed 0), each site's 20% hold-out chosen by Silo's own `client.ingest.split_records`
+(records as read, not scrubbed: the real run's scrubber finds a few names and places in ~1% of them);
 features from Silo's `common.model.load_base_model` (all-MiniLM-L6-v2, `pooling = "mean"`, the
 `label_names` head as the starting point), max_length 40. Accuracy is on the union of the sites' hold-outs
 (the test split is not read at all).
@@ -100,20 +101,17 @@ def local_training(
     data: tuple[torch.Tensor, torch.Tensor],
     *,
     epochs: int,
+    plan: tuple[float, int],
     sigma: float | None,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One site's round: `epochs` passes of (DP-)SGD on the head; sigma None = non-private, no clipping."""
-    from client.privacy import planned_sample_rate
-    from client.train import round_plan_steps
-    from common.config import TrainingConfig
-
+    """One site's round: `epochs` passes of (DP-)SGD on the head; sigma None = non-private, no clipping.
+    `plan` is the site's (Poisson sample rate, steps per round), as `site_plan` gives it."""
     x_all, y_all = data
     n = len(y_all)
     weight, bias = (t.clone().requires_grad_(True) for t in head)
     optimizer = torch.optim.Adam([weight, bias], lr=LEARNING_RATE)
-    rate = planned_sample_rate(dataset_size=n, batch_size=BATCH_SIZE)
-    _, steps = round_plan_steps(n, TrainingConfig(epochs=epochs, batch_size=BATCH_SIZE))
+    rate, steps = plan
     per_epoch = steps // epochs
     for step in range(steps):
         if sigma is None:  # shuffled batches, a new order each epoch, as a non-private site's DataLoader
@@ -141,35 +139,39 @@ def local_training(
     return weight.detach(), bias.detach()
 
 
+def site_plan(n: int, epochs: int) -> tuple[float, int]:
+    """(sample rate, steps per round) a site of `n` training records plans, from Silo's own functions."""
+    from client.privacy import planned_sample_rate
+    from client.train import round_plan_steps
+    from common.config import TrainingConfig
+
+    _, steps = round_plan_steps(n, TrainingConfig(epochs=epochs, batch_size=BATCH_SIZE))
+    return planned_sample_rate(dataset_size=n, batch_size=BATCH_SIZE), steps
+
+
 def federated(
     feats: dict[str, Any], *, rounds: int, epochs: int, epsilon: float | None, central: bool = False, seed: int = 0
 ) -> dict[str, Any]:
     """Validation accuracy of the head after `rounds` of FedAvg (or one site holding everything)."""
-    from client.privacy import planned_sample_rate
-    from client.train import round_plan_steps
     from common.accounting import find_noise_multiplier
-    from common.config import TrainingConfig
 
     sites = feats["train"]
     if central:
         sites = [(torch.cat([x for x, _ in sites]), torch.cat([y for _, y in sites]))]
-    sigmas: list[float | None] = []
-    for _, y in sites:
-        if epsilon is None:
-            sigmas.append(None)
-            continue
-        _, steps = round_plan_steps(len(y), TrainingConfig(epochs=epochs, batch_size=BATCH_SIZE))
-        rate = planned_sample_rate(dataset_size=len(y), batch_size=BATCH_SIZE)
-        sigmas.append(
-            find_noise_multiplier(target_epsilon=epsilon, delta=DELTA, sample_rate=rate, steps=rounds * steps)
-        )
+    plans = [site_plan(len(y), epochs) for _, y in sites]
+    sigmas: list[float | None] = [
+        None
+        if epsilon is None
+        else find_noise_multiplier(target_epsilon=epsilon, delta=DELTA, sample_rate=rate, steps=rounds * steps)
+        for rate, steps in plans
+    ]
     generator = torch.Generator().manual_seed(seed)
     head = feats["head"]
     sizes = torch.tensor([len(y) for _, y in sites], dtype=torch.float32)
     for _ in range(rounds):
         outs = [
-            local_training(head, data, epochs=epochs, sigma=sigma, generator=generator)
-            for data, sigma in zip(sites, sigmas, strict=True)
+            local_training(head, data, epochs=epochs, plan=plan, sigma=sigma, generator=generator)
+            for data, plan, sigma in zip(sites, plans, sigmas, strict=True)
         ]
         head = tuple(sum(o[k] * w for o, w in zip(outs, sizes / sizes.sum(), strict=True)) for k in range(2))
     x, y = feats["holdout"]
