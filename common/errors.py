@@ -59,6 +59,13 @@ class VerificationFailed(SiloError):
     exit_code = 9
 
 
+class AuditIncomplete(SiloError):
+    """An audit could not check everything (a site's ledger or key not given, an encrypted adapter):
+    give what is named, or accept the listed gaps with `--partial`."""
+
+    exit_code = 10
+
+
 # Documented in `silo --help`; a test checks every code is listed there.
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -71,5 +78,6 @@ EXIT_CODES: dict[int, str] = {
     7: "update rejected by the coordinator (UpdateRejected)",
     8: "federation run failed (FederationFailed)",
     9: "audit verification found a discrepancy (VerificationFailed)",
+    10: "audit incomplete: what it names was not checked; --partial accepts that (AuditIncomplete)",
     130: "interrupted (Ctrl-C)",
 }
