@@ -60,6 +60,7 @@ def write_key_file(path: str | Path, key: bytes | None = None) -> bytes:
 
 
 def load_key_file(path: str | Path) -> bytes:
+    keys.refuse_readable_by_others(path)  # a key others can read protects nothing
     try:
         text = Path(path).read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as err:

@@ -1,13 +1,16 @@
 """Ed25519 signing keys: generate, store, load, sign, verify, fingerprint.
 
 Private keys are PEM (PKCS#8, unencrypted: the file mode 0600 is the protection, as for SSH host
-keys); public keys are PEM (SubjectPublicKeyInfo). Saving never overwrites an existing file.
+keys); public keys are PEM (SubjectPublicKeyInfo). Saving never overwrites an existing file. As
+ssh does, a private key file that group or others may access is refused on load, and so is a
+private key handed in where a public one is expected (it would be copied, shown or uploaded).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -18,6 +21,31 @@ from common.errors import ConfigError
 
 PRIVATE_KEY_MODE = 0o600
 """Owner read/write only: the key file's permissions are its only protection."""
+# Any of these bits lets a user other than the owner read (or replace) a private key.
+OTHERS_BITS = 0o077
+# Every PEM or OpenSSH private key's armour line holds this; no public key's does.
+PRIVATE_MARKER = b"PRIVATE KEY-----"
+
+
+def refuse_readable_by_others(path: str | Path) -> None:
+    """A private key (or secret) file group or others can access is refused, naming the fix.
+
+    A missing file is left to the reader, which reports it in its own words."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if mode & OTHERS_BITS:
+        raise ConfigError(f"{path} is a private key open to group or others (mode {mode:03o}); fix: chmod 600 {path}")
+
+
+def refuse_private_key_material(path: str | Path, data: bytes) -> None:
+    """`data`, read from `path` where a public key is expected, must not be a private key."""
+    if PRIVATE_MARKER in data:
+        raise ConfigError(
+            f"{path} holds a private key where a public key is expected; give its .pub file "
+            "(and keep the private key where it was)"
+        )
 
 
 def generate_signing_key() -> Ed25519PrivateKey:
@@ -59,6 +87,7 @@ def public_key_from_raw(raw: bytes) -> Ed25519PublicKey:
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     path = Path(path)
+    refuse_readable_by_others(path)
     try:
         key = serialization.load_pem_private_key(_read(path), password=None)
     except (ValueError, TypeError) as err:
@@ -69,11 +98,10 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    """Load a PEM public key; a PEM private key is accepted too and its public half returned."""
+    """Load a PEM public key; a private key in its place is refused."""
     path = Path(path)
     data = _read(path)
-    if b"PRIVATE KEY" in data:
-        return load_private_key(path).public_key()
+    refuse_private_key_material(path, data)
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as err:

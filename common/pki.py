@@ -92,6 +92,25 @@ class KeyLayout:
         """The coordinator's copy of a site's SuperNode public key, to register with the SuperLink."""
         return self.coordinator / "supernodes" / f"{site_id}.pub"
 
+    def check_coordinator(self) -> None:
+        """The files `silo coordinator start` needs, its private keys owner-only (ca.key too, if here)."""
+        for path in (self.ca_cert, self.superlink_cert, self.superlink_key):
+            if not path.is_file():
+                raise ConfigError(f"{path} is missing: give the coordinator/ directory made by `silo keys`")
+        for key in (self.superlink_key, self.ca_key):
+            keys.refuse_readable_by_others(key)
+
+    def supernode_public_keys(self) -> list[Path]:
+        """The SuperNode public keys to register (coordinator/supernodes/*.pub), none of them a private key."""
+        pubs = sorted((self.coordinator / "supernodes").glob("*.pub"))
+        for pub in pubs:
+            try:
+                data = pub.read_bytes()
+            except OSError as err:
+                raise ConfigError(f"cannot read SuperNode public key {pub}: {err.strerror}") from None
+            keys.refuse_private_key_material(pub, data)
+        return pubs
+
     def site(self, site_id: str) -> SiteKit:
         return SiteKit(self.root / "sites" / site_id)
 
@@ -129,6 +148,8 @@ class SiteKit:
         missing = [p.name for p in (self.ca_cert, self.auth_key, self.signing_key) if not p.is_file()]
         if missing:
             raise ConfigError(f"{self.root}: not a site key directory from `silo keys` (missing {', '.join(missing)})")
+        for key in (self.auth_key, self.signing_key):
+            keys.refuse_readable_by_others(key)
 
 
 # ---- key material -------------------------------------------------------------------------

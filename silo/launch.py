@@ -6,6 +6,10 @@ and admits only SuperNodes whose public key was registered with it (`flwr supern
 each SuperNode checks the SuperLink's certificate and signs its requests with its site's key.
 Plain-text mode exists for tests and only when asked for (`insecure=True`).
 
+The SuperLink listens on loopback only: it serves Flower's unauthenticated Control API on the same
+port as the Fleet API. Sites reach it through the nginx Fleet proxy (silo/proxy.py); a SuperLink on
+another interface needs `expose_control_plane=True`.
+
 `flwr run` exits 0 even when the run failed, so the outcome is read from `flwr ls` and from the
 run's manifest. Every process started here is stopped on exit, with the processes it started.
 """
@@ -13,6 +17,7 @@ run's manifest. Every process started here is stopped on exit, with the processe
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -31,7 +36,9 @@ from typing import Any
 from common import encryption
 from common.config import load_site_config
 from common.errors import ConfigError, FederationFailed
+from common.keys import refuse_readable_by_others
 from common.pki import KeyLayout, SiteKit, add_sites, create_keys, install_site_signing_key
+from silo import proxy
 
 BIN = Path(sys.executable).parent
 APP_DIR = Path(__file__).resolve().parent.parent  # the project root holds the Flower app's pyproject
@@ -203,8 +210,54 @@ class Proc:
             return ""
 
 
-def superlink_argv(*, host: str, port: int, keys: KeyLayout | None, database: Path | None = None) -> list[str]:
-    """`flower-superlink` with Silo's settings: TLS and SuperNode authentication unless `keys` is None."""
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, "localhost")."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def superlink_env(env: dict[str, str]) -> dict[str, str]:
+    """The SuperLink's environment without the switches that start Flower's legacy gRPC Control and
+    Fleet servers: they bind 0.0.0.0 by default, around both the loopback rule and the proxy."""
+    return {k: v for k, v in env.items() if k not in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")}
+
+
+def prepare_database(database: Path) -> Path:
+    """The SuperLink's database file: 0600 (SQLite gives its journals the same mode) in a 0700 directory.
+
+    It holds runs, registered node keys and every message in transit, and is not encrypted at rest."""
+    database = Path(database).resolve()
+    proxy.make_private_dir(database.parent)
+    if database.exists():
+        refuse_readable_by_others(database)
+    else:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(database, 0o600)  # the umask may have narrowed the mode at creation; set it exactly
+    return database
+
+
+def superlink_argv(
+    *,
+    host: str,
+    port: int,
+    keys: KeyLayout | None,
+    database: Path | None = None,
+    expose_control_plane: bool = False,
+) -> list[str]:
+    """`flower-superlink` with Silo's settings: TLS and SuperNode authentication unless `keys` is None.
+
+    `host` must be loopback unless `expose_control_plane`: the port also serves the Control API,
+    which authenticates nobody (see silo/proxy.py)."""
+    if not is_loopback(host) and not expose_control_plane:
+        raise ConfigError(
+            f"refusing to listen on {host}: the SuperLink's port also serves Flower's Control API, which "
+            "authenticates nobody (anyone reaching it can start runs at every site); keep it on 127.0.0.1 and "
+            "let sites in through the Fleet proxy, or pass --expose-control-plane if you really mean it"
+        )
     argv = [
         str(BIN / "flower-superlink"),
         "--host",
@@ -216,12 +269,10 @@ def superlink_argv(*, host: str, port: int, keys: KeyLayout | None, database: Pa
     if database is not None:
         # State on disk, as a production coordinator keeps it: a restarted SuperLink still knows its
         # SuperNodes (and their registered keys), which then reconnect by themselves.
-        argv += ["--database", str(database)]
+        argv += ["--database", str(prepare_database(database))]
     if keys is None:
         return [*argv, "--insecure"]
-    for path in (keys.ca_cert, keys.superlink_cert, keys.superlink_key):
-        if not path.is_file():
-            raise ConfigError(f"{path} is missing: give the coordinator/ directory made by `silo keys`")
+    keys.check_coordinator()
     return [
         *argv,
         "--ssl-ca-certfile", str(keys.ca_cert.resolve()),
@@ -280,7 +331,7 @@ def wait_healthy(
 
 def register_sites(connection: FlowerConnection, keys: KeyLayout) -> dict[str, str]:
     """Register every site's SuperNode key in `keys` (coordinator/supernodes/<id>.pub) with the SuperLink."""
-    pubs = sorted((keys.coordinator / "supernodes").glob("*.pub"))
+    pubs = keys.supernode_public_keys()
     # One `flwr` process each (~1.3 s of start-up apiece): run them side by side.
     with ThreadPoolExecutor(max_workers=min(8, len(pubs) or 1)) as pool:
         outcomes = list(pool.map(connection.register_supernode, pubs))
@@ -295,14 +346,19 @@ class LocalFederation:
     fresh one is made under `workdir/keys`. The SuperLink registers the SuperNode keys found in
     `keys/coordinator/supernodes/`: a site whose key is not there cannot join. `insecure=True`
     runs without TLS or authentication (tests of the plain-text path only). `at_rest_key_file`
-    is handed to the coordinator as SILO_AT_REST_KEY_FILE, encrypting its checkpoints."""
+    is handed to the coordinator as SILO_AT_REST_KEY_FILE, encrypting its checkpoints.
+    `fleet_proxy=True` starts the nginx Fleet proxy (silo/proxy.py) on loopback as `silo coordinator
+    start` does, and the SuperNodes connect through it; otherwise they reach the SuperLink directly,
+    all on loopback (the demo)."""
 
     workdir: Path
     site_configs: list[Path]
     keys: Path | None = None
     insecure: bool = False
     at_rest_key_file: Path | None = None
+    fleet_proxy: bool = False
     superlink_port: int = 0
+    proxy_port: int = 0
     procs: list[Proc] = field(default_factory=list)
     site_ports: dict[int, int] = field(default_factory=dict)
     registered: dict[str, str] = field(default_factory=dict)
@@ -312,6 +368,9 @@ class LocalFederation:
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.superlink_port = self.superlink_port or free_port()
+        self.proxy_port = self.proxy_port or (free_port() if self.fleet_proxy else 0)
+        if self.fleet_proxy and self.insecure:
+            raise ConfigError("the Fleet proxy serves TLS with the federation's keys: it cannot run with insecure=True")
         self.site_ids = [load_site_config(c).site.id for c in self.site_configs]
         self.key_layout: KeyLayout | None = None
         if not self.insecure:
@@ -326,7 +385,13 @@ class LocalFederation:
 
     @property
     def address(self) -> str:
+        """The SuperLink's own (loopback) address: the operator's `flwr` connection."""
         return f"127.0.0.1:{self.superlink_port}"
+
+    @property
+    def fleet_address(self) -> str:
+        """Where SuperNodes connect: the Fleet proxy when there is one, else the SuperLink."""
+        return f"127.0.0.1:{self.proxy_port}" if self.fleet_proxy else self.address
 
     def _own_keys(self) -> Path:
         """Keys under `workdir/keys`: made on first use, reused (and extended) when the workdir is reused."""
@@ -353,9 +418,12 @@ class LocalFederation:
 
     def start_superlink(self) -> Proc:
         argv = superlink_argv(
-            host="127.0.0.1", port=self.superlink_port, keys=self.key_layout, database=self.workdir / "superlink.db"
+            host="127.0.0.1",
+            port=self.superlink_port,
+            keys=self.key_layout,
+            database=self.workdir / "superlink-state" / "superlink.db",
         )
-        env = dict(self.connection.env)
+        env = superlink_env(self.connection.env)
         if self.at_rest_key_file is not None:
             # The ServerApp inherits the SuperLink's environment; only the coordinator gets the key.
             env[encryption.ENV_KEY_FILE] = str(Path(self.at_rest_key_file).resolve())
@@ -364,6 +432,25 @@ class LocalFederation:
         wait_healthy(self.address, ca_cert=ca, alive=proc.alive, log=proc.log)
         if self.key_layout is not None:
             self.registered = register_sites(self.connection, self.key_layout)
+        if self.fleet_proxy and not any(p.name == "proxy" and p.alive() for p in self.procs):
+            self.start_proxy()
+        return proc
+
+    def start_proxy(self) -> Proc:
+        """nginx on 127.0.0.1:`proxy_port`, forwarding Fleet calls only to the SuperLink."""
+        assert self.key_layout is not None  # __post_init__ refuses a proxy without keys
+        settings = proxy.ProxySettings.for_keys(
+            self.key_layout,
+            state_dir=self.workdir / "proxy",
+            listen_host="127.0.0.1",
+            listen_port=self.proxy_port,
+            superlink_port=self.superlink_port,
+        )
+        nginx = proxy.find_nginx()
+        conf = proxy.write_config(settings)
+        proxy.check_config(nginx, conf)
+        proc = self._spawn("proxy", proxy.nginx_argv(nginx, conf))
+        proxy.wait_ready(settings.address, ca_cert=self.key_layout.ca_cert, alive=proc.alive, log=proc.log)
         return proc
 
     def site_kit(self, index: int) -> SiteKit | None:
@@ -375,7 +462,9 @@ class LocalFederation:
         kit = self.site_kit(index)
         if kit is not None:
             install_site_signing_key(kit, load_site_config(cfg).state_dir)
-        return self._spawn(f"site-{index}", supernode_argv(superlink=self.address, port=port, site_config=cfg, kit=kit))
+        return self._spawn(
+            f"site-{index}", supernode_argv(superlink=self.fleet_address, port=port, site_config=cfg, kit=kit)
+        )
 
     def start(self) -> LocalFederation:
         self.start_superlink()

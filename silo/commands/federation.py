@@ -8,13 +8,27 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from common import encryption
 from common.config import load_federation_config
 from common.errors import ConfigError, FederationFailed
 from common.pki import KeyLayout
-from silo.launch import FlowerConnection, flower_env, follow_run, register_sites, superlink_argv, wait_healthy
+from silo import proxy
+from silo.launch import (
+    FlowerConnection,
+    flower_env,
+    follow_run,
+    is_loopback,
+    register_sites,
+    superlink_argv,
+    superlink_env,
+    wait_healthy,
+)
+
+# How often the foreground coordinator checks that the SuperLink and the proxy are still up.
+WATCH_INTERVAL_S = 0.5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,32 +54,89 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     coord = sub.add_parser(
         "coordinator",
-        help="start the coordinator's SuperLink",
-        description="Run a Flower SuperLink with Silo's settings (no runtime dependency installation).",
+        help="start the coordinator's SuperLink and its Fleet proxy",
+        description="Run a Flower SuperLink with Silo's settings (no runtime dependency installation) on "
+        "loopback, and nginx in front of it forwarding only the Fleet API that SuperNodes use.",
     )
     csub = coord.add_subparsers(dest="action", metavar="ACTION", required=True)
     start = csub.add_parser(
         "start",
-        help="run the SuperLink in the foreground: TLS, SuperNode authentication, sites' keys registered",
-        description="Start a Flower SuperLink serving TLS with the certificate from `silo keys`, admitting only "
-        "SuperNodes whose key is registered; register every site key in KEYS/supernodes/ (already registered "
-        "ones are kept), then stay in the foreground until stopped. With SILO_AT_REST_KEY_FILE or "
+        help="run the SuperLink (loopback) and the Fleet proxy (nginx) in the foreground",
+        description="Start a Flower SuperLink on loopback serving TLS with the certificate from `silo keys`, "
+        "admitting only SuperNodes whose key is registered; register every site key in KEYS/supernodes/ (already "
+        "registered ones are kept); start nginx on --fleet-host:--fleet-port with the same certificate, forwarding "
+        "the Fleet API calls SuperNodes make and refusing everything else (the Control API behind `flwr run`, "
+        "`flwr ls`, `flwr stop`, `flwr supernode register` authenticates nobody, so it stays on 127.0.0.1: operators "
+        "elsewhere use an SSH tunnel). Both stay in the foreground and stop together. With SILO_AT_REST_KEY_FILE or "
         "SILO_AT_REST_KEY set (or --at-rest-key-file), the coordinator's checkpoints are encrypted at rest.",
     )
-    start.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
-    start.add_argument("--port", type=int, default=9093, help="SuperLink port (default: %(default)s)")
+    start.add_argument("--host", default="127.0.0.1", help="SuperLink interface, loopback only (default: %(default)s)")
+    start.add_argument(
+        "--port",
+        type=int,
+        default=9093,
+        help="SuperLink port: operator's flwr / silo federation (default: %(default)s)",
+    )
+    start.add_argument(
+        "--fleet-host",
+        default=proxy.DEFAULT_FLEET_HOST,
+        help="interface the Fleet proxy listens on for sites (default: %(default)s)",
+    )
+    start.add_argument(
+        "--fleet-port",
+        type=int,
+        default=proxy.DEFAULT_FLEET_PORT,
+        help="port sites connect to: `silo site start --superlink HOST:PORT` (default: %(default)s)",
+    )
     start.add_argument(
         "--keys", "--ssl-dir", dest="keys", type=Path, metavar="DIR",
         help="the coordinator/ directory from `silo keys` (ca.pem, superlink.pem, superlink.key, supernodes/)",
     )  # fmt: skip
     start.add_argument(
-        "--database", type=Path, help="SuperLink state file: keeps registered SuperNodes and runs across restarts"
+        "--database",
+        type=Path,
+        help="SuperLink state file, kept across restarts (registered SuperNodes, runs); created 0600 in a 0700 "
+        "directory, not encrypted at rest",
+    )
+    start.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the proxy's generated nginx.conf, pid and logs go (default: the --database directory, "
+        "else ./coordinator-state)",
+    )
+    start.add_argument("--nginx", type=Path, help="the nginx binary (default: nginx on PATH or in /usr/sbin)")
+    start.add_argument(
+        "--no-fleet-proxy",
+        action="store_true",
+        help="do not start nginx: another process is the Fleet proxy (the compose / Kubernetes sidecar, with the "
+        "config from `silo coordinator proxy-config`)",
+    )
+    start.add_argument(
+        "--expose-control-plane",
+        action="store_true",
+        help="allow a non-loopback --host: anyone who reaches it with the CA certificate can start runs at every "
+        "site and register SuperNodes (warns; never in production)",
     )
     start.add_argument(
         "--at-rest-key-file", type=Path, help="encrypt checkpoints with this key (`silo at-rest keygen`)"
     )
     start.add_argument("--insecure", action="store_true", help="no TLS, no authentication (testing only; warns)")
     start.set_defaults(func=start_coordinator)
+
+    config = csub.add_parser(
+        "proxy-config",
+        help="print the nginx.conf of the Fleet proxy, for a proxy started by something else",
+        description="Write the nginx configuration `silo coordinator start` generates (TLS with the SuperLink's "
+        "certificate; Fleet API calls forwarded to 127.0.0.1:--port; everything else 403), for the paths the "
+        "key files will have where nginx runs (a container's mounts). Logs go to stderr/stdout.",
+    )
+    config.add_argument("--keys", type=Path, required=True, metavar="DIR", help="coordinator/ as nginx will see it")
+    config.add_argument("--state-dir", type=Path, required=True, help="a directory nginx may write (pid, temp)")
+    config.add_argument("--port", type=int, default=9093, help="the SuperLink's loopback port (default: %(default)s)")
+    config.add_argument("--fleet-host", default=proxy.DEFAULT_FLEET_HOST, help="(default: %(default)s)")
+    config.add_argument("--fleet-port", type=int, default=proxy.DEFAULT_FLEET_PORT, help="(default: %(default)s)")
+    config.add_argument("--out", type=Path, help="write here instead of standard output")
+    config.set_defaults(func=print_proxy_config)
 
 
 def run_federation(args: argparse.Namespace) -> int:
@@ -97,39 +168,129 @@ def start_coordinator(args: argparse.Namespace) -> int:
     keys = None
     if args.insecure:
         print(
-            "silo: WARNING: --insecure: the SuperLink accepts plain-text connections from any SuperNode",
+            "silo: WARNING: --insecure: the SuperLink accepts plain-text connections from any SuperNode, "
+            "and no Fleet proxy runs (it needs the keys)",
             file=sys.stderr,
         )
     elif args.keys is None:
         raise ConfigError("give --keys DIR/coordinator (from `silo keys`), or --insecure for testing")
     else:
         keys = KeyLayout.for_coordinator(args.keys)
-    argv = superlink_argv(host=args.host, port=args.port, keys=keys, database=args.database)
-    env = flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")))
+    if not is_loopback(args.host):
+        if not args.expose_control_plane:
+            superlink_argv(host=args.host, port=args.port, keys=None)  # raises the one-line refusal
+        print(
+            f"silo: WARNING: --expose-control-plane: the SuperLink listens on {args.host}:{args.port}, where Flower's "
+            "Control API authenticates nobody: anyone who reaches it can start runs at every site and register "
+            "SuperNodes. Firewall it to the operators' machines.",
+            file=sys.stderr,
+        )
+    argv = superlink_argv(
+        host=args.host,
+        port=args.port,
+        keys=keys,
+        database=args.database,
+        expose_control_plane=args.expose_control_plane,
+    )
+    proxy_settings = None
+    if keys is not None and not args.no_fleet_proxy:
+        state_dir = args.state_dir or (args.database.parent if args.database else Path("coordinator-state"))
+        proxy_settings = proxy.ProxySettings.for_keys(
+            keys,
+            state_dir=(Path(state_dir) / "proxy").resolve(),
+            listen_host=args.fleet_host,
+            listen_port=args.fleet_port,
+            superlink_port=args.port,
+            log_dir=(Path(state_dir) / "proxy" / "logs").resolve(),
+        )
+        nginx = proxy.find_nginx(args.nginx)
+        conf = proxy.write_config(proxy_settings)
+        proxy.check_config(nginx, conf)  # a config nginx rejects fails before the SuperLink starts
+    env = superlink_env(flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))))
     if args.at_rest_key_file is not None:
         encryption.load_key_file(args.at_rest_key_file)  # a bad key fails here, not at the first checkpoint
         env[encryption.ENV_KEY_FILE] = str(args.at_rest_key_file.resolve())
     at_rest = encryption.key_from_env(env)
     print(f"silo: checkpoints {'encrypted at rest (key id ' + encryption.key_id(at_rest) + ')' if at_rest else 'NOT encrypted at rest'}",
           file=sys.stderr)  # fmt: skip
-    proc = subprocess.Popen(argv, env=env)
-    # Forward the operator's stop to the SuperLink, then wait for it to exit.
+    procs: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv, env=env)]
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        # Forward the operator's stop to the SuperLink and the proxy; the watch loop then waits for both.
+        stopping.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM if signum == signal.SIGINT and proc is not procs[0] else signum)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
-    local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        signal.signal(sig, stop)
+    local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104
     address = f"{local}:{args.port}"
     try:
         ca = keys.ca_cert if keys else None
-        wait_healthy(address, ca_cert=ca, alive=lambda: proc.poll() is None, log=Path("/dev/null"))
+        wait_healthy(address, ca_cert=ca, alive=lambda: procs[0].poll() is None, log=Path("/dev/null"))
         if keys is not None:
             with tempfile.TemporaryDirectory(prefix="silo-flwr-") as home:
                 conn = FlowerConnection(Path(home), address, insecure=False, root_certificates=ca)
                 for site, outcome in register_sites(conn, keys).items():
                     print(f"silo: site {site}: SuperNode key {outcome}", file=sys.stderr)
+        if proxy_settings is not None and keys is not None:
+            conf = proxy_settings.state_dir / "nginx.conf"
+            nginx_proc = subprocess.Popen(proxy.nginx_argv(nginx, conf))
+            procs.append(nginx_proc)
+            proxy.wait_ready(
+                proxy_settings.address, ca_cert=keys.ca_cert, alive=lambda: nginx_proc.poll() is None,
+                log=proxy_settings.state_dir / "logs" / "error.log",
+            )  # fmt: skip
+            print(
+                f"silo: Fleet proxy (nginx) on {args.fleet_host}:{args.fleet_port} forwards SuperNodes' Fleet API calls "
+                f"only; the Control API stays on {address} (config {conf})",
+                file=sys.stderr,
+            )
+        elif keys is not None:
+            print(
+                f"silo: no Fleet proxy started (--no-fleet-proxy): the SuperLink is on {address} only", file=sys.stderr
+            )
+        return _watch(procs, stopping)
     except FederationFailed:
-        proc.terminate()
+        if stopping:  # stopped by the operator while starting: not a failure
+            return 0
         raise
-    return_code = proc.wait()
-    if return_code not in (0, -signal.SIGTERM, -signal.SIGINT):
-        raise FederationFailed(f"the SuperLink exited with code {return_code}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def _watch(procs: list[subprocess.Popen[bytes]], stopping: list[int]) -> int:
+    """Until the operator stops the coordinator, or the SuperLink or the proxy dies (then the other is stopped)."""
+    while all(proc.poll() is None for proc in procs) and not stopping:
+        time.sleep(WATCH_INTERVAL_S)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    codes = [proc.wait(timeout=30) for proc in procs]
+    if stopping:
+        return 0
+    names = ["the SuperLink", "the Fleet proxy (nginx)"]
+    dead = next(i for i, code in enumerate(codes) if code not in (-signal.SIGTERM,))
+    raise FederationFailed(f"{names[dead]} exited with code {codes[dead]}; the coordinator stopped")
+
+
+def print_proxy_config(args: argparse.Namespace) -> int:
+    settings = proxy.ProxySettings.for_keys(
+        KeyLayout.for_coordinator(args.keys),
+        state_dir=args.state_dir,
+        listen_host=args.fleet_host,
+        listen_port=args.fleet_port,
+        superlink_port=args.port,
+    )
+    text = proxy.nginx_config(settings)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -23,12 +23,36 @@ def test_keys_save_refuses_to_overwrite(tmp_path):
     assert keys.fingerprint(keys.load_private_key(tmp_path / "site.pem")) == keys.fingerprint(key)
 
 
-def test_keys_load_public_key_accepts_public_or_private_pem(tmp_path):
+def test_keys_load_public_key_refuses_a_private_key(tmp_path):
     key = keys.generate_signing_key()
     keys.save_private_key(key, tmp_path / "site.pem")
     keys.save_public_key(key, tmp_path / "site.pub")
     assert keys.fingerprint(keys.load_public_key(tmp_path / "site.pub")) == keys.fingerprint(key)
-    assert keys.fingerprint(keys.load_public_key(tmp_path / "site.pem")) == keys.fingerprint(key)
+    with pytest.raises(ConfigError, match=r"site\.pem holds a private key where a public key is expected"):
+        keys.load_public_key(tmp_path / "site.pem")
+
+
+@settings(max_examples=40, deadline=None)
+@given(mode=st.integers(min_value=0, max_value=0o777))
+def test_keys_load_private_key_refuses_any_group_or_other_bit(tmp_path_factory, mode):
+    path = keys.save_private_key(keys.generate_signing_key(), tmp_path_factory.mktemp("k") / "site_signing.key")
+    path.chmod(mode | 0o600)  # the owner can always read it: only the others' bits decide
+    if mode & 0o077:
+        with pytest.raises(ConfigError) as err:
+            keys.load_private_key(path)
+        assert str(err.value) == (
+            f"{path} is a private key open to group or others (mode {mode | 0o600:03o}); fix: chmod 600 {path}"
+        )
+    else:
+        keys.load_private_key(path)
+
+
+def test_keys_world_readable_key_is_refused_before_it_is_parsed(tmp_path):
+    # A readable junk file gets the permission error, not a parse error: the mode is checked first.
+    (tmp_path / "k.pem").write_text("not a key")
+    (tmp_path / "k.pem").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"chmod 600 .*k\.pem$"):
+        keys.load_private_key(tmp_path / "k.pem")
 
 
 def test_keys_load_rejects_non_keys(tmp_path):
