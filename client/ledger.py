@@ -12,6 +12,25 @@ Two kinds of entry, because a round spends privacy from the moment it is planned
   one reservation (`reservation` = its index), repeats its event, and adds the update's sha256, the
   dataset size and the clipping norm.
 
+Two more kinds (ledger format 2):
+
+- `evaluation`: a DP release of statistics about the site's hold-out records (client/privacy.py
+  `release_evaluation`), written before the answer is sent. Its event `(noise_multiplier, 1.0, 1)` is a
+  Gaussian mechanism and counts as spent like any reservation; `update_sha256` names the adapter that
+  was evaluated.
+- `restart`: only ever entry 0, written by `silo ledger restart` when an operator deliberately starts a
+  new ledger after losing one; `update_sha256` holds the lost ledger's last known head (or null).
+
+Every format-2 entry records `noise_source`: where the randomness behind its ε came from ("os-seeded",
+"caller-generator" in tests, "none" without DP). Format-1 entries, written before fresh noise existed,
+have no such field; their ε claims are void and `silo audit verify` says so.
+
+The head. After every append the ledger writes `<ledger>.head`: the entry count and the sha256 of the last
+line, signed with the site's key. `Ledger.open` refuses a ledger that is missing while the site's key
+exists, shorter than its head, or whose entry at the head's position is not the one the head signed:
+a lost, truncated or replaced ledger would otherwise restart the budget at ε = 0. New ledgers are made
+only deliberately: `create=True` when a site's key is made, or `silo ledger restart` (recorded).
+
 A crash between plan and record leaves the reservation in place: it stays spent forever, so no later
 run can overspend (fail closed; `silo budget` shows it as "reserved, never completed"). On top of that,
 a `Ledger` holds an exclusive `flock` on `<ledger>.lock` from `open` to `close`, so two runs at once
@@ -55,8 +74,11 @@ from common.accounting import Accountant, DPEvent, EpsilonConversion, compute_ep
 from common.errors import BudgetExhausted, ConfigError, LedgerError
 from common.version import CODE_VERSION
 
-LEDGER_FORMAT = 1
-"""Version of the entry layout; bump when fields change meaning."""
+LEDGER_FORMAT = 2
+"""Version of the entry layout written now; bump when fields change meaning. 2 added `noise_source` and
+the `evaluation` and `restart` kinds; format-1 entries still verify (their ε claims are void)."""
+
+READABLE_FORMATS = (1, 2)
 
 GENESIS_SHA256 = "0" * 64
 """`prev_sha256` of the first entry: there is no previous line."""
@@ -73,6 +95,12 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 class EntryKind(StrEnum):
     RESERVE = "reserve"
     ROUND = "round"
+    EVALUATION = "evaluation"
+    RESTART = "restart"
+
+
+_SPENDING_KINDS = (EntryKind.RESERVE, EntryKind.EVALUATION)
+"""Entries whose event counts as spent."""
 
 
 class Sampling(StrEnum):
@@ -111,7 +139,16 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "prev_sha256": (str,),
     "signature": (str,),
 }
-"""Every entry has exactly these keys; ε fields are numbers, or "inf"."""
+"""Every format-1 entry has exactly these keys; ε fields are numbers, or "inf"."""
+
+_FIELDS_BY_FORMAT: dict[int, dict[str, tuple[type, ...]]] = {
+    1: _FIELDS,
+    2: {**_FIELDS, "noise_source": (str,)},
+}
+"""Format 2 adds `noise_source`."""
+
+NOISE_SOURCES = ("os-seeded", "caller-generator", "none")
+"""client.privacy.NoiseSource's values; only "os-seeded" backs an ε claim."""
 
 _EPSILON_FIELDS = ("epsilon_round", "epsilon_total", "budget_epsilon")
 """Written as numbers, or the string "inf" (strict JSON has no infinity)."""
@@ -148,6 +185,7 @@ class RoundPlan:
     epsilon_total_after: float
     budget_epsilon: float
     budget_delta: float
+    noise_source: str
 
 
 @dataclass(frozen=True)
@@ -197,19 +235,28 @@ class Ledger:
         self._state = state
 
     @classmethod
-    def open(cls, path: str | Path, *, signing_key: Ed25519PrivateKey, lock_timeout: float = 0.0) -> Ledger:
-        """Lock `path` (creating it if absent) and read it, checking chain and signatures.
+    def open(
+        cls, path: str | Path, *, signing_key: Ed25519PrivateKey, lock_timeout: float = 0.0, create: bool = False
+    ) -> Ledger:
+        """Lock `path` and read it, checking chain, signatures and the signed head.
 
-        Raises `LedgerError` when another process or run holds the lock after `lock_timeout` seconds,
-        or when the file fails verification (a tampered ledger must not be spent from).
+        `create=True` starts an empty ledger when none exists: only for a site whose signing key is
+        new. Otherwise a missing ledger is refused, as is one shorter than its head or differing from
+        it (`LedgerError`): a lost ledger must not restart the budget. Also `LedgerError` when another
+        process or run holds the lock after `lock_timeout` seconds, or when the file fails
+        verification (a tampered ledger must not be spent from).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = _acquire_lock(path, timeout=lock_timeout)
+        public_hex = keys.public_key_raw(signing_key).hex()
         try:
             if not path.exists():
+                if not create or _head_path(path).exists():
+                    raise LedgerError(_lost_ledger_message(path, "is missing"))
                 _create_empty(path)
-            state = _walk(_read_lines(path), keys.public_key_raw(signing_key).hex(), check_epsilon=False)
+            state = _walk(_read_lines(path), public_hex, check_epsilon=False)
+            _check_head(path, state, public_hex)
         except _BadEntry as err:
             _release_lock(lock_fd)
             raise LedgerError(f"{path}: {err} Refusing to plan rounds on a ledger that fails verification.") from None
@@ -267,14 +314,20 @@ class Ledger:
         run_id: str | None = None,
         round: int | None = None,
         site_id: str | None = None,
+        noise_source: str | None = None,
+        also_fits: Iterable[DPEvent] = (),
     ) -> RoundPlan:
         """Check the budget and reserve the round, BEFORE any training.
 
         `conversion` defaults to Opacus 1.6's for `accountant`. With `dp_enabled=False` the round is
-        recorded with noise 0 and ε = inf. Raises `BudgetExhausted` (nothing written) when the
-        composed total would exceed `budget_epsilon`; `ConfigError` when `delta > budget_delta`.
+        recorded with noise 0 and ε = inf. `noise_source` defaults to "os-seeded" (DP) or "none"; the
+        round entry must record the same. `also_fits`: events the caller will spend after this one in
+        the same round (its evaluation release), which must fit the budget too. Raises
+        `BudgetExhausted` (nothing written) when the composed total would exceed `budget_epsilon`;
+        `ConfigError` when `delta > budget_delta`.
         """
         self._check_open()
+        noise_source = _noise_source(noise_source, dp_enabled=dp_enabled)
         accountant = Accountant(accountant)
         if conversion is None:
             conversion = default_conversion(accountant)
@@ -299,12 +352,14 @@ class Ledger:
         before = epsilon_of(self._state.events)
         after = epsilon_of([*self._state.events, event])
         epsilon_round = epsilon_of([event])
-        if after > budget_epsilon:
+        also = list(also_fits)
+        with_also = epsilon_of([*self._state.events, event, *also]) if also else after
+        if with_also > budget_epsilon:
             raise BudgetExhausted(
                 f"privacy budget of site {site_id or '?'} would be exceeded: spent epsilon={_fmt(before)} "
                 f"(delta={delta}, {_method(accountant, conversion)}) so far; this round "
-                f"(epsilon={_fmt(epsilon_round)}) would bring it to {_fmt(after)} > budget "
-                f"{_fmt(budget_epsilon)}. Nothing trained or sent."
+                f"(epsilon={_fmt(epsilon_round)}{', with its evaluation,' if also else ''}) would bring it to "
+                f"{_fmt(with_also)} > budget {_fmt(budget_epsilon)}. Nothing trained or sent."
             )
         entry = self._append(
             kind=EntryKind.RESERVE,
@@ -327,6 +382,7 @@ class Ledger:
             budget_epsilon=budget_epsilon,
             budget_delta=float(budget_delta),
             update_sha256=None,
+            noise_source=noise_source,
             new_event=event,
         )
         return RoundPlan(
@@ -344,6 +400,7 @@ class Ledger:
             epsilon_total_after=after,
             budget_epsilon=budget_epsilon,
             budget_delta=float(budget_delta),
+            noise_source=noise_source,
         )
 
     def record_round(
@@ -357,14 +414,22 @@ class Ledger:
         dataset_size: int,
         update_sha256: str,
         accountant_history: Iterable[tuple[float, float, int]] | None = None,
+        noise_source: str | None = None,
     ) -> dict[str, Any]:
         """Complete `plan`'s reservation after training, before the update is sent; append + fsync.
 
         `accountant_history` (pass `PrivateTraining.history()`): what Opacus' accountant counted this
         round. It must be the plan's (noise_multiplier, sample_rate) for at most the reserved steps;
         otherwise the ledger would understate the privacy spent, and `LedgerError` says not to send.
+        `noise_source` (pass `PrivateTraining.noise_source`) must be the one the plan reserved.
         """
         self._check_open()
+        noise_source = _noise_source(noise_source, dp_enabled=plan.dp_enabled)
+        if noise_source != plan.noise_source:
+            raise LedgerError(
+                f"trained with noise source {noise_source!r} but reserved {plan.noise_source!r} "
+                f"(entry {plan.reservation_index}): do not send this update."
+            )
         index = plan.reservation_index
         if index not in self._state.open_reservations:
             raise LedgerError(f"{self.path}: reservation {index} is not open in this ledger (recorded twice?).")
@@ -397,9 +462,84 @@ class Ledger:
             budget_epsilon=plan.budget_epsilon,
             budget_delta=plan.budget_delta,
             update_sha256=update_sha256,
+            noise_source=noise_source,
             new_event=None,
             **{name: reserved[name] for name in _EVENT_FIELDS if name != "epsilon_round"},
             epsilon_round=_decode_epsilon(reserved["epsilon_round"]),
+        )
+
+    def charge_evaluation(
+        self,
+        event: DPEvent,
+        *,
+        delta: float,
+        accountant: Accountant,
+        budget_epsilon: float,
+        budget_delta: float,
+        dataset_size: int,
+        evaluated_sha256: str,
+        noise_source: str,
+        run_id: str | None = None,
+        round: int | None = None,
+        site_id: str | None = None,
+        also_fits: Iterable[DPEvent] = (),
+    ) -> dict[str, Any]:
+        """Record a DP release about hold-out records BEFORE it is sent; it counts as spent from now on.
+
+        `event` is the release's Gaussian mechanism (client.privacy.release_evaluation); a release
+        without DP has noise 0 (ε = inf, for sites with `budget_epsilon = inf` only). `also_fits`: events
+        the caller will spend after this one in the same round (the training it precedes). Raises
+        `BudgetExhausted`, writing nothing, when the composed total would exceed `budget_epsilon`.
+        """
+        self._check_open()
+        accountant = Accountant(accountant)
+        conversion = default_conversion(accountant)
+        dp_enabled = event.noise_multiplier > 0
+        if event.sample_rate != 1.0 or event.steps != 1:
+            raise LedgerError(f"an evaluation release is one Gaussian mechanism (q = 1, 1 step), got {event}.")
+        if not _SHA256_HEX.fullmatch(evaluated_sha256):
+            raise LedgerError(f"`evaluated_sha256` must be 64 lowercase hex digits, got {evaluated_sha256!r}.")
+        if not 0 < delta <= budget_delta < 1:
+            raise ConfigError(f"`delta` must be in (0, budget_delta={budget_delta}], got {delta}.")
+
+        def epsilon_of(events: list[DPEvent]) -> float:
+            return compute_epsilon(events, delta=delta, accountant=accountant, conversion=conversion)
+
+        before = epsilon_of(self._state.events)
+        after = epsilon_of([*self._state.events, event])
+        epsilon_round = epsilon_of([event])
+        also = list(also_fits)
+        with_also = epsilon_of([*self._state.events, event, *also]) if also else after
+        if with_also > budget_epsilon:
+            raise BudgetExhausted(
+                f"privacy budget of site {site_id or '?'} would be exceeded: spent epsilon={_fmt(before)} "
+                f"(delta={delta}, {_method(accountant, conversion)}); this evaluation (epsilon="
+                f"{_fmt(epsilon_round)}){' and the training after it' if also else ''} would bring it to "
+                f"{_fmt(with_also)} > budget {_fmt(budget_epsilon)}. Nothing evaluated or sent."
+            )
+        return self._append(
+            kind=EntryKind.EVALUATION,
+            reservation=None,
+            run_id=run_id,
+            round=round,
+            site_id=site_id,
+            dp_enabled=dp_enabled,
+            noise_multiplier=float(event.noise_multiplier),
+            sample_rate=1.0,
+            steps=1,
+            sampling=Sampling.POISSON.value,  # q = 1: every hold-out record, no sampling to assume
+            max_grad_norm=None,
+            dataset_size=dataset_size,
+            accountant=accountant.value,
+            epsilon_conversion=conversion.value if conversion else None,
+            delta=float(delta),
+            epsilon_round=epsilon_round,
+            epsilon_total=after,
+            budget_epsilon=budget_epsilon,
+            budget_delta=float(budget_delta),
+            update_sha256=evaluated_sha256,
+            noise_source=_noise_source(noise_source, dp_enabled=dp_enabled),
+            new_event=event,
         )
 
     def _append(self, *, new_event: DPEvent | None, **fields: Any) -> dict[str, Any]:
@@ -423,9 +563,11 @@ class Ledger:
         state.lines.append(line[:-1])
         if new_event is not None:
             state.events.append(new_event)
+        if entry["kind"] == EntryKind.RESERVE:
             state.open_reservations.add(entry["index"])
-        else:
+        elif entry["kind"] == EntryKind.ROUND:
             state.open_reservations.discard(entry["reservation"])
+        _write_head(self.path, self._key, entries=len(state.entries), last_sha256=state.last_sha256)
         return dict(entry)
 
     def _check_open(self) -> None:
@@ -495,12 +637,15 @@ def read_ledger(path: str | Path) -> list[dict[str, Any]]:
 
 
 def iter_rounds(entries: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str]]:
-    """(entry, status) per spend: each `round` entry, and each reservation never completed."""
+    """(entry, status) per spend: each `round` entry ("recorded"), each reservation never completed,
+    and each evaluation release ("evaluation")."""
     completed = {e["reservation"] for e in entries if e["kind"] == EntryKind.ROUND}
     for entry in entries:
         if entry["kind"] == EntryKind.ROUND:
             yield entry, "recorded"
-        elif entry["index"] not in completed:
+        elif entry["kind"] == EntryKind.EVALUATION:
+            yield entry, "evaluation"
+        elif entry["kind"] == EntryKind.RESERVE and entry["index"] not in completed:
             yield entry, "reserved, never completed"
 
 
@@ -575,14 +720,16 @@ def _walk(lines: list[bytes], public_hex: str, *, check_epsilon: bool) -> _State
         if not keys.verify(public_key, _canonical(unsigned), bytes.fromhex(entry["signature"])):
             raise _BadEntry(index, "signature invalid: the entry was modified after signing.")
         _check_semantics(index, entry, state)
+        kind = EntryKind(entry["kind"])
         event = None
-        if entry["kind"] == EntryKind.RESERVE:
-            event = DPEvent(float(entry["noise_multiplier"]), float(entry["sample_rate"]), entry["steps"])
+        if kind in _SPENDING_KINDS:
+            event = _event_of(entry)
             state.events.append(event)
+        if kind is EntryKind.RESERVE:
             state.open_reservations.add(index)
-        else:
+        elif kind is EntryKind.ROUND:
             state.open_reservations.discard(entry["reservation"])
-        if check_epsilon:
+        if check_epsilon and kind is not EntryKind.RESTART:
             _check_epsilon(index, entry, state.events, event or _event_of(state.entries[entry["reservation"]]))
         state.entries.append(entry)
         state.lines.append(line)
@@ -590,8 +737,8 @@ def _walk(lines: list[bytes], public_hex: str, *, check_epsilon: bool) -> _State
 
 
 def _check_semantics(index: int, entry: dict[str, Any], state: _State) -> None:
-    if entry["format"] != LEDGER_FORMAT:
-        raise _BadEntry(index, f"unknown format {entry['format']} (this code reads {LEDGER_FORMAT}).")
+    if state.entries and entry["format"] < state.entries[-1]["format"]:
+        raise _BadEntry(index, f"format {entry['format']} after a format-{state.entries[-1]['format']} entry.")
     try:
         kind = EntryKind(entry["kind"])
         Accountant(entry["accountant"])
@@ -601,12 +748,35 @@ def _check_semantics(index: int, entry: dict[str, Any], state: _State) -> None:
         raise _BadEntry(index, f"bad field value: {err}.") from None
     if entry["dp_enabled"] != (entry["noise_multiplier"] > 0):
         raise _BadEntry(index, "dp_enabled disagrees with noise_multiplier (a DP round needs noise > 0).")
+    if entry["format"] >= 2:
+        if entry["noise_source"] not in NOISE_SOURCES:
+            raise _BadEntry(index, f"unknown noise_source {entry['noise_source']!r} (one of {NOISE_SOURCES}).")
+        if (entry["noise_source"] == "none") == entry["dp_enabled"]:
+            raise _BadEntry(index, 'noise_source disagrees with dp_enabled ("none" exactly when DP is off).')
+    elif kind in (EntryKind.EVALUATION, EntryKind.RESTART):
+        raise _BadEntry(index, f"a `{kind}` entry needs ledger format 2.")
+    if kind is EntryKind.RESTART:
+        zero = ("noise_multiplier", "sample_rate", "steps", "epsilon_round", "epsilon_total")
+        if index != 0 or entry["reservation"] is not None or any(entry[name] != 0 for name in zero):
+            raise _BadEntry(index, "a restart entry must be entry 0, spend nothing and reference no reservation.")
+        head = entry["update_sha256"]
+        if head is not None and not _SHA256_HEX.fullmatch(head):
+            raise _BadEntry(index, "a restart entry's `update_sha256` (the lost head) must be null or 64 hex digits.")
+        return
+    if kind is EntryKind.EVALUATION:
+        if entry["reservation"] is not None or entry["sample_rate"] != 1 or entry["steps"] != 1:
+            raise _BadEntry(index, "an evaluation entry is one release (q = 1, 1 step) and references nothing.")
+        if entry["update_sha256"] is None or not _SHA256_HEX.fullmatch(entry["update_sha256"]):
+            raise _BadEntry(index, "an evaluation entry needs the evaluated adapter's sha256.")
+        return
     if kind is EntryKind.ROUND:
         reservation = entry["reservation"]
         if reservation not in state.open_reservations:
             raise _BadEntry(index, f"completes reservation {reservation}, which is not an open reservation.")
         reserved = state.entries[reservation]
-        for name in _EVENT_FIELDS:
+        if reserved["format"] != entry["format"]:
+            raise _BadEntry(index, f"format {entry['format']} completes a format-{reserved['format']} reservation.")
+        for name in (*_EVENT_FIELDS, *(("noise_source",) if entry["format"] >= 2 else ())):
             if entry[name] != reserved[name]:
                 raise _BadEntry(index, f"`{name}` {entry[name]!r} differs from its reservation {reservation}.")
         if entry["update_sha256"] is None or not _SHA256_HEX.fullmatch(entry["update_sha256"]):
@@ -653,10 +823,14 @@ def _parse(index: int, line: bytes) -> dict[str, Any]:
         raise _BadEntry(index, f"not valid JSON ({err}).") from None
     if not isinstance(entry, dict):
         raise _BadEntry(index, "not a JSON object.")
-    if set(entry) != set(_FIELDS):
-        extra, missing = sorted(set(entry) - set(_FIELDS)), sorted(set(_FIELDS) - set(entry))
+    fmt = entry.get("format")
+    if isinstance(fmt, bool) or fmt not in _FIELDS_BY_FORMAT:
+        raise _BadEntry(index, f"unknown format {fmt!r} (this code reads {READABLE_FORMATS}).")
+    fields = _FIELDS_BY_FORMAT[fmt]
+    if set(entry) != set(fields):
+        extra, missing = sorted(set(entry) - set(fields)), sorted(set(fields) - set(entry))
         raise _BadEntry(index, f"wrong fields (unexpected {extra}, missing {missing}).")
-    for name, types in _FIELDS.items():
+    for name, types in fields.items():
         value = entry[name]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise _BadEntry(index, f"`{name}` has the wrong type ({type(value).__name__}).")
@@ -742,6 +916,129 @@ def _release_lock(fd: int) -> None:
         os.ftruncate(fd, 0)
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
+
+
+def _head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+HEAD_FORMAT = 1
+
+
+def _write_head(path: Path, key: Ed25519PrivateKey, *, entries: int, last_sha256: str) -> None:
+    """The signed head beside the ledger, replaced atomically (written, fsynced, renamed)."""
+    head: dict[str, Any] = {
+        "format": HEAD_FORMAT,
+        "entries": entries,
+        "last_sha256": last_sha256,
+        "site_public_key": keys.public_key_raw(key).hex(),
+    }
+    head["signature"] = keys.sign(key, _canonical(head)).hex()
+    target = _head_path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, _canonical(head) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
+def read_head(path: str | Path, public_hex: str) -> tuple[int, str] | None:
+    """(entries, sha256 of the last line) the ledger's signed head records; None without a head.
+    Raises `LedgerError` when the head is unreadable or not signed by the site's key."""
+    target = _head_path(Path(path))
+    try:
+        head = json.loads(target.read_bytes())
+        unsigned = {k: v for k, v in head.items() if k != "signature"}
+        signed = head["site_public_key"] == public_hex and keys.verify(
+            keys.public_key_from_raw(bytes.fromhex(public_hex)), _canonical(unsigned), bytes.fromhex(head["signature"])
+        )
+        entries, last = int(head["entries"]), str(head["last_sha256"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        signed = False
+    if not signed:
+        raise LedgerError(_lost_ledger_message(Path(path), f"has a head ({target.name}) that is not the site's"))
+    return entries, last
+
+
+def _check_head(path: Path, state: _State, public_hex: str) -> None:
+    """Refuse a ledger shorter than its signed head, or whose entry at the head is another one."""
+    head = read_head(path, public_hex)
+    if head is None:
+        return
+    entries, last = head
+    if len(state.lines) < entries:
+        raise LedgerError(
+            _lost_ledger_message(path, f"has {len(state.lines)} entries but its signed head records {entries}")
+        )
+    if entries and hashlib.sha256(state.lines[entries - 1]).hexdigest() != last:
+        raise LedgerError(_lost_ledger_message(path, f"differs from its signed head at entry {entries - 1}"))
+
+
+def _lost_ledger_message(path: Path, what: str) -> str:
+    return (
+        f"privacy ledger {path} {what}: it was lost, truncated or replaced, and planning from it would "
+        "restart this site's budget. Nothing trained. Restore the ledger from a backup; or, deliberately, "
+        f"`silo ledger restart --ledger {path} --key <state_dir>/site_signing.key --confirm-budget-restart` "
+        "starts a new ledger whose first entry records the restart."
+    )
+
+
+def restart_ledger(path: str | Path, *, signing_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Start a new ledger at `path` whose entry 0 records a deliberate restart (and the lost ledger's
+    last head, when its head file survives); the old ledger and head, if any, are kept beside it.
+    For an operator who has lost a ledger: the budget starts again from 0, visibly to any auditor."""
+    path = Path(path)
+    public_hex = keys.public_key_raw(signing_key).hex()
+    lock_fd = _acquire_lock(path, timeout=0.0)
+    try:
+        try:
+            head = read_head(path, public_hex)
+        except LedgerError:
+            head = None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        for old in (path, _head_path(path)):
+            if old.exists():
+                old.rename(old.with_name(f"{old.name}.lost-{stamp}"))
+        _create_empty(path)
+        ledger = Ledger(path, signing_key=signing_key, lock_fd=lock_fd, state=_State())
+        return ledger._append(
+            kind=EntryKind.RESTART,
+            reservation=None,
+            run_id=None,
+            round=None,
+            site_id=None,
+            dp_enabled=False,
+            noise_multiplier=0.0,
+            sample_rate=0.0,
+            steps=0,
+            sampling=Sampling.POISSON.value,
+            max_grad_norm=None,
+            dataset_size=None,
+            accountant=Accountant.RDP.value,
+            epsilon_conversion=None,
+            delta=0.0,
+            epsilon_round=0.0,
+            epsilon_total=0.0,
+            budget_epsilon=0.0,
+            budget_delta=0.0,
+            update_sha256=head[1] if head else None,
+            noise_source="none",
+            new_event=None,
+        )
+    finally:
+        _release_lock(lock_fd)
+
+
+def _noise_source(value: str | None, *, dp_enabled: bool) -> str:
+    source = value if value is not None else ("os-seeded" if dp_enabled else "none")
+    if source not in NOISE_SOURCES or (source == "none") == dp_enabled:
+        raise LedgerError(f"noise source {source!r} does not fit a round with dp_enabled={dp_enabled}.")
+    return source
 
 
 def _encode_epsilon(value: float) -> float | str:

@@ -15,6 +15,17 @@ Loss. Use a per-sample loss (one value per record, e.g. `client.train.per_sample
 with `PrivateTraining.reduce_loss`: a mean for hooks/functorch, Opacus' two-pass criterion for ghost
 clipping. A token mean over the whole batch would make one record's gradient depend on the others.
 
+Randomness. DP-SGD's guarantee assumes noise that is fresh and unknown to the adversary. Poisson
+sampling and Gaussian noise come from two dedicated `torch.Generator`s (one on the CPU for the sampler,
+one on the parameters' device for the noise), each seeded with 64 bits from the operating system's
+CSPRNG (`secrets`) at every `make_private` call, i.e. every round: never from the training seed, never
+from torch's global generator (which model loading seeds), never reproducible from the configuration.
+Opacus' `secure_mode` would draw from `torchcsprng` instead; no build of it exists for this torch
+(its last release, 0.2.1 of 2021, has wheels for torch 1.8 and Python <= 3.9 only), so the threat
+model records the OS-seeded Mersenne Twister as what Silo uses. Tests that need reproducible noise
+pass their own `generator`; the privacy record then says so (`NoiseSource.CALLER`), and an auditor
+treats such rounds' ε as void. No setting in a site's configuration can choose the seed.
+
 Move the model to its device BEFORE `get_peft_model` (Opacus issue 820: otherwise LoRA updates can be
 silently corrupted); `make_private` refuses a model whose parameters span devices.
 """
@@ -22,9 +33,11 @@ silently corrupted); `make_private` refuses a model whose parameters span device
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -33,6 +46,28 @@ from torch.utils.data import DataLoader
 from common.accounting import DPEvent
 from common.config_privacy import GradSampleMode, PrivacyConfig
 from common.errors import ConfigError
+
+
+class NoiseSource(StrEnum):
+    """Where a round's DP randomness came from; recorded with every ledger entry.
+
+    Only `OS_SEEDED` backs an ε claim: `CALLER` (a generator a test passed in) is reproducible by
+    whoever chose it, and `NONE` is a round without DP (ε = inf)."""
+
+    OS_SEEDED = "os-seeded"
+    CALLER = "caller-generator"
+    NONE = "none"
+
+
+SEED_BITS = 64
+"""Entropy per generator per round: torch generators take a 64-bit seed."""
+
+
+def fresh_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator on `device`, seeded from the OS CSPRNG: unpredictable, and new every call."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(secrets.randbits(SEED_BITS))
+    return generator
 
 
 class _PerSampleLoss(torch.nn.Module):
@@ -63,6 +98,7 @@ class PrivateTraining:
     max_grad_norm: float
     sample_rate: float
     grad_sample_mode: GradSampleMode
+    noise_source: NoiseSource
     _criterion: Any = None  # ghost mode only: opacus DPLossFastGradientClipping
 
     @property
@@ -116,6 +152,22 @@ class _EmptyStepLoader:
             yield batch
 
 
+def _with_sampling_generator(loader: DataLoader, generator: torch.Generator, *, poisson: bool) -> DataLoader:
+    """`loader`, drawing its batches from `generator`. Opacus' Poisson sampler takes the wrapped loader's
+    generator (PrivacyEngine passes its own only in secure_mode); a shuffling loader gets its sampler's
+    generator switched; a sequential loader (fixed batches, tests only) draws nothing to switch."""
+    if poisson:
+        return DataLoader(
+            loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn, generator=generator
+        )
+    sampler = getattr(loader.batch_sampler, "sampler", None)
+    if hasattr(sampler, "generator"):
+        from opacus.data_loader import switch_generator
+
+        return switch_generator(data_loader=loader, generator=generator)
+    return loader
+
+
 def planned_sample_rate(*, dataset_size: int, batch_size: int) -> float:
     """The sample rate `make_private` will hand its accountant for a `DataLoader(dataset, batch_size)`:
     Opacus uses 1 / len(loader) = 1 / ceil(dataset_size / batch_size). Plan the round with this."""
@@ -143,9 +195,13 @@ def make_private(
     config: PrivacyConfig,
     noise_multiplier: float,
     max_grad_norm: float,
+    generator: torch.Generator | None = None,
 ) -> PrivateTraining:
     """Wrap the site's training objects for DP-SGD (accountant, grad-sample mode and Poisson sampling
-    from `config`; `noise_multiplier` from `config.resolve_noise_multiplier(...)`)."""
+    from `config`; `noise_multiplier` from `config.resolve_noise_multiplier(...)`).
+
+    Sampling and noise are drawn from fresh OS-seeded generators (see the module docstring). Only a
+    test passes `generator`, a CPU generator that then drives both (noise on the CPU only)."""
     from opacus import PrivacyEngine
 
     if not config.enabled:
@@ -168,12 +224,26 @@ def make_private(
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("model has no trainable parameters; attach LoRA before make_private.")
 
-    engine = PrivacyEngine(accountant=config.accountant.value)
+    (device,) = devices
+    if generator is None:
+        source, sampling_generator, noise_generator = NoiseSource.OS_SEEDED, fresh_generator(), fresh_generator(device)
+    else:
+        if device.type != generator.device.type:
+            raise ConfigError(f"a caller's generator on {generator.device} cannot draw noise on {device}.")
+        source, sampling_generator, noise_generator = NoiseSource.CALLER, generator, generator
+    data_loader = _with_sampling_generator(data_loader, sampling_generator, poisson=config.poisson_sampling)
+
+    with warnings.catch_warnings():
+        # Opacus warns "Secure RNG turned off" because secure_mode needs torchcsprng, which has no build
+        # for this torch; the noise comes from the fresh OS-seeded generators above instead (threat model).
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=config.accountant.value)
     mode = config.grad_sample_mode
     kwargs: dict[str, Any] = {
         "module": model,
         "optimizer": optimizer,
         "data_loader": data_loader,
+        "noise_generator": noise_generator,
         "noise_multiplier": float(noise_multiplier),
         "max_grad_norm": float(max_grad_norm),
         "poisson_sampling": config.poisson_sampling,
@@ -195,5 +265,6 @@ def make_private(
         max_grad_norm=float(max_grad_norm),
         sample_rate=1 / len(dp_loader),  # what Opacus hands its accountant at every step
         grad_sample_mode=mode,
+        noise_source=source,
         _criterion=criterion,
     )

@@ -125,12 +125,19 @@ def train_round(
 ) -> TrainResult:
     """`training.epochs` local passes (capped at `training.max_steps`); returns the mean loss."""
     t0 = time.perf_counter()
-    torch.manual_seed(training.seed)
     if training.dropout is not None:
         set_dropout(model, training.dropout)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: Any = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
-    loader: Any = DataLoader(dataset, batch_size=round_plan_steps(len(dataset), training)[0], shuffle=True)
+    # `training.seed` fixes the shuffling of non-private training only, on its own generator: torch's global
+    # generator is never seeded here, and under DP the privacy wrapper replaces this loader's sampling with
+    # fresh OS-seeded randomness (client/privacy.py).
+    loader: Any = DataLoader(
+        dataset,
+        batch_size=round_plan_steps(len(dataset), training)[0],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(training.seed),
+    )
     private = None
     reduce_loss: Callable[[torch.Tensor], Any] = torch.mean
     model.train()  # Opacus validates the module in training mode

@@ -160,10 +160,14 @@ def lora_config(lora: LoraSettings, task: TaskConfig) -> LoraConfig:
 
 
 def attach_lora(model: torch.nn.Module, lora: LoraSettings, task: TaskConfig, *, seed: int = 0) -> PeftModel:
-    """Wrap `model` with a fresh LoRA adapter; `seed` fixes the adapter's initial A matrices."""
-    torch.manual_seed(seed)
+    """Wrap `model` with a fresh LoRA adapter; `seed` fixes the adapter's initial A matrices.
+
+    The seed is applied inside a forked RNG state: torch's global generator is left as it was, so no
+    later draw (dropout, anything a library takes from it) becomes predictable from the config."""
     try:
-        return get_peft_model(model, lora_config(lora, task))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return get_peft_model(model, lora_config(lora, task))
     except ValueError as err:
         raise ConfigError(
             f"cannot attach LoRA ({err}); check `lora.target_modules` = {list(lora.target_modules)!r}."

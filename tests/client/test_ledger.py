@@ -42,7 +42,7 @@ def record(ledger, round_plan, *, run_id="run-1", round=1, site_id="site-a"):
 
 
 def write_rounds(path, key, rounds, *, run_id="run-1"):
-    with Ledger.open(path, signing_key=key) as ledger:
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
         for r in range(rounds):
             record(ledger, plan(ledger), run_id=run_id, round=r)
 
@@ -65,7 +65,7 @@ def resign(entry, key):
 def test_ledger_plan_round_refuses_over_budget_before_anything_is_written(path, key):
     write_rounds(path, key, 2)
     before = path.read_bytes()
-    with Ledger.open(path, signing_key=key) as ledger:
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
         spent = ledger.spent(delta=DELTA)
         with pytest.raises(BudgetExhausted, match=r"spent epsilon=1\.05\d+ .* would bring it to .* > budget 1\.1"):
             plan(ledger, budget_epsilon=1.1)
@@ -84,7 +84,7 @@ def test_ledger_cumulative_epsilon_composes_the_history_not_a_sum(path, key):
 
 
 def test_ledger_cumulative_epsilon_matches_dp_accounting(path, key):
-    with Ledger.open(path, signing_key=key) as ledger:
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
         for r, (sigma, q, steps) in enumerate([(1.1, 0.01, 100), (0.9, 0.02, 50), (1.5, 0.005, 400)]):
             record(ledger, plan(ledger, noise_multiplier=sigma, sample_rate=q, steps=steps), round=r)
         history = ledger.history()
@@ -94,7 +94,7 @@ def test_ledger_cumulative_epsilon_matches_dp_accounting(path, key):
 
 def test_ledger_restart_and_second_run_compose_onto_what_was_spent(path, key):
     write_rounds(path, key, 2, run_id="run-1")
-    with Ledger.open(path, signing_key=key) as ledger:  # a restarted node, then a second run
+    with Ledger.open(path, signing_key=key, create=True) as ledger:  # a restarted node, then a second run
         assert len(ledger.history()) == 2
         round_plan = plan(ledger)
         record(ledger, round_plan, run_id="run-2", round=0)
@@ -109,7 +109,7 @@ def test_ledger_crash_between_plan_and_record_keeps_the_reservation_spent(path, 
         from client.ledger import Ledger
         from common import keys
         key = keys.load_private_key({str(path.parent / "key.pem")!r})
-        ledger = Ledger.open({str(path)!r}, signing_key=key)
+        ledger = Ledger.open({str(path)!r}, signing_key=key, create=True)
         ledger.plan_round(noise_multiplier=1.1, sample_rate=0.01, steps=100, delta=1e-5, accountant="rdp",
                           budget_epsilon=10.0, budget_delta=1e-5)
         os._exit(1)  # dies mid-round: no record_round, no close
@@ -117,14 +117,14 @@ def test_ledger_crash_between_plan_and_record_keeps_the_reservation_spent(path, 
     path.parent.mkdir(parents=True)
     keys.save_private_key(key, path.parent / "key.pem")
     subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, check=False)
-    with Ledger.open(path, signing_key=key) as ledger:  # the lock died with the process
+    with Ledger.open(path, signing_key=key, create=True) as ledger:  # the lock died with the process
         assert ledger.history() == [(1.1, 0.01, 100)]
         assert plan(ledger).epsilon_total_before == pytest.approx(compute_epsilon([(1.1, 0.01, 100)], delta=DELTA))
     assert verify_ledger(path, key.public_key()).ok
 
 
 def test_ledger_dp_off_round_is_infinite_and_needs_an_infinite_budget(path, key):
-    with Ledger.open(path, signing_key=key) as ledger:
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
         with pytest.raises(BudgetExhausted):
             plan(ledger, noise_multiplier=0.0, dp_enabled=False)
         round_plan = plan(ledger, noise_multiplier=0.0, dp_enabled=False, budget_epsilon=math.inf)
@@ -138,17 +138,17 @@ def test_ledger_dp_off_round_is_infinite_and_needs_an_infinite_budget(path, key)
 
 
 def test_ledger_plan_round_rejects_dp_round_without_noise(path, key):
-    with Ledger.open(path, signing_key=key) as ledger, pytest.raises(ConfigError, match="enabled = false"):
+    with Ledger.open(path, signing_key=key, create=True) as ledger, pytest.raises(ConfigError, match="enabled = false"):
         plan(ledger, noise_multiplier=0.0)
 
 
 def test_ledger_plan_round_rejects_delta_above_budget(path, key):
-    with Ledger.open(path, signing_key=key) as ledger, pytest.raises(ConfigError, match="`delta`"):
+    with Ledger.open(path, signing_key=key, create=True) as ledger, pytest.raises(ConfigError, match="`delta`"):
         plan(ledger, delta=1e-4)
 
 
 def test_ledger_record_round_twice_is_refused(path, key):
-    with Ledger.open(path, signing_key=key) as ledger:
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
         round_plan = plan(ledger)
         record(ledger, round_plan)
         with pytest.raises(LedgerError, match="not open"):
@@ -164,7 +164,7 @@ def test_ledger_record_round_twice_is_refused(path, key):
     ],
 )
 def test_ledger_record_round_refuses_training_beyond_the_reservation(path, key, trained, message):
-    with Ledger.open(path, signing_key=key) as ledger:
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
         round_plan = plan(ledger)
         with pytest.raises(LedgerError, match=message):
             ledger.record_round(
@@ -178,7 +178,7 @@ def test_ledger_record_round_refuses_training_beyond_the_reservation(path, key, 
 
 
 def test_ledger_prv_accountant_records_no_conversion(path, key):
-    with Ledger.open(path, signing_key=key) as ledger:
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
         record(ledger, plan(ledger, accountant=Accountant.PRV))
     entry = read_ledger(path)[-1]
     assert entry["accountant"] == "prv" and entry["epsilon_conversion"] is None
@@ -195,7 +195,7 @@ def test_ledger_prv_accountant_records_no_conversion(path, key):
 def test_ledger_never_overspends_and_epsilon_never_decreases(tmp_path_factory, rounds, budget):
     path = tmp_path_factory.mktemp("ledger") / "ledger.jsonl"
     key = keys.generate_signing_key()
-    with Ledger.open(path, signing_key=key) as ledger:
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
         for r, (sigma, q, steps) in enumerate(rounds):
             try:
                 round_plan = plan(ledger, noise_multiplier=sigma, sample_rate=q, steps=steps, budget_epsilon=budget)
@@ -212,9 +212,12 @@ def test_ledger_never_overspends_and_epsilon_never_decreases(tmp_path_factory, r
 
 
 def test_ledger_open_refuses_a_second_open_while_locked(path, key):
-    with Ledger.open(path, signing_key=key), pytest.raises(LedgerError, match=r"locked by another run \(pid"):
-        Ledger.open(path, signing_key=key, lock_timeout=0.2)
-    Ledger.open(path, signing_key=key).close()  # released on close
+    with (
+        Ledger.open(path, signing_key=key, create=True),
+        pytest.raises(LedgerError, match=r"locked by another run \(pid"),
+    ):
+        Ledger.open(path, signing_key=key, lock_timeout=0.2, create=True)
+    Ledger.open(path, signing_key=key, create=True).close()  # released on close
 
 
 @pytest.mark.slow
@@ -228,7 +231,7 @@ def test_ledger_lock_prevents_double_spend_across_processes(path, key):
         from common import keys
         from common.errors import BudgetExhausted
         key = keys.load_private_key({str(path.parent / "key.pem")!r})
-        with Ledger.open({str(path)!r}, signing_key=key, lock_timeout=60) as ledger:
+        with Ledger.open({str(path)!r}, signing_key=key, lock_timeout=60, create=True) as ledger:
             try:
                 p = ledger.plan_round(noise_multiplier=1.1, sample_rate=0.01, steps=100, delta=1e-5,
                                       accountant="rdp", budget_epsilon=1.0, budget_delta=1e-5)
@@ -330,7 +333,7 @@ def test_ledger_open_refuses_a_tampered_ledger(ledger_file, key):
     del rows[0]
     tampered(ledger_file, rows)
     with pytest.raises(LedgerError, match="entry 0"):
-        Ledger.open(ledger_file, signing_key=key)
+        Ledger.open(ledger_file, signing_key=key, create=True)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

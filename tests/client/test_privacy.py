@@ -206,7 +206,7 @@ def test_make_private_round_fits_its_ledger_reservation(tmp_path):
     data, batch_size, epochs = dataset("causal_lm", size=10), 4, 2
     sample_rate = planned_sample_rate(dataset_size=len(data), batch_size=batch_size)
     steps = epochs * round(1 / sample_rate)
-    with Ledger.open(tmp_path / "ledger.jsonl", signing_key=key) as ledger:
+    with Ledger.open(tmp_path / "ledger.jsonl", signing_key=key, create=True) as ledger:
         round_plan = ledger.plan_round(
             noise_multiplier=1.0, sample_rate=sample_rate, steps=steps, delta=config.delta,
             accountant=config.accountant, budget_epsilon=config.budget_epsilon, budget_delta=config.budget_delta,

@@ -49,7 +49,10 @@ def make_audit_run(root: Path, *, rejected_round: int | None = 2) -> AuditRun:
     arrays = {"lora_A": np.zeros((4, 8), dtype=np.float32)}
     run.save_round(0, arrays, adapter_config={"r": 8}, record={"kind": "initial"})
     signing = {site: keys.generate_signing_key() for site in SITES}
-    ledgers = {site: Ledger.open(root / "sites" / site / "ledger.jsonl", signing_key=signing[site]) for site in SITES}
+    ledgers = {
+        site: Ledger.open(root / "sites" / site / "ledger.jsonl", signing_key=signing[site], create=True)
+        for site in SITES
+    }
     try:
         for rnd in range(1, ROUNDS + 1):
             sites = []

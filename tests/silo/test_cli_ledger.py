@@ -15,7 +15,7 @@ def site(tmp_path):
     assert main(["ledger", "keygen", "--out", str(tmp_path / "site.pem")]) == 0
     key = keys.load_private_key(tmp_path / "site.pem")
     ledger_path = tmp_path / "ledger.jsonl"
-    with Ledger.open(ledger_path, signing_key=key) as ledger:
+    with Ledger.open(ledger_path, signing_key=key, create=True) as ledger:
         for run_id in ("run-a", "run-b"):
             for r in range(2):
                 plan = ledger.plan_round(
@@ -95,7 +95,7 @@ def test_cli_budget_json_is_strict_and_composes_runs(site, capsys):
 
 def test_cli_budget_shows_a_site_without_dp_as_infinite(tmp_path, capsys):
     key = keys.generate_signing_key()
-    with Ledger.open(tmp_path / "ledger.jsonl", signing_key=key) as ledger:
+    with Ledger.open(tmp_path / "ledger.jsonl", signing_key=key, create=True) as ledger:
         plan = ledger.plan_round(
             noise_multiplier=0.0, sample_rate=0.01, steps=100, delta=1e-5, accountant="rdp",
             budget_epsilon=math.inf, budget_delta=1e-5, dp_enabled=False,
