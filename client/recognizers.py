@@ -549,7 +549,7 @@ _STRONG_PERSON_BEFORE = re.compile(
     r"caregiver|sibling|parent|child)\s+)|"
     r"(?i:\b(?:this\s+is|my\s+name\s+is|i\s+am|i'm|identified\s+as|spoke\s+with|seen\s+by|seeing|named|"
     r"called|signed\s+by|dictated\s+by|read\s+by|referred\s+by|accompanied\s+by|met\s+with)\s+)|"
-    r"(?:^|\n)\s*(?:--|—)\s*)$"
+    r"(?:^|\n)\s*--\s*)$"
 )
 _TITLE_BEFORE = re.compile(rf"\b{_TITLE}\s+$")
 _WEAK_PERSON_BEFORE = re.compile(r"(?i:\b(?:by|with|to|for|from|and|of|as|&)\s+)$")
@@ -608,8 +608,10 @@ _LABEL_COMMA = re.compile(r"(?i:\b(?:patient|name|pt|patient\s+name)\s*:\s*)$")
 
 
 def _sentence_initial(text: str, start: int) -> bool:
-    before = text[:start].rstrip(" \t")
-    return not before or before[-1] in '.!?:\n"(' or before.endswith("--")
+    i = start
+    while i > 0 and text[i - 1] in " \t":  # (not `text[:start].rstrip()`: that is quadratic over a text)
+        i -= 1
+    return i == 0 or text[i - 1] in '.!?:\n"(' or text[max(0, i - 2) : i] == "--"
 
 
 class NamePlaceRecognizer(EntityRecognizer):
@@ -656,7 +658,7 @@ class NamePlaceRecognizer(EntityRecognizer):
                 hit = self._classify(text, run) if run else None
             if hit:
                 found.append(hit)
-        found.extend(self._propagate(text, found))
+        found.extend(propagate_mentions(text, found))
         return [RecognizerResult(t, s, e, score) for t, s, e, score in found]
 
     def _anchored(self, text: str, run: list[re.Match[str]]) -> tuple[str, int, int, float] | None:
@@ -710,20 +712,20 @@ class NamePlaceRecognizer(EntityRecognizer):
             return end + m.end()
         return end
 
-    @staticmethod
-    def _propagate(text: str, found: list[tuple[str, int, int, float]]) -> list[tuple[str, int, int, float]]:
-        """Every other mention of a word already found as a name or place ("Ms. Nelson" ... "Nelson")."""
-        seen: dict[str, str] = {}
-        for etype, s, e, score in found:
-            if score < 0.6:
-                continue
-            for w in _WORD.findall(text[s:e]):
-                if len(w) > 2 and w[0].isupper() and not is_common(w):
-                    seen.setdefault(w.casefold(), etype)
-        if not seen:
-            return []
-        return [
-            (seen[m.group().casefold()], m.start(), m.end(), 0.7)
-            for m in _WORD.finditer(text)
-            if m.group().casefold() in seen
-        ]
+
+def propagate_mentions(text: str, found: list[tuple[str, int, int, float]]) -> list[tuple[str, int, int, float]]:
+    """Every other mention of a word already found as a name or place ("Ms. Nelson" ... "Nelson")."""
+    seen: dict[str, str] = {}
+    for etype, s, e, score in found:
+        if score < 0.6:
+            continue
+        for w in _WORD.findall(text[s:e]):
+            if len(w) > 2 and w[0].isupper() and not is_common(w):
+                seen.setdefault(w.casefold(), etype)
+    if not seen:
+        return []
+    return [
+        (seen[m.group().casefold()], m.start(), m.end(), 0.7)
+        for m in _WORD.finditer(text)
+        if m.group().casefold() in seen
+    ]

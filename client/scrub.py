@@ -6,6 +6,12 @@ recognizers (`client/recognizers.py`) for the HIPAA Safe Harbor identifiers and 
 stock Presidio needs an NER model or more context for. A site that has an NER model names it in
 `[scrub] ner_model` and gets it on top.
 
+Hostile text is handled before recognition: every field is normalised (`client/normalize.py`: NFKC,
+invisible characters removed, dashes, spaces, digits and look-alike letters folded) and recognised in windows
+of at most `WINDOW_CHARS` cut at whitespace with `WINDOW_OVERLAP` characters of overlap, so work is linear in
+the text's length; what is found maps back to the original characters, which are replaced (linearly here,
+not by Presidio's anonymizer, which re-slices the whole text once per entity).
+
 Fail-closed: a record that cannot be scrubbed (not a mapping, a configured field missing or not text, an
 exception) or that still shows an identifier on a second pass is quarantined and never returned. Only
 `scrub_records` can create `ScrubbedRecords`, so training code can insist on being given scrubbed data.
@@ -21,16 +27,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngineProvider
 from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, IbanRecognizer
-from presidio_anonymizer import AnonymizerEngine
-from presidio_anonymizer.entities import OperatorConfig
-from presidio_anonymizer.entities import RecognizerResult as Detection
 
-from client.recognizers import NamePlaceRecognizer, regex_recognizers
+from client.normalize import normalize, normalized_text
+from client.recognizers import NamePlaceRecognizer, propagate_mentions, regex_recognizers
 from common.config_scrub import ScrubConfig, ScrubOperator
 from common.errors import ConfigError, ScrubFailed
 from common.version import CODE_VERSION
@@ -48,6 +52,13 @@ _NER_LABELS = {
     "PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "LOCATION": "LOCATION",
     "FAC": "LOCATION", "DATE": "DATE_TIME",
 }  # fmt: skip
+
+# Recognition runs on windows of at most this many characters, so a long record costs time linear in its
+# length (recognizers and Presidio's duplicate removal are superlinear in what they are given at once).
+WINDOW_CHARS = 8192
+# Consecutive windows overlap by this much: an identifier with its context of up to half of it lies whole in one.
+WINDOW_OVERLAP = 512
+_WHITESPACE = re.compile(r"\s")
 
 _SEAL = object()  # only scrub_records holds it: the one way to make ScrubbedRecords
 
@@ -144,7 +155,32 @@ def _load_key(path: str) -> bytes:
     return key
 
 
-def _merge(results: list[RecognizerResult]) -> list[Detection]:
+class Detection(NamedTuple):
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+def windows(text: str, size: int = WINDOW_CHARS, overlap: int = WINDOW_OVERLAP) -> list[tuple[int, int]]:
+    """`[start, end)` windows of at most `size` characters covering `text`. A window ends after the last
+    whitespace in its second half (a hard cut when there is none) and the next starts after the first
+    whitespace in `[end - overlap, end - overlap // 2)` (or at `end - overlap`), so whatever is at most
+    `overlap // 2` long lies whole in one window."""
+    n = len(text)
+    out: list[tuple[int, int]] = []
+    start = 0
+    while n - start > size:
+        limit = start + size
+        end = max(text.rfind(c, limit - size // 2, limit) for c in " \n\t") + 1 or limit
+        out.append((start, end))
+        space = _WHITESPACE.search(text, end - overlap, end - overlap // 2)
+        start = space.end() if space else end - overlap
+    out.append((start, n))
+    return out
+
+
+def _merge(results: Iterable[Detection]) -> list[Detection]:
     """Overlapping detections become one span covering all of them, typed by the strongest."""
     merged: list[Detection] = []
     for r in sorted(results, key=lambda r: (r.start, -r.end)):
@@ -157,36 +193,62 @@ def _merge(results: list[RecognizerResult]) -> list[Detection]:
     return merged
 
 
+def _join_space_separated(text: str, detections: list[Detection]) -> list[Detection]:
+    """Neighbours of one type with only spaces between become one ("Amara" "Okafor": one pseudonym)."""
+    out: list[Detection] = []
+    for d in detections:
+        last = out[-1] if out else None
+        gap = text[last.end : d.start] if last is not None and last.entity_type == d.entity_type else ""
+        if last is not None and gap and not gap.strip(" "):
+            out[-1] = last._replace(end=d.end)
+        else:
+            out.append(d)
+    return out
+
+
 class Scrubber:
     """Analyzer + anonymizer for one site configuration. Expensive to build: build once, reuse."""
 
     def __init__(self, config: ScrubConfig, analyzer: AnalyzerEngine, key: bytes | None) -> None:
         self.config = config
         self._analyzer = analyzer
-        self._anonymizer = AnonymizerEngine()
         self._key = key
-        self._operators = {entity: self._operator(entity) for entity in analyzer.get_supported_entities(language="en")}
 
-    def _operator(self, entity: str) -> OperatorConfig:
+    def _substitute(self, entity: str, value: str) -> str:
         op = self.config.operator
         if op is ScrubOperator.REDACT:
-            return OperatorConfig("redact")
+            return ""
         if op is ScrubOperator.PSEUDONYM:
-            return OperatorConfig("custom", {"lambda": lambda value, _e=entity: self.pseudonym(_e, value)})
-        return OperatorConfig("replace", {"new_value": f"<{entity}>"})
+            return self.pseudonym(entity, value)
+        return f"<{entity}>"
 
     def pseudonym(self, entity_type: str, value: str) -> str:
         """`<TYPE_hhhhhhhh>`: keyed HMAC-SHA256 of the normalised value, the same token for the same value."""
         if self._key is None:
             raise ScrubFailed("pseudonyms need `scrub.pseudonym_key_file`; none was loaded.")
-        norm = " ".join(value.casefold().split())
+        norm = " ".join(normalized_text(value).casefold().split())
         digest = hmac.new(self._key, f"{entity_type}\x00{norm}".encode(), hashlib.sha256).hexdigest()
         return f"<{entity_type}_{digest[:PSEUDONYM_HEX]}>"
 
+    def _detect(self, text: str, threshold: float) -> list[Detection]:
+        """Detections in normalised `text`, window by window."""
+        found: list[Detection] = []
+        spans = windows(text)
+        for a, b in spans:
+            for r in self._analyzer.analyze(text=text[a:b], language="en", score_threshold=threshold):
+                found.append(Detection(r.entity_type, r.start + a, r.end + a, r.score))
+        if len(spans) > 1:  # a name found in one window is removed where it is mentioned in any other
+            seeds = [(d.entity_type, d.start, d.end, d.score) for d in found if d.entity_type in ("PERSON", "LOCATION")]
+            found.extend(Detection(*m) for m in propagate_mentions(text, seeds) if m[3] >= threshold)
+        return found
+
     def analyze(self, text: str, *, score_threshold: float | None = None) -> list[Detection]:
-        """Detections in `text`, overlaps merged."""
+        """Detections in `text`, found in its normalised form, as spans of the original `text`, overlaps merged."""
         threshold = self.config.score_threshold if score_threshold is None else score_threshold
-        return _merge(self._analyzer.analyze(text=text, language="en", score_threshold=threshold))
+        norm = normalize(text)
+        return _merge(
+            Detection(d.entity_type, *norm.span(d.start, d.end), d.score) for d in self._detect(norm.text, threshold)
+        )
 
     def scrub_text(self, text: str) -> tuple[str, dict[str, int]]:
         """The text with every detected identifier replaced, and how many of each type were found."""
@@ -195,8 +257,13 @@ class Scrubber:
         results = self.analyze(text)
         if not results:
             return text, {}
-        anonymized = self._anonymizer.anonymize(text=text, analyzer_results=results, operators=self._operators)
-        return anonymized.text, dict(Counter(r.entity_type for r in results))
+        pieces: list[str] = []
+        pos = 0
+        for d in _join_space_separated(text, results):
+            pieces += (text[pos : d.start], self._substitute(d.entity_type, text[d.start : d.end]))
+            pos = d.end
+        pieces.append(text[pos:])
+        return "".join(pieces), dict(Counter(r.entity_type for r in results))
 
     def residual(self, scrubbed: str) -> list[str]:
         """Entity types a second, more sensitive pass still finds in scrubbed text (placeholders blanked)."""
