@@ -37,6 +37,7 @@ from common.adapter import (
     state_to_numpy,
 )
 from common.config import SiteConfig, TaskType, load_site_config
+from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration
 from common.errors import ScrubFailed, SiloError, UpdateRejected
 from common.keys import generate_signing_key, load_private_key, public_key_raw, save_private_key, save_public_key
 from common.model import load_lora_model, load_tokenizer, resolve_device
@@ -316,30 +317,49 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
 def _site_record(
     cfg: SiteConfig, update_sha: str, scrub_report: dict[str, Any], plan: Any, entry: dict[str, Any]
 ) -> ConfigRecord:
-    """What the site declares with its update: identity, the update's hash, its scrub counts (by
-    entity type only, never a raw value) and the privacy this round spent, as its ledger says."""
-    privacy = {
-        "dp_enabled": plan.dp_enabled,
-        "noise_multiplier": plan.noise_multiplier,
-        "sample_rate": plan.sample_rate,
-        "steps": plan.steps,
-        "max_grad_norm": cfg.privacy.max_grad_norm,
-        "delta": plan.delta,
-        "accountant": str(plan.accountant),
-        "conversion": str(plan.conversion) if plan.conversion else None,
-        "epsilon_round": plan.epsilon_round,
-        "epsilon_total": plan.epsilon_total_after,
-        "budget_epsilon": plan.budget_epsilon,
-        "ledger_entry_sha256": hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest(),
-    }
-    return ConfigRecord(
-        {
-            "site-id": cfg.site.id,
-            "update-sha256": update_sha,
-            "scrub-report": json.dumps(scrub_report, sort_keys=True),
-            "privacy": json.dumps(privacy, sort_keys=True, default=str),
-        }
+    """What the site declares with its update (common/declaration.py): identity, the update's hash,
+    its scrub counts (by entity type only, never a raw value) and the privacy this round spent, as
+    its ledger entry for the round says (with the entry's index and the training split's size)."""
+    privacy = PrivacyDeclaration(
+        dp_enabled=plan.dp_enabled,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=plan.steps,
+        max_grad_norm=cfg.privacy.max_grad_norm,
+        delta=plan.delta,
+        accountant=str(plan.accountant),
+        conversion=str(plan.conversion) if plan.conversion else None,
+        epsilon_round=plan.epsilon_round,
+        epsilon_total=plan.epsilon_total_after,
+        budget_epsilon=plan.budget_epsilon,
+        ledger_entry_sha256=hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest(),
+        dataset_size=int(entry["dataset_size"]),
+        ledger_index=int(entry["index"]),
+        noise_source=entry.get("noise_source"),
     )
+    declaration = SiteDeclaration(
+        site_id=cfg.site.id,
+        update_sha256=update_sha,
+        scrub_report=ScrubReport(
+            records_in=scrub_report["records_in"],
+            quarantined=scrub_report["quarantined"],
+            entities=scrub_report["entities"],
+        ),
+        privacy=privacy,
+    )
+    return ConfigRecord(declaration.to_record())
+
+
+ERROR_REASONS: dict[int, str] = {
+    2: "the site's configuration was refused; the site operator sees why in the site's log",
+    3: "a record or data file at the site failed validation; the site's log names the file, line and field",
+    4: "scrubbing failed at the site; nothing was trained or sent",
+    6: "the site's privacy ledger refused the round; the site operator sees why in the site's log",
+    7: "the site refused the request or could not seal its update; the site's log says why",
+}
+"""Fixed reasons by exit code: what crosses the wire about a failure, never the exception's own text."""
+
+INTERNAL_ERROR_REASON = "internal error at the site; nothing was trained or sent (see the site's log)"
 
 
 def error_reply(msg: Message, err: SiloError) -> Message:

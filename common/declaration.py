@@ -141,7 +141,7 @@ class SiteDeclaration:
     # Secure aggregation's declaration (clip, quantisation, weight, peers), checked by server/secagg.py.
     secagg: Mapping[str, Any] | None = None
 
-    def to_record(self) -> dict[str, str]:
+    def to_record(self) -> dict[str, Any]:
         """The fields as the "site" ConfigRecord carries them (strings; the seal covers them as such)."""
         out = {
             SITE_ID: self.site_id,
