@@ -8,10 +8,11 @@ that `silo ledger export` writes. Nothing secret, no records, no model weights a
     render_html(report)             -> one self-contained HTML page, plots as base64 PNG
     render_markdown(report)         -> a short summary
 
-The ledger is parsed here from its documented file format (one canonical JSON object per line,
-infinite ε as "inf") instead of through the site's code: the coordinator's side never imports the
-site's (they run at different institutions), and an auditor's reader should be independent anyway.
-Chains and signatures are checked by `server.audit_verify`, not here.
+The manifest is read through its one schema (common/manifest.py); the ledgers arrive as
+`server.audit_ledgers.LedgerFile`s, read by the site's own reader (the `silo` command hands them in).
+Findings come first: ledger entries whose ε claim is void because their noise was not fresh, and
+sites whose ledger went backwards (the coordinator's warning in the manifest). Chains, signatures
+and every ε are checked by `server.audit_verify`, not here.
 """
 
 from __future__ import annotations
@@ -22,21 +23,19 @@ import io
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.errors import VerificationFailed
+from common.manifest import Manifest, read_manifest
 from common.version import CODE_VERSION
+from server.audit_ledgers import VOID_EPSILON, LedgerFile, void_epsilon_entries
 
 REPORT_SCHEMA = 1
 """Version of the JSON twin's layout."""
 
-MANIFEST = "manifest.json"
 ADAPTER_FILE = "adapter_model.safetensors"  # server.checkpoint.ADAPTER_FILE, the file each round hash covers
-EXPORTED_LEDGER = "ledger.jsonl"
-"""The ledger's name inside a `silo ledger export` directory."""
 
 SAMPLING_ASSUMPTION = "poisson"
 """Opacus' RDP/PRV accountants are exact for Poisson subsampling; a ledger says which sampling it used."""
@@ -45,65 +44,14 @@ FIGURE_DPI = 110  # crisp on a laptop screen, ~30-60 KB per PNG
 FIGURE_WIDTH_IN = 9.0  # 990 px at FIGURE_DPI: fits the report's 1100 px column
 
 
-@dataclass(frozen=True)
-class LedgerFile:
-    """One site's ledger as read from disk: its entries (ε fields as floats) and where it came from."""
-
-    path: Path
-    entries: list[dict[str, Any]]
-
-    @property
-    def site_id(self) -> str | None:
-        return next((e["site_id"] for e in self.entries if e.get("site_id")), None)
-
-    @property
-    def public_key_hex(self) -> str | None:
-        return self.entries[0].get("site_public_key") if self.entries else None
-
-
-def ledger_file_path(path: str | Path) -> Path:
-    """A ledger JSONL file, or the `ledger.jsonl` inside a `silo ledger export` directory."""
-    p = Path(path)
-    return p / EXPORTED_LEDGER if p.is_dir() else p
-
-
-def read_ledger_file(path: str | Path) -> LedgerFile:
-    """Parse a ledger (no verification); raises VerificationFailed naming the line that is not JSON."""
-    p = ledger_file_path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as err:
-        raise VerificationFailed(f"cannot read ledger {p}: {err.strerror or err}") from None
-    entries = []
-    for index, line in enumerate(raw.splitlines()):
-        try:
-            entry = json.loads(line)
-        except (UnicodeDecodeError, ValueError) as err:
-            raise VerificationFailed(f"{p}: entry {index} is not valid JSON ({err})") from None
-        if not isinstance(entry, dict):
-            raise VerificationFailed(f"{p}: entry {index} is not a JSON object")
-        entries.append({k: _float_or_inf(v) if k.startswith(("epsilon_", "budget_epsilon")) else v
-                        for k, v in entry.items()})  # fmt: skip
-    return LedgerFile(path=p, entries=entries)
-
-
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise VerificationFailed(f"cannot read the run's manifest {path}: {err.strerror or err}") from None
-    except json.JSONDecodeError as err:
-        raise VerificationFailed(f"{path}: not valid JSON ({err})") from None
-
-
 # ---- the report as data -------------------------------------------------------------------------
 
 
 def build_report(run_dir: str | Path, ledgers: list[LedgerFile] | None = None) -> dict[str, Any]:
     """Everything the report shows, as strict-JSON-ready plain data (ε = inf as the string "inf")."""
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
+    typed = read_manifest(run_dir)
+    manifest = typed.to_dict()
     ledgers = ledgers or []
     config = manifest.get("config") or {}
     rounds = sorted(manifest.get("rounds", []), key=lambda r: r["round"])
@@ -195,6 +143,7 @@ def build_report(run_dir: str | Path, ledgers: list[LedgerFile] | None = None) -
         "sites": dict(sorted(sites.items())),
         "scrub_totals": _scrub_totals(sites),
         "rejected": rejected,
+        "findings": _findings(typed, ledgers),
         "ledgers": [
             {
                 "path": str(x.path),
@@ -206,6 +155,16 @@ def build_report(run_dir: str | Path, ledgers: list[LedgerFile] | None = None) -
         ],  # fmt: skip
     }
     return strict_json(report)
+
+
+def _findings(manifest: Manifest, ledgers: list[LedgerFile]) -> dict[str, Any]:
+    """What an auditor must not miss: ε claims that do not hold, ledgers that went backwards."""
+    return {
+        "void_epsilon": [asdict(v) | {"describe": v.describe()} for v in void_epsilon_entries(ledgers)],
+        "ledger_regressions": [
+            {"round": n, **g.to_dict(), "message": g.message()} for n, g in manifest.ledger_regressions
+        ],
+    }
 
 
 def _overlay_ledger(site: dict[str, Any], ledger: LedgerFile, run_id: str | None) -> None:
@@ -516,6 +475,7 @@ def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | No
                      if rejected else '<p class="ok">No update was rejected.</p>')  # fmt: skip
     scrub = report["scrub_totals"]
     scrub_rows = [[t, n] for t, n in scrub["entities"].items()]
+    findings_html = _findings_html(report["findings"], table)
     status_class = "ok" if run["status"] == "completed" else "bad"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Silo audit report: run {e(str(run["run_id"]))}</title>
@@ -526,6 +486,8 @@ def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | No
 {e(str(run["completed_rounds"]))} of {e(str(run["rounds_planned"]))} rounds, strategy {e(str(run["strategy"]))}.
 Generated {e(report["generated_at"])} by silo {e(report["generated_by"])} from the run directory and
 {len(report["ledgers"])} exported ledger(s); nothing secret and no records were read.</p>
+<h2>Findings</h2>
+{findings_html}
 <h2>Method</h2>
 <dl class="method">{"".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in method_rows)}</dl>
 <h2>Privacy spent</h2>
@@ -551,6 +513,27 @@ site's ledger records the same update hash as this manifest.</p>
 """
 
 
+def _findings_html(findings: dict[str, Any], table: Any) -> str:
+    e = html.escape
+    void, regressions = findings["void_epsilon"], findings["ledger_regressions"]
+    parts = []
+    if void:
+        rows = [[v["site_id"] or "?", v["index"], v["run_id"], v["round"], v["reason"]] for v in void]
+        count = f"{len(void)} ledger entr{'y' if len(void) == 1 else 'ies'}"
+        parts.append(f'<p class="bad" id="void-epsilon">{e(VOID_EPSILON)}: {count}.</p>')
+        parts.append(table(["site", "ledger entry", "run", "round", "why"], rows))
+    if regressions:
+        parts.append(
+            f'<p class="bad" id="ledger-regressions">Ledger head went backwards ({len(regressions)} warning(s) '
+            "the coordinator recorded): the budget those ledgers enforce was reset.</p>"
+        )
+        items = "".join(f"<li>round {g['round']}: {e(g['message'])}</li>" for g in regressions)
+        parts.append(f"<ul>{items}</ul>")
+    if not parts:
+        parts.append('<p class="ok">No void ε claim in the ledgers given, and no ledger that went backwards.</p>')
+    return "\n".join(parts)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     run, method = report["run"], report["method"]
     lines = [
@@ -568,6 +551,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| site | ε total | budget ε | remaining | source |",
         "|---|---|---|---|---|",
     ]
+    void, regressions = report["findings"]["void_epsilon"], report["findings"]["ledger_regressions"]
+    if void:
+        lines[2:2] = [f"- **{VOID_EPSILON}:** " + "; ".join(v["describe"] for v in void)]
+    if regressions:
+        warnings = "; ".join(f"round {g['round']}: {g['message']}" for g in regressions)
+        lines[2:2] = [f"- **ledger head went backwards:** {warnings}"]
     for sid, s in report["sites"].items():
         source = "ledger" if s.get("ledger") else "manifest"
         lines.append(f"| {sid} | {_text(s.get('epsilon_total'))} | {_text(s.get('budget_epsilon'))} | "

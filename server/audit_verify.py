@@ -1,67 +1,63 @@
 """`silo audit verify`: check a run directory and the sites' exported ledgers against each other.
 
 An auditor holds the coordinator's run directory, each site's exported ledger and each site's public
-key (from the site, not from the ledger). Nothing secret, no records. In order:
+key (from the site, not from the ledger). Nothing secret, no records. Nothing the manifest says is
+taken on trust:
 
-1. every round's adapter file hashes to the sha256 the manifest recorded (and `final/` to the last);
-2. every ledger is signed by one of the given public keys; its hash chain, signatures and recorded ε
-   check out (the site's own verifier, passed in as `check_chain`: see below);
-3. every ε a ledger records is recomputed with an INDEPENDENT accountant, Google's `dp-accounting`,
-   from the DP events the ledger records, and no total exceeds the site's budget;
-4. for every round and site in the manifest, the site's ledger has a `round` entry for that run and
-   round with the same update sha256, σ, q, steps, δ and ε: what the coordinator aggregated is what
-   the site's budget paid for. A ledger truncated at its tail fails here.
-5. every ε a site declared in the manifest is recomputed from its declared (σ, q, steps), so the
-   manifest is checked even for a site whose ledger is not given.
+1. the manifest reads as one (`server.audit_manifest`), its rounds run 0..completed_rounds without
+   gaps (round 0 the initial adapter, every later one a training round that aggregated at least
+   `min_sites` sites), a "completed" run has all its planned rounds, and its site table names every
+   site it aggregated;
+2. every round's adapter file, and `final/`, hash to the sha256 the manifest recorded; no round
+   directory is missing from the manifest;
+3. every ledger is signed by one of the given public keys; its hash chain, signatures and recorded ε
+   check out (the site's own verifier); every ε it records is recomputed with an INDEPENDENT
+   accountant (`server.audit_epsilon`) from the DP events it records, and no total exceeds the budget;
+4. every `round` entry of every given ledger drew fresh noise (`server.audit_ledgers`): an entry
+   without a fresh noise source, or sharing its update sha256 with another, has a void ε;
+5. for every training round and site in the manifest, the site's ledger has a `round` entry for that
+   run and round with the same update sha256, σ, q, steps, δ and ε, signed by the key that signed
+   the update; and every `round` entry the ledgers record for this run is a training round of the
+   manifest (a site may have trained a round whose update was rejected or came late);
+6. a site whose ledger is not given still has its declared ε recomputed from its declared events.
 
-`check_chain` is `client.ledger.verify_ledger`, injected by the `silo` command: the coordinator's
-package does not import the site's (they run at different institutions), and one verifier of the
-ledger format is better than two.
+Every check that fails is a discrepancy (exit 9). What could not be checked (a site that took part
+without its ledger, a ledger without its site's public key, an adapter encrypted at rest) is listed
+as unchecked: the audit is incomplete (exit 10) unless the auditor accepts the gaps (`--partial`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-import math
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from common import keys
-from common.accounting import EpsilonConversion, compute_epsilon, compute_epsilon_dp_accounting
+from common import encryption, keys
+from common.accounting import Accountant, EpsilonConversion
 from common.adapter import sha256_file
-from common.errors import ConfigError, VerificationFailed
-from server.audit import ADAPTER_FILE, LedgerFile, read_ledger_file, read_manifest
+from common.errors import AuditIncomplete, SiloError, VerificationFailed
+from common.manifest import MANIFEST, Manifest, ManifestError, RoundEntry, SiteEntry, read_manifest
+from server.audit_epsilon import (
+    SAME_NUMBER_REL_TOL,
+    declared_epsilon_problem,
+    declared_total_problem,
+    epsilon_value,
+    ledger_epsilon_problem,
+)
+from server.audit_ledgers import VOID_EPSILON, LedgerFile, LedgerFormat, void_epsilon_entries
 
-INDEPENDENT_REL_TOL = 1e-2
-"""Recorded ε (Opacus) vs dp-accounting's, relative. Both implement the same RDP bound of the Poisson
-subsampled Gaussian over the same orders; measured here they agree to < 1e-3 relative for ε < 10
-(e.g. σ=0.7, q=1/16, 36 steps: 7.6817 vs 7.6890) and to 1e-6 in the usual regime. They drift apart
-for large ε or q (small σ): dp-accounting drops fractional orders whose series does not converge, so
-its bound is LOOSER (σ=0.5, q=0.25, 1000 steps: 396 vs 898). 1e-2 accepts the first and catches any
-edit that matters; the second is handled by `_independent_agrees`."""
+ADAPTER_FILE = "adapter_model.safetensors"
+"""server.checkpoint.ADAPTER_FILE: the file each round's sha256 covers."""
 
-SAME_NUMBER_REL_TOL = 1e-9
-"""The manifest and the ledger carry the same float through JSON: only float noise is allowed."""
+SHOWN_PER_LINE = 5
+"""Entries named in one line of the report; `--json` lists them all."""
 
-# dp-accounting's RDP for fractional orders logs one warning per order and step size that does not
-# converge (hundreds of lines); the outcome is already handled by the tolerance rule below.
-_QUIET_LOGGERS = ("absl", "root", "dp_accounting")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
-
-class ChainResult(Protocol):
-    ok: bool
-    entries: int
-    first_bad_index: int | None
-    reason: str | None
-
-
-ChainVerifier = Callable[[Path, Any], ChainResult]
-"""`(ledger path, Ed25519 public key or None) -> result`; `client.ledger.verify_ledger`."""
+RUN_STATUSES = ("running", "completed", "failed")
+"""What server.checkpoint writes: running until it finishes completed or failed."""
 
 
 @dataclass(frozen=True)
@@ -75,25 +71,48 @@ class Check:
 
 @dataclass
 class VerifyReport:
-    checks: list[Check]
+    checks: list[Check] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    """What could not be checked, one line each."""
+    void: list[dict[str, Any]] = field(default_factory=list)
+    """Every ledger entry whose ε is void (see `server.audit_ledgers`)."""
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
     @property
-    def first_failure(self) -> Check | None:
-        return next((c for c in self.checks if not c.ok), None)
+    def complete(self) -> bool:
+        return not self.unchecked
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {
+            "ok": self.ok,
+            "complete": self.complete,
+            "checks": [asdict(c) for c in self.checks],
+            "unchecked": self.unchecked,
+            "void_epsilon": self.void,
+        }
 
-    def raise_for_failure(self) -> None:
-        bad = self.first_failure
-        if bad is not None:
-            others = sum(not c.ok for c in self.checks) - 1
+    def fail(self, name: str, detail: str) -> None:
+        self.checks.append(Check(name, False, detail))
+
+    def passed(self, name: str, detail: str) -> None:
+        self.checks.append(Check(name, True, detail))
+
+    def raise_for_failure(self, *, partial: bool = False) -> None:
+        """VerificationFailed naming the first discrepancy; else AuditIncomplete naming what was not
+        checked, unless `partial`."""
+        failed = [c for c in self.checks if not c.ok]
+        if failed:
+            others = len(failed) - 1
             more = f" (and {others} more discrepanc{'y' if others == 1 else 'ies'})" if others else ""
-            raise VerificationFailed(f"{bad.name}: {bad.detail}{more}")
+            raise VerificationFailed(f"{failed[0].name}: {failed[0].detail}{more}")
+        if self.unchecked and not partial:
+            raise AuditIncomplete(
+                f"not verified: {len(self.unchecked)} item(s) not checked: {'; '.join(self.unchecked)}. Give "
+                "what is named, or pass --partial to accept these gaps"
+            )
 
 
 def verify_run(
@@ -101,268 +120,313 @@ def verify_run(
     ledger_paths: list[str | Path],
     public_key_paths: list[str | Path],
     *,
-    check_chain: ChainVerifier,
+    ledger_format: LedgerFormat,
 ) -> VerifyReport:
     """Run every check (collecting, not stopping at, discrepancies); see the module docstring."""
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    checks = _check_adapters(run_dir, manifest)
-    ledgers = [read_ledger_file(p) for p in ledger_paths]
+    manifest = _read_manifest(run_dir)
     public_keys = [(Path(p), keys.load_public_key(p)) for p in public_key_paths]
+    report = VerifyReport()
+    _check_run_shape(manifest, report)
+    _check_adapters(run_dir, manifest, report)
+    ledgers, given = _read_ledgers(ledger_paths, ledger_format, report)
     ok_ledgers: dict[str, LedgerFile] = {}
     for ledger in ledgers:
-        ledger_checks = _check_ledger(ledger, public_keys, check_chain)
-        checks += ledger_checks
-        if all(c.ok for c in ledger_checks) and ledger.site_id:
+        if _check_ledger(ledger, public_keys, ledger_format, report) and ledger.site_id:
             if ledger.site_id in ok_ledgers:
-                checks.append(Check(f"ledger {ledger.path}", False, f"a second ledger for site {ledger.site_id}"))
+                report.fail(f"ledger {ledger.path}", f"a second ledger for site {ledger.site_id}")
             ok_ledgers[ledger.site_id] = ledger
-    used = {keys.public_key_raw(k).hex() for _, k in public_keys} & {x.public_key_hex for x in ledgers}
+    signers = {x.public_key_hex for x in ledgers}
     for path, key in public_keys:
-        if keys.public_key_raw(key).hex() not in used:
-            checks.append(
-                Check(f"public key {path}", False, "signs none of the given ledgers (a site's ledger missing?)")
-            )
-    checks += _check_manifest_against_ledgers(manifest, ok_ledgers, {x.site_id for x in ledgers})
-    return VerifyReport(checks)
+        if keys.public_key_raw(key).hex() not in signers:
+            report.fail(f"public key {path}", "signs none of the given ledgers (the wrong key, or its ledger missing)")
+    _check_noise(list(ok_ledgers.values()), report)  # a ledger that fails its own checks is reported already
+    _check_manifest_against_ledgers(manifest, ok_ledgers, given, report)
+    return report
 
 
-# ---- 1. adapters --------------------------------------------------------------------------------
+# ---- 1 + 2. the run directory -------------------------------------------------------------------
 
 
-def _check_adapters(run_dir: Path, manifest: dict[str, Any]) -> list[Check]:
-    checks = []
-    rounds = sorted(manifest.get("rounds", []), key=lambda r: r["round"])
+def _read_manifest(run_dir: Path) -> Manifest:
+    """The manifest through its one schema (common/manifest.py). A missing one is the auditor's mistake
+    (ConfigError); one that does not read as a manifest is a discrepancy of the run under audit."""
+    if not (run_dir / MANIFEST).is_file():
+        return read_manifest(run_dir)  # raises ManifestError (ConfigError) naming the path
+    try:
+        return read_manifest(run_dir)
+    except ManifestError as err:
+        raise VerificationFailed(f"the run's manifest is malformed: {err}") from None
+
+
+def _rounds(manifest: Manifest) -> list[RoundEntry]:
+    return sorted(manifest.rounds, key=lambda r: r.round)
+
+
+def _aggregated_sites(manifest: Manifest) -> set[str]:
+    return {s.site_id for r in manifest.rounds if r.kind == "train" for s in r.sites}
+
+
+def _declaration_problem(s: SiteEntry) -> str | None:
+    """Why an aggregated site's declaration cannot be checked at all (None: it can)."""
+    if s.update_sha256 is None or not SHA256_HEX.fullmatch(s.update_sha256):
+        return "declares no update sha256"
+    if s.privacy is None:
+        return "declares no privacy spent"
+    if s.privacy.accountant not in set(Accountant):
+        return "declares an accountant that is neither rdp nor prv"
+    if s.privacy.conversion is not None and s.privacy.conversion not in set(EpsilonConversion):
+        return "declares an unknown ε conversion"
+    return None
+
+
+def _check_run_shape(manifest: Manifest, report: VerifyReport) -> None:
+    rounds = _rounds(manifest)
+    numbers = [r.round for r in rounds]
+    completed, planned, status = manifest.completed_rounds, manifest.rounds_planned, manifest.status
+    min_sites = (manifest.config.get("federation") or {}).get("min_sites")
+    min_sites = min_sites if isinstance(min_sites, int) and not isinstance(min_sites, bool) else 1
+    problems = []
+    if status not in RUN_STATUSES:
+        problems.append(f"its status is not one of {', '.join(RUN_STATUSES)}")
+    if numbers != list(range(len(numbers))):
+        problems.append(f"its rounds {numbers} are not 0..{len(numbers) - 1} without gaps")
+    if completed != len(numbers) - 1:
+        problems.append(f"completed_rounds is {completed} but it records {len(numbers)} round(s)")
+    if status == "completed" and (completed < 1 or completed != planned):
+        problems.append(f"status is completed after {max(completed, 0)} of {planned} planned training rounds")
     for r in rounds:
-        path = run_dir / "rounds" / str(r["round"]) / ADAPTER_FILE
-        checks.append(_hash_check(f"round {r['round']} adapter", path, r.get("adapter_sha256")))
-    final = run_dir / "final" / ADAPTER_FILE
-    if manifest.get("status") == "completed" and rounds:
-        checks.append(_hash_check("final adapter", final, rounds[-1].get("adapter_sha256")))
-    listed = {str(r["round"]) for r in rounds}
-    extra = sorted(d.name for d in (run_dir / "rounds").glob("*") if d.is_dir() and not d.name.startswith(".")
-                   and d.name not in listed) if (run_dir / "rounds").is_dir() else []  # fmt: skip
+        if (r.round == 0 and r.kind != "initial") or (r.round > 0 and r.kind != "train"):
+            problems.append(
+                f"round {r.round} is not a training round (kind {r.kind}; round 0 alone is the initial adapter)"
+            )
+        elif r.kind == "train":
+            ids = [s.site_id for s in r.sites]
+            if len(ids) < min_sites:
+                problems.append(f"training round {r.round} aggregated {len(ids)} site(s), min_sites is {min_sites}")
+            if len(set(ids)) != len(ids):
+                problems.append(f"training round {r.round} lists a site twice")
+            problems += [f"round {r.round} site {s.site_id} {p}" for s in r.sites if (p := _declaration_problem(s))]
+    hidden = _aggregated_sites(manifest) - set(manifest.sites.values())
+    if hidden:
+        problems.append(f"its site table lacks aggregated site(s) {', '.join(sorted(hidden))}")
+    if problems:
+        report.fail("run manifest", "; ".join(problems))
+    else:
+        report.passed("run manifest", f"rounds 0..{completed}, status {status}, every training round aggregated sites")
+
+
+def _check_adapters(run_dir: Path, manifest: Manifest, report: VerifyReport) -> None:
+    rounds = _rounds(manifest)
+    for r in rounds:
+        _hash_check(f"round {r.round} adapter", run_dir / "rounds" / str(r.round), r.adapter_sha256, report)
+    final = run_dir / "final"
+    if manifest.status == "completed" and rounds:
+        _hash_check("final adapter", final, rounds[-1].adapter_sha256, report)
+    elif final.exists():
+        files = [p for p in (final / ADAPTER_FILE, final / (ADAPTER_FILE + encryption.SUFFIX)) if p.is_file()]
+        recorded = {r.adapter_sha256 for r in rounds}
+        if not files or (files[0].name == ADAPTER_FILE and sha256_file(files[0]) not in recorded):
+            report.fail("final adapter", f"{final} exists but holds no adapter of a round in the manifest")
+    listed = {str(r.round) for r in rounds}
+    directory = run_dir / "rounds"
+    extra = sorted(
+        d.name for d in directory.glob("*") if d.is_dir() and not d.name.startswith(".") and d.name not in listed
+    )
     if extra:
-        checks.append(Check("round directories", False, f"rounds/{', rounds/'.join(extra)} not in the manifest"))
-    return checks
+        report.fail("round directories", f"rounds/{', rounds/'.join(extra)} not in the manifest")
 
 
-def _hash_check(name: str, path: Path, expected: str | None) -> Check:
+def _hash_check(name: str, directory: Path, expected: str, report: VerifyReport) -> None:
+    path = directory / ADAPTER_FILE
     if not path.exists():
-        return Check(name, False, f"{path} is missing (manifest records sha256 {str(expected)[:16]}...)")
+        if (directory / (ADAPTER_FILE + encryption.SUFFIX)).is_file():
+            report.unchecked.append(f"{name}: encrypted at rest, its sha256 cannot be checked without the key")
+        else:
+            report.fail(name, f"{path} is missing (manifest records sha256 {expected[:16]}...)")
+        return
     actual = sha256_file(path)
     if actual != expected:
-        return Check(name, False, f"{path} has sha256 {actual[:16]}..., the manifest recorded {str(expected)[:16]}...")
-    return Check(name, True, f"sha256 {actual[:16]}... matches the manifest")
-
-
-# ---- 2 + 3. ledgers -----------------------------------------------------------------------------
-
-
-def _check_ledger(ledger: LedgerFile, public_keys: list[tuple[Path, Any]], check_chain: ChainVerifier) -> list[Check]:
-    name = f"ledger {ledger.path} (site {ledger.site_id or '?'})"
-    embedded = ledger.public_key_hex
-    if public_keys:
-        key = next((k for _, k in public_keys if keys.public_key_raw(k).hex() == embedded), None)
-        if key is None:
-            return [Check(name, False, "is signed by a key that none of the given --public-key files hold "
-                                       "(wrong key, or a ledger re-signed by someone else)")]  # fmt: skip
-        authenticity = "against the site's public key"
+        report.fail(name, f"{path} has sha256 {actual[:16]}..., the manifest recorded {expected[:16]}...")
     else:
-        key, authenticity = None, "against the key the ledger names (self-consistency only: pass --public-key)"
-    result = check_chain(ledger.path, key)
-    if not result.ok:
-        return [Check(name, False, f"entry {result.first_bad_index}: {result.reason}")]
-    checks = [Check(name, True, f"{result.entries} entries; chain and signatures verified {authenticity}")]
-    checks += _check_independent_epsilon(name, ledger.entries)
-    return checks
+        report.passed(name, f"sha256 {actual[:16]}... matches the manifest")
 
 
-def _check_independent_epsilon(name: str, entries: list[dict[str, Any]]) -> list[Check]:
-    """Recompute every entry's ε_round and ε_total from the ledger's events with dp-accounting."""
-    events: list[tuple[float, float, int]] = []
-    reserved: dict[int, tuple[float, float, int]] = {}
-    worst = 0.0
-    for entry in entries:
-        event = (float(entry["noise_multiplier"]), float(entry["sample_rate"]), int(entry["steps"]))
-        if entry["kind"] == "reserve":
-            events.append(event)
-            reserved[entry["index"]] = event
-        else:
-            event = reserved.get(entry["reservation"], event)
-        for field_name, history in (("epsilon_round", (event,)), ("epsilon_total", tuple(events))):
-            recorded = float(entry[field_name])
-            problem, rel = _independent_agrees(recorded, history, entry)
-            if problem:
-                return [Check(name, False, f"entry {entry['index']}: {field_name} {problem}")]
-            worst = max(worst, rel)
-        budget = float(entry["budget_epsilon"])
-        if float(entry["epsilon_total"]) > budget * (1 + INDEPENDENT_REL_TOL):
-            return [Check(name, False, f"entry {entry['index']}: epsilon_total {entry['epsilon_total']} exceeds the "
-                                       f"site's budget {budget}")]  # fmt: skip
-    return [Check(f"{name} ε", True, f"{len(entries)} entries recomputed with dp-accounting; largest relative "
-                                     f"difference {worst:.1e}; no total above budget")]  # fmt: skip
+# ---- 3 + 4. ledgers -----------------------------------------------------------------------------
 
 
-def _independent_agrees(
-    recorded: float, history: tuple[tuple[float, float, int], ...], entry: dict[str, Any]
-) -> tuple[str | None, float]:
-    """(None, relative difference) when dp-accounting confirms `recorded`; (why not, _) otherwise.
-
-    RDP: dp-accounting must agree to INDEPENDENT_REL_TOL, or be the looser of the two (its dropped
-    fractional orders) while Opacus reproduces the recorded value exactly. PRV: dp-accounting has no
-    PRV accountant; a PRV ε is tighter than the RDP bound of the same events, so it must not exceed
-    dp-accounting's RDP ε (Balle conversion)."""
-    delta = float(entry["delta"])
-    accountant = entry["accountant"]
-    conversion = EpsilonConversion(entry["epsilon_conversion"] or EpsilonConversion.BALLE2020)
-    independent = _dp_accounting_epsilon(history, delta, conversion)
-    if math.isinf(independent) or math.isinf(recorded):
-        same = math.isinf(independent) and math.isinf(recorded)
-        return (None if same else f"recorded {recorded} but dp-accounting recomputes {independent}"), 0.0
-    rel = abs(recorded - independent) / max(abs(independent), 1e-12)
-    if accountant == "prv":
-        if recorded <= independent * (1 + INDEPENDENT_REL_TOL):
-            return None, 0.0
-        return f"recorded {recorded:.6g} (prv) exceeds no bound: above dp-accounting's RDP bound {independent:.6g}", rel
-    if rel <= INDEPENDENT_REL_TOL:
-        return None, rel
-    opacus = _opacus_epsilon(history, delta, accountant, entry["epsilon_conversion"])
-    if recorded < independent and math.isclose(recorded, opacus, rel_tol=SAME_NUMBER_REL_TOL):
-        return None, 0.0  # dp-accounting is the looser bound here; Opacus' (recorded) one reproduces
-    return f"recorded {recorded:.6g} but dp-accounting recomputes {independent:.6g} (Opacus {opacus:.6g})", rel
-
-
-@functools.lru_cache(maxsize=1024)
-def _dp_accounting_epsilon(
-    history: tuple[tuple[float, float, int], ...], delta: float, conversion: EpsilonConversion
-) -> float:
-    """Cached: a ledger repeats the same composition prefix, and dp-accounting takes up to ~1 s a call."""
-    if any(sigma == 0 and q > 0 and n > 0 for sigma, q, n in history):
-        return math.inf  # a round without DP
-    with _quiet():
+def _read_ledgers(
+    paths: list[str | Path], ledger_format: LedgerFormat, report: VerifyReport
+) -> tuple[list[LedgerFile], set[str]]:
+    """The ledgers that parse, and the site ids of every given ledger (unreadable ones fail here)."""
+    ledgers = []
+    for path in map(Path, paths):
         try:
-            return compute_epsilon_dp_accounting(list(history), delta=delta, conversion=conversion)
-        except ConfigError:
-            return math.nan
+            ledgers.append(LedgerFile(path, ledger_format.read(path)))
+        except SiloError as err:
+            report.fail(f"ledger {path}", str(err))
+    return ledgers, {x.site_id for x in ledgers if x.site_id}
 
 
-@functools.lru_cache(maxsize=1024)
-def _opacus_epsilon(
-    history: tuple[tuple[float, float, int], ...], delta: float, accountant: str, conversion: str | None
-) -> float:
-    with _quiet():
-        return compute_epsilon(
-            list(history),
-            delta=delta,
-            accountant=accountant,  # type: ignore[arg-type]
-            conversion=None if conversion is None else EpsilonConversion(conversion),
+def _check_ledger(
+    ledger: LedgerFile, public_keys: list[tuple[Path, Any]], ledger_format: LedgerFormat, report: VerifyReport
+) -> bool:
+    name = f"ledger {ledger.path} (site {ledger.site_id or '?'})"
+    key = next((k for _, k in public_keys if keys.public_key_raw(k).hex() == ledger.public_key_hex), None)
+    if key is None:
+        report.unchecked.append(
+            f"site {ledger.site_id or '?'}: no --public-key given signs ledger {ledger.path}, so who signed it "
+            "was not checked (only that its chain and signatures agree with the key it names)"
         )
+    result = ledger_format.verify(ledger.path, key)
+    if not result.ok:
+        report.fail(name, f"entry {result.first_bad_index}: {result.reason}")
+        return False
+    authenticity = "the site's public key" if key is not None else "the key the ledger names"
+    report.passed(name, f"{result.entries} entries; chain and signatures verified against {authenticity}")
+    problem, worst = ledger_epsilon_problem(ledger.entries)
+    if problem:
+        report.fail(f"{name} ε", problem)
+        return False
+    report.passed(
+        f"{name} ε",
+        f"{len(ledger.entries)} entries recomputed with dp-accounting; largest relative "
+        f"difference {worst:.1e}; no total above budget",
+    )
+    return True
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    levels = [(logging.getLogger(n), logging.getLogger(n).level) for n in _QUIET_LOGGERS]
-    for logger, _ in levels:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in levels:
-            logger.setLevel(level)
+def _check_noise(ledgers: list[LedgerFile], report: VerifyReport) -> None:
+    void = void_epsilon_entries(ledgers)
+    report.void = [asdict(v) for v in void]
+    if void:
+        shown = "; ".join(v.describe() for v in void[:SHOWN_PER_LINE])
+        more = f"; and {len(void) - SHOWN_PER_LINE} more" if len(void) > SHOWN_PER_LINE else ""
+        report.checks.insert(0, Check("fresh noise", False, f"{VOID_EPSILON}: {shown}{more}"))
+    elif ledgers:
+        rounds = sum(len(x.rounds()) for x in ledgers)
+        report.passed("fresh noise", f"{rounds} round entries each record fresh noise and a distinct update sha256")
 
 
-# ---- 4 + 5. manifest against ledgers ------------------------------------------------------------
+# ---- 5 + 6. manifest against ledgers ------------------------------------------------------------
 
 _SHARED_FIELDS = (
-    ("noise_multiplier", "noise_multiplier"),
-    ("sample_rate", "sample_rate"),
-    ("steps", "steps"),
-    ("delta", "delta"),
-    ("epsilon_round", "epsilon_round"),
-    ("epsilon_total", "epsilon_total"),
-    ("budget_epsilon", "budget_epsilon"),
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "delta",
+    "epsilon_round",
+    "epsilon_total",
+    "budget_epsilon",
 )
-"""(manifest privacy field, ledger field) that must carry the same value."""
+"""Fields the manifest's privacy declaration and the site's ledger entry must carry alike."""
 
 
 def _check_manifest_against_ledgers(
-    manifest: dict[str, Any], ledgers: dict[str, LedgerFile], given: set[str | None]
-) -> list[Check]:
-    checks: list[Check] = []
-    run_id = manifest.get("run_id")
-    recorded = {site: {e["round"]: e for e in x.entries if e["kind"] == "round" and e.get("run_id") == run_id}
-                for site, x in ledgers.items()}  # fmt: skip
-    crossed: dict[str, int] = {}
-    unchecked: set[str] = set()
-    for r in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
-        if r.get("kind") != "train":
-            continue
-        for s in r.get("sites", []):
-            site_id, n = s["site_id"], r["round"]
-            name = f"round {n} site {site_id}"
-            privacy = s.get("privacy") or {}
-            problem = _declared_epsilon_problem(privacy)
-            if problem:
-                checks.append(Check(name, False, f"the manifest's declared {problem}"))
+    manifest: Manifest, ledgers: dict[str, LedgerFile], given: set[str], report: VerifyReport
+) -> None:
+    run_id = manifest.run_id
+    train = {r.round: r for r in manifest.rounds if r.kind == "train"}
+    declared: dict[str, list[tuple[int, SiteEntry]]] = defaultdict(list)
+    for n in sorted(train):
+        for s in train[n].sites:
+            if _declaration_problem(s) is None:  # the others fail the manifest check
+                declared[s.site_id].append((n, s))
+    for site_id in sorted(_aggregated_sites(manifest) | set(manifest.sites.values())):
+        ledger = ledgers.get(site_id)
+        privacy = [s.privacy for _, s in declared[site_id] if s.privacy is not None]
+        problems = [f"the manifest's declared {p}" for x in privacy if (p := declared_epsilon_problem(x))]
+        if ledger is None:
+            total = declared_total_problem(privacy)
+            problems += [f"the manifest's declared {total}"] if total else []
+            if site_id not in given:
+                report.unchecked.append(
+                    f"site {site_id}: took part but no ledger was given, so its update hashes "
+                    "and ε were not checked against its ledger"
+                )
+        else:
+            problems += _site_against_ledger(run_id, declared[site_id], ledger)
+        if problems:
+            report.fail(f"site {site_id}", "; ".join(problems))
+        elif ledger is not None:
+            report.passed(
+                f"site {site_id}",
+                f"{len(declared[site_id])} aggregated update(s) match the ledger's "
+                "update sha256, signing key, DP events and ε",
+            )
+    stopped = manifest.completed_rounds + 1 if manifest.status != "completed" else None
+    for site_id, ledger in sorted(ledgers.items()):
+        aggregated = {n for n, _ in declared[site_id]}
+        late: list[dict[str, Any]] = []
+        unknown: list[dict[str, Any]] = []
+        for entry in ledger.rounds():
+            n = entry["round"]
+            if entry["run_id"] != run_id or n in aggregated:
                 continue
-            if site_id not in recorded:
-                if site_id not in given:
-                    unchecked.add(site_id)
-                continue  # a given ledger that failed its own checks is reported already
-            entry = recorded[site_id].get(n)
-            if entry is None:
-                checks.append(Check(name, False, f"the manifest aggregated an update (sha256 "
-                                                 f"{str(s.get('update_sha256'))[:16]}...) that the site's ledger has "
-                                                 "no round entry for (ledger truncated, or not this site's)"))  # fmt: skip
-                continue
-            if entry["update_sha256"] != s.get("update_sha256"):
-                checks.append(Check(name, False, f"update sha256 in the manifest {str(s.get('update_sha256'))[:16]}... "
-                                                 f"differs from the ledger's {entry['update_sha256'][:16]}... "
-                                                 f"(entry {entry['index']})"))  # fmt: skip
-                continue
-            mismatch = [f"{m}: manifest {privacy.get(m)!r}, ledger {entry[k]!r}" for m, k in _SHARED_FIELDS
-                        if not _same(privacy.get(m), entry[k])]  # fmt: skip
-            if mismatch:
-                checks.append(Check(name, False, f"the manifest's privacy record differs from ledger entry "
-                                                 f"{entry['index']}: {'; '.join(mismatch)}"))  # fmt: skip
-                continue
-            crossed[site_id] = crossed.get(site_id, 0) + 1
-    for site_id, count in sorted(crossed.items()):
-        aggregated = len(recorded[site_id])
-        extra = aggregated - count
-        note = (
-            f"; {extra} more round(s) recorded by the site but not aggregated (rejected or late)" if extra > 0 else ""
+            (late if n in train or n == stopped else unknown).append(entry)
+        if unknown:
+            named = ", ".join(f"round {e['round']} (entry {e['index']})" for e in unknown)
+            report.fail(
+                f"site {site_id}",
+                f"its ledger records {named} of run {run_id}, which the manifest has no training round for",
+            )
+        if late:
+            named = ", ".join(str(e["round"]) for e in late)
+            report.passed(
+                f"site {site_id} unaggregated",
+                f"round(s) {named} trained and paid for by the site but not aggregated (rejected, late, or "
+                "the round the run stopped in)",
+            )
+
+
+def _site_against_ledger(run_id: str, declared: list[tuple[int, SiteEntry]], ledger: LedgerFile) -> list[str]:
+    recorded: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for e in ledger.rounds():
+        if e["run_id"] == run_id:
+            recorded[e["round"]].append(e)
+    problems = []
+    for n, s in declared:
+        sha = str(s.update_sha256)
+        entry = next((e for e in recorded[n] if e["update_sha256"] == sha), None)
+        if not recorded[n]:
+            problems.append(
+                f"round {n}: the manifest aggregated an update (sha256 {sha[:16]}...) that the site's "
+                "ledger has no round entry for (ledger truncated, or not this site's)"
+            )
+        elif entry is None:
+            first = recorded[n][0]
+            problems.append(
+                f"round {n}: update sha256 in the manifest {sha[:16]}... differs from the ledger's "
+                f"{first['update_sha256'][:16]}... (entry {first['index']})"
+            )
+        else:
+            problems += _privacy_against_entry(n, s, entry, ledger)
+    return problems
+
+
+def _privacy_against_entry(n: int, s: SiteEntry, entry: dict[str, Any], ledger: LedgerFile) -> list[str]:
+    problems = []
+    declared = asdict(s.privacy) if s.privacy is not None else {}
+    mismatch = [
+        f"{name}: manifest {declared.get(name)!r}, ledger {entry[name]!r}"
+        for name in _SHARED_FIELDS
+        if not _same(declared.get(name), entry[name])
+    ]
+    if mismatch:
+        problems.append(
+            f"round {n}: the manifest's privacy record differs from ledger entry {entry['index']}: {'; '.join(mismatch)}"
         )
-        checks.append(Check(f"site {site_id}", True, f"{count} aggregated update(s) match the ledger's update "
-                                                     f"sha256, DP events and ε{note}"))  # fmt: skip
-    for site_id in sorted(unchecked):
-        checks.append(Check(f"site {site_id}", True, "no ledger given: only its declared ε was recomputed (the "
-                                                     "update hashes were NOT cross-checked)"))  # fmt: skip
-    return checks
-
-
-def _declared_epsilon_problem(privacy: dict[str, Any]) -> str | None:
-    """A site's declared epsilon_round, recomputed from its declared event (dp-accounting)."""
-    if not privacy or privacy.get("noise_multiplier") is None:
-        return None
-    event = ((float(privacy["noise_multiplier"]), float(privacy["sample_rate"]), int(privacy["steps"])),)
-    raw = privacy.get("epsilon_round")
-    if raw is None:
-        return "epsilon_round is missing"
-    recorded = math.inf if raw in ("inf", "Infinity") else float(raw)
-    problem, _ = _independent_agrees(recorded, event, {"delta": privacy["delta"], "accountant": privacy.get("accountant"),
-                                                       "epsilon_conversion": privacy.get("conversion")})  # fmt: skip
-    return f"epsilon_round {problem}" if problem else None
+    fingerprint = s.signing_key_fingerprint
+    if fingerprint is not None and fingerprint != ledger.key_fingerprint:
+        problems.append(
+            f"round {n}: the update was signed by key {fingerprint[:16]}..., the ledger by "
+            f"{str(ledger.key_fingerprint)[:16]}..."
+        )
+    return problems
 
 
 def _same(a: Any, b: Any) -> bool:
-    if a in ("inf", "Infinity"):
-        a = math.inf
-    if b in ("inf", "Infinity"):
-        b = math.inf
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b or math.isclose(a, b, rel_tol=SAME_NUMBER_REL_TOL)
-    return bool(a == b)
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a == b
+    x, y = epsilon_value(a), epsilon_value(b)
+    return x == y or abs(x - y) <= SAME_NUMBER_REL_TOL * max(abs(x), abs(y))

@@ -3,15 +3,8 @@
 import json
 import shutil
 
-import pytest
-
+from server.audit_ledgers import VOID_EPSILON
 from silo.cli import main
-from tests.server.audit_run import SITES, make_audit_run
-
-
-@pytest.fixture(scope="module")
-def audit_run(tmp_path_factory):
-    return make_audit_run(tmp_path_factory.mktemp("audit-report"))
 
 
 def test_audit_report_states_method_hashes_budgets_scrub_and_rejections(audit_run, tmp_path, capsys):
@@ -27,7 +20,7 @@ def test_audit_report_states_method_hashes_budgets_scrub_and_rejections(audit_ru
     assert report["run"]["config_hash"] == manifest["config_hash"]
     assert report["run"]["code_version"] == "test"
     assert [r["adapter_sha256"] for r in report["rounds"]] == [r["adapter_sha256"] for r in manifest["rounds"]]
-    for site in SITES:
+    for site in audit_run.sites:
         rows = report["sites"][site]["rounds"]
         assert [r["source"] for r in rows] == ["ledger", "ledger"]
         assert rows[0]["epsilon_total"] < rows[1]["epsilon_total"] < report["sites"][site]["budget_epsilon"]
@@ -38,8 +31,14 @@ def test_audit_report_states_method_hashes_budgets_scrub_and_rejections(audit_ru
 
     page = (out / "report.html").read_text()
     assert page.count('<img class="plot"') == 4 and 'src="http' not in page and "<script" not in page
-    for text in ("rdp", "balle2020", "poisson", manifest["config_hash"], manifest["rounds"][2]["adapter_sha256"],
-                 "max_update_norm"):  # fmt: skip
+    for text in (
+        "rdp",
+        "balle2020",
+        "poisson",
+        manifest["config_hash"],
+        manifest["rounds"][2]["adapter_sha256"],
+        "max_update_norm",
+    ):
         assert text in page
     summary = (out / "summary.md").read_text()
     assert "SecAgg off" in summary and manifest["rounds"][1]["adapter_sha256"] in summary
@@ -62,13 +61,16 @@ def test_audit_report_and_verify_need_only_the_run_exported_ledgers_and_public_k
     """Read-only by design: copy exactly the public files an auditor receives, nothing else."""
     auditor = tmp_path / "auditor"
     src = audit_run.run_dir
-    for path in [src / "manifest.json", *src.glob("rounds/*/adapter_model.safetensors"),
-                 *src.glob("final/adapter_model.safetensors")]:  # fmt: skip
+    for path in [
+        src / "manifest.json",
+        *src.glob("rounds/*/adapter_model.safetensors"),
+        *src.glob("final/adapter_model.safetensors"),
+    ]:
         target = auditor / "run" / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     ledger_args, key_args = [], []
-    for site in SITES:
+    for site in audit_run.sites:
         shutil.copyfile(audit_run.exports[site] / "ledger.jsonl", auditor / f"{site}.jsonl")
         shutil.copyfile(audit_run.public_keys[site], auditor / f"{site}.pub")
         ledger_args += ["--ledger", str(auditor / f"{site}.jsonl")]
@@ -81,3 +83,45 @@ def test_audit_report_and_verify_need_only_the_run_exported_ledgers_and_public_k
     assert main(["audit", "report", str(auditor / "run"), *ledger_args, "--out", str(tmp_path / "report")]) == 0
     assert {p: p.read_bytes() for p in auditor.rglob("*") if p.is_file()} == before  # nothing written or changed
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+
+
+def test_audit_report_shows_void_epsilon_claims_and_ledger_regressions(audit_run, tmp_path):
+    audit_run.rewrite_ledger("bank-c", lambda e: {**{k: v for k, v in e.items() if k != "noise_source"}, "format": 1})
+    manifest = audit_run.manifest()
+    regression = {
+        "site_id": "hospital-a",
+        "ledger_index": 1,
+        "previous_ledger_index": 7,
+        "previous_run_id": "0123abcd",
+        "previous_round": 3,
+    }
+    manifest["rounds"][2]["ledger_regressions"] = [regression]
+    audit_run.write_manifest(manifest)
+    out = tmp_path / "report"
+    assert main(["audit", "report", str(audit_run.run_dir), *audit_run.ledger_args(), "--out", str(out)]) == 0
+
+    findings = json.loads((out / "report.json").read_text())["findings"]
+    assert [(v["site_id"], v["index"]) for v in findings["void_epsilon"]] == [("bank-c", 1), ("bank-c", 3)]
+    assert all("records no noise source (ledger format 1)" in v["reason"] for v in findings["void_epsilon"])
+    assert [(g["round"], g["site_id"], g["previous_ledger_index"]) for g in findings["ledger_regressions"]] == [
+        (2, "hospital-a", 7)
+    ]
+    page = (out / "report.html").read_text()
+    assert VOID_EPSILON in page and 'id="ledger-regressions"' in page and "not above 7" in page
+    summary = (out / "summary.md").read_text()
+    assert VOID_EPSILON in summary and "site bank-c entry 3" in summary and "ledger head went backwards" in summary
+
+
+def test_audit_report_without_findings_says_so(audit_run, tmp_path):
+    out = tmp_path / "report"
+    assert main(["audit", "report", str(audit_run.run_dir), *audit_run.ledger_args(), "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["findings"] == {"void_epsilon": [], "ledger_regressions": []}
+    page = (out / "report.html").read_text()
+    assert VOID_EPSILON not in page and "No void ε claim" in page
+
+
+def test_audit_report_on_a_malformed_manifest_is_one_line(audit_run, tmp_path, capsys):
+    audit_run.write_manifest({"rounds": [{}]})
+    assert main(["audit", "report", str(audit_run.run_dir), "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "manifest" in err

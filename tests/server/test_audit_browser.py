@@ -10,14 +10,21 @@ import subprocess
 
 import pytest
 
-from server.audit import read_ledger_file, write_report
-from tests.server.audit_run import make_audit_run
+from client.ledger import read_ledger
+from server.audit import write_report
+from server.audit_ledgers import LedgerFile
 
 # Network and background services off: the report must render from the file alone, fetching nothing.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 MIN_PLOT_BYTES = 5_000  # a rendered matplotlib PNG at this size is 20-60 KB; an empty figure ~3 KB
 
 
@@ -32,19 +39,29 @@ def chromium() -> str:
 
 
 def run_chromium(*args: str, profile) -> subprocess.CompletedProcess:
-    return subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    return subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-def test_report_renders_in_chromium_with_every_plot_and_no_console_error(tmp_path):
-    audit = make_audit_run(tmp_path / "run")
-    ledgers = [read_ledger_file(p) for p in audit.exports.values()]
-    page = write_report(audit.run_dir, tmp_path / "report", ledgers)["html"]
+def test_report_renders_in_chromium_with_every_plot_and_no_console_error(audit_run, tmp_path):
+    ledgers = [LedgerFile(p, read_ledger(p)) for p in map(audit_run.exported_ledger, audit_run.sites)]
+    page = write_report(audit_run.run_dir, tmp_path / "report", ledgers)["html"]
     url = page.resolve().as_uri()
 
     shot = tmp_path / "report.png"
-    rendered = run_chromium("--enable-logging=stderr", "--v=0", f"--screenshot={shot}", "--window-size=1280,2000",
-                            url, profile=tmp_path / "profile-1")  # fmt: skip
+    rendered = run_chromium(
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        url,
+        profile=tmp_path / "profile-1",
+    )
     assert rendered.returncode == 0, rendered.stderr[-2000:]
     console = [line for line in rendered.stderr.splitlines() if "Uncaught" in line or "ERROR:CONSOLE" in line]
     assert console == []
