@@ -268,3 +268,76 @@ def make_private(
         noise_source=source,
         _criterion=criterion,
     )
+
+
+# ---- evaluation answers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalRelease:
+    """What a site may say about its hold-out records: a DP release (or exact, for a site without DP)."""
+
+    loss: float  # mean per-record loss, each clipped to [0, loss_clip]
+    accuracy: float | None  # classification only
+    num_examples: int  # hold-out records (a count the site declares anyway, as with its training split)
+    loss_noise_std: float  # std of the noise on `loss`: σ·Δ·loss_clip / n (public: the answer's error bar)
+    event: DPEvent  # the Gaussian mechanism to record in the ledger: (σ, q = 1, 1 step)
+    noise_source: NoiseSource
+
+    def metrics(self) -> dict[str, int | float | list[int] | list[float]]:
+        """As a Flower MetricRecord takes them."""
+        out: dict[str, int | float | list[int] | list[float]] = {
+            "eval_loss": self.loss,
+            "eval_loss_noise_std": self.loss_noise_std,
+            "num-examples": float(self.num_examples),
+        }
+        if self.accuracy is not None:
+            out["accuracy"] = self.accuracy
+        return out
+
+
+def release_evaluation(
+    losses: torch.Tensor,
+    correct: torch.Tensor | None,
+    *,
+    loss_clip: float,
+    noise_multiplier: float,
+    generator: torch.Generator | None = None,
+) -> EvalRelease:
+    """Mean loss (and accuracy) over the hold-out records, released with the Gaussian mechanism.
+
+    Each record contributes the vector (min(loss, loss_clip) / loss_clip, correct): L2 norm at most
+    Δ = 1 (loss only) or √2 (with accuracy). The sums get N(0, (σ·Δ)²) noise per coordinate, which is
+    exactly the sampled Gaussian mechanism at q = 1 for one step, so its ε composes in the ledger with
+    the site's DP-SGD rounds (`EvalRelease.event`). The means divide by the declared record count and
+    are clamped to their ranges (post-processing). `noise_multiplier = 0`: exact answers, ε = inf.
+    """
+    if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+        raise ConfigError(f"`eval_noise_multiplier` must be a finite number >= 0, got {noise_multiplier}.")
+    if not (loss_clip > 0 and math.isfinite(loss_clip)):
+        raise ConfigError(f"`eval_loss_clip` must be a finite number > 0, got {loss_clip}.")
+    n = int(losses.numel())
+    if n < 1:
+        raise ConfigError("no hold-out records to evaluate on.")
+    columns = [losses.detach().double().clamp(0.0, loss_clip) / loss_clip]
+    if correct is not None:
+        columns.append(correct.detach().double())
+    sums = torch.stack(columns, dim=1).sum(0)
+    sensitivity = math.sqrt(len(columns))
+    if noise_multiplier > 0:
+        source = NoiseSource.OS_SEEDED if generator is None else NoiseSource.CALLER
+        draw = fresh_generator() if generator is None else generator
+        noise = torch.normal(0.0, noise_multiplier * sensitivity, size=sums.shape, generator=draw, dtype=torch.float64)
+        sums = sums + noise
+    else:
+        source = NoiseSource.NONE
+    loss = min(max(float(sums[0]) * loss_clip / n, 0.0), loss_clip)
+    accuracy = min(max(float(sums[1]) / n, 0.0), 1.0) if correct is not None else None
+    return EvalRelease(
+        loss=loss,
+        accuracy=accuracy,
+        num_examples=n,
+        loss_noise_std=noise_multiplier * sensitivity * loss_clip / n,
+        event=DPEvent(float(noise_multiplier), 1.0, 1),
+        noise_source=source,
+    )

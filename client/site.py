@@ -1,7 +1,13 @@
 """What a site does when the coordinator asks it to train or evaluate the global adapter.
 
 records → ingest → split → scrub → tokenize → LoRA training → seal (sign) → adapter update back to Flower.
-Failures become error replies that say why; when any stage fails, signing included, nothing is sent.
+Failures become error replies with a reason code and a fixed message (`error_reply`): an exception's text
+can carry record content, so it stays in the site's own log; when any stage fails, signing included,
+nothing is sent.
+
+Every answer about the site's records is paid for in its ledger before it leaves: the training round
+(DP-SGD, fresh OS-seeded noise) and every evaluation answer (a Gaussian release about the hold-out
+records, client/privacy.py `release_evaluation`), composed into one total against `budget_epsilon`.
 
 Records are scrubbed on every round, in this process, from the raw files: tokenization accepts only
 `ScrubbedRecords`, which only the scrubber can make, so no path reaches training around it.
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -23,10 +30,11 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from client.ingest import load_site_records, split_records
 from client.ledger import Ledger
 from client.prepare import encode_records
-from client.privacy import make_private, planned_sample_rate
+from client.privacy import EvalRelease, make_private, planned_sample_rate, release_evaluation
 from client.scrub import ScrubbedRecords, build_scrubber, scrub_records
 from client.secagg import accept_shares, mask_update, reveal_shares, setup, share_keys
-from client.train import evaluate, round_plan_steps, train_round
+from client.train import per_record_outcomes, round_plan_steps, train_round
+from common.accounting import DPEvent
 from common.adapter import (
     adapter_state,
     arrays_to_state,
@@ -38,7 +46,7 @@ from common.adapter import (
 )
 from common.config import SiteConfig, TaskType, load_site_config
 from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration
-from common.errors import ScrubFailed, SiloError, UpdateRejected
+from common.errors import BudgetExhausted, ScrubFailed, SiloError, UpdateRejected
 from common.keys import generate_signing_key, load_private_key, public_key_raw, save_private_key, save_public_key
 from common.model import load_lora_model, load_tokenizer, resolve_device
 from common.sealing import UpdateBinding, seal_update
@@ -47,6 +55,8 @@ from common.secagg import STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK
 
 # Error-reply codes the coordinator records with the reason (Flower reserves small codes).
 ERROR_CODE_BASE = 1000
+
+log = logging.getLogger("silo.site")
 
 
 def site_config(context: Context) -> SiteConfig:
@@ -135,14 +145,26 @@ def load_for_round(msg: Message, context: Context) -> Loaded:
 
 def site_signing_key(cfg: SiteConfig) -> Any:
     """The site's Ed25519 key that signs its ledger (made on first use, 0600, beside the ledger).
-    Auditors verify with `<state_dir>/site_signing.pub` or `silo ledger export`."""
+    Auditors verify with `<state_dir>/site_signing.pub` or `silo ledger export`.
+
+    A key made here starts the site's ledger with it; from then on a missing ledger is refused
+    (client/ledger.py): losing the ledger must not restart the budget."""
     path = cfg.state_dir / "site_signing.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         key = generate_signing_key()
         save_private_key(key, path)
         save_public_key(key, path.with_suffix(".pub"))
+        Ledger.open(ledger_path(cfg), signing_key=key, create=True).close()
     return load_private_key(path)
+
+
+def start_ledger_for_installed_key(cfg: SiteConfig) -> None:
+    """A site whose key came from its kit (`silo keys`) and has never kept a ledger starts one.
+    Call right after installing a NEW key; an existing ledger, or its head, is left as it is."""
+    path = ledger_path(cfg)
+    if not path.exists() and not path.with_name(path.name + ".head").exists():
+        Ledger.open(path, signing_key=load_private_key(cfg.state_dir / "site_signing.key"), create=True).close()
 
 
 def ledger_path(cfg: SiteConfig) -> Path:
@@ -175,13 +197,16 @@ def handle_train(msg: Message, context: Context) -> Message:
         if secagg is not None:
             accept_shares(context.state, secagg)
         cfg, privacy = site.cfg, site.cfg.privacy
-        before = evaluate(site.model, site.data.holdout, task=cfg.task, device=site.device)
         n = len(site.data.train)
         batch_size, steps = round_plan_steps(n, cfg.training)
         sample_rate = planned_sample_rate(dataset_size=n, batch_size=batch_size)
         sigma = privacy.resolve_noise_multiplier(sample_rate=sample_rate, steps_per_round=steps)
         signing_key = site_signing_key(cfg)
         with Ledger.open(ledger_path(cfg), signing_key=signing_key, lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger:
+            # The incoming global adapter's hold-out answer, charged first; the training after it must fit too.
+            before = answer_evaluation(
+                site, ledger, run_id=run_id, server_round=server_round, then=DPEvent(sigma, sample_rate, steps)
+            )
             plan = ledger.plan_round(
                 noise_multiplier=sigma,
                 sample_rate=sample_rate,
@@ -228,10 +253,13 @@ def handle_train(msg: Message, context: Context) -> Message:
                 dataset_size=n,
                 update_sha256=update_sha,
                 accountant_history=result.private.history() if result.private is not None else None,
+                noise_source=result.private.noise_source if result.private is not None else None,
             )
+        # The training loss is an exact statistic of the training records: it stays in the site's log.
+        log.info("[silo] round %s: trained %d steps, mean training loss %.4f (kept at the site)", server_round,
+                 result.steps, result.loss)  # fmt: skip
         metrics: dict[str, Any] = {
             "num-examples": result.num_examples,
-            "train_loss": result.loss,
             "steps": result.steps,
             "train_seconds": result.seconds,
             "server-round": server_round,
@@ -261,7 +289,7 @@ def handle_train(msg: Message, context: Context) -> Message:
                 declarations=declarations,
             )
         )
-    except SiloError as err:
+    except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         return error_reply(msg, err)
     content = RecordDict({"arrays": state_to_arrays(sent), "metrics": MetricRecord(metrics)})
     content["site"] = declarations
@@ -284,10 +312,8 @@ def handle_secagg(msg: Message, context: Context) -> Message:
             reply = share_keys(context.state, request)
         else:
             reply = reveal_shares(context.state, request)
-    except SiloError as err:
+    except Exception as err:  # noqa: BLE001 - malformed requests included: an error reply, no exception text
         return error_reply(msg, err)
-    except (KeyError, TypeError, ValueError) as err:
-        return error_reply(msg, SiloError(f"malformed secure aggregation request: {type(err).__name__}: {err}"))
     return Message(content=RecordDict({SECAGG_RECORD: reply}), reply_to=msg)
 
 
@@ -306,12 +332,57 @@ def seal_fields(key: Any, *, declarations: ConfigRecord, **binding: Any) -> dict
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
+    """One DP answer about the hold-out records for the adapter sent, charged to the ledger first.
+
+    A request the budget cannot pay for is refused before the model or the records are loaded, so a
+    coordinator asking again and again learns nothing more once the budget is spent."""
     try:
-        site = load_for_round(msg, context)
-        result = evaluate(site.model, site.data.holdout, task=site.cfg.task, device=site.device)
-    except SiloError as err:
+        config = msg.content.config_records.get("config") or ConfigRecord()
+        run_id = str(config.get("run-id", "unknown"))
+        server_round = config_number(config, "server-round", int, default=0)
+        cfg = site_config(context)
+        signing_key = site_signing_key(cfg)
+        with Ledger.open(ledger_path(cfg), signing_key=signing_key, lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger:
+            ledger.require_budget(
+                [cfg.privacy.eval_event],
+                delta=cfg.privacy.delta,
+                accountant=cfg.privacy.accountant,
+                budget_epsilon=cfg.privacy.budget_epsilon,
+                what="this evaluation",
+            )
+            site = load_for_round(msg, context)
+            release = answer_evaluation(site, ledger, run_id=run_id, server_round=server_round)
+    except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         return error_reply(msg, err)
-    return Message(content=RecordDict({"metrics": MetricRecord(result.metrics())}), reply_to=msg)
+    return Message(content=RecordDict({"metrics": MetricRecord(release.metrics())}), reply_to=msg)
+
+
+def answer_evaluation(
+    site: Loaded, ledger: Ledger, *, run_id: str, server_round: int, then: DPEvent | None = None
+) -> EvalRelease:
+    """The DP release about the hold-out records for `site.model`, recorded in `ledger` before it is
+    returned (`then`: an event the caller spends next, which must fit the budget as well)."""
+    cfg, privacy = site.cfg, site.cfg.privacy
+    losses, preds, golds = per_record_outcomes(site.model, site.data.holdout, task=cfg.task, device=site.device)
+    correct = (preds == golds).double() if preds is not None and golds is not None else None
+    release = release_evaluation(
+        losses, correct, loss_clip=privacy.eval_loss_clip, noise_multiplier=privacy.eval_event.noise_multiplier
+    )
+    ledger.charge_evaluation(
+        release.event,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        budget_epsilon=privacy.budget_epsilon,
+        budget_delta=privacy.budget_delta,
+        dataset_size=release.num_examples,
+        evaluated_sha256=hash_state(site.global_state),
+        noise_source=release.noise_source,
+        run_id=run_id,
+        round=server_round,
+        site_id=cfg.site.id,
+        also_fits=[then] if then is not None else (),
+    )
+    return release
 
 
 def _site_record(
@@ -362,6 +433,16 @@ ERROR_REASONS: dict[int, str] = {
 INTERNAL_ERROR_REASON = "internal error at the site; nothing was trained or sent (see the site's log)"
 
 
-def error_reply(msg: Message, err: SiloError) -> Message:
-    """Failures cross the network as error replies, never as raw exceptions or partial updates."""
-    return Message(Error(code=ERROR_CODE_BASE + err.exit_code, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+def error_reply(msg: Message, err: Exception) -> Message:
+    """Failures cross the network as error replies with a reason code and a fixed message, never as raw
+    exceptions, their text (which can quote a record) or partial updates. The full error goes to the
+    site's own log. Only a budget refusal says more: its text is built from ε figures and the site id."""
+    if isinstance(err, SiloError):
+        code, name = ERROR_CODE_BASE + err.exit_code, type(err).__name__
+        fixed = (
+            str(err) if isinstance(err, BudgetExhausted) else ERROR_REASONS.get(err.exit_code, INTERNAL_ERROR_REASON)
+        )
+    else:
+        code, name, fixed = ERROR_CODE_BASE + SiloError.exit_code, "SiloError", INTERNAL_ERROR_REASON
+    log.error("[silo] %s refused: %s: %s", msg.metadata.message_type, type(err).__name__, err)
+    return Message(Error(code=code, reason=f"{name}: {fixed}"), reply_to=msg)

@@ -201,24 +201,40 @@ def _proximal_step(pairs: list[tuple[torch.Tensor, torch.Tensor]], *, lr: float,
 
 
 @torch.no_grad()
-def evaluate(
+def per_record_outcomes(
     model: torch.nn.Module, dataset: TensorDataset, *, task: TaskConfig, device: torch.device, batch_size: int = 32
-) -> EvalResult:
-    """Mean per-record loss; accuracy and macro-F1 for classification."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(loss, prediction, gold label) per record; predictions and labels for classification only.
+    Exact values about each record: they stay at the site (client.privacy.release_evaluation noises them)."""
     model.eval()
-    losses: list[float] = []
-    preds: list[int] = []
-    golds: list[int] = []
+    losses: list[torch.Tensor] = []
+    preds: list[torch.Tensor] = []
+    golds: list[torch.Tensor] = []
     for batch in DataLoader(dataset, batch_size=batch_size):
         batch = tuple(t.to(device) for t in batch)
         input_ids, attention, labels = batch
         if task.type is TaskType.CLASSIFICATION:
             logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-            losses.extend(F.cross_entropy(logits, labels, reduction="none").tolist())
-            preds.extend(logits.argmax(-1).tolist())
-            golds.extend(labels.tolist())
+            losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
+            preds.append(logits.argmax(-1).cpu())
+            golds.append(labels.cpu())
         else:
-            losses.extend(per_sample_loss(model, batch, task).tolist())
+            losses.append(per_sample_loss(model, batch, task).float().cpu())
+    loss = torch.cat(losses) if losses else torch.zeros(0)
+    if task.type is not TaskType.CLASSIFICATION:
+        return loss, None, None
+    return loss, torch.cat(preds), torch.cat(golds)
+
+
+def evaluate(
+    model: torch.nn.Module, dataset: TensorDataset, *, task: TaskConfig, device: torch.device, batch_size: int = 32
+) -> EvalResult:
+    """Exact mean per-record loss; accuracy and macro-F1 for classification. For use at the site (and in
+    benchmarks): what a site SENDS about its records goes through client.privacy.release_evaluation."""
+    loss_t, pred_t, gold_t = per_record_outcomes(model, dataset, task=task, device=device, batch_size=batch_size)
+    losses = loss_t.tolist()
+    preds = pred_t.tolist() if pred_t is not None else []
+    golds = gold_t.tolist() if gold_t is not None else []
     loss = sum(losses) / max(len(losses), 1)
     if task.type is not TaskType.CLASSIFICATION:
         return EvalResult(loss=loss, num_examples=len(dataset))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -176,8 +176,10 @@ def find_noise_multiplier(
     accountant: Accountant = Accountant.RDP,
     conversion: EpsilonConversion | None = EpsilonConversion.BALLE2020,
     epsilon_tolerance: float = NOISE_SEARCH_EPSILON_TOLERANCE,
+    extra_events: Sequence[DPEvent] = (),
 ) -> float:
-    """Smallest σ (to `epsilon_tolerance` in ε) such that `steps` steps at `sample_rate` spend <= target.
+    """Smallest σ (to `epsilon_tolerance` in ε) such that `steps` steps at `sample_rate` spend <= target,
+    composed with `extra_events` (fixed releases planned beside the training, e.g. evaluations).
 
     Bisection in σ on `compute_epsilon` itself, with the same accountant and conversion the ledger will
     record: the returned σ has been evaluated and never overshoots `target_epsilon`.
@@ -192,7 +194,8 @@ def find_noise_multiplier(
         raise ConfigError(f"`epsilon_tolerance` must be > 0, got {epsilon_tolerance}.")
 
     def spend(sigma: float) -> float:
-        return compute_epsilon([(sigma, sample_rate, steps)], delta=delta, accountant=accountant, conversion=conversion)
+        events = [DPEvent(sigma, sample_rate, steps), *extra_events]
+        return compute_epsilon(events, delta=delta, accountant=accountant, conversion=conversion)
 
     sigma_low, sigma_high = 0.0, 1.0
     eps_high = spend(sigma_high)

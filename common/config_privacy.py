@@ -8,7 +8,15 @@ target_delta = 1e-5
 planned_rounds = 10
 budget_epsilon = 8.0        # the site's total across all runs; no coordinator can raise it
 budget_delta = 1e-5
+eval_noise_multiplier = 20.0 # evaluation answers about hold-out records are DP releases, charged too
+eval_loss_clip = 10.0       # each record's loss is clipped to [0, this] before it is summed
 ```
+
+Evaluation answers. Hold-out records are never trained on, so DP-SGD covers none of them; every answer
+about them (loss, accuracy) is a Gaussian-mechanism release with `eval_noise_multiplier`, recorded in
+the ledger and composed into the site's total like a training round (client/privacy.py
+`release_evaluation`). The per-run target accounts for them: σ is derived so that `planned_rounds`
+rounds, each with one evaluation, plus one final evaluation, spend `target_epsilon` together.
 
 DP is on unless the site writes `enabled = false`; that also requires `budget_epsilon = inf`, an explicit
 acknowledgement that such a site has no finite guarantee (the ledger records those rounds with ε = inf).
@@ -23,7 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from common.accounting import Accountant, EpsilonConversion, default_conversion, find_noise_multiplier
+from common.accounting import Accountant, DPEvent, EpsilonConversion, default_conversion, find_noise_multiplier
 from common.config_table import check_table
 from common.errors import ConfigError
 
@@ -58,6 +66,14 @@ class PrivacyConfig:
     planned_rounds: int | None = None
     grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
     poisson_sampling: bool = True
+    # Noise multiplier of each evaluation answer (std of the noise on a sum / its sensitivity). 20 costs
+    # 0.18 ε alone at δ = 1e-5 (11 answers 0.51 under RDP, less once composed with training); the answer's
+    # error bar on the mean loss is 20 × Δ × eval_loss_clip / (hold-out records): 0.1 nats with 2,000
+    # hold-out records. Sent with each answer as `eval_loss_noise_std`. Small hold-outs need a lower σ.
+    eval_noise_multiplier: float = 20.0
+    # Per-record loss clip of evaluation answers (nats): above the losses a useful model has, so clipping
+    # rarely bites; the noise on the mean loss grows with it.
+    eval_loss_clip: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("enabled", "poisson_sampling"):
@@ -66,6 +82,8 @@ class PrivacyConfig:
         object.__setattr__(self, "accountant", _enum(Accountant, "accountant", self.accountant))
         object.__setattr__(self, "grad_sample_mode", _enum(GradSampleMode, "grad_sample_mode", self.grad_sample_mode))
         _check_positive("max_grad_norm", self.max_grad_norm)
+        _check_positive("eval_noise_multiplier", self.eval_noise_multiplier)
+        _check_positive("eval_loss_clip", self.eval_loss_clip)
         if not _in_range(self.budget_epsilon, 0, math.inf) and self.budget_epsilon != math.inf:
             raise ConfigError(f"`budget_epsilon` must be > 0 (inf allowed), got {self.budget_epsilon!r}.")
         _check_delta("budget_delta", self.budget_delta)
@@ -135,11 +153,17 @@ class PrivacyConfig:
         """δ at which ε is reported and checked against the budget: `target_delta`, else `budget_delta`."""
         return self.target_delta if self.target_delta is not None else self.budget_delta
 
+    @property
+    def eval_event(self) -> DPEvent:
+        """The Gaussian mechanism of one evaluation answer (noise 0, ε = inf, without DP)."""
+        return DPEvent(self.eval_noise_multiplier if self.enabled else 0.0, 1.0, 1)
+
     def resolve_noise_multiplier(self, *, sample_rate: float, steps_per_round: int) -> float:
         """σ for this site's rounds; 0.0 when DP is disabled.
 
         Derived: the smallest σ (within 0.01 ε) such that `planned_rounds × steps_per_round` steps at
-        `sample_rate` spend at most `target_epsilon` at `target_delta` with this accountant and
+        `sample_rate`, composed with `planned_rounds + 1` evaluation answers (one per round and the
+        final one), spend at most `target_epsilon` at `target_delta` with this accountant and
         conversion; the search never overshoots. Spending already in the ledger is not subtracted:
         the ledger's budget check refuses a round that would cross `budget_epsilon`.
         """
@@ -157,6 +181,7 @@ class PrivacyConfig:
             steps=planned_rounds * steps_per_round,
             accountant=self.accountant,
             conversion=self.conversion,
+            extra_events=[self.eval_event] * (planned_rounds + 1),
         )
 
     @classmethod

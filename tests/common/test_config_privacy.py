@@ -26,8 +26,10 @@ def test_privacy_config_defaults_are_dp_on_rdp_hooks_poisson():
 def test_privacy_config_derives_noise_from_target_and_planned_rounds():
     config = load(BUDGET + "target_epsilon = 2.0\ntarget_delta = 1e-5\nplanned_rounds = 10\n")
     sigma = config.resolve_noise_multiplier(sample_rate=0.01, steps_per_round=50)
-    spent = compute_epsilon([(sigma, 0.01, 10 * 50)], delta=1e-5)
+    evaluations = [config.eval_event] * (10 + 1)  # one answer a round, and the final one
+    spent = compute_epsilon([(sigma, 0.01, 10 * 50), *evaluations], delta=1e-5)
     assert 2.0 - 0.01 <= spent <= 2.0
+    assert compute_epsilon([(sigma, 0.01, 10 * 50)], delta=1e-5) < 2.0 - 0.01  # the answers cost something
 
 
 def test_privacy_config_prv_has_no_conversion():
