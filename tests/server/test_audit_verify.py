@@ -113,6 +113,20 @@ def test_audit_verify_catches_a_ledger_round_the_manifest_does_not_have(audit_ru
     assert out.out.count("no training round for") == 2  # both sites' ledgers
 
 
+def test_audit_verify_accepts_a_failed_run_whose_last_round_the_sites_paid_for(audit_run, capsys):
+    """A run that failed in round 2 after the sites trained it: their ledger entries are not a discrepancy."""
+    manifest = audit_run.manifest()
+    manifest["rounds"] = manifest["rounds"][:2]
+    manifest["completed_rounds"], manifest["status"] = 1, "failed"
+    manifest["failure"] = "round 2: 1 usable update(s), `min_sites` is 2"
+    audit_run.write_manifest(manifest)
+    shutil.rmtree(audit_run.run_dir / "rounds" / "2")
+    shutil.rmtree(audit_run.run_dir / "final")
+    code, out = verify(audit_run, capsys)
+    assert code == 0, out.err
+    assert out.out.count("round(s) 2 trained and paid for by the site but not aggregated") == 2
+
+
 # ---- issue 12: ε claims without fresh noise are void ---------------------------------------------
 
 
