@@ -177,10 +177,17 @@ class DataConfig:
     # Share of records held out for evaluating the global adapter; never trained on.
     holdout_fraction: float = 0.2
     seed: int = 0
+    # The longest record accepted (a JSONL line, a CSV row's fields), in characters: bounds the memory and
+    # time one hostile record can take; a longer one is a data error naming its file and line.
+    max_record_chars: int = 1_000_000
 
     def __post_init__(self) -> None:
         _require(
             isinstance(self.dir, str) and bool(self.dir), f"`data.dir` must be a directory path, got {self.dir!r}."
+        )
+        _require(
+            _is_int(self.max_record_chars) and self.max_record_chars > 0,
+            f"`data.max_record_chars` must be > 0, got {self.max_record_chars!r}.",
         )
         _require(
             _is_number(self.holdout_fraction) and 0 < self.holdout_fraction < 1,

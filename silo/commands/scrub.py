@@ -7,14 +7,18 @@ import csv
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 import tomllib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.config import DataConfig
 from common.config_scrub import ScrubConfig, ScrubOperator
 from common.errors import ConfigError, DataError
 
@@ -29,7 +33,9 @@ Each input file is written to DIR under the same name with the same fields; ever
 --field (default: text) is scrubbed and the others are copied. Records that cannot be scrubbed
 (missing or non-text field, or an identifier still visible on a second pass) are quarantined: they
 are left out of the output and counted in DIR/report.json, which never contains a raw value.
-Output appears all at once: it is written to a temporary directory and renamed into place.
+Output appears all at once: it is written to a temporary directory and renamed into place; on an
+error, Ctrl-C or SIGTERM (exit 130) the temporary directory is removed and nothing is left behind.
+A record longer than [data] max_record_chars of --config (default 1,000,000 characters) is an error.
 
 examples:
   silo scrub --in site/notes.jsonl --out site/scrubbed
@@ -66,13 +72,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _load_config(args: argparse.Namespace) -> ScrubConfig:
+def _load_config(args: argparse.Namespace) -> tuple[ScrubConfig, int]:
+    """The `[scrub]` configuration and `[data] max_record_chars` (default when no --config)."""
     section: dict[str, Any] = {}
+    max_record_chars = DataConfig.max_record_chars
     if args.config:
         path = Path(args.config)
         try:
             with path.open("rb") as f:
-                section = dict(tomllib.load(f).get("scrub", {}))
+                doc = tomllib.load(f)
+            section = dict(doc.get("scrub", {}))
+            data = doc.get("data", {})
+            if isinstance(data, dict) and "max_record_chars" in data:
+                max_record_chars = DataConfig(max_record_chars=data["max_record_chars"]).max_record_chars
         except OSError as err:
             raise ConfigError(f"cannot read --config {path}: {err.strerror}.") from None
         except tomllib.TOMLDecodeError as err:
@@ -84,12 +96,31 @@ def _load_config(args: argparse.Namespace) -> ScrubConfig:
         section["fields"] = tuple(args.field)
     if args.operator:
         section["operator"] = args.operator
-    return ScrubConfig.from_mapping(section)
+    return ScrubConfig.from_mapping(section), max_record_chars
 
 
-def _csv_header(path: Path) -> list[str]:
-    with path.open(encoding="utf-8", newline="") as f:
-        return next(csv.reader(f), [])
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the scrub as Ctrl-C does: staging removed, exit 130
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While cleaning up after a signal, a second one must not cut the clean-up short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Progress:
@@ -116,12 +147,12 @@ class _Progress:
         self._draw(time.monotonic(), end="\n")
 
 
-def _scrub_file(path: Path, dest: Path, scrubber: Scrubber) -> dict[str, Any]:
-    from client.ingest import read_record_file
+def _scrub_file(path: Path, dest: Path, scrubber: Scrubber, max_record_chars: int) -> dict[str, Any]:
+    from client.ingest import csv_header, read_record_file
     from client.scrub import scrub_records
 
-    records = [record for _, record in read_record_file(path)]
-    header = _csv_header(path) if path.suffix == ".csv" else []
+    records = [record for _, record in read_record_file(path, max_record_chars=max_record_chars)]
+    header = csv_header(path, max_record_chars=max_record_chars) if path.suffix == ".csv" else []
     progress = _Progress(path.name)
     result = scrub_records(records, scrubber, progress=progress)
     progress.done()
@@ -155,25 +186,27 @@ def run(args: argparse.Namespace) -> int:
     from client.ingest import list_record_files
     from client.scrub import build_scrubber
 
-    config = _load_config(args)
+    config, max_record_chars = _load_config(args)
     files = list_record_files(Path(args.inp))
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"--out {out} exists and is not an empty directory; choose a new one.")
     scrubber = build_scrubber(config)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        reports = {p.name: _scrub_file(p, staging / p.name, scrubber) for p in files}
-        total = _total(reports)
-        report = {"config": config.summary(), "total": total, "files": reports}
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with _terminate_as_interrupt():
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            reports = {p.name: _scrub_file(p, staging / p.name, scrubber, max_record_chars) for p in files}
+            total = _total(reports)
+            report = {"config": config.summary(), "total": total, "files": reports}
+            (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            if out.exists():
+                out.rmdir()  # empty, checked above
+            os.replace(staging, out)
+        except BaseException:
+            with _signals_ignored():
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
     print(
         f"silo scrub: {total['records_out']:,} of {total['records_in']:,} records written to {out}; "
         f"{total['quarantined']:,} quarantined; report: {out / 'report.json'}",

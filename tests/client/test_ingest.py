@@ -1,7 +1,9 @@
 """Reading a site's records: every problem is one DataError naming the file and line; a stable split."""
 
+import csv
 import json
 import random
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 
 from client.ingest import list_record_files, load_site_records, read_records, split_records
 from common.config import DataConfig, TaskConfig, TaskType
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 
 DATA = DataConfig()
 CAUSAL_LM = TaskConfig(type=TaskType.CAUSAL_LM)
@@ -83,14 +85,33 @@ def test_read_records_names_the_line_of_a_csv_row_with_the_wrong_field_count(tmp
 @pytest.mark.parametrize(
     ("record", "task", "message"),
     [
-        ({"label": "routine"}, CLASSIFICATION, "field 'text' must be non-empty text, got None"),
-        ({"text": "   ", "label": "routine"}, CLASSIFICATION, "field 'text' must be non-empty text"),
-        ({"text": 42}, CAUSAL_LM, "field 'text' must be non-empty text, got 42"),
-        ({"text": "note", "label": "emergency"}, CLASSIFICATION, "label 'emergency' is not one of `task.labels`"),
-        ({"text": "note"}, CLASSIFICATION, "label None is not one of `task.labels`"),
-        ({"prompt": "Q?"}, CAUSAL_LM, "field 'response' must be non-empty text"),
+        ({"label": "routine"}, CLASSIFICATION, "field 'text' must be non-empty text, got nothing"),
+        ({"text": "   ", "label": "routine"}, CLASSIFICATION, "field 'text' must be non-empty text, got blank text"),
+        ({"text": 42}, CAUSAL_LM, "field 'text' must be non-empty text, got a JSON number"),
+        ({"text": ["a"]}, CAUSAL_LM, "field 'text' must be non-empty text, got a JSON array"),
+        (
+            {"text": "note", "label": "emergency"},
+            CLASSIFICATION,
+            "field 'label' must be one of `task.labels` (2 labels), got a label not in the list",
+        ),
+        ({"text": "note"}, CLASSIFICATION, "field 'label' must be one of `task.labels` (2 labels), got nothing"),
+        (
+            {"text": "note", "label": True},
+            CLASSIFICATION,
+            "field 'label' must be one of `task.labels` (2 labels), got a JSON boolean",
+        ),
+        ({"prompt": "Q?"}, CAUSAL_LM, "field 'response' must be non-empty text, got nothing"),
     ],
-    ids=["missing-text", "blank-text", "number-text", "unknown-label", "missing-label", "prompt-only"],
+    ids=[
+        "missing-text",
+        "blank-text",
+        "number-text",
+        "list-text",
+        "unknown-label",
+        "missing-label",
+        "bool-label",
+        "prompt-only",
+    ],
 )
 def test_load_site_records_names_file_and_line_of_a_bad_record(tmp_path, record, task, message):
     path = tmp_path / "notes.jsonl"
@@ -199,3 +220,132 @@ def test_split_records_is_never_empty_on_either_side(n, holdout_fraction, seed):
     assert _key(split.train + split.holdout) == _key(records)
     shuffled = list(reversed(records))
     assert _key(split_records(shuffled, holdout_fraction=holdout_fraction, seed=seed).holdout) == _key(split.holdout)
+
+
+# ---- hostile records: errors name file, line and field, never a value ---------------------------------------
+
+# No letter or digit that the messages themselves use in a run of four ("JSON", "UTF-8", "1,000,000").
+_SECRET_ALPHABET = "ABCDEGHKMPQRWXYZ23456789"
+SMALL = DataConfig(max_record_chars=20_000)
+
+
+def _write(path, content: str | bytes) -> None:
+    if isinstance(content, str):
+        content = content.encode()
+    path.write_bytes(content)
+
+
+def _malformed(kind: str, secret: str) -> tuple[str, str | bytes, TaskConfig, str]:
+    """(file name, content, task, what the error says): a file whose line 3 is malformed as named, with `secret`
+    planted in it."""
+    good_jsonl = _jsonl({"text": "fine", "label": "routine"}) * 2
+    good_csv = "text,label\nfine,routine\n"
+    digits = "".join(c for c in secret if c.isdigit()) or "7"
+    many_digits = (digits * 5_000)[:5_000]  # past Python's 4,300-digit limit on reading an integer
+    deep = "[" * 5_000 + f'"{secret}"' + "]" * 5_000  # past the recursion limit, within `max_record_chars`
+    cases: dict[str, tuple[str, str | bytes, TaskConfig, str]] = {
+        "number-text": ("r.jsonl", good_jsonl + f'{{"text": {digits}, "note": "{secret}"}}\n', CAUSAL_LM, "field 'text'"),
+        "list-text": ("r.jsonl", good_jsonl + _jsonl({"text": [secret]}), CAUSAL_LM, "field 'text'"),
+        "object-text": ("r.jsonl", good_jsonl + _jsonl({"text": {secret: secret}}), CAUSAL_LM, "field 'text'"),
+        "missing-text": ("r.jsonl", good_jsonl + _jsonl({"body": secret}), CAUSAL_LM, "field 'text'"),
+        "missing-response": ("r.jsonl", good_jsonl + _jsonl({"prompt": secret}), CAUSAL_LM, "field 'response'"),
+        "bad-label": ("r.jsonl", good_jsonl + _jsonl({"text": secret, "label": secret}), CLASSIFICATION, "field 'label'"),
+        "list-label": ("r.jsonl", good_jsonl + _jsonl({"text": secret, "label": [secret]}), CLASSIFICATION, "field 'label'"),
+        "csv-bad-label": ("r.csv", good_csv + f"{secret},{secret}\n", CLASSIFICATION, "field 'label'"),
+        "csv-ragged": ("r.csv", good_csv + f"{secret},routine,{secret}\n", CLASSIFICATION, "different number of fields"),
+        "not-utf8": (
+            "r.jsonl", good_jsonl.encode() + f'{{"text": "{secret}'.encode() + b'\xe9\xff"}\n', CAUSAL_LM, "not UTF-8",
+        ),
+        "csv-not-utf8": ("r.csv", good_csv.encode() + secret.encode() + b"\xc3\x28,routine\n", CLASSIFICATION, "not UTF-8"),
+        "huge-field": ("r.csv", good_csv + f'"{secret * 3_000}",routine\n', CLASSIFICATION, "max_record_chars"),
+        "huge-line": ("r.jsonl", good_jsonl + _jsonl({"text": secret * 3_000}), CAUSAL_LM, "max_record_chars"),
+        "huge-number": ("r.jsonl", good_jsonl + f'{{"text": {many_digits}}}\n', CAUSAL_LM, "a number too long"),
+        "nested": ("r.jsonl", good_jsonl + '{"text": ' + deep + "}\n", CAUSAL_LM, "nested too deeply"),
+        "invalid-json": ("r.jsonl", good_jsonl + f'{{"text": @{secret}}}\n', CAUSAL_LM, "invalid JSON"),
+        "unterminated": ("r.jsonl", good_jsonl + f'{{"text": "{secret}\n', CAUSAL_LM, "invalid JSON"),
+        "not-an-object": ("r.jsonl", good_jsonl + json.dumps([secret]) + "\n", CAUSAL_LM, "expected a JSON object"),
+    }  # fmt: skip
+    return cases[kind]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "number-text", "list-text", "object-text", "missing-text", "missing-response", "bad-label", "list-label",
+        "csv-bad-label", "csv-ragged", "not-utf8", "csv-not-utf8", "huge-field", "huge-line", "huge-number",
+        "nested", "invalid-json", "unterminated", "not-an-object",
+    ],
+)  # fmt: skip
+@settings(max_examples=5, deadline=None)
+@given(secret=st.text(alphabet=_SECRET_ALPHABET, min_size=8, max_size=16))
+def test_malformed_record_errors_never_contain_record_text(tmp_path_factory, kind, secret):
+    directory = tmp_path_factory.mktemp(kind)
+    name, content, task, problem = _malformed(kind, secret)
+    path = directory / name
+    _write(path, content)
+
+    with pytest.raises(DataError) as err:
+        load_site_records(directory, SMALL, task)
+
+    message = str(err.value)
+    assert message.startswith(f"{path}:3: ")
+    said = message.removeprefix(f"{path}:3: ")
+    assert problem in said
+    leaked = [secret[i : i + 4] for i in range(len(secret) - 3) if secret[i : i + 4] in said]
+    assert not leaked, f"{kind}: {said!r} repeats {leaked}"
+    assert "\n" not in message
+    # Nothing else travels with it: no chained exception (a JSONDecodeError carries the whole line as `.doc`).
+    shown_context = None if err.value.__suppress_context__ else err.value.__context__
+    assert err.value.__cause__ is None
+    assert shown_context is None
+
+
+def test_read_records_accepts_csv_fields_past_the_csv_module_default(tmp_path):
+    # The csv module refuses fields over 131,072 characters by default; the site's own limit decides.
+    long_text = "word " * 60_000
+    (tmp_path / "long.csv").write_text(f'text,label\n"{long_text}",routine\n')
+
+    [record] = load_site_records(tmp_path, DATA, CLASSIFICATION)
+
+    assert record["text"] == long_text
+    assert csv.field_size_limit() == 131_072  # the module-wide limit is left as it was
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_read_records_refuses_a_record_over_max_record_chars(tmp_path, suffix):
+    path = tmp_path / f"notes{suffix}"
+    if suffix == ".jsonl":
+        path.write_text(_jsonl({"text": "fine"}, {"text": "x" * 20_000}))
+    else:
+        path.write_text("text,other\nfine,fine\n" + "x" * 15_000 + "," + "y" * 15_000 + "\n")
+
+    with pytest.raises(DataError, match=r"record longer than `data.max_record_chars` \(20,000 characters\)") as err:
+        load_site_records(tmp_path, SMALL, CAUSAL_LM)
+    assert str(err.value).startswith(f"{path}:")
+
+
+def test_read_records_never_reads_more_than_a_record_of_a_huge_line(tmp_path):
+    # 40 MB on one line, limit 20,000: refused after reading ~80 KB, not after loading 40 MB.
+    path = tmp_path / "huge.jsonl"
+    with path.open("w") as f:
+        f.write('{"text": "' + "x" * 40_000_000 + '"}\n')
+    start = time.process_time()
+    with pytest.raises(DataError, match=f"{path}:1: record longer than"):
+        load_site_records(tmp_path, SMALL, CAUSAL_LM)
+    assert time.process_time() - start < 1.0
+
+
+def test_read_records_ignores_a_utf8_byte_order_mark(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufefftext,label\nfine,routine\n".encode())
+    (tmp_path / "bom.jsonl").write_bytes("\ufeff".encode() + _jsonl({"text": "ok", "label": "urgent"}).encode())
+
+    assert load_site_records(tmp_path, DATA, CLASSIFICATION) == [
+        {"text": "fine", "label": "routine"},
+        {"text": "ok", "label": "urgent"},
+    ]
+
+
+@pytest.mark.parametrize("value", [0, -5, "1000", 1.5, True])
+def test_data_config_rejects_a_bad_max_record_chars(value):
+    with pytest.raises(ConfigError, match=r"`data.max_record_chars` must be > 0, got"):
+        DataConfig(max_record_chars=value)
