@@ -49,6 +49,7 @@ from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration
 from common.errors import BudgetExhausted, ScrubFailed, SiloError, UpdateRejected
 from common.keys import generate_signing_key, load_private_key, public_key_raw, save_private_key, save_public_key
 from common.model import load_lora_model, load_tokenizer, resolve_device
+from common.pki import SiteKit, install_site_signing_key
 from common.sealing import UpdateBinding, seal_update
 from common.secagg import RECORD as SECAGG_RECORD
 from common.secagg import STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK
@@ -159,12 +160,15 @@ def site_signing_key(cfg: SiteConfig) -> Any:
     return load_private_key(path)
 
 
-def start_ledger_for_installed_key(cfg: SiteConfig) -> None:
-    """A site whose key came from its kit (`silo keys`) and has never kept a ledger starts one.
-    Call right after installing a NEW key; an existing ledger, or its head, is left as it is."""
+def install_kit_signing_key(kit: SiteKit, cfg: SiteConfig) -> None:
+    """Install the signing key of the site's kit (`silo keys`) into its `state_dir`. A key that was not
+    there yet starts the site's ledger; a key already there keeps its ledger, which must exist (a
+    lost ledger is refused at the next round, never silently restarted)."""
+    new = not (cfg.state_dir / kit.signing_key.name).exists()
+    installed = install_site_signing_key(kit, cfg.state_dir)
     path = ledger_path(cfg)
-    if not path.exists() and not path.with_name(path.name + ".head").exists():
-        Ledger.open(path, signing_key=load_private_key(cfg.state_dir / "site_signing.key"), create=True).close()
+    if new and not path.exists() and not path.with_name(path.name + ".head").exists():
+        Ledger.open(path, signing_key=load_private_key(installed), create=True).close()
 
 
 def ledger_path(cfg: SiteConfig) -> Path:
