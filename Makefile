@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CUDA machines: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128` (same torch version).
 TORCH_INDEX ?=
 
-.PHONY: setup browser test test-all lint bench demo clean
+.PHONY: setup browser proxy test test-all lint bench demo clean
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -19,10 +19,15 @@ setup:
 browser:
 	command -v chromium || (apt-get update && apt-get install -y chromium)
 
-test: browser
+# nginx, the coordinator's Fleet proxy (silo/proxy.py), for tests/security/ (Debian's package; Debian
+# puts it in /usr/sbin, often off a user's PATH).
+proxy:
+	command -v nginx || test -x /usr/sbin/nginx || (apt-get update && apt-get install -y nginx)
+
+test: browser proxy
 	$(BIN)/python -m pytest -q
 
-test-all:
+test-all: browser proxy
 	$(BIN)/python -m pytest -q -m ''
 
 lint:

@@ -99,6 +99,7 @@ class KeyLayout:
                 raise ConfigError(f"{path} is missing: give the coordinator/ directory made by `silo keys`")
         for key in (self.superlink_key, self.ca_key):
             keys.refuse_readable_by_others(key)
+        self.supernode_public_keys()  # a private key among them is refused before anything starts
 
     def supernode_public_keys(self) -> list[Path]:
         """The SuperNode public keys to register (coordinator/supernodes/*.pub), none of them a private key."""

@@ -196,6 +196,8 @@ def run_local_federation(
         print(
             f"[demo] SuperLink on {fed.address} ({mode}); {len(site_configs)} SuperNodes (logs in {fed.logs})", file=log
         )
+        # A real coordinator puts nginx in front (silo coordinator start); here nothing leaves loopback.
+        print("[demo] no Fleet proxy: every process is on loopback, SuperNodes reach the SuperLink directly", file=log)
         run_id = fed.submit({"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)})
         print(f"[demo] submitted Flower run {run_id}; rounds appear as the sites report", file=log)
         try:

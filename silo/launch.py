@@ -258,6 +258,8 @@ def superlink_argv(
             "authenticates nobody (anyone reaching it can start runs at every site); keep it on 127.0.0.1 and "
             "let sites in through the Fleet proxy, or pass --expose-control-plane if you really mean it"
         )
+    if keys is not None:
+        keys.check_coordinator()  # before anything is created on disk
     argv = [
         str(BIN / "flower-superlink"),
         "--host",
@@ -272,7 +274,6 @@ def superlink_argv(
         argv += ["--database", str(prepare_database(database))]
     if keys is None:
         return [*argv, "--insecure"]
-    keys.check_coordinator()
     return [
         *argv,
         "--ssl-ca-certfile", str(keys.ca_cert.resolve()),

@@ -176,6 +176,8 @@ def start_coordinator(args: argparse.Namespace) -> int:
         raise ConfigError("give --keys DIR/coordinator (from `silo keys`), or --insecure for testing")
     else:
         keys = KeyLayout.for_coordinator(args.keys)
+    if args.at_rest_key_file is not None:
+        encryption.load_key_file(args.at_rest_key_file)  # a bad key fails here, before anything starts
     if not is_loopback(args.host):
         if not args.expose_control_plane:
             superlink_argv(host=args.host, port=args.port, keys=None)  # raises the one-line refusal
@@ -208,7 +210,6 @@ def start_coordinator(args: argparse.Namespace) -> int:
         proxy.check_config(nginx, conf)  # a config nginx rejects fails before the SuperLink starts
     env = superlink_env(flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))))
     if args.at_rest_key_file is not None:
-        encryption.load_key_file(args.at_rest_key_file)  # a bad key fails here, not at the first checkpoint
         env[encryption.ENV_KEY_FILE] = str(args.at_rest_key_file.resolve())
     at_rest = encryption.key_from_env(env)
     print(f"silo: checkpoints {'encrypted at rest (key id ' + encryption.key_id(at_rest) + ')' if at_rest else 'NOT encrypted at rest'}",

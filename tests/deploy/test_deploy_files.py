@@ -3,6 +3,7 @@ the real CLI accepts, with TLS and authentication on (no Docker, kubectl or syst
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import re
 import shlex
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from common.config import load_federation_config, load_site_config
+from common.pki import KeyLayout
+from silo import proxy
 from silo.cli import build_parser
+from silo.launch import is_loopback
 
 yaml = pytest.importorskip("yaml")
 
@@ -30,6 +34,24 @@ def _parse_silo(args: list[str]) -> object:
 def _secure(args: list[str]) -> None:
     assert "--insecure" not in args
     assert "--keys" in args, args
+
+
+def _coordinator_behind_the_proxy(args: argparse.Namespace) -> None:
+    """The SuperLink on loopback, never exposed; the Fleet proxy is how sites get in."""
+    assert is_loopback(args.host) and not args.expose_control_plane
+    assert args.port == 9093
+
+
+def _pinned_nginx(image: str) -> None:
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+(-alpine)?(@sha256:[0-9a-f]{64})?", image), image
+
+
+def _kit_proxy_config(text: str) -> None:
+    """A kit's nginx.conf is exactly what `silo coordinator proxy-config` makes for the container's paths."""
+    settings = proxy.ProxySettings.for_keys(
+        KeyLayout.for_coordinator("/keys/coordinator"), state_dir=Path("/tmp/silo-proxy"), superlink_port=9093
+    )
+    assert text == proxy.nginx_config(settings)
 
 
 def _yaml_docs(path: Path) -> list[dict]:
@@ -73,11 +95,20 @@ def test_docker_build_context_excludes_keys_and_data(name):
 def test_compose_runs_a_coordinator_and_three_sites_with_tls_and_authentication():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"coordinator", *SITES}
+    assert set(services) == {"coordinator", "fleet-proxy", *SITES}
     coord = services["coordinator"]
     _secure(coord["command"])
     args = _parse_silo(coord["command"])
     assert (args.command, args.action) == ("coordinator", "start")
+    _coordinator_behind_the_proxy(args)
+    assert args.no_fleet_proxy  # the fleet-proxy service is the proxy
+    assert coord["ports"] == ["9092:9092"]  # the proxy's port only; 9093 is never published
+    fleet = services["fleet-proxy"]
+    _pinned_nginx(fleet["image"])
+    assert fleet["network_mode"] == "service:coordinator"  # reaches 127.0.0.1:9093 inside the coordinator
+    assert fleet["command"] == ["nginx", "-c", "/etc/silo-proxy/nginx.conf", "-e", "stderr"]
+    assert "./proxy/nginx.conf:/etc/silo-proxy/nginx.conf:ro" in fleet["volumes"]
+    _kit_proxy_config((DOCKER / "proxy" / "nginx.conf").read_text())
     assert "./keys/coordinator:/keys/coordinator:ro" in coord["volumes"]
     assert str(args.keys) == "/keys/coordinator" and str(args.database).startswith("/state/")
     assert any(v.endswith(":/state") for v in coord["volumes"]) and any(v.endswith(":/runs") for v in coord["volumes"])
@@ -88,7 +119,7 @@ def test_compose_runs_a_coordinator_and_three_sites_with_tls_and_authentication(
         _secure(svc["command"])
         args = _parse_silo(svc["command"])
         assert (args.command, args.action) == ("site", "start")
-        assert args.superlink == "coordinator:9093"
+        assert args.superlink == "coordinator:9092"
         # Each site gets its own kit, read-only, and no other site's.
         kits = [v for v in svc["volumes"] if ":/keys/" in v]
         assert kits == [f"./keys/sites/{site}:/keys/site:ro"]
@@ -98,7 +129,7 @@ def test_compose_runs_a_coordinator_and_three_sites_with_tls_and_authentication(
         gpus = svc["deploy"]["resources"]["reservations"]["devices"]
         assert gpus[0]["driver"] == "nvidia" and "gpu" in gpus[0]["capabilities"]
         assert svc["depends_on"]["coordinator"]["condition"] == "service_healthy"
-    assert all(v.split(":")[0].lstrip("./").split("/")[0] in {"keys", "config", "data", "models"}
+    assert all(v.split(":")[0].lstrip("./").split("/")[0] in {"keys", "config", "data", "models", "proxy"}
                for s in services.values() for v in s["volumes"] if v.startswith("./"))  # fmt: skip
 
 
@@ -150,16 +181,27 @@ def test_k8s_coordinator_serves_tls_with_registered_sites_and_encrypted_checkpoi
     docs = _k8s("coordinator")
     dep = _deployment(docs)
     _mounts_resolve(dep, docs)
-    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    pod = dep["spec"]["template"]["spec"]
+    container, fleet = pod["containers"]
     _secure(container["args"])
     args = _parse_silo(container["args"])
     assert (args.command, args.action, str(args.keys)) == ("coordinator", "start", "/keys/coordinator")
+    _coordinator_behind_the_proxy(args)
+    assert args.no_fleet_proxy and "ports" not in container  # the SuperLink's port is not even named
     assert {e["name"]: e["value"] for e in container["env"]}["SILO_AT_REST_KEY_FILE"].startswith("/secrets/")
-    keys = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "keys")
+    keys = next(v for v in pod["volumes"] if v["name"] == "keys-in")
     paths = [i["path"] for s in keys["projected"]["sources"] for i in s.get("configMap", {}).get("items", [])]
     assert paths == [f"supernodes/{s}.pub" for s in SITES]
+    # The keys reach both containers owner-only (0600), copied out of the group-readable Secret volume.
+    (init,) = pod["initContainers"]
+    assert "install -D -m 600" in init["args"][0] and "superlink.key" in init["args"][0]
+    assert next(v for v in pod["volumes"] if v["name"] == "keys")["emptyDir"]["medium"] == "Memory"
+    # The sidecar proxy: pinned nginx, the generated config, the only port anything listens on for the Service.
+    _pinned_nginx(fleet["image"])
+    assert [p["containerPort"] for p in fleet["ports"]] == [9092]
+    _kit_proxy_config((DEPLOY / "k8s" / "coordinator" / "nginx.conf").read_text())
     (service,) = [d for d in docs if d["kind"] == "Service"]
-    assert [p["port"] for p in service["spec"]["ports"]] == [9093]
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(9092, "fleet")]
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "coordinator" / "kustomization.yaml").read_text())
     tls = next(s for s in kustomization["secretGenerator"] if s["name"] == "silo-coordinator-tls")
     assert "keys/coordinator/ca.key" not in tls["files"]  # the CA key never goes to the cluster
@@ -174,7 +216,10 @@ def test_k8s_site_runs_one_authenticated_supernode_on_a_gpu():
     _secure(container["args"])
     args = _parse_silo(container["args"])
     assert (args.command, args.action, str(args.keys)) == ("site", "start", "/keys/site")
+    assert args.superlink.endswith(":9092")  # the coordinator's Fleet proxy
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    (init,) = dep["spec"]["template"]["spec"]["initContainers"]
+    assert "install -m 600" in init["args"][0]  # the kit, owner-only, out of the group-readable Secret volume
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "site" / "kustomization.yaml").read_text())
     (kit,) = kustomization["secretGenerator"]
     assert sorted(Path(f).name for f in kit["files"]) == sorted(
@@ -210,6 +255,8 @@ def test_systemd_coordinator_unit_is_secure_and_hardened():
     _secure(args)
     parsed = _parse_silo(args)
     assert (parsed.command, parsed.action) == ("coordinator", "start")
+    _coordinator_behind_the_proxy(parsed)
+    assert not parsed.no_fleet_proxy and parsed.fleet_port == 9092  # silo starts Debian's nginx itself
     service = unit["Service"]
     assert service["User"] == "silo" and service["NoNewPrivileges"] == "true" and service["ProtectSystem"] == "strict"
     assert service["LoadCredential"].startswith("at_rest.key:")
@@ -224,6 +271,7 @@ def test_systemd_site_template_unit_uses_the_instance_kit():
     assert (parsed.command, parsed.action) == ("site", "start")
     assert str(parsed.keys) == "/etc/silo/keys/sites/hospital-a"
     assert str(parsed.config) == "/etc/silo/site-hospital-a.toml"
+    assert parsed.superlink.endswith(":9092")
     assert unit["Service"]["User"] == "silo"
 
 
