@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from client.ledger import export_ledger, verify_ledger
+from client.ledger import export_ledger, restart_ledger, verify_ledger
 from common import keys
 from common.errors import ConfigError, LedgerError
 
@@ -15,12 +15,19 @@ The ledger is the site's append-only record of every training round's privacy sp
 per line, hash-chained and signed with the site's Ed25519 key. `verify` checks the format, the chain,
 every signature against the site's PUBLIC key, and recomputes every recorded epsilon from the DP
 events; it names the first bad entry (0-based line index). Removing entries from the END of the file
-cannot be seen from the file alone: compare the last entry with the coordinator's record.
+cannot be seen from the file alone: the site keeps a signed head (`<ledger>.head`) and refuses to train
+on a ledger that is missing, shorter than its head or different from it; the coordinator records each
+site's ledger index and flags one that went backwards.
+
+A lost ledger is never restarted silently. `restart` is the deliberate way out: it keeps the old files
+beside the new ledger (`.lost-<time>`) and writes entry 0 of kind "restart", with the lost ledger's last
+head when known, so every auditor sees that the budget started again.
 
 examples:
   silo ledger keygen --out site/keys/ledger.pem        # also writes site/keys/ledger.pem.pub
   silo ledger verify --ledger site/ledger.jsonl --public-key site/keys/ledger.pem.pub
   silo ledger export --ledger site/ledger.jsonl --out audit/site-a
+  silo ledger restart --ledger state/privacy_ledger.jsonl --key state/site_signing.key --confirm-budget-restart
 """
 
 
@@ -62,6 +69,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     keygen.add_argument("--out", required=True, metavar="FILE", help="private key path; public key goes to FILE.pub")
     keygen.set_defaults(func=run_keygen)
 
+    restart = actions.add_parser(
+        "restart",
+        help="deliberately start a new ledger after losing one (recorded in its first entry)",
+        description="Start a new ledger whose entry 0 records the restart. The site's budget starts again "
+        "from 0, visibly: only with --confirm-budget-restart. The old ledger and head, if any, are kept.",
+    )
+    restart.add_argument("--ledger", required=True, metavar="FILE", help="the site's ledger path (JSONL)")
+    restart.add_argument("--key", required=True, metavar="FILE", help="the site's signing key (PEM)")
+    restart.add_argument(
+        "--confirm-budget-restart",
+        action="store_true",
+        help="required: you accept that the spend recorded in the lost ledger is no longer enforced",
+    )
+    restart.set_defaults(func=run_restart)
+
 
 def run_verify(args: argparse.Namespace) -> int:
     result = verify_ledger(args.ledger, keys.load_public_key(args.public_key))
@@ -94,4 +116,16 @@ def run_keygen(args: argparse.Namespace) -> int:
     keys.save_private_key(key, private_path)
     keys.save_public_key(key, public_path)
     print(f"wrote {private_path} (mode 0600) and {public_path}; fingerprint {keys.fingerprint(key)}")
+    return 0
+
+
+def run_restart(args: argparse.Namespace) -> int:
+    if not args.confirm_budget_restart:
+        raise ConfigError(
+            "restarting a ledger restarts the site's privacy budget at 0; pass --confirm-budget-restart "
+            "if that is what you mean (restoring the lost ledger from a backup is better)"
+        )
+    entry = restart_ledger(args.ledger, signing_key=keys.load_private_key(args.key))
+    lost = entry["update_sha256"] or "unknown (no head survived)"
+    print(f"started a new ledger at {args.ledger}; entry 0 records the restart (lost head {lost})")
     return 0

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import math
 import subprocess
@@ -9,10 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.ledger import Ledger, export_ledger, read_ledger, verify_ledger
+from client import ledger as ledger_module
+from client.ledger import Ledger, export_ledger, iter_rounds, read_ledger, restart_ledger, verify_ledger
 from common import keys
-from common.accounting import Accountant, compute_epsilon, compute_epsilon_dp_accounting
+from common.accounting import Accountant, DPEvent, compute_epsilon, compute_epsilon_dp_accounting
 from common.errors import BudgetExhausted, ConfigError, LedgerError
+from common.keys import public_key_raw, sign
 
 DELTA = 1e-5
 ROUND = {"noise_multiplier": 1.1, "sample_rate": 0.01, "steps": 100}  # ~0.96 epsilon per round alone
@@ -378,3 +381,126 @@ def test_verify_ledger_without_a_key_checks_against_the_embedded_key(ledger_file
     rows[3] = b"{not json\n"
     result = verify_ledger(tampered(ledger_file, rows), None)
     assert result.first_bad_index == 3 and "not valid JSON" in result.reason
+
+
+# ---- a ledger that cannot be reset --------------------------------------------------------------
+
+
+def _one_round(path, key, rnd=1):
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
+        plan = ledger.plan_round(
+            noise_multiplier=1.0, sample_rate=0.1, steps=10, delta=DELTA, accountant=Accountant.RDP,
+            budget_epsilon=100.0, budget_delta=DELTA, run_id="r", round=rnd, site_id="s",
+        )  # fmt: skip
+        ledger.record_round(
+            plan, run_id="r", round=rnd, site_id="s", max_grad_norm=1.0, dataset_size=100, update_sha256="a" * 64
+        )
+
+
+def test_ledger_refuses_to_start_over_when_missing_unless_asked(tmp_path, key):
+    path = tmp_path / "ledger.jsonl"
+    with pytest.raises(LedgerError, match="is missing"):
+        Ledger.open(path, signing_key=key)
+    _one_round(path, key)
+    path.unlink()
+    with pytest.raises(LedgerError, match="is missing.*silo ledger restart"):
+        Ledger.open(path, signing_key=key, create=True)  # the head remembers it existed
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate-to-empty", "drop-last-line", "replace-with-another-ledger"])
+def test_ledger_refuses_a_truncated_or_replaced_ledger(tmp_path, key, damage):
+    path = tmp_path / "ledger.jsonl"
+    _one_round(path, key, 1)
+    _one_round(path, key, 2)
+    if damage == "truncate-to-empty":
+        path.write_bytes(b"")
+    elif damage == "drop-last-line":
+        path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    else:  # a fresh, valid ledger signed by the same key, put in its place
+        other = tmp_path / "other" / "ledger.jsonl"
+        _one_round(other, key, 1)
+        _one_round(other, key, 2)
+        path.write_bytes(other.read_bytes())
+    with pytest.raises(LedgerError, match="lost, truncated or replaced"):
+        Ledger.open(path, signing_key=key)
+
+
+def test_ledger_refuses_a_forged_head(tmp_path, key):
+    path = tmp_path / "ledger.jsonl"
+    _one_round(path, key)
+    head = path.with_name(path.name + ".head")
+    forged = json.loads(head.read_text())
+    forged["entries"] = 0
+    head.write_text(json.dumps(forged))
+    with pytest.raises(LedgerError, match="not the site's"):
+        Ledger.open(path, signing_key=key)
+
+
+def test_ledger_restart_is_deliberate_and_recorded(tmp_path, key):
+    path = tmp_path / "ledger.jsonl"
+    _one_round(path, key)
+    lost_head = hashlib.sha256(path.read_bytes().splitlines()[-1]).hexdigest()
+    path.unlink()
+    entry = restart_ledger(path, signing_key=key)
+    assert entry["kind"] == "restart" and entry["index"] == 0 and entry["update_sha256"] == lost_head
+    assert verify_ledger(path, key.public_key()).ok
+    with Ledger.open(path, signing_key=key) as ledger:  # a site can train again, from a visible restart
+        assert ledger.spent(delta=DELTA) == 0.0
+    assert list(tmp_path.glob("ledger.jsonl.head.lost-*"))
+
+
+def test_round_entries_record_the_noise_source_and_must_match_the_plan(tmp_path, key):
+    path = tmp_path / "ledger.jsonl"
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
+        plan = ledger.plan_round(
+            noise_multiplier=1.0, sample_rate=0.1, steps=10, delta=DELTA, accountant=Accountant.RDP,
+            budget_epsilon=100.0, budget_delta=DELTA,
+        )  # fmt: skip
+        with pytest.raises(LedgerError, match="noise source"):
+            ledger.record_round(
+                plan, run_id="r", round=1, site_id="s", max_grad_norm=1.0, dataset_size=10,
+                update_sha256="b" * 64, noise_source="caller-generator",
+            )  # fmt: skip
+        entry = ledger.record_round(
+            plan, run_id="r", round=1, site_id="s", max_grad_norm=1.0, dataset_size=10, update_sha256="b" * 64
+        )
+    assert entry["noise_source"] == "os-seeded" and entry["format"] == 2
+
+
+def test_evaluation_entries_count_as_spent_and_verify(tmp_path, key):
+    path = tmp_path / "ledger.jsonl"
+    event = DPEvent(5.0, 1.0, 1)
+    with Ledger.open(path, signing_key=key, create=True) as ledger:
+        ledger.charge_evaluation(
+            event, delta=DELTA, accountant=Accountant.RDP, budget_epsilon=100.0, budget_delta=DELTA,
+            dataset_size=40, evaluated_sha256="c" * 64, noise_source="os-seeded",
+        )  # fmt: skip
+        assert ledger.history() == [event]
+        spent = ledger.spent(delta=DELTA)
+        with pytest.raises(BudgetExhausted, match="Nothing evaluated"):
+            ledger.charge_evaluation(
+                event, delta=DELTA, accountant=Accountant.RDP, budget_epsilon=spent * 1.2, budget_delta=DELTA,
+                dataset_size=40, evaluated_sha256="c" * 64, noise_source="os-seeded",
+            )  # fmt: skip
+    result = verify_ledger(path, key.public_key())
+    assert result.ok and result.epsilon_total == pytest.approx(spent)
+    assert [status for _, status in iter_rounds(read_ledger(path))] == ["evaluation"]
+
+
+def test_format_1_entries_still_verify(tmp_path, key):
+    """Ledgers written before fresh noise keep verifying (the audit declares their ε void)."""
+    path = tmp_path / "ledger.jsonl"
+    entry = {name: None for name in ledger_module._FIELDS}
+    entry.update(
+        format=1, index=0, kind="reserve", dp_enabled=True, noise_multiplier=1.0, sample_rate=0.1, steps=10,
+        sampling="poisson", accountant="rdp", epsilon_conversion="balle2020", delta=DELTA, budget_epsilon=100.0,
+        budget_delta=DELTA, timestamp="2026-01-01T00:00:00Z", code_version="old",
+        site_public_key=public_key_raw(key).hex(), prev_sha256="0" * 64,
+    )  # fmt: skip
+    event = DPEvent(1.0, 0.1, 10)
+    entry["epsilon_round"] = entry["epsilon_total"] = compute_epsilon([event], delta=DELTA)
+    del entry["signature"]
+    entry["signature"] = sign(key, ledger_module._canonical(entry)).hex()
+    path.write_bytes(ledger_module._canonical(entry) + b"\n")
+    assert verify_ledger(path, key.public_key()).ok
