@@ -468,6 +468,24 @@ class Ledger:
             epsilon_round=_decode_epsilon(reserved["epsilon_round"]),
         )
 
+    def require_budget(
+        self, events: Iterable[DPEvent], *, delta: float, accountant: Accountant, budget_epsilon: float, what: str
+    ) -> None:
+        """Raise `BudgetExhausted` unless the recorded history composed with `events` fits the budget."""
+        self._check_open()
+        accountant = Accountant(accountant)
+        conversion = default_conversion(accountant)
+        before = compute_epsilon(self._state.events, delta=delta, accountant=accountant, conversion=conversion)
+        after = compute_epsilon(
+            [*self._state.events, *events], delta=delta, accountant=accountant, conversion=conversion
+        )
+        if after > budget_epsilon:
+            raise BudgetExhausted(
+                f"privacy budget would be exceeded: spent epsilon={_fmt(before)} (delta={delta}, "
+                f"{_method(accountant, conversion)}); {what} would bring it to {_fmt(after)} > budget "
+                f"{_fmt(budget_epsilon)}. Nothing evaluated, trained or sent."
+            )
+
     def charge_evaluation(
         self,
         event: DPEvent,
