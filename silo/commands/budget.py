@@ -108,7 +108,7 @@ def _runs(entries: list[dict[str, Any]], rounds: list[dict[str, Any]], last: dic
         events = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
         out.append({
             "run_id": run_id,
-            "rounds": len(rows),
+            "rounds": sum(r["status"] != "evaluation" for r in rows),  # evaluation answers are spends, not rounds
             "epsilon_run": compute_epsilon(events, delta=last["delta"], accountant=accountant, conversion=conversion),
             "epsilon_total_after": rows[-1]["epsilon_total"],
             "remaining_after": rows[-1]["remaining"],
