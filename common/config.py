@@ -240,15 +240,26 @@ class TrainingConfig:
         )
 
 
+APP_PIN_INSTALLED = "installed"
+APP_PIN_SHA256 = "sha256:"
+
+
 @dataclass(frozen=True)
 class SiteSection:
     id: str = ""
     # Where the site keeps its ledger, keys and scrubbed cache (relative to the TOML's directory).
     state_dir: str = "state"
+    # The only app this site runs: "installed" (a bundle declaring the Silo installed here) or
+    # "sha256:<hex>" (exactly that bundle); any other run is refused before it executes anything.
+    app: str = APP_PIN_INSTALLED
 
     def __post_init__(self) -> None:
         ok = isinstance(self.id, str) and bool(self.id) and all(c.isalnum() or c in "-_." for c in self.id)
         _require(ok, f"`site.id` must be a non-empty name of letters, digits, '-', '_' or '.', got {self.id!r}.")
+        pinned = isinstance(self.app, str) and self.app.startswith(APP_PIN_SHA256)
+        digest = self.app.removeprefix(APP_PIN_SHA256) if pinned else ""
+        ok = self.app == APP_PIN_INSTALLED or (len(digest) == 64 and all(c in "0123456789abcdef" for c in digest))
+        _require(ok, f"`site.app` must be 'installed' or 'sha256:' and 64 lowercase hex digits, got {self.app!r}.")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,13 @@ class AuditIncomplete(SiloError):
     exit_code = 10
 
 
+class RunRefused(SiloError):
+    """A site refused a run it did not agree to (app not the one it approved, run request unsigned,
+    forged or for another app, run or round): nothing was executed, trained or spent."""
+
+    exit_code = 11
+
+
 # Documented in `silo --help`; a test checks every code is listed there.
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -79,5 +86,6 @@ EXIT_CODES: dict[int, str] = {
     8: "federation run failed (FederationFailed)",
     9: "audit verification found a discrepancy (VerificationFailed)",
     10: "audit incomplete: what it names was not checked; --partial accepts that (AuditIncomplete)",
+    11: "a site refused the run: not its approved app, or no valid signed run request (RunRefused)",
     130: "interrupted (Ctrl-C)",
 }

@@ -187,7 +187,6 @@ class RoundEntry:
     def from_dict(cls, obj: Any, where: str, *, schema: int = SCHEMA_VERSION) -> RoundEntry:
         f = Fields(obj, where, ManifestError)
         n = f.integer("round", minimum=0)
-        where = f"{where} (round {n})"
         out = cls(
             round=n,
             adapter_sha256=f.sha256("adapter_sha256"),

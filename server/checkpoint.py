@@ -37,12 +37,11 @@ from safetensors.numpy import save as save_safetensors
 
 from common import encryption
 from common.errors import ConfigError, FederationFailed
+from common.manifest import MANIFEST, SCHEMA_VERSION, Manifest, RoundEntry, parse_manifest
 
-MANIFEST = "manifest.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 SERVER_STATE = "server_state.npz"
-SCHEMA_VERSION = 1
 # Marks "read the at-rest key from the environment" (None means: no encryption).
 KEY_FROM_ENV: Any = object()
 
@@ -84,10 +83,8 @@ class RunDirectory:
         p = Path(path)
         manifest_path = p / MANIFEST
         if manifest_path.exists():
-            try:
-                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise FederationFailed(f"{manifest_path}: unreadable manifest ({err})") from None
+            # Read through the schema (common/manifest.py): an older layout comes back in the current one.
+            manifest = parse_manifest(manifest_path.read_text(encoding="utf-8"), str(manifest_path)).to_dict()
             if manifest.get("config_hash") != config_hash:
                 raise ConfigError(
                     f"{p} holds a run with a different configuration (config hash "
@@ -161,9 +158,11 @@ class RunDirectory:
             np.savez(buf, allow_pickle=False, **_flatten(server_state))
             self._write(partial, SERVER_STATE, buf.getvalue())
         digest = hashlib.sha256(adapter).hexdigest()
+        entry = {"round": n, "adapter_sha256": digest, "completed_at": _now(), **record}
+        # The entry is checked against the manifest schema before the round lands, not after.
+        entry = RoundEntry.from_dict(entry, f"{self.path / MANIFEST}: round {n}").to_dict()
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
-        entry = {"round": n, "adapter_sha256": digest, "completed_at": _now(), **record}
         self.manifest["rounds"] = [r for r in self.manifest["rounds"] if r["round"] != n] + [entry]
         self.manifest["completed_rounds"] = n
         self._save_manifest()
@@ -191,7 +190,14 @@ class RunDirectory:
         self._save_manifest()
 
     def _save_manifest(self) -> None:
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        """Written only through the manifest schema: what lands on disk is what `read_manifest` reads."""
+        path = self.path / MANIFEST
+        self.manifest = Manifest.from_dict(self.manifest, str(path)).to_dict()
+        write_json_atomic(path, self.manifest)
+
+    def read(self) -> Manifest:
+        """The manifest as its schema's dataclasses."""
+        return Manifest.from_dict(self.manifest, str(self.path / MANIFEST))
 
     def _write(self, directory: Path, name: str, data: bytes) -> None:
         """`data` as `name`, or only as `name.enc` when a key is set: plain weights never touch the disk."""

@@ -18,25 +18,37 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from common.adapter import adapter_state, hash_state, numpy_to_state, state_to_arrays, state_to_numpy
-from common.config import FederationConfig, SecuritySection
+from common.adapter import adapter_state, numpy_to_state, state_to_arrays, state_to_numpy
+from common.config import FederationConfig
 from common.errors import FederationFailed, UpdateRejected
+from common.manifest import LedgerRegression, Rejection
 from common.model import load_lora_model
 from common.version import CODE_VERSION
 from server.central_dp import CentralDP
 from server.checkpoint import ADAPTER_CONFIG, RunDirectory
+from server.gate import (
+    NO_REPLY,
+    NUM_EXAMPLES,
+    RoundGate,
+    apply_norm_bound,
+    collect_updates,
+    example_count,
+    finite_metrics,
+    previous_norms,
+)
+from server.ledger_heads import LedgerHeads
 from server.secagg import SecAggRound
 from server.strategy import Arrays, FedAvg, SiteUpdate, average_metrics, make_strategy, trimmed_per_side
-from server.verify import IDENTITY_NONE, UpdateVerifier, check_payload_size, load_registry, validate_update
+from server.verify import IDENTITY_NONE, NORM_BOUND_MULTIPLE, UpdateVerifier, load_registry
 
 # How often to look for connected SuperNodes while waiting for `min_sites` of them.
 NODE_POLL_S = 1.0
@@ -74,93 +86,6 @@ def _reply_error(msg: Message) -> str:
     return msg.error.reason or f"error code {msg.error.code}"
 
 
-@dataclass
-class RoundGate:
-    """What one round's replies are checked against: this run and round, the global adapter sent."""
-
-    verifier: UpdateVerifier
-    security: SecuritySection
-    run_id: str
-    round: int
-    global_arrays: Arrays
-    global_sha256: str = ""
-    # Site ids already accepted this round: a second update from one site is a replay.
-    seen: set[str] = field(default_factory=set)
-    # With secure aggregation the replies are masked vectors: checked for form, not for norm.
-    secagg: SecAggRound | None = None
-
-    def __post_init__(self) -> None:
-        self.global_sha256 = self.global_sha256 or hash_state(numpy_to_state(self.global_arrays))
-
-    def admit(self, msg: Message) -> SiteUpdate:
-        """The reply as a verified, validated update, or UpdateRejected with the reason."""
-        content = msg.content
-        if "arrays" not in content or "metrics" not in content or "site" not in content:
-            raise UpdateRejected(f"malformed reply (records: {sorted(content.keys())})")
-        site = content.config_records["site"]
-        site_id = str(site.get("site-id", ""))
-        arrays = {k: v.numpy() for k, v in content.array_records["arrays"].items()}
-        check_payload_size(
-            sum(a.nbytes for a in arrays.values()) + sum(len(v) for v in site.values() if isinstance(v, str | bytes)),
-            self.global_arrays if self.secagg is None else self.secagg.field_like(self.global_arrays),
-            max_update_bytes=self.security.max_update_bytes,
-        )
-        seal = self.verifier.verify(
-            site,
-            run_id=self.run_id,
-            round=self.round,
-            update_sha256=hash_state(numpy_to_state(arrays)),
-            global_sha256=self.global_sha256,
-            metrics=dict(content.metric_records["metrics"].items()),
-        )
-        metrics = {k: float(v) for k, v in content.metric_records["metrics"].items() if isinstance(v, int | float)}
-        num_examples = int(metrics.get("num-examples", 0))
-        norm: float | None = None
-        declared: dict[str, Any] | None = None
-        if self.secagg is None:
-            norm = validate_update(arrays, self.global_arrays, max_update_norm=self.security.max_update_norm)
-        else:
-            node = msg.metadata.src_node_id
-            declared = self.secagg.validate_masked(node, arrays, self.global_arrays, site, num_examples)
-        if site_id in self.seen:
-            raise UpdateRejected(f"a second update from site {site_id!r} in round {self.round}")
-        self.seen.add(site_id)
-        report = {
-            k: json.loads(str(site[f"{k}-report" if k == "scrub" else k]))
-            for k in ("scrub", "privacy")
-            if (f"{k}-report" if k == "scrub" else k) in site
-        }
-        report["update_sha256"] = str(site.get("update-sha256", ""))
-        report["update_norm"] = norm
-        report["signing_key_fingerprint"] = seal.key_fingerprint if seal is not None else None
-        if declared is not None:
-            report["secagg"] = {"masked": True, "clipped": bool(declared.get("clipped"))}
-        return SiteUpdate(
-            node_id=msg.metadata.src_node_id,
-            site_id=site_id,
-            arrays=arrays,
-            num_examples=num_examples,
-            metrics=metrics,
-            report=report,
-        )
-
-
-def collect_updates(replies: Iterable[Message], gate: RoundGate) -> tuple[list[SiteUpdate], list[dict[str, Any]]]:
-    """Accepted updates, and a record of each rejected or failed reply with its reason."""
-    accepted, rejected = [], []
-    for msg in replies:
-        node = msg.metadata.src_node_id
-        if msg.has_error():
-            rejected.append({"node_id": node, "reason": _reply_error(msg)})
-            continue
-        try:
-            accepted.append(gate.admit(msg))
-        except UpdateRejected as err:
-            site: Any = msg.content.get("site", {})
-            rejected.append({"node_id": node, "site_id": str(site.get("site-id", "")), "reason": str(err)})
-    return accepted, rejected
-
-
 def evaluate_round(grid: Grid, nodes: list[int], arrays: Arrays, rnd: int, timeout: float) -> dict[str, Any]:
     replies = list(
         grid.send_and_receive(
@@ -172,11 +97,15 @@ def evaluate_round(grid: Grid, nodes: list[int], arrays: Arrays, rnd: int, timeo
         if msg.has_error():
             failed.append({"node_id": msg.metadata.src_node_id, "reason": _reply_error(msg)})
             continue
-        if "metrics" not in msg.content:
-            failed.append({"node_id": msg.metadata.src_node_id, "reason": "malformed reply (no metrics)"})
+        try:
+            metrics = msg.content["metrics"]
+            n = example_count(metrics, NUM_EXAMPLES)
+            if not isinstance(metrics, MetricRecord) or n is None or n < 0:
+                raise UpdateRejected(f"malformed reply: needs a metrics record with `{NUM_EXAMPLES}` >= 0")
+        except (UpdateRejected, KeyError, TypeError) as err:
+            failed.append({"node_id": msg.metadata.src_node_id, "reason": str(err)})
             continue
-        m = {k: float(v) for k, v in msg.content["metrics"].items() if isinstance(v, int | float)}
-        per_site.append((int(m.get("num-examples", 0)), m))
+        per_site.append((n, finite_metrics(metrics)))
     out: dict[str, Any] = average_metrics(per_site) if per_site else {}
     out["sites"] = len(per_site)
     if failed:
@@ -250,11 +179,13 @@ def train_round_replies(
     gate: RoundGate,
     min_sites: int,
     timeout: float,
-) -> tuple[list[SiteUpdate], list[dict[str, Any]]]:
+) -> tuple[list[SiteUpdate], list[Rejection]]:
     """Send the round to every site; while too few updates are in, ask the sites that were merely
-    unreachable again (they trained nothing) until the round's timeout."""
+    unreachable again (they trained nothing) until the round's timeout. Every site asked ends up
+    accepted or rejected: one that never answered is rejected with `NO_REPLY`."""
     deadline = time.monotonic() + timeout
     accepted: list[SiteUpdate] = []
+    outcome: dict[int, Rejection | None] = {}  # node -> its latest rejection, None once it replied usefully
     pending = list(nodes)
     while True:
         replies = list(
@@ -265,19 +196,23 @@ def train_round_replies(
         )
         new, rejected = collect_updates(replies, gate)
         accepted += new
-        unavailable = [r for r in rejected if NODE_UNAVAILABLE in r["reason"]]
+        outcome.update({u.node_id: None for u in new})
+        outcome.update({r.node_id: r for r in rejected})
+        for node in pending:
+            outcome.setdefault(node, Rejection(node_id=node, reason=NO_REPLY))
+        unavailable = [r for r in rejected if NODE_UNAVAILABLE in r.reason]
         if len(accepted) >= min_sites or not unavailable or time.monotonic() + RETRY_PAUSE_S > deadline:
-            return accepted, rejected
+            return accepted, [r for r in outcome.values() if r is not None]
         log(WARNING, "[silo] round %d: %d site(s) unreachable, asking again", rnd, len(unavailable))
         time.sleep(RETRY_PAUSE_S)
-        pending = [r["node_id"] for r in unavailable] + [
+        pending = [r.node_id for r in unavailable] + [
             n for n in grid.get_node_ids() if n not in pending and n not in {u.node_id for u in accepted}
         ]
 
 
 def secure_train_replies(
     grid: Grid, secagg: SecAggRound, arrays: Arrays, config: dict[str, Any], rnd: int, gate: RoundGate, timeout: float
-) -> tuple[list[SiteUpdate], list[dict[str, Any]]]:
+) -> tuple[list[SiteUpdate], list[Rejection]]:
     """The train message to each site that shared keys, with the shares addressed to it; no second
     ask: a site that misses this message has dropped, and its masks are cancelled at unmasking."""
     global_record = state_to_arrays(numpy_to_state(arrays))
@@ -292,7 +227,9 @@ def secure_train_replies(
         )
         for n in secagg.sharing
     ]
-    return collect_updates(grid.send_and_receive(messages, timeout=timeout), gate)
+    accepted, rejected = collect_updates(grid.send_and_receive(messages, timeout=timeout), gate)
+    answered = {u.node_id for u in accepted} | {r.node_id for r in rejected}
+    return accepted, rejected + [Rejection(node_id=n, reason=NO_REPLY) for n in secagg.sharing if n not in answered]
 
 
 def eval_from_train_replies(updates: list[SiteUpdate]) -> dict[str, Any]:
@@ -324,6 +261,8 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
     if central is not None:
         central.load_history(run.manifest["rounds"])
     down_bytes = sum(v.nbytes for v in arrays.values())
+    heads = LedgerHeads.beside(run.path)
+    last_norms = previous_norms(run.manifest["rounds"][-1] if run.manifest["rounds"] else None)
 
     for rnd in range(run.completed_rounds + 1, fed.rounds + 1):
         t0 = time.perf_counter()
@@ -336,13 +275,17 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
         else:
             secagg.exchange_keys(grid, nodes, min_sites=fed.min_sites, timeout=timeout)
             accepted, rejected = secure_train_replies(grid, secagg, arrays, config, rnd, gate, timeout)
+        if secagg is None and not cfg.security.max_update_norm:
+            accepted, too_far = apply_norm_bound(accepted, previous_norms=last_norms, multiple=NORM_BOUND_MULTIPLE)
+            rejected += too_far
         for r in rejected:
-            log(WARNING, "[silo] round %d: update from node %s rejected: %s", rnd, r["node_id"], r["reason"])
+            log(WARNING, "[silo] round %d: update from node %s rejected: %s", rnd, r.node_id, r.reason)
         if len(accepted) < fed.min_sites:
-            reasons = "; ".join(f"node {r['node_id']}: {r['reason']}" for r in rejected) or "no replies in time"
+            reasons = "; ".join(f"node {r.node_id}: {r.reason}" for r in rejected) or "no replies in time"
             raise FederationFailed(
                 f"round {rnd}: {len(accepted)} usable update(s), `min_sites` is {fed.min_sites} ({reasons})"
             )
+        accepted, regressions = _check_ledger_heads(heads, accepted, run.run_id, rnd)
         # The sites evaluated the adapter they received (round rnd-1's) before training on it.
         run.update_round(rnd - 1, eval=eval_from_train_replies(accepted))
         _log_eval(rnd - 1, fed.rounds, run)
@@ -368,18 +311,9 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             "strategy": str(fed.strategy),
             "security": _security_record(cfg, verifier, strategy, len(accepted)),
             "train": average_metrics(accepted),
-            "sites": [
-                {
-                    "node_id": u.node_id,
-                    "site_id": u.site_id,
-                    "num_examples": u.num_examples,
-                    "bytes_up": sum(a.nbytes for a in u.arrays.values()),
-                    **u.metrics,
-                    **u.report,
-                }
-                for u in accepted
-            ],
-            "rejected": rejected,
+            "sites": [u.entry.to_dict() for u in accepted if u.entry is not None],
+            "rejected": [r.to_dict() for r in rejected],
+            "ledger_regressions": [g.to_dict() for g in regressions],
             "bytes_down_per_site": down_bytes,
             "round_seconds": time.perf_counter() - t0,
             "slowest_site_train_seconds": max(u.metrics.get("train_seconds", 0.0) for u in accepted),
@@ -403,6 +337,8 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
                 dp_record["epsilon_total"],
                 dp_record["delta"],
             )
+        heads.save()
+        last_norms = [u.entry.update_norm for u in accepted if u.entry is not None and u.entry.update_norm is not None]
         state = strategy.state_dict()
         run.save_round(
             rnd,
@@ -413,16 +349,33 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
         )
         log(
             INFO,
-            "[silo] round %d/%d  sites %d  train_loss %.4f  (%.1fs)",
+            "[silo] round %d/%d  sites %d  rejected %d  (%.1fs)",
             rnd,
             fed.rounds,
             len(accepted),
-            record["train"].get("train_loss", float("nan")),
+            len(rejected),
             record["round_seconds"],
         )
     # The final adapter has no next round to evaluate it: one evaluate message.
     run.update_round(run.completed_rounds, eval=evaluate_round(grid, nodes, arrays, run.completed_rounds, timeout))
     _log_eval(run.completed_rounds, fed.rounds, run)
+
+
+def _check_ledger_heads(
+    heads: LedgerHeads, accepted: list[SiteUpdate], run_id: str, rnd: int
+) -> tuple[list[SiteUpdate], list[LedgerRegression]]:
+    """Each accepted site's declared ledger index against the highest seen before (server/ledger_heads.py);
+    a site whose ledger went backwards keeps its update but carries a warning, here and in the log."""
+    out, regressions = [], []
+    for u in accepted:
+        privacy = u.entry.privacy if u.entry is not None else None
+        found = heads.observe(u.site_id, privacy.ledger_index if privacy else None, run_id=run_id, round=rnd)
+        if found is not None and u.entry is not None:
+            regressions.append(found)
+            log(WARNING, "[silo] round %d: %s", rnd, found.message())
+            u = replace(u, entry=replace(u.entry, warnings=(*u.entry.warnings, found.message())))
+        out.append(u)
+    return out, regressions
 
 
 def _log_eval(rnd: int, planned: int, run: RunDirectory) -> None:
@@ -442,10 +395,18 @@ def _security_record(cfg: FederationConfig, verifier: UpdateVerifier, strategy: 
         "site_identity": verifier.identity,
         "registry_sha256": verifier.registry.sha256 if verifier.registry is not None else None,
         "max_update_norm": cfg.security.max_update_norm or None,
+        "norm_bound": (
+            f"fixed: {cfg.security.max_update_norm:g}"
+            if cfg.security.max_update_norm
+            else f"relative: {NORM_BOUND_MULTIPLE:g} x the upper median norm of the other updates and last round's"
+        ),
+        "update_hash": "declared update-sha256 checked against the arrays received",
         "aggregator": str(strategy.aggregator),
     }
     if cfg.secagg.enabled:
         out["max_update_norm"] = None
+        out["norm_bound"] = f"sites clip to {cfg.secagg.clip:g} before masking"
+        out["update_hash"] = "masked: the declared update-sha256 is checked by the site's ledger, not here"
         out["secagg"] = True
         out["update_validation"] = (
             "masked: each update's seal, form and secagg declaration only; norms are bounded by the "

@@ -26,6 +26,7 @@ import numpy as np
 
 from common.config import Aggregator, FederationSection, SecuritySection, StrategyName
 from common.errors import ConfigError
+from common.manifest import SiteEntry
 
 Arrays = dict[str, np.ndarray]
 
@@ -39,13 +40,17 @@ class SiteUpdate:
     arrays: Arrays
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
-    # What the site reports of its own pipeline (scrub counts by entity type); never raw values.
-    report: dict[str, Any] = field(default_factory=dict)
+    # Its manifest record: hashes and norm the gate computed, the site's declarations; never raw values.
+    entry: SiteEntry | None = None
 
 
 def weighted_average(arrays: Sequence[Arrays], weights: Sequence[float]) -> Arrays:
     if not arrays:
         raise ValueError("nothing to aggregate")
+    # The gate admits only positive integer example counts; this keeps a caller that skipped it from
+    # extrapolating (a negative weight pushes the mean past every site) or dividing by zero.
+    if any(not np.isfinite(w) or w < 0 for w in weights):
+        raise ValueError(f"aggregation weights must be finite and >= 0, got {list(weights)}")
     total = float(sum(weights))
     if total <= 0:
         raise ValueError(f"aggregation weights must sum to > 0, got {list(weights)}")

@@ -3,7 +3,8 @@
 - `load_registry`: the site public keys the coordinator trusts (JSON, see `Registry`).
 - `UpdateVerifier.verify`: the site's seal (common/sealing.py) checked against the registered key,
   or, with no registry, against the key the site sent, pinned on first use for the rest of the run.
-- `validate_update`: byte size, keys, shapes, dtypes, NaN/Inf and ||w_site - w_global||_2 bound.
+- `validate_update`: byte size, keys, shapes, dtypes, NaN/Inf and a fixed ||w_site - w_global||_2 bound.
+- `relative_norm_bounds`: the default norm bound, relative to the other sites' norms (below).
 
 Each check raises `UpdateRejected` with a reason that the round's manifest entry records.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.declaration import SEAL_FIELDS, SEAL_PAYLOAD, SEAL_PUBLIC_KEY, SEAL_SIGNATURE
 from common.errors import ConfigError, UpdateRejected
 from common.keys import fingerprint, load_public_key, public_key_from_raw, public_key_pem
 from common.sealing import Seal, SealedUpdate, UpdateBinding, metrics_digest, open_sealed, read_seal
@@ -86,11 +88,6 @@ def load_registry(path: str | Path) -> Registry:
     if len(set(prints)) != len(prints):
         raise ConfigError(f"{path}: two sites share one signing key; each site needs its own.")
     return Registry(keys=keys, sha256=hashlib.sha256(body).hexdigest())
-
-
-# The seal's fields in the reply's "site" record; everything else there is a signed declaration.
-SEAL_PAYLOAD, SEAL_SIGNATURE, SEAL_PUBLIC_KEY = "seal-payload", "seal-signature", "signing-public-key"
-SEAL_FIELDS = (SEAL_PAYLOAD, SEAL_SIGNATURE, SEAL_PUBLIC_KEY)
 
 
 def site_declarations(site_record: Mapping[str, Any]) -> dict[str, str]:
@@ -209,3 +206,27 @@ def validate_update(arrays: Arrays, global_arrays: Arrays, *, max_update_norm: f
     if max_update_norm and norm > max_update_norm:
         raise UpdateRejected(f"update norm {norm:.4g} exceeds `security.max_update_norm` {max_update_norm:g}")
     return norm
+
+
+# The default norm bound (`security.max_update_norm = 0`): an update may be at most this many times the
+# median norm of its peers. Honest sites of one federation train the same adapter with the same kind of
+# DP-SGD, so their norms differ by the spread of their step counts (a few x); a scaled or runaway update
+# is orders of magnitude off. Federations of very unequal sites set an explicit `max_update_norm`.
+NORM_BOUND_MULTIPLE = 10.0
+
+
+def relative_norm_bounds(
+    norms: Mapping[Any, float], *, previous: Sequence[float] = (), multiple: float = NORM_BOUND_MULTIPLE
+) -> dict[Any, float | None]:
+    """Each update's bound: `multiple` x the upper median of the OTHER updates' norms this round plus
+    the norms accepted in the previous round. Leaving the update itself out means a scaled update
+    cannot raise its own bound; the upper median means a minority of hostile peers cannot lower an
+    honest site's bound below an honest norm; last round's norms keep a lone hostile peer (two sites)
+    from setting the bound alone after round 1. None: no reference at all (a single update in round 1).
+    A reference of 0 (peers that did not move) gives no bound rather than rejecting every real update."""
+    out: dict[Any, float | None] = {}
+    for key in norms:
+        pool = sorted([n for k, n in norms.items() if k != key] + list(previous))
+        reference = pool[len(pool) // 2] if pool else 0.0
+        out[key] = multiple * reference if reference > 0 else None
+    return out

@@ -14,9 +14,11 @@ layout (private keys mode 0600; nothing is ever overwritten):
   DIR/coordinator/superlink.pem, .key       the SuperLink's TLS certificate (SANs: --superlink-host)
   DIR/coordinator/registry.json             each site's Ed25519 signing key and fingerprint
   DIR/coordinator/supernodes/<id>.pub       each site's SuperNode key, registered with the SuperLink
+  DIR/coordinator/coordinator_signing.key   signs the coordinator's run requests (found beside the registry)
   DIR/sites/<id>/ca.pem                     what site <id> receives: the CA certificate,
   DIR/sites/<id>/supernode_auth.key, .pub   its SuperNode authentication key (ECDSA P-384),
-  DIR/sites/<id>/site_signing.key, .pub     and its update/ledger signing key (Ed25519)
+  DIR/sites/<id>/site_signing.key, .pub     its update/ledger signing key (Ed25519),
+  DIR/sites/<id>/coordinator_signing.pub    and the coordinator's run-request key: it trains only for runs signed with it
 
 Give DIR/coordinator/ to the coordinator (`silo coordinator start --keys DIR/coordinator`) and
 DIR/sites/<id>/ to site <id> only (`silo site start --keys DIR/sites/<id>`), over a channel you
@@ -26,6 +28,7 @@ examples:
   silo keys --out keys --sites hospital-a,hospital-b,bank-c
   silo keys --out keys --sites a,b --superlink-host coordinator.example.org --superlink-host 10.0.0.5
   silo keys --out keys --add-sites bank-d       # a new site joins an existing federation
+  silo keys --out keys --add-coordinator-key    # a key directory made before run requests were signed
 """
 
 
@@ -43,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--sites", metavar="A,B,C", help="site ids, comma-separated (as in each site's [site] id)")
     group.add_argument("--add-sites", metavar="D,E", help="add sites to an existing DIR (same CA and registry)")
+    group.add_argument(
+        "--add-coordinator-key",
+        action="store_true",
+        help="add the coordinator's run-request signing key to an existing DIR, and its public half to every "
+        "site kit there (nothing existing is replaced)",
+    )
     p.add_argument(
         "--superlink-host",
         action="append",
@@ -64,9 +73,14 @@ def run(args: argparse.Namespace) -> int:
     if args.sites is not None:
         sites = args.sites.split(",")
         layout = pki.create_keys(args.out, sites, hosts=args.superlink_host or pki.DEFAULT_HOSTS, days=args.days)
-    else:
+    elif args.add_sites is not None:
         sites = args.add_sites.split(",")
         layout = pki.add_sites(args.out, sites)
+    else:
+        layout = pki.add_coordinator_key(args.out)
+        print(f"coordinator run-request key: {layout.coordinator_signing_key}; give each site its")
+        print(f"  {pki.COORDINATOR_SIGNING_PUB} from DIR/sites/<id>/ (public; its integrity matters)")
+        return 0
     sites = [s.strip() for s in sites if s.strip()]
     hosts = pki.certificate_hosts(pki.load_certificate(layout.superlink_cert))
     registry = pki.read_registry(layout.registry)

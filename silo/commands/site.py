@@ -9,8 +9,8 @@ from pathlib import Path
 
 from common.config import load_site_config
 from common.errors import ConfigError
-from common.pki import SiteKit, install_site_signing_key
-from silo.launch import flower_env, supernode_argv
+from common.pki import SiteKit
+from silo.launch import flower_env, kit_coordinator_key, site_node_argv, supernode_argv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "start",
         help="run this site's SuperNode in the foreground",
         description="Check the site, then run a Flower SuperNode that connects to the coordinator's SuperLink "
-        "over TLS, authenticates with this site's SuperNode key, and answers its rounds with this site's TOML. "
-        "With --keys, the site's signing key is first copied into its state_dir (an existing different key "
-        "there is refused).",
+        "over TLS and authenticates with this site's SuperNode key, served by Silo's site executor: it runs only "
+        "the app `[site] app` approves (default: the Silo installed here), always with the installed code, and "
+        "only for runs the coordinator signed (its key is in the kit). A refused run is one line in this log; "
+        "nothing is executed, trained or spent. With --keys, the site's signing key is first copied into its "
+        "state_dir (an existing different key there is refused).",
     )
     start.add_argument("--config", type=Path, required=True, help="site TOML")
     start.add_argument("--superlink", required=True, help="coordinator's SuperLink address host:port")
@@ -43,7 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     start.add_argument("--auth-key", type=Path, help="SuperNode authentication private key (instead of --keys)")
     start.add_argument(
-        "--port", type=int, default=9094, help="local port for the ClientApp runtime (default: %(default)s)"
+        "--coordinator-key",
+        type=Path,
+        help="the coordinator's run-request public key, coordinator_signing.pub (instead of --keys)",
+    )
+    start.add_argument(
+        "--port", type=int, default=9094, help="loopback port of the SuperNode's Runtime API (default: %(default)s)"
     )
     start.add_argument("--insecure", action="store_true", help="plain-text connection (testing only; warns)")
     start.set_defaults(func=start_site)
@@ -71,7 +78,9 @@ def start_site(args: argparse.Namespace) -> int:
     elif args.keys is not None:
         kit = SiteKit(args.keys)
         kit.check()
-        install_site_signing_key(kit, load_site_config(cfg_path).state_dir)
+        from client.site import install_kit_signing_key  # torch and Flower: only when a site starts
+
+        install_kit_signing_key(kit, load_site_config(cfg_path))
     elif args.root_certificates is not None and args.auth_key is not None:
         ca_cert, auth_key = args.root_certificates, args.auth_key
     else:
@@ -79,9 +88,11 @@ def start_site(args: argparse.Namespace) -> int:
             "give --keys DIR/sites/<site id> (from `silo keys`), or --root-certificates and --auth-key, "
             "or --insecure for testing"
         )
-    argv = supernode_argv(
+    supernode = supernode_argv(
         superlink=args.superlink, port=args.port, site_config=cfg_path, kit=kit, ca_cert=ca_cert, auth_key=auth_key
     )
+    coordinator_key = kit_coordinator_key(kit) if kit is not None else args.coordinator_key
+    argv = site_node_argv(supernode, site_config=cfg_path, port=args.port, coordinator_key=coordinator_key)
     env = flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")))
     os.execve(argv[0], argv, env)
     return 0  # not reached

@@ -29,7 +29,7 @@ def test_handle_train_reply_opens_at_the_coordinators_gate(tmp_path: Path, base_
     accepted, rejected = collect_updates([received], gate)
 
     assert rejected == []
-    assert accepted[0].site_id == "hosp" and accepted[0].report["signing_key_fingerprint"]
+    assert accepted[0].site_id == "hosp" and accepted[0].entry.signing_key_fingerprint
 
 
 def test_handle_train_when_signing_fails_sends_nothing(tmp_path: Path, base_model_dir: Path, monkeypatch) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError, FederationFailed
+from common.manifest import ManifestError, read_manifest
 from server.checkpoint import ADAPTER_CONFIG, ADAPTER_FILE, MANIFEST, RunDirectory
 
 ADAPTER_CONFIG_DICT = {"peft_type": "LORA", "r": 4, "target_modules": {"q_proj", "v_proj"}}
@@ -109,8 +110,36 @@ def test_open_or_create_refuses_a_different_config_hash(tmp_path):
 def test_open_or_create_reports_an_unreadable_manifest(tmp_path):
     (tmp_path / MANIFEST).write_text("{not json")
 
-    with pytest.raises(FederationFailed, match="unreadable manifest"):
+    with pytest.raises(ManifestError, match="unreadable manifest"):
         _open(tmp_path)
+
+
+def test_save_round_refuses_a_record_outside_the_manifest_schema_before_writing_it(tmp_path):
+    run = _open(tmp_path)
+    _save(run, 0)
+
+    with pytest.raises(ManifestError, match=r"round 1: unknown field\(s\) `surprise`"):
+        run.save_round(1, _arrays(2.0), adapter_config=ADAPTER_CONFIG_DICT, record={"kind": "train", "surprise": 1})
+
+    assert run.completed_rounds == 0 and not (tmp_path / "rounds" / "1").exists()
+    assert read_manifest(tmp_path).completed_rounds == 0
+
+
+def test_resuming_a_schema_1_run_rewrites_its_manifest_in_the_current_schema(tmp_path):
+    run = _open(tmp_path)
+    _save(run, 0)
+    site = {"node_id": 1, "site_id": "a", "num_examples": 5, "metrics": {"train_loss": 1.25}}
+    run.save_round(1, _arrays(2.0), adapter_config=ADAPTER_CONFIG_DICT, record={"kind": "train", "sites": [site]})
+    site = {"node_id": 1, "site_id": "a", "num_examples": 5, "train_loss": 1.25}
+    raw = json.loads((tmp_path / MANIFEST).read_text())
+    raw["schema"] = 1
+    raw["rounds"][1]["sites"][0] = site  # the old layout: metrics beside the fields
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+
+    _open(tmp_path)
+
+    on_disk = json.loads((tmp_path / MANIFEST).read_text())
+    assert on_disk["schema"] == 2 and on_disk["rounds"][1]["sites"][0]["metrics"] == {"train_loss": 1.25}
 
 
 def test_load_round_detects_a_tampered_adapter(tmp_path):

@@ -12,7 +12,7 @@ from flwr.app import MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.accounting import compute_epsilon
-from common.adapter import arrays_to_state, state_to_numpy
+from common.adapter import arrays_to_state, hash_state, numpy_to_state, state_to_numpy
 from common.config import (
     CentralDPSection,
     FederationConfig,
@@ -24,7 +24,10 @@ from common.config import (
 )
 from common.errors import FederationFailed
 from common.keys import generate_signing_key
+from common.manifest import read_manifest
+from server.checkpoint import RunDirectory
 from server.federation import run_federation
+from server.ledger_heads import LEDGER_HEADS
 from tests.server.test_verify import _reply
 
 LORA = LoraSettings(target_modules=("q_proj", "v_proj"))
@@ -36,19 +39,36 @@ def _task_identity() -> None:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
 
-class FakeGrid:
-    """Sites as functions: each train message gets the reply `behaviour(site_id)` makes."""
+# Hostile sites, each signing what it sends: how its reply differs from an honest one.
+HOSTILE = {
+    "nan-examples": {"metrics": {"num-examples": float("nan")}},
+    "inf-examples": {"metrics": {"num-examples": float("inf")}},
+    "negative-examples": {"metrics": {"num-examples": -99}},
+    "too-many-examples": {"metrics": {"num-examples": 11}},  # declared dataset size 10
+    "privacy-not-json": {"site_fields": {"privacy": "{not json"}},
+    "scrub-not-json": {"site_fields": {"scrub-report": "[1, 2"}},
+    "privacy-wrong-schema": {"site_fields": {"privacy": '{"epsilon_round": 0.5}'}},
+    "wrong-hash": {"declared_sha256": "0" * 64},
+}
 
-    def __init__(self, behaviours: dict[str, str]) -> None:
+
+class FakeGrid:
+    """Sites as functions: each train message gets the reply `behaviour(site_id)` makes.
+
+    Behaviours: "ok", "tampered", "replay", "silent" (never answers), "scaled" (an update 1e6 times an
+    honest one), "stale-ledger" (declares ledger index 0 every round), each key of HOSTILE."""
+
+    def __init__(self, behaviours: dict[str, str], *, ledger_base: dict[str, int] | None = None) -> None:
         self.sites = {
             node: (site_id, how, generate_signing_key()) for node, (site_id, how) in enumerate(behaviours.items(), 1)
         }
+        self.ledger_base = ledger_base or {}  # a site's ledger index in round r is its base + r
 
     def get_node_ids(self) -> list[int]:
         return list(self.sites)
 
     def send_and_receive(self, messages, timeout):
-        return [self._reply(m) for m in messages]
+        return [r for r in (self._reply(m) for m in messages) if r is not None]
 
     def _reply(self, msg):
         node = msg.metadata.dst_node_id
@@ -60,10 +80,14 @@ class FakeGrid:
                 metadata=SimpleNamespace(src_node_id=node),
                 has_error=lambda: False,
             )
+        if how == "silent":
+            return None
         config = msg.content["config"]
         global_arrays = state_to_numpy(arrays_to_state(msg.content["arrays"]))
-        arrays = {k: (v + 0.01 * node).astype(v.dtype) for k, v in global_arrays.items()}
+        shift = 0.01 * node * (1e6 if how == "scaled" else 1.0)
+        arrays = {k: (v + shift).astype(v.dtype) for k, v in global_arrays.items()}
         rnd = int(config["server-round"]) - (1 if how == "replay" else 0)
+        index = 0 if how == "stale-ledger" else self.ledger_base.get(site_id, 0) + rnd
         reply = _reply(
             site_id,
             run_id=str(config["run-id"]),
@@ -72,6 +96,7 @@ class FakeGrid:
             key=key,
             node=node,
             global_arrays=global_arrays,
+            **(HOSTILE.get(how, {}) | {"privacy": {"ledger_index": index}}),
         )
         if how == "tampered":
             sig = bytearray(reply.content["site"]["seal-signature"])
@@ -141,4 +166,123 @@ def test_trimmed_mean_is_named_in_the_round_record(tmp_path, base_model_dir):
 
     entry = _manifest(tmp_path / "run")["rounds"][1]
     assert entry["security"]["aggregator"] == "trimmed_mean" and entry["security"]["trimmed_per_side"] == 1
-    assert np.isfinite(entry["train"]["train_loss"])
+    assert np.isfinite(entry["train"]["train_seconds"])
+
+
+# ---- hostile input at the gate: the round goes on -------------------------------------------------
+def test_every_malformed_reply_is_rejected_with_its_reason_and_the_run_completes(tmp_path, base_model_dir):
+    grid = FakeGrid({"a": "ok", "b": "ok", **{name: name for name in HOSTILE}})
+
+    run_federation(grid, _config(base_model_dir, min_sites=2), str(tmp_path / "run"))
+
+    manifest = read_manifest(tmp_path / "run")
+    assert manifest.status == "completed" and manifest.completed_rounds == 2
+    for entry in manifest.rounds[1:]:
+        assert {s.site_id for s in entry.sites} == {"a", "b"}
+        reasons = {r.site_id: r.reason for r in entry.rejected}
+        assert reasons == {
+            "nan-examples": "`num-examples` must be an integer, got nan",
+            "inf-examples": "`num-examples` must be an integer, got inf",
+            "negative-examples": "`num-examples` must be a positive integer, got -99",
+            "too-many-examples": "`num-examples` 11 exceeds the site's declared dataset size 10",
+            "privacy-not-json": "site declaration: `privacy` is not well-formed JSON",
+            "scrub-not-json": "site declaration: `scrub-report` is not well-formed JSON",
+            "privacy-wrong-schema": "privacy declaration: `dp_enabled` is missing",
+            "wrong-hash": reasons["wrong-hash"],
+        }
+        assert reasons["wrong-hash"].startswith("declared update-sha256 000000000000 is not the hash of the arrays")
+
+
+def test_manifest_records_the_hash_the_coordinator_computed(tmp_path, base_model_dir):
+    grid = FakeGrid({"a": "ok", "b": "ok"})
+
+    run_federation(grid, _config(base_model_dir, min_sites=2), str(tmp_path / "run"))
+
+    run = RunDirectory(tmp_path / "run", _manifest(tmp_path / "run"))
+    for n in (1, 2):
+        sent, _ = run.load_round(n - 1)
+        for site in read_manifest(tmp_path / "run").round(n).sites:
+            received = {k: (v + 0.01 * site.node_id).astype(v.dtype) for k, v in sent.items()}
+            assert site.update_sha256 == hash_state(numpy_to_state(received))
+
+
+def test_a_site_that_never_answers_is_listed_as_rejected(tmp_path, base_model_dir):
+    grid = FakeGrid({"a": "ok", "b": "ok", "quiet": "silent"})
+
+    run_federation(grid, _config(base_model_dir, min_sites=2), str(tmp_path / "run"))
+
+    for entry in read_manifest(tmp_path / "run").rounds[1:]:
+        assert [r.to_dict() for r in entry.rejected] == [{"node_id": 3, "reason": "no reply within the round timeout"}]
+
+
+def test_default_norm_bound_rejects_a_scaled_update_even_beside_one_honest_site(tmp_path, base_model_dir):
+    grid = FakeGrid({"a": "ok", "big": "scaled"})
+    cfg = _config(base_model_dir, min_sites=1)
+    assert cfg.security.max_update_norm == 0  # the default: the relative bound
+
+    run_federation(grid, cfg, str(tmp_path / "run"))
+
+    manifest = read_manifest(tmp_path / "run")
+    run = RunDirectory(tmp_path / "run", _manifest(tmp_path / "run"))
+    for n in (1, 2):
+        entry = manifest.round(n)
+        assert [s.site_id for s in entry.sites] == ["a"]
+        assert entry.rejected[0].site_id == "big"
+        assert "exceeds 10 x the median norm of the round's other updates" in entry.rejected[0].reason
+        before, _ = run.load_round(n - 1)
+        after, _ = run.load_round(n)
+        assert all(np.allclose(after[k], before[k] + 0.01) for k in before)  # site a's update alone
+        assert entry.records["security"]["norm_bound"].startswith("relative: 10 x")
+
+
+def test_negative_examples_cannot_move_the_aggregate_under_a_fixed_bound(tmp_path, base_model_dir):
+    # The reproduction: with max_update_norm 2.0, a signed num-examples of -99 next to an honest 100
+    # once extrapolated the mean far past both sites. Now it is rejected and the honest update stands.
+    grid = FakeGrid({"a": "ok", "neg": "negative-examples"})
+    cfg = _config(base_model_dir, min_sites=1, security=SecuritySection(max_update_norm=2.0))
+
+    run_federation(grid, cfg, str(tmp_path / "run"))
+
+    run = RunDirectory(tmp_path / "run", _manifest(tmp_path / "run"))
+    before, _ = run.load_round(0)
+    after, _ = run.load_round(1)
+    assert all(np.allclose(after[k], before[k] + 0.01) for k in before)
+    assert read_manifest(tmp_path / "run").round(1).rejected[0].reason.startswith("`num-examples` must be a positive")
+
+
+# ---- ledger heads across runs -----------------------------------------------------------------------
+def test_a_site_whose_ledger_went_backwards_is_flagged_in_the_manifest(tmp_path, base_model_dir, caplog):
+    cfg = _config(base_model_dir, min_sites=2)
+    run_federation(FakeGrid({"a": "ok", "b": "ok"}, ledger_base={"a": 10, "b": 10}), cfg, str(tmp_path / "run-1"))
+    heads = json.loads((tmp_path / LEDGER_HEADS).read_text())["sites"]
+    assert heads["a"]["ledger_index"] == 12 and heads["b"]["ledger_index"] == 12
+
+    # Run 2: site a's ledger restarted (indices 1, 2 again); site b's kept growing.
+    run_federation(FakeGrid({"a": "ok", "b": "ok"}, ledger_base={"a": 0, "b": 20}), cfg, str(tmp_path / "run-2"))
+
+    manifest = read_manifest(tmp_path / "run-2")
+    first = manifest.round(1)
+    assert [g.to_dict() for g in first.ledger_regressions] == [
+        {
+            "site_id": "a",
+            "ledger_index": 1,
+            "previous_ledger_index": 12,
+            "previous_run_id": read_manifest(tmp_path / "run-1").run_id,
+            "previous_round": 2,
+        }
+    ]
+    site_a = next(s for s in first.sites if s.site_id == "a")
+    assert "ledger index 1 is not above 12" in site_a.warnings[0]
+    assert not next(s for s in first.sites if s.site_id == "b").warnings
+    assert manifest.round(2).ledger_regressions == ()  # the restarted ledger then grows: flagged once
+    assert "its ledger was deleted or replaced" in caplog.text
+
+
+def test_a_ledger_index_that_repeats_within_a_run_is_flagged(tmp_path, base_model_dir):
+    run_federation(
+        FakeGrid({"a": "ok", "b": "stale-ledger"}), _config(base_model_dir, min_sites=2), str(tmp_path / "r")
+    )
+
+    manifest = read_manifest(tmp_path / "r")
+    assert manifest.round(1).ledger_regressions == ()
+    assert [(n, g.site_id, g.ledger_index) for n, g in manifest.ledger_regressions] == [(2, "b", 0)]

@@ -24,6 +24,7 @@ from server.checkpoint import RunDirectory
 from server.federation import run_federation
 from server.strategy import weighted_average
 from tests.server.test_federation_security import _config, _manifest, _task_identity  # noqa: F401 (fixture)
+from tests.server.test_verify import declaration as site_declaration
 
 CLIP, RANGE = 1.0, 1 << 22
 STEP = 2 * CLIP / RANGE  # one quantisation step: the largest rounding error of one coordinate
@@ -81,13 +82,8 @@ class SecAggGrid:
         accept_shares(context.state, msg.content["secagg"])
         masked, declaration = mask_update(context.state, update=trained, global_arrays=global_arrays, weight=weight)
         metrics = {"num-examples": weight, "train_loss": 1.0 / node}
-        declarations = ConfigRecord(
-            {
-                "site-id": site_id,
-                "update-sha256": hash_state(numpy_to_state(trained)),
-                "secagg": json.dumps(declaration),
-            }
-        )
+        declared = site_declaration(site_id, hash_state(numpy_to_state(trained)), dataset_size=weight)
+        declarations = ConfigRecord(declared.to_record() | {"secagg": json.dumps(declaration)})
         declarations.update(
             seal_fields(
                 key,
@@ -142,7 +138,7 @@ def test_secagg_aggregate_equals_fedavg_within_quantisation_error(tmp_path, base
     assert entry["secagg"]["sites"] == [1, 2, 3] and entry["secagg"]["dropped"] == []
     assert entry["secagg"]["clip"] == CLIP and entry["secagg"]["quantization"]["range"] == RANGE
     assert entry["security"]["secagg"] is True and entry["security"]["max_update_norm"] is None
-    assert all(s["update_norm"] is None and s["secagg"]["masked"] for s in entry["sites"])
+    assert all(s.get("update_norm") is None and s["secagg"]["masked"] and s["masked_sha256"] for s in entry["sites"])
 
 
 def test_secagg_coordinator_never_receives_a_plain_update(tmp_path, base_model_dir):

@@ -12,9 +12,10 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from client.site import seal_fields
 from common.adapter import hash_state, numpy_to_state
 from common.config import SecuritySection
+from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration
 from common.errors import ConfigError, UpdateRejected
 from common.keys import generate_signing_key, save_public_key
-from server.federation import RoundGate, collect_updates
+from server.gate import RoundGate, collect_updates
 from server.verify import (
     IDENTITY_PINNED,
     IDENTITY_REGISTRY,
@@ -35,6 +36,30 @@ def _site_arrays(shift: float = 0.5) -> dict[str, np.ndarray]:
     return {k: (v + shift).astype(np.float32) for k, v in GLOBAL.items()}
 
 
+def declaration(site_id: str, update_sha256: str, *, dataset_size: int = 10, **privacy) -> SiteDeclaration:
+    """An honest site's declaration, as `client.site._site_record` builds it (shared with other tests)."""
+    fields = {
+        "dp_enabled": True,
+        "noise_multiplier": 1.0,
+        "sample_rate": 0.5,
+        "steps": 2,
+        "max_grad_norm": 1.0,
+        "delta": 1e-5,
+        "accountant": "rdp",
+        "conversion": "balle2020",
+        "epsilon_round": 0.5,
+        "epsilon_total": 0.5,
+        "budget_epsilon": 10.0,
+        "dataset_size": dataset_size,
+    }
+    return SiteDeclaration(
+        site_id=site_id,
+        update_sha256=update_sha256,
+        scrub_report=ScrubReport(records_in=dataset_size, quarantined=0, entities={"PERSON": 1}),
+        privacy=PrivacyDeclaration(**(fields | privacy)),
+    )
+
+
 def _reply(
     site_id: str,
     *,
@@ -47,18 +72,17 @@ def _reply(
     signed: bool = True,
     sign_arrays=None,
     global_arrays=None,
+    site_fields=None,
+    privacy=None,
+    declared_sha256=None,
 ):
-    """A site's train reply, sealed by the site's own `seal_fields`."""
+    """A site's train reply, sealed by the site's own `seal_fields`; `site_fields` replace declaration
+    fields as they travel (a hostile site signs whatever it likes), `privacy` changes the declaration."""
     global_arrays = GLOBAL if global_arrays is None else global_arrays
     arrays = _site_arrays() if arrays is None else arrays
-    metrics = {"num-examples": 10, "train_loss": 1.5} if metrics is None else metrics
-    declarations = ConfigRecord(
-        {
-            "site-id": site_id,
-            "update-sha256": hash_state(numpy_to_state(arrays)),
-            "privacy": json.dumps({"epsilon_round": 0.5}),
-        }
-    )
+    metrics = {"num-examples": 10, "train_seconds": 1.5} if metrics is None else metrics
+    sha = declared_sha256 or hash_state(numpy_to_state(arrays))
+    declarations = ConfigRecord(declaration(site_id, sha, **(privacy or {})).to_record() | (site_fields or {}))
     if signed:
         declarations.update(
             seal_fields(
@@ -99,7 +123,7 @@ def _gate(registry=None, rnd: int = 1, **security) -> RoundGate:
 def _reason(gate: RoundGate, reply) -> str:
     accepted, rejected = collect_updates([reply], gate)
     assert not accepted
-    return rejected[0]["reason"]
+    return rejected[0].reason
 
 
 # ---- registry ------------------------------------------------------------------------------
@@ -139,8 +163,9 @@ def test_gate_accepts_a_registered_signed_update(registry):
 
     assert rejected == []
     assert [u.site_id for u in accepted] == ["site-0", "site-1"]
-    assert accepted[0].report["signing_key_fingerprint"]
-    assert accepted[0].report["update_norm"] == pytest.approx(update_norm(_site_arrays(), GLOBAL))
+    assert accepted[0].entry.signing_key_fingerprint
+    assert accepted[0].entry.update_norm == pytest.approx(update_norm(_site_arrays(), GLOBAL))
+    assert accepted[0].entry.update_sha256 == hash_state(numpy_to_state(_site_arrays()))
     assert gate.verifier.identity == IDENTITY_REGISTRY
 
 
@@ -169,7 +194,7 @@ def test_gate_rejects_a_replay_from_another_run(registry):
 def test_gate_rejects_a_second_update_from_one_site_in_a_round(registry):
     _accepted, rejected = collect_updates([_reply("site-0"), _reply("site-0", node=9)], _gate(registry))
 
-    assert [r["reason"] for r in rejected] == ["a second update from site 'site-0' in round 1"]
+    assert [r.reason for r in rejected] == ["a second update from site 'site-0' in round 1"]
 
 
 def test_gate_rejects_arrays_changed_after_signing(registry):
@@ -190,7 +215,7 @@ def test_gate_without_registry_pins_the_first_key(registry):
 def test_gate_may_accept_unsigned_updates_only_when_told():
     accepted, rejected = collect_updates([_reply("site-0", signed=False)], _gate(None, require_signatures=False))
 
-    assert rejected == [] and accepted[0].report["signing_key_fingerprint"] is None
+    assert rejected == [] and accepted[0].entry.signing_key_fingerprint is None
 
 
 # ---- validation ----------------------------------------------------------------------------
@@ -249,4 +274,4 @@ def test_gate_passes_error_replies_through_with_their_reason(registry):
 
     _accepted, rejected = collect_updates([error], _gate(registry))
 
-    assert rejected == [{"node_id": 3, "reason": "BudgetExhausted: no budget"}]
+    assert [r.to_dict() for r in rejected] == [{"node_id": 3, "reason": "BudgetExhausted: no budget"}]

@@ -1,0 +1,139 @@
+"""Every use of Flower's internals by the site executor, in one place.
+
+`flower-supernode --isolation process` starts no app process of its own: it queues one task per
+message it receives and serves them on its Runtime API (HTTP, loopback). An executor claims a task
+(`AcquireTask`, which hands back a token), pulls the task's input with that token (the message, the
+run's context, the run and its app bundle, the FAB, as bytes), and pushes a reply and the task's
+outcome. This is what `flower-superexec` + `flwr-clientapp` do (flwr/supercore/superexec/
+run_superexec.py, flwr/supernode/runtime/run_clientapp.py), minus the two steps Silo must never
+take: installing the FAB and importing its code.
+
+Pinned to flwr 1.41.0 (tests/security/test_site_executor.py fails loudly on any other version or
+when one of the internals below changes shape). Nothing here looks at what a message means.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from logging import DEBUG
+
+import flwr
+import httpx
+from flwr.app import Context, Message
+from flwr.common.constant import ISOLATION_MODE_PROCESS, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest
+from flwr.supercore import log
+from flwr.supercore.constant import TaskType
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+FLWR_VERSION = "1.41.0"
+"""The Flower release whose Runtime API this module speaks; any other is refused at start."""
+# `flower-supernode --isolation process`: the SuperNode starts nothing, Silo's executor serves it.
+ISOLATION = ISOLATION_MODE_PROCESS
+# Seconds between task heartbeats; the SuperNode expires a claimed task after 30 s without one.
+HEARTBEAT_INTERVAL_S = 10.0
+# How the executor names itself to the SuperNode's version check.
+COMPONENT = "silo-site-executor"
+
+
+def check_flower_version() -> None:
+    if flwr.__version__ != FLWR_VERSION:
+        raise RuntimeError(
+            f"Silo's site executor speaks the Runtime API of flwr {FLWR_VERSION}, but flwr {flwr.__version__} "
+            "is installed; install the pinned version (`make setup`)"
+        )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A task the executor holds: `token` authenticates every call about it."""
+
+    token: str
+    task_id: int
+    run_id: int
+
+
+@dataclass
+class TaskInput:
+    """What the SuperNode hands over for one message. `fab_content` is the app bundle's bytes: it is
+    read (hashed, its manifest parsed) and never installed or imported."""
+
+    message: Message
+    context: Context
+    run_id: int
+    fab_hash: str
+    fab_id: str
+    fab_version: str
+    fab_content: bytes
+
+
+def _client(address: str, *interceptors: object) -> RuntimeHttpClient:
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,  # loopback only: the SuperNode's Runtime API binds 127.0.0.1
+        root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name=COMPONENT), *interceptors],  # type: ignore[list-item]
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+class RuntimeLink:
+    """The executor's connection to its SuperNode's Runtime API."""
+
+    def __init__(self, address: str) -> None:
+        check_flower_version()
+        self.address = address
+        self.client = _client(address)
+
+    def acquire(self) -> Claimed | None:
+        """Claim the oldest pending ClientApp task, if any."""
+        res = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+        if not res.HasField("task") or not res.token:
+            return None
+        return Claimed(token=res.token, task_id=res.task.task_id, run_id=res.task.run_id)
+
+    def session(self, claimed: Claimed) -> TaskSession:
+        return TaskSession(self.address, claimed)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class TaskSession:
+    """One claimed task: pull its input, push one reply, finish it. Heartbeats run meanwhile."""
+
+    def __init__(self, address: str, claimed: Claimed) -> None:
+        self.claimed = claimed
+        self.client = _client(address, RuntimeTokenHttpInterceptor(claimed.token))
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name=f"heartbeat-{claimed.task_id}", daemon=True)
+
+    def __enter__(self) -> TaskSession:
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._heartbeat.join(timeout=HEARTBEAT_INTERVAL_S)
+        self.client.close()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                self.client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
+            except httpx.HTTPError as err:
+                log(DEBUG, "[silo] task %d heartbeat failed: %s", self.claimed.task_id, err)
+
+    def pull(self) -> TaskInput:
+        message, context, run, fab = pull_task_input(self.client)
+        return TaskInput(message, context, run.run_id, run.fab_hash, run.fab_id, run.fab_version, fab.content)
+
+    def reply(self, reply: Message, context: Context) -> None:
+        push_message(self.client, reply, context)
+
+    def finish(self, context: Context | None, *, ok: bool, details: str = "") -> None:
+        push_task_output(self.client, context, SubStatus.COMPLETED if ok else SubStatus.FAILED, details)

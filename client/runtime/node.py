@@ -1,0 +1,138 @@
+"""A site's node: its SuperNode (`flower-supernode --isolation process`) and Silo's executor, one process
+pair for the node's life.
+
+    python -m client.runtime --site-config site.toml --runtime-api-address 127.0.0.1:9094 \\
+        [--coordinator-key coordinator_signing.pub | --no-coordinator-key] -- flower-supernode ...
+
+The executor loads the site's configuration once, starts the SuperNode command given after `--` as
+its child, and then claims the SuperNode's tasks one at a time, each handled by one `SiteRuntime`
+(site_runtime.py). The two live and die together: when the SuperNode exits, the executor exits with
+its code; when the executor dies, even by SIGKILL, the kernel stops the SuperNode (PR_SET_PDEATHSIG).
+`silo site start` and the local launcher (silo/launch.py) start exactly this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from client.runtime.flower_io import RuntimeLink, TaskSession
+from client.runtime.site_runtime import SiteRuntime
+from common.errors import SiloError
+
+log = logging.getLogger("silo.site")
+# Seconds between task polls when idle: a round starts within this of the SuperNode receiving it.
+POLL_S = 0.2
+# Linux prctl option: signal the child when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the SuperNode child, before exec: SIGTERM it when the executor dies (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def serve_task(runtime: SiteRuntime, session: TaskSession) -> None:
+    """Pull one task's input, let the runtime handle it, push the reply and the task's outcome."""
+    try:
+        task = session.pull()
+    except Exception as err:  # noqa: BLE001 - a task that cannot be read fails alone; the node goes on
+        log.error("[silo] task %d: could not read its input: %s", session.claimed.task_id, type(err).__name__)
+        session.finish(None, ok=False, details=f"could not read the task's input: {type(err).__name__}")
+        return
+    outcome = runtime.handle(task)
+    try:
+        session.reply(outcome.reply, outcome.context)
+    finally:
+        session.finish(outcome.context, ok=outcome.ok, details=outcome.details)
+
+
+def serve(runtime: SiteRuntime, link: RuntimeLink, stop: threading.Event) -> None:
+    """Claim and serve tasks until `stop` is set."""
+    while not stop.is_set():
+        try:
+            claimed = link.acquire()
+        except httpx.HTTPError as err:
+            log.debug("[silo] Runtime API not reachable yet: %s", err)
+            stop.wait(POLL_S)
+            continue
+        if claimed is None:
+            stop.wait(POLL_S)
+            continue
+        with link.session(claimed) as session:
+            serve_task(runtime, session)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    runtime = SiteRuntime(args.site_config, None if args.no_coordinator_key else args.coordinator_key)
+    log.info("[silo] %s", runtime.describe())
+    if runtime.coordinator_key is None:
+        log.warning("[silo] run requests are not verified: any run of the approved app may spend this site's budget")
+    supernode = subprocess.Popen(args.supernode, preexec_fn=_die_with_parent)  # noqa: S603 (the operator's command)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        supernode.send_signal(signum)
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+    def watch() -> None:
+        supernode.wait()
+        stop.set()
+
+    threading.Thread(target=watch, name="supernode-watch", daemon=True).start()
+    link = RuntimeLink(args.runtime_api_address)
+    try:
+        serve(runtime, link, stop)
+    finally:
+        link.close()
+        if supernode.poll() is None:
+            supernode.terminate()
+    code = supernode.wait()
+    log.info("[silo] SuperNode exited with code %s; executor stops", code)
+    return code if code >= 0 else 128 - code
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m client.runtime", description=__doc__.split("\n\n")[0])
+    p.add_argument("--site-config", type=Path, required=True, help="the site TOML")
+    p.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, 127.0.0.1:PORT")
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--coordinator-key", type=Path, help="the coordinator's run-request public key (site kit)")
+    key.add_argument("--no-coordinator-key", action="store_true", help="accept unsigned run requests (tests only)")
+    p.add_argument("supernode", nargs=argparse.REMAINDER, help="-- then the flower-supernode command")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Silo's own lines only (Flower logs its own; httpx would log every poll of the Runtime API).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    args = parser().parse_args(argv)
+    if args.supernode[:1] == ["--"]:
+        args.supernode = args.supernode[1:]
+    if not args.supernode:
+        print("silo: error: give the flower-supernode command after `--`", file=sys.stderr)
+        return 2
+    try:
+        return run_node(args)
+    except SiloError as err:
+        print(f"silo: error: {err}", file=sys.stderr)
+        return err.exit_code
