@@ -28,17 +28,18 @@ def _start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
 
 def test_coordinator_and_site_commands_run_tls_with_registered_keys(tmp_path: Path, base_model_dir: Path) -> None:
     layout, sites = make_layout(tmp_path, base_model_dir, rounds=1, sites=1)
-    port, site_port = free_port(), free_port()
+    port, fleet_port, site_port = free_port(), free_port(), free_port()
     env = flower_env(tmp_path / "flwr-home")
     coordinator = _start(
         [*SILO, "coordinator", "start", "--port", str(port), "--keys", str(layout.keys / "coordinator"),
-         "--database", str(tmp_path / "superlink.db")],
+         "--database", str(tmp_path / "superlink.db"), "--fleet-host", "127.0.0.1", "--fleet-port", str(fleet_port)],
         tmp_path / "coordinator.log", env,
     )  # fmt: skip
     site = None
     try:
         deadline = time.monotonic() + 90
-        while "SuperNode key registered" not in (tmp_path / "coordinator.log").read_text():
+        # The Fleet proxy is the last thing the coordinator starts.
+        while "Fleet proxy (nginx) on" not in (tmp_path / "coordinator.log").read_text():
             assert coordinator.poll() is None and time.monotonic() < deadline, (
                 tmp_path / "coordinator.log"
             ).read_text()
@@ -48,7 +49,7 @@ def test_coordinator_and_site_commands_run_tls_with_registered_keys(tmp_path: Pa
         assert not (state / "site_signing.key").exists()
 
         site = _start(
-            [*SILO, "site", "start", "--config", str(sites[0]), "--superlink", f"127.0.0.1:{port}",
+            [*SILO, "site", "start", "--config", str(sites[0]), "--superlink", f"127.0.0.1:{fleet_port}",
              "--keys", str(layout.keys / "sites" / "site-0"), "--port", str(site_port)],
             tmp_path / "site.log", env,
         )  # fmt: skip
