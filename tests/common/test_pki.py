@@ -146,3 +146,37 @@ def test_for_coordinator_accepts_the_key_dir_or_its_coordinator_part_anywhere(la
     moved = pki.KeyLayout.for_coordinator(copy)
     assert moved.superlink_key == copy / "superlink.key"
     assert moved.supernode_public_key("bank-c") == copy / "supernodes" / "bank-c.pub"
+
+
+@pytest.mark.parametrize("name", ["supernode_auth.key", "site_signing.key"])
+def test_site_kit_check_refuses_a_private_key_open_to_others(tmp_path, name):
+    layout = pki.create_keys(tmp_path / "keys", ["a"])
+    kit = layout.site("a")
+    kit.check()
+    (kit.root / name).chmod(0o604)
+    with pytest.raises(ConfigError) as err:
+        kit.check()
+    assert str(err.value) == (
+        f"{kit.root / name} is a private key open to group or others (mode 604); fix: chmod 600 {kit.root / name}"
+    )
+
+
+@pytest.mark.parametrize("name", ["superlink.key", "ca.key"])
+def test_check_coordinator_refuses_its_private_keys_open_to_others(tmp_path, name):
+    layout = pki.create_keys(tmp_path / "keys", ["a"])
+    layout.check_coordinator()
+    (layout.coordinator / name).chmod(0o640)
+    with pytest.raises(
+        ConfigError, match=rf"{name} is a private key open to group or others \(mode 640\); fix: chmod 600 "
+    ):
+        layout.check_coordinator()
+
+
+def test_check_coordinator_refuses_a_private_key_among_the_supernode_public_keys(tmp_path):
+    layout = pki.create_keys(tmp_path / "keys", ["a", "b"])
+    assert [p.name for p in layout.supernode_public_keys()] == ["a.pub", "b.pub"]
+    # An operator who copies the site's private half by mistake would upload it to the SuperLink.
+    layout.supernode_public_key("b").unlink()
+    shutil.copy(layout.site("b").auth_key, layout.supernode_public_key("b"))
+    with pytest.raises(ConfigError, match=r"b\.pub holds a private key where a public key is expected"):
+        layout.check_coordinator()
