@@ -7,12 +7,17 @@ authentication key and an Ed25519 signing key, in one directory layout.
     DIR/coordinator/superlink.pem       SuperLink TLS certificate, SANs = the hosts given
     DIR/coordinator/superlink.key
     DIR/coordinator/registry.json       {"sites": {id: {"signing_public_key": PEM, "fingerprint": hex}}}
+    DIR/coordinator/coordinator_signing.key  Ed25519 key that signs the coordinator's run requests
+    DIR/coordinator/coordinator_signing.pub  (common/run_request.py); the ServerApp finds it beside
+                                        the registry the federation TOML names
     DIR/coordinator/supernodes/<id>.pub each site's SuperNode public key, for `flwr supernode register`
     DIR/sites/<id>/ca.pem               the site's copy of the CA certificate
     DIR/sites/<id>/supernode_auth.key   SuperNode authentication key (ECDSA P-384, OpenSSH format,
     DIR/sites/<id>/supernode_auth.pub   as `flower-supernode --auth-supernode-private-key` reads it)
     DIR/sites/<id>/site_signing.key     Ed25519 key that signs the site's updates and ledger; belongs
     DIR/sites/<id>/site_signing.pub     in the site's `state_dir` (see `install_site_signing_key`)
+    DIR/sites/<id>/coordinator_signing.pub  the coordinator's run-request key: the site trains only
+                                        for runs it signed
 
 `DIR/coordinator/` goes to the coordinator and `DIR/sites/<id>/` to site <id>; no site ever
 receives another site's directory or the CA key. Private keys are written 0600 and nothing is
@@ -44,6 +49,9 @@ from common.errors import ConfigError
 DEFAULT_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Certificate lifetime: long enough for a study, short enough that a lost key expires; renew with a new DIR.
 DEFAULT_VALIDITY_DAYS = 825
+# The coordinator's run-request signing key (common/run_request.py), in coordinator/ and (public) in each kit.
+COORDINATOR_SIGNING_KEY = "coordinator_signing.key"
+COORDINATOR_SIGNING_PUB = "coordinator_signing.pub"
 # P-384: the curve Flower's SuperNode-authentication docs use; also used for the CA and TLS keys.
 CURVE = ec.SECP384R1
 
@@ -87,6 +95,14 @@ class KeyLayout:
     @property
     def registry(self) -> Path:
         return self.coordinator / "registry.json"
+
+    @property
+    def coordinator_signing_key(self) -> Path:
+        return self.coordinator / COORDINATOR_SIGNING_KEY
+
+    @property
+    def coordinator_signing_public_key(self) -> Path:
+        return self.coordinator / COORDINATOR_SIGNING_PUB
 
     def supernode_public_key(self, site_id: str) -> Path:
         """The coordinator's copy of a site's SuperNode public key, to register with the SuperLink."""
@@ -144,6 +160,11 @@ class SiteKit:
     @property
     def signing_public_key(self) -> Path:
         return self.root / "site_signing.pub"
+
+    @property
+    def coordinator_public_key(self) -> Path:
+        """The coordinator's run-request key; kits made before it existed lack it (see `add_coordinator_key`)."""
+        return self.root / COORDINATOR_SIGNING_PUB
 
     def check(self) -> None:
         missing = [p.name for p in (self.ca_cert, self.auth_key, self.signing_key) if not p.is_file()]
@@ -272,6 +293,7 @@ def create_keys(
     _write_new(layout.superlink_key, pem_private_key(tls_key), private=True)
     _write_new(layout.superlink_cert, pem_certificate(tls_cert), private=False)
     _write_new(layout.registry, _registry_bytes({}), private=False)
+    add_coordinator_key(layout.root)
     add_sites(layout.root, site_ids)
     return layout
 
@@ -302,11 +324,32 @@ def add_sites(out: str | Path, sites: Iterable[str]) -> KeyLayout:
         signing = keys.generate_signing_key()
         keys.save_private_key(signing, kit.signing_key)
         keys.save_public_key(signing, kit.signing_public_key)
+        if layout.coordinator_signing_public_key.is_file():
+            _write_new(kit.coordinator_public_key, layout.coordinator_signing_public_key.read_bytes(), private=False)
         registry[site_id] = {
             "signing_public_key": keys.public_key_pem(signing).decode(),
             "fingerprint": keys.fingerprint(signing),
         }
     _replace(layout.registry, _registry_bytes(registry))
+    return layout
+
+
+def add_coordinator_key(out: str | Path) -> KeyLayout:
+    """The coordinator's run-request signing key, made once, and its public half in every site kit.
+
+    For key directories made before this key existed: run again with the same DIR (nothing that
+    exists is replaced), then give each site its new `coordinator_signing.pub`."""
+    layout = KeyLayout(Path(out))
+    if not layout.coordinator_signing_key.exists():
+        layout.coordinator.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = keys.generate_signing_key()
+        keys.save_private_key(key, layout.coordinator_signing_key)
+        keys.save_public_key(key, layout.coordinator_signing_public_key)
+    public = layout.coordinator_signing_public_key.read_bytes()
+    for site_id in layout.site_ids():
+        kit = layout.site(site_id)
+        if kit.root.is_dir() and not kit.coordinator_public_key.exists():
+            _write_new(kit.coordinator_public_key, public, private=False)
     return layout
 
 

@@ -45,6 +45,7 @@ from server.gate import (
     finite_metrics,
     previous_norms,
 )
+from server.handshake import agree_on_run
 from server.ledger_heads import LedgerHeads
 from server.secagg import SecAggRound
 from server.strategy import Arrays, FedAvg, SiteUpdate, average_metrics, make_strategy, trimmed_per_side
@@ -257,6 +258,8 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
     strategy.load_state_dict(server_state.get("strategy", {}))
     adapter_config = json.loads((run.round_dir(0) / ADAPTER_CONFIG).read_text())
     verifier = make_verifier(cfg, run)
+    # Round 0: every site agrees to this run (signed request, handshake) before anyone trains.
+    grid = agreed = agree_on_run(grid, cfg, run.run_id, verifier, nodes)
     central = CentralDP(cfg.central_dp) if cfg.central_dp.enabled else None
     if central is not None:
         central.load_history(run.manifest["rounds"])
@@ -275,6 +278,7 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
         else:
             secagg.exchange_keys(grid, nodes, min_sites=fed.min_sites, timeout=timeout)
             accepted, rejected = secure_train_replies(grid, secagg, arrays, config, rnd, gate, timeout)
+        rejected = agreed.refused + rejected  # sites that did not agree to the run: asked nothing, spent nothing
         if secagg is None and not cfg.security.max_update_norm:
             accepted, too_far = apply_norm_bound(accepted, previous_norms=last_norms, multiple=NORM_BOUND_MULTIPLE)
             rejected += too_far

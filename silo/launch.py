@@ -37,11 +37,13 @@ from common import encryption
 from common.config import load_site_config
 from common.errors import ConfigError, FederationFailed
 from common.keys import refuse_readable_by_others
-from common.pki import KeyLayout, SiteKit, add_sites, create_keys, install_site_signing_key
+from common.pki import KeyLayout, SiteKit, add_sites, create_keys
 from silo import proxy
 
 BIN = Path(sys.executable).parent
 APP_DIR = Path(__file__).resolve().parent.parent  # the project root holds the Flower app's pyproject
+# A site's Runtime API (SuperNode <-> executor) never leaves the machine.
+RUNTIME_HOST = "127.0.0.1"
 
 
 def free_port() -> int:
@@ -294,10 +296,13 @@ def supernode_argv(
     auth_key: Path | None = None,
 ) -> list[str]:
     """`flower-supernode` for one site: checks the SuperLink's certificate against the CA and signs
-    its requests with the site's SuperNode key (from `kit`, or given one by one); neither: plain text."""
+    its requests with the site's SuperNode key (from `kit`, or given one by one); neither: plain text.
+
+    `--isolation process`: the SuperNode starts no app process and installs no app bundle; Silo's
+    executor serves it (`site_node_argv`). Its Runtime API listens on loopback `port` only."""
     argv = [
-        str(BIN / "flower-supernode"), "--superlink", superlink, "--port", str(port),
-        "--node-config", f"site-config='{Path(site_config).resolve()}'",
+        str(BIN / "flower-supernode"), "--superlink", superlink, "--port", str(port), "--host", RUNTIME_HOST,
+        "--isolation", "process", "--node-config", f"site-config='{Path(site_config).resolve()}'",
     ]  # fmt: skip
     if kit is not None:
         kit.check()
@@ -309,6 +314,31 @@ def supernode_argv(
             raise ConfigError(f"a SuperNode needs both the CA certificate and its authentication key; missing {path}")
     return [*argv, "--root-certificates", str(Path(ca_cert).resolve()), "--auth-supernode-private-key",
             str(Path(auth_key).resolve())]  # fmt: skip
+
+
+def kit_coordinator_key(kit: SiteKit) -> Path:
+    """The coordinator's run-request public key in a site's kit; ConfigError for a kit made before it existed."""
+    key = kit.coordinator_public_key
+    if not key.is_file():
+        raise ConfigError(
+            f"{kit.root} has no {key.name}: the site could not tell its coordinator's runs from anyone else's; "
+            "add it with `silo keys --out DIR --add-coordinator-key` and copy it into the kit"
+        )
+    return key
+
+
+def site_node_argv(supernode: list[str], *, site_config: Path, port: int, coordinator_key: Path | None) -> list[str]:
+    """One site's node: Silo's executor (client/runtime/node.py) with `supernode` (`supernode_argv`,
+    Runtime API on `port`) as its child. The executor trusts run requests signed with `coordinator_key`;
+    without one, only in plain-text mode, it accepts unsigned ones and says so in its log."""
+    if coordinator_key is None and "--insecure" not in supernode:
+        raise ConfigError("a site needs its coordinator's run-request key (--coordinator-key, or --keys with a kit)")
+    key_args = (
+        ["--coordinator-key", str(Path(coordinator_key).resolve())] if coordinator_key else ["--no-coordinator-key"]
+    )
+    node = [sys.executable, "-m", "client.runtime", "--site-config", str(Path(site_config).resolve())]
+    node += ["--runtime-api-address", f"{RUNTIME_HOST}:{port}", *key_args]
+    return [*node, "--", *supernode]
 
 
 def wait_healthy(
@@ -462,10 +492,12 @@ class LocalFederation:
         port = self.site_ports.setdefault(index, free_port())
         kit = self.site_kit(index)
         if kit is not None:
-            install_site_signing_key(kit, load_site_config(cfg).state_dir)
-        return self._spawn(
-            f"site-{index}", supernode_argv(superlink=self.fleet_address, port=port, site_config=cfg, kit=kit)
-        )
+            from client.site import install_kit_signing_key  # torch and Flower: only when a site starts
+
+            install_kit_signing_key(kit, load_site_config(cfg))
+        supernode = supernode_argv(superlink=self.fleet_address, port=port, site_config=cfg, kit=kit)
+        key = kit_coordinator_key(kit) if kit is not None else None
+        return self._spawn(f"site-{index}", site_node_argv(supernode, site_config=cfg, port=port, coordinator_key=key))
 
     def start(self) -> LocalFederation:
         self.start_superlink()

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from flwr.app import MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from client.site import seal_fields
 from common.accounting import compute_epsilon
 from common.adapter import arrays_to_state, hash_state, numpy_to_state, state_to_numpy
 from common.config import (
@@ -25,6 +26,8 @@ from common.config import (
 from common.errors import FederationFailed
 from common.keys import generate_signing_key
 from common.manifest import read_manifest
+from common.run_request import HANDSHAKE_MESSAGE_TYPE, read_run_request
+from common.run_request import RECORD as RUN_REQUEST
 from server.checkpoint import RunDirectory
 from server.federation import run_federation
 from server.ledger_heads import LEDGER_HEADS
@@ -63,6 +66,7 @@ class FakeGrid:
             node: (site_id, how, generate_signing_key()) for node, (site_id, how) in enumerate(behaviours.items(), 1)
         }
         self.ledger_base = ledger_base or {}  # a site's ledger index in round r is its base + r
+        self.run = SimpleNamespace(fab_hash="f" * 64)  # the app bundle the run request names
 
     def get_node_ids(self) -> list[int]:
         return list(self.sites)
@@ -82,6 +86,8 @@ class FakeGrid:
             )
         if how == "silent":
             return None
+        if msg.metadata.message_type == HANDSHAKE_MESSAGE_TYPE:
+            return _handshake_reply(msg, site_id, key, node)
         config = msg.content["config"]
         global_arrays = state_to_numpy(arrays_to_state(msg.content["arrays"]))
         shift = 0.01 * node * (1e6 if how == "scaled" else 1.0)
@@ -103,6 +109,21 @@ class FakeGrid:
             sig[0] ^= 1
             reply.content["site"]["seal-signature"] = bytes(sig)
         return reply
+
+
+def _handshake_reply(msg, site_id: str, key, node: int):
+    """Every fake site agrees to the run (round 0), sealing the request's digest with its key."""
+    request, _ = read_run_request(msg.content.config_records[RUN_REQUEST])
+    site = ConfigRecord({"site-id": site_id, "handshake": "accepted"})
+    digest = request.digest()
+    binding = {"run_id": request.run_id, "round": 0, "update_sha256": digest, "global_sha256": digest}
+    site.update(seal_fields(key, site_id=site_id, metrics={}, declarations=site, **binding))
+    return SimpleNamespace(
+        content=RecordDict({"site": site}),
+        metadata=SimpleNamespace(src_node_id=node),
+        has_error=lambda: False,
+        has_content=lambda: True,
+    )
 
 
 def _config(base_model_dir: Path, *, min_sites: int, **sections) -> FederationConfig:
