@@ -81,4 +81,5 @@ class LedgerHeads:
         sites = {
             s: {"ledger_index": h.ledger_index, "run_id": h.run_id, "round": h.round} for s, h in self.heads.items()
         }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, {"sites": dict(sorted(sites.items()))})

@@ -159,3 +159,11 @@ def test_average_metrics_accepts_site_updates():
 
     assert average_metrics(updates) == {"train_loss": 2.5, "num-examples": 4.0}
     assert average_metrics([]) == {}
+
+
+@pytest.mark.parametrize("weights", [[100, -99], [0, 0], [float("nan"), 1]])
+def test_weighted_average_refuses_weights_that_would_extrapolate_or_divide_by_zero(weights):
+    arrays = [{"w": np.zeros(2, np.float32)}, {"w": np.ones(2, np.float32)}]
+
+    with pytest.raises(ValueError, match="aggregation weights must"):
+        weighted_average(arrays, weights)

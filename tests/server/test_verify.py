@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from hypothesis import given
+from hypothesis import strategies as st
 
 from client.site import seal_fields
 from common.adapter import hash_state, numpy_to_state
@@ -19,10 +21,12 @@ from server.gate import RoundGate, collect_updates
 from server.verify import (
     IDENTITY_PINNED,
     IDENTITY_REGISTRY,
+    NORM_BOUND_MULTIPLE,
     UpdateVerifier,
     check_payload_size,
     load_registry,
     registry_entry,
+    relative_norm_bounds,
     update_norm,
     validate_update,
     write_registry,
@@ -55,7 +59,7 @@ def declaration(site_id: str, update_sha256: str, *, dataset_size: int = 10, **p
     return SiteDeclaration(
         site_id=site_id,
         update_sha256=update_sha256,
-        scrub_report=ScrubReport(records_in=dataset_size, quarantined=0, entities={"PERSON": 1}),
+        scrub_report=ScrubReport(records_in=12, quarantined=0, entities={"PERSON": 1}),
         privacy=PrivacyDeclaration(**(fields | privacy)),
     )
 
@@ -275,3 +279,86 @@ def test_gate_passes_error_replies_through_with_their_reason(registry):
     _accepted, rejected = collect_updates([error], _gate(registry))
 
     assert [r.to_dict() for r in rejected] == [{"node_id": 3, "reason": "BudgetExhausted: no budget"}]
+
+
+# ---- hostile replies: each field at the gate ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({"num-examples": float("nan")}, "`num-examples` must be an integer, got nan"),
+        ({"num-examples": 0}, "`num-examples` must be a positive integer, got 0"),
+        ({"num-examples": 2.5}, "`num-examples` must be an integer, got 2.5"),
+        ({"train_seconds": 1.0}, "`num-examples` is missing"),
+        ({"num-examples": 10, "holdout-examples": -1}, "`holdout-examples` must be >= 0, got -1"),
+        ({"num-examples": 10, "holdout-examples": float("inf")}, "`holdout-examples` must be an integer, got inf"),
+    ],
+)
+def test_gate_rejects_a_signed_bad_example_count(registry, metrics, reason):
+    assert _reason(_gate(registry), _reply("site-0", metrics=metrics)) == reason
+
+
+def test_gate_keeps_unknown_metrics_as_data_and_leaves_non_finite_ones_out(registry):
+    metrics = {"num-examples": 10.0, "eval_noisy_accuracy": 0.7, "odd": float("nan")}
+    accepted, rejected = collect_updates([_reply("site-0", metrics=metrics)], _gate(registry))
+
+    assert rejected == [] and accepted[0].num_examples == 10
+    assert accepted[0].entry.metrics == {"num-examples": 10.0, "eval_noisy_accuracy": 0.7}
+
+
+def test_gate_requires_a_declared_dataset_size_to_bound_the_weight(registry):
+    reason = _reason(_gate(registry), _reply("site-0", privacy={"dataset_size": None}))
+
+    assert reason == "privacy declaration has no `dataset_size` to bound `num-examples`"
+
+
+def test_gate_rejects_a_declared_hash_that_is_not_the_arrays(registry):
+    reason = _reason(_gate(registry), _reply("site-0", declared_sha256="ab" * 32))
+
+    assert reason.startswith("declared update-sha256 abababababab is not the hash of the arrays received")
+
+
+def test_gate_turns_records_of_the_wrong_kind_into_a_rejection(registry):
+    reply = _reply("site-0")
+    reply.content["site"] = MetricRecord({"x": 1.0})
+
+    assert _reason(_gate(registry), reply).startswith("malformed reply: needs arrays, metrics and site records")
+
+
+def test_gate_turns_an_unforeseen_failure_into_a_rejection(registry):
+    reply = _reply("site-0")
+    reply.content = None  # anything a check trips over is a malformed reply, not the end of the round
+
+    assert _reason(_gate(registry), reply) == "malformed reply: AttributeError"
+
+
+# ---- the default norm bound ----------------------------------------------------------------------------
+def test_relative_bound_leaves_each_update_out_of_its_own_reference():
+    bounds = relative_norm_bounds({"a": 1.0, "b": 1.2, "x": 1e6}, multiple=10)
+
+    assert bounds == {"a": 1e7, "b": 1e7, "x": 12.0}  # upper median of the other two
+
+
+def test_relative_bound_with_two_sites_uses_last_rounds_norms_once_there_are_some():
+    assert relative_norm_bounds({"a": 1.0, "x": 1e-9}, multiple=10)["a"] == pytest.approx(1e-8)
+    bounds = relative_norm_bounds({"a": 1.0, "x": 1e-9}, previous=[0.9, 1.1], multiple=10)
+
+    assert bounds["a"] == pytest.approx(9.0)  # a near-zero peer cannot set an honest site's bound alone
+
+
+def test_relative_bound_needs_a_nonzero_reference():
+    assert relative_norm_bounds({"a": 1.0}, multiple=10) == {"a": None}
+    assert relative_norm_bounds({"a": 1.0, "b": 0.0}, multiple=10)["a"] is None
+
+
+@given(
+    st.lists(st.floats(0.01, 100), min_size=3, max_size=9),
+    st.floats(NORM_BOUND_MULTIPLE * 100 + 1, 1e12),
+)
+def test_a_minority_scaled_update_never_passes_and_honest_ones_always_do(honest, scale):
+    norms = {i: n for i, n in enumerate(honest)}
+    norms["x"] = scale * max(honest)
+    bounds = relative_norm_bounds(norms)
+
+    assert norms["x"] > bounds["x"]
+    spread_ok = max(honest) <= NORM_BOUND_MULTIPLE * min(honest)
+    assert not spread_ok or all(norms[i] <= bounds[i] for i in range(len(honest)))
