@@ -351,7 +351,7 @@ class SecuritySection:
     registry: str = ""
     require_signatures: bool = True
     # Reject an update whose L2 distance from the global adapter, ||w_site - w_global||_2, exceeds
-    # this (0 = no bound; the manifest records every site's `update_norm` to help choose one).
+    # this; 0 = the relative bound (server/verify.py `relative_norm_bounds`: 10 x its peers' median).
     max_update_norm: float = 0.0
     # Reject a reply whose arrays and declarations exceed this many bytes (0 = the global adapter's
     # own size plus 1 MiB for the site's declarations).
