@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -214,15 +215,15 @@ def start_coordinator(args: argparse.Namespace) -> int:
     at_rest = encryption.key_from_env(env)
     print(f"silo: checkpoints {'encrypted at rest (key id ' + encryption.key_id(at_rest) + ')' if at_rest else 'NOT encrypted at rest'}",
           file=sys.stderr)  # fmt: skip
-    procs: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv, env=env)]
+    # Each in a process group of its own, signalled as a group: nginx's worker outlives a killed master.
+    procs: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv, env=env, start_new_session=True)]
     stopping: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
         # Forward the operator's stop to the SuperLink and the proxy; the watch loop then waits for both.
         stopping.append(signum)
         for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM if signum == signal.SIGINT and proc is not procs[0] else signum)
+            _signal_group(proc, signum)  # nginx and the SuperLink both stop on SIGTERM and SIGINT
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
@@ -238,7 +239,7 @@ def start_coordinator(args: argparse.Namespace) -> int:
                     print(f"silo: site {site}: SuperNode key {outcome}", file=sys.stderr)
         if proxy_settings is not None and keys is not None:
             conf = proxy_settings.state_dir / "nginx.conf"
-            nginx_proc = subprocess.Popen(proxy.nginx_argv(nginx, conf))
+            nginx_proc = subprocess.Popen(proxy.nginx_argv(nginx, conf), start_new_session=True)
             procs.append(nginx_proc)
             proxy.wait_ready(
                 proxy_settings.address, ca_cert=keys.ca_cert, alive=lambda: nginx_proc.poll() is None,
@@ -259,24 +260,40 @@ def start_coordinator(args: argparse.Namespace) -> int:
             return 0
         raise
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        _stop_all(procs)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM each process group, wait for its leader, then SIGKILL whatever is left in the group."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=30))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            codes.append(proc.wait(timeout=30))
+        _signal_group(proc, signal.SIGKILL)  # an orphaned nginx worker still holding the port
+    return codes
 
 
 def _watch(procs: list[subprocess.Popen[bytes]], stopping: list[int]) -> int:
     """Until the operator stops the coordinator, or the SuperLink or the proxy dies (then the other is stopped)."""
-    while all(proc.poll() is None for proc in procs) and not stopping:
+    exited = [proc.poll() for proc in procs]
+    while all(code is None for code in exited) and not stopping:
         time.sleep(WATCH_INTERVAL_S)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    codes = [proc.wait(timeout=30) for proc in procs]
+        exited = [proc.poll() for proc in procs]
+    codes = _stop_all(procs)
     if stopping:
         return 0
     names = ["the SuperLink", "the Fleet proxy (nginx)"]
-    dead = next(i for i, code in enumerate(codes) if code not in (-signal.SIGTERM,))
+    dead = next((i for i, code in enumerate(exited) if code is not None), 0)
     raise FederationFailed(f"{names[dead]} exited with code {codes[dead]}; the coordinator stopped")
 
 

@@ -1,4 +1,5 @@
-"""Real processes: the SuperLink serves TLS and admits only SuperNodes whose key was registered."""
+"""Real processes: the SuperLink serves TLS and admits only SuperNodes whose key was registered, also
+through the Fleet proxy that sites use (silo/proxy.py)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ def test_supernode_whose_key_is_not_registered_cannot_join(tmp_path: Path, base_
     # the coordinator never registered its SuperNode key.
     (layout.keys / "coordinator" / "supernodes" / "site-1.pub").unlink()
 
-    with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
+    with LocalFederation(tmp_path / "procs", sites, keys=layout.keys, fleet_proxy=True) as fed:
         assert fed.registered == {"site-0": "registered"}
         # A third SuperNode with TLS (it trusts the right CA) but no authentication key at all.
-        argv = supernode_argv(superlink=fed.address, port=free_port(), site_config=sites[1], kit=fed.site_kit(1))
+        argv = supernode_argv(superlink=fed.fleet_address, port=free_port(), site_config=sites[1], kit=fed.site_kit(1))
         assert argv[-2] == "--auth-supernode-private-key"
         fed._spawn("no-key", argv[:-2])
 

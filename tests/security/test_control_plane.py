@@ -12,6 +12,7 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,18 +24,6 @@ from silo.launch import APP_DIR, FlowerConnection, LocalFederation, follow_run
 from tests.integration.conftest import make_layout
 
 pytestmark = pytest.mark.integration
-
-
-def _listening_hosts(port: int) -> set[str]:
-    """The local addresses with a TCP socket listening on `port` (from /proc/net/tcp and tcp6)."""
-    hosts = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                hosts.add(address)
-    return hosts
 
 
 def _raw(address: str, ca: Path, method: str, path: str) -> int:
@@ -56,7 +45,7 @@ def _refused(out: object) -> str:
 
 
 def test_control_api_is_refused_through_the_fleet_proxy_while_a_round_runs(
-    tmp_path: Path, base_model_dir: Path
+    tmp_path: Path, base_model_dir: Path, listening_hosts: Callable[[int], set[str]]
 ) -> None:
     layout, sites = make_layout(tmp_path, base_model_dir, rounds=1, sites=1)
     kit = layout.keys / "sites" / "site-0"
@@ -65,8 +54,8 @@ def test_control_api_is_refused_through_the_fleet_proxy_while_a_round_runs(
 
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys, fleet_proxy=True) as fed:
         # The SuperLink (Control, Fleet and Runtime APIs on one port) listens on loopback only.
-        assert _listening_hosts(fed.superlink_port) == {"0100007F"}  # 127.0.0.1
-        assert _listening_hosts(fed.proxy_port)
+        assert listening_hosts(fed.superlink_port) == {"0100007F"}  # 127.0.0.1
+        assert listening_hosts(fed.proxy_port)
         # Its database is owner-only, in an owner-only directory.
         state = fed.workdir / "superlink-state"
         assert state.stat().st_mode & 0o777 == 0o700
