@@ -26,7 +26,7 @@ from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest
 from flwr.supercore import log
 from flwr.supercore.constant import TaskType
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.retry import RetryInvoker, exponential
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
@@ -38,6 +38,10 @@ ISOLATION = ISOLATION_MODE_PROCESS
 HEARTBEAT_INTERVAL_S = 10.0
 # How the executor names itself to the SuperNode's version check.
 COMPONENT = "silo-site-executor"
+# A task's calls retry a dropped connection for this long, then the task fails and the node goes on.
+# (Flower's own invoker retries forever and SIGINTs its process on a 401: right for a per-message
+# process, fatal for a node that must outlive any one message.)
+TASK_RETRY_S = 30.0
 
 
 def check_flower_version() -> None:
@@ -71,13 +75,16 @@ class TaskInput:
     fab_content: bytes
 
 
-def _client(address: str, *interceptors: object) -> RuntimeHttpClient:
+def _client(address: str, *interceptors: object, retry: bool) -> RuntimeHttpClient:
+    invoker = RetryInvoker(
+        lambda: exponential(max_delay=5), httpx.TransportError, max_tries=None, max_time=TASK_RETRY_S
+    )
     return RuntimeHttpClient.from_server_address(
         server_address=address,
         insecure=True,  # loopback only: the SuperNode's Runtime API binds 127.0.0.1
         root_certificates=None,
         interceptors=[RuntimeVersionHttpInterceptor(component_name=COMPONENT), *interceptors],  # type: ignore[list-item]
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=invoker if retry else None,
     )
 
 
@@ -87,7 +94,7 @@ class RuntimeLink:
     def __init__(self, address: str) -> None:
         check_flower_version()
         self.address = address
-        self.client = _client(address)
+        self.client = _client(address, retry=False)  # polled: a failed call is simply made again
 
     def acquire(self) -> Claimed | None:
         """Claim the oldest pending ClientApp task, if any."""
@@ -108,7 +115,7 @@ class TaskSession:
 
     def __init__(self, address: str, claimed: Claimed) -> None:
         self.claimed = claimed
-        self.client = _client(address, RuntimeTokenHttpInterceptor(claimed.token))
+        self.client = _client(address, RuntimeTokenHttpInterceptor(claimed.token), retry=True)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name=f"heartbeat-{claimed.task_id}", daemon=True)
 

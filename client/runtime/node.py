@@ -70,8 +70,11 @@ def serve(runtime: SiteRuntime, link: RuntimeLink, stop: threading.Event) -> Non
         if claimed is None:
             stop.wait(POLL_S)
             continue
-        with link.session(claimed) as session:
-            serve_task(runtime, session)
+        try:
+            with link.session(claimed) as session:
+                serve_task(runtime, session)
+        except Exception as err:  # noqa: BLE001 - the SuperNode dropped the task (expired, run stopped): the node goes on
+            log.error("[silo] task %d: lost mid-task: %s", claimed.task_id, type(err).__name__)
 
 
 def run_node(args: argparse.Namespace) -> int:

@@ -241,6 +241,7 @@ def test_stale_registry_is_caught_in_the_handshake_before_anyone_trains(pinned, 
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # every integration test runs the approved app through the executor; this one pins its sha256
 def test_the_approved_bundle_runs_a_round(pinned, tmp_path):
     layout, fed = pinned["layout"], pinned["fed"]
     before = ledger_state(layout, fed.site_ids)

@@ -1,0 +1,86 @@
+"""A site's node process (client/runtime/node.py): the executor and its SuperNode live and die together.
+
+A stand-in command takes the SuperNode's place (what is under test is the pairing, not Flower)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from silo.launch import free_port
+
+SITE_TOML = """
+[site]
+id = "s-a"
+
+[model]
+base = "tiny"
+
+[privacy]
+noise_multiplier = 1.0
+max_grad_norm = 1.0
+budget_epsilon = 10.0
+budget_delta = 1e-5
+"""
+
+
+def node(tmp_path: Path, *child: str, toml: str = SITE_TOML) -> subprocess.Popen[str]:
+    (tmp_path / "site.toml").write_text(toml)
+    argv = [sys.executable, "-m", "client.runtime", "--site-config", str(tmp_path / "site.toml")]
+    argv += ["--runtime-api-address", f"127.0.0.1:{free_port()}", "--no-coordinator-key", "--", *child]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as dead.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _child_pid(parent: int, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        pids = children.read_text().split() if children.exists() else []
+        if pids:
+            return int(pids[0])
+        time.sleep(0.1)
+    raise AssertionError("the node never started its SuperNode")
+
+
+def test_node_exits_with_its_supernodes_exit_code(tmp_path):
+    proc = node(tmp_path, sys.executable, "-c", "import sys; sys.exit(3)")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out
+    assert "SuperNode exited with code 3" in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_supernode_dies_when_the_executor_is_killed(tmp_path):
+    proc = node(tmp_path, sys.executable, "-c", "import time; time.sleep(600)")
+    child = _child_pid(proc.pid)
+    assert _alive(child)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the SuperNode outlived its executor"
+
+
+def test_node_with_a_bad_site_config_is_one_line_and_starts_nothing(tmp_path):
+    marker = tmp_path / "started"
+    proc = node(tmp_path, sys.executable, "-c", f"open({str(marker)!r}, 'w')", toml="[site]\nid = ''\n")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert out.startswith("silo: error:") and "site.id" in out and "Traceback" not in out
+    assert not marker.exists()
