@@ -21,21 +21,6 @@ from common.errors import ConfigError, RunRefused
 from common.keys import generate_signing_key, save_public_key
 from common.run_request import HANDSHAKE_MESSAGE_TYPE, RECORD, make_run_request
 
-SITE_TOML = """
-[site]
-id = "s-a"
-{app}
-
-[model]
-base = "tiny"
-
-[privacy]
-noise_multiplier = 1.0
-max_grad_norm = 1.0
-budget_epsilon = 10.0
-budget_delta = 1e-5
-"""
-
 
 def fab(publisher: str = "silo", name: str = "silo", version: str | None = None, extra: bytes = b"") -> bytes:
     """A real zip with a Flower app's pyproject.toml (and, optionally, code that must never run)."""
@@ -60,17 +45,22 @@ def coordinator(tmp_path: Path):
     return key
 
 
-def runtime(tmp_path: Path, *, app: str = "", key: bool = True) -> SiteRuntime:
-    (tmp_path / "site.toml").write_text(SITE_TOML.format(app=app))
-    rt = SiteRuntime(tmp_path / "site.toml", tmp_path / "coordinator_signing.pub" if key else None)
-    rt.calls = []  # type: ignore[attr-defined]
+@pytest.fixture
+def runtime(tmp_path: Path, write_site_toml):
+    """`runtime(app="", key=True)`: a SiteRuntime whose installed app only records what reaches it."""
 
-    def installed(msg: Message, context: Context) -> Message:
-        rt.calls.append(msg.metadata.message_type)  # type: ignore[attr-defined]
-        return Message(RecordDict(), reply_to=msg)
+    def make(*, app: str = "", key: bool = True) -> SiteRuntime:
+        rt = SiteRuntime(write_site_toml(app), tmp_path / "coordinator_signing.pub" if key else None)
+        rt.calls = []  # type: ignore[attr-defined]
 
-    rt._app = installed
-    return rt
+        def installed(msg: Message, context: Context) -> Message:
+            rt.calls.append(msg.metadata.message_type)  # type: ignore[attr-defined]
+            return Message(RecordDict(), reply_to=msg)
+
+        rt._app = installed
+        return rt
+
+    return make
 
 
 def task(bundle: bytes, message_type: str = MessageType.TRAIN, request=None, config=None) -> TaskInput:
@@ -108,13 +98,13 @@ def test_app_pin_sha256_accepts_exactly_that_bundle():
         pin.check(identify(fab(extra=b"# one more byte")))  # same declaration, other code
 
 
-def test_site_app_setting_is_validated_at_load(tmp_path: Path):
+def test_site_app_setting_is_validated_at_load(runtime):
     with pytest.raises(ConfigError, match="site.app"):
-        runtime(tmp_path, app='app = "sha256:abc"')
+        runtime(app='app = "sha256:abc"')
 
 
-def test_site_runtime_refuses_an_unapproved_bundle_before_the_app_runs(tmp_path, coordinator, caplog):
-    rt = runtime(tmp_path)
+def test_site_runtime_refuses_an_unapproved_bundle_before_the_app_runs(runtime, coordinator, caplog):
+    rt = runtime()
     evil = fab(version="6.6.6")
     outcome = rt.handle(task(evil, request=request_for(evil, coordinator)))
     assert rt.calls == [] and not outcome.ok
@@ -123,8 +113,8 @@ def test_site_runtime_refuses_an_unapproved_bundle_before_the_app_runs(tmp_path,
     assert "refused run 5" in line and hashlib.sha256(evil).hexdigest() in line
 
 
-def test_site_runtime_refuses_a_bundle_whose_bytes_do_not_match_its_hash(tmp_path, coordinator):
-    rt = runtime(tmp_path)
+def test_site_runtime_refuses_a_bundle_whose_bytes_do_not_match_its_hash(runtime, coordinator):
+    rt = runtime()
     bundle = fab()
     t = task(bundle, request=request_for(bundle, coordinator))
     t.fab_hash = "0" * 64
@@ -143,16 +133,16 @@ def test_site_runtime_refuses_a_bundle_whose_bytes_do_not_match_its_hash(tmp_pat
         ("past its rounds", lambda b, k: request_for(b, k, rounds=0)),
     ],
 )
-def test_site_runtime_trains_only_for_the_coordinators_signed_request(tmp_path, coordinator, why, make):
-    rt = runtime(tmp_path)
+def test_site_runtime_trains_only_for_the_coordinators_signed_request(runtime, coordinator, why, make):
+    rt = runtime()
     bundle = fab()
     outcome = rt.handle(task(bundle, request=make(bundle, coordinator)))
     assert rt.calls == [], why
     assert outcome.reply.has_error() and outcome.reply.error.code == 1000 + RunRefused.exit_code
 
 
-def test_site_runtime_passes_an_agreed_message_to_the_installed_app(tmp_path, coordinator):
-    rt = runtime(tmp_path)
+def test_site_runtime_passes_an_agreed_message_to_the_installed_app(runtime, coordinator):
+    rt = runtime()
     bundle = fab()
     agreed = request_for(bundle, coordinator)
     assert rt.handle(task(bundle, request=agreed)).ok
@@ -161,8 +151,8 @@ def test_site_runtime_passes_an_agreed_message_to_the_installed_app(tmp_path, co
     assert rt.calls == [MessageType.TRAIN, MessageType.EVALUATE, HANDSHAKE_MESSAGE_TYPE]
 
 
-def test_site_runtime_gives_the_app_the_sites_own_config(tmp_path, coordinator):
-    rt = runtime(tmp_path)
+def test_site_runtime_gives_the_app_the_sites_own_config(runtime, tmp_path, coordinator):
+    rt = runtime()
     bundle = fab()
     t = task(bundle, request=request_for(bundle, coordinator))
     t.context.node_config["site-config"] = "/elsewhere/site.toml"
@@ -170,15 +160,15 @@ def test_site_runtime_gives_the_app_the_sites_own_config(tmp_path, coordinator):
     assert t.context.node_config["site-config"] == str((tmp_path / "site.toml").resolve())
 
 
-def test_site_runtime_without_a_coordinator_key_accepts_unsigned_requests(tmp_path):
-    rt = runtime(tmp_path, key=False)
+def test_site_runtime_without_a_coordinator_key_accepts_unsigned_requests(runtime):
+    rt = runtime(key=False)
     bundle = fab()
     assert rt.handle(task(bundle, request=request_for(bundle, None))).ok
     assert not rt.handle(task(bundle)).ok  # still needs a request for this app, site, run and round
 
 
-def test_site_runtime_an_app_failure_sends_its_type_never_its_text(tmp_path, coordinator):
-    rt = runtime(tmp_path)
+def test_site_runtime_an_app_failure_sends_its_type_never_its_text(runtime, coordinator):
+    rt = runtime()
 
     def leaky(msg: Message, context: Context) -> Message:
         raise ValueError("Jane Doe, MRN 12345")

@@ -15,24 +15,9 @@ import pytest
 
 from silo.launch import free_port
 
-SITE_TOML = """
-[site]
-id = "s-a"
 
-[model]
-base = "tiny"
-
-[privacy]
-noise_multiplier = 1.0
-max_grad_norm = 1.0
-budget_epsilon = 10.0
-budget_delta = 1e-5
-"""
-
-
-def node(tmp_path: Path, *child: str, toml: str = SITE_TOML) -> subprocess.Popen[str]:
-    (tmp_path / "site.toml").write_text(toml)
-    argv = [sys.executable, "-m", "client.runtime", "--site-config", str(tmp_path / "site.toml")]
+def node(site_toml: Path, *child: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "client.runtime", "--site-config", str(site_toml)]
     argv += ["--runtime-api-address", f"127.0.0.1:{free_port()}", "--no-coordinator-key", "--", *child]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -57,16 +42,16 @@ def _child_pid(parent: int, timeout: float = 30.0) -> int:
     raise AssertionError("the node never started its SuperNode")
 
 
-def test_node_exits_with_its_supernodes_exit_code(tmp_path):
-    proc = node(tmp_path, sys.executable, "-c", "import sys; sys.exit(3)")
+def test_node_exits_with_its_supernodes_exit_code(write_site_toml):
+    proc = node(write_site_toml(), sys.executable, "-c", "import sys; sys.exit(3)")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 3, out
     assert "SuperNode exited with code 3" in out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_supernode_dies_when_the_executor_is_killed(tmp_path):
-    proc = node(tmp_path, sys.executable, "-c", "import time; time.sleep(600)")
+def test_supernode_dies_when_the_executor_is_killed(write_site_toml):
+    proc = node(write_site_toml(), sys.executable, "-c", "import time; time.sleep(600)")
     child = _child_pid(proc.pid)
     assert _alive(child)
     proc.send_signal(signal.SIGKILL)
@@ -79,7 +64,8 @@ def test_supernode_dies_when_the_executor_is_killed(tmp_path):
 
 def test_node_with_a_bad_site_config_is_one_line_and_starts_nothing(tmp_path):
     marker = tmp_path / "started"
-    proc = node(tmp_path, sys.executable, "-c", f"open({str(marker)!r}, 'w')", toml="[site]\nid = ''\n")
+    (tmp_path / "bad.toml").write_text("[site]\nid = ''\n")
+    proc = node(tmp_path / "bad.toml", sys.executable, "-c", f"open({str(marker)!r}, 'w')")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert out.startswith("silo: error:") and "site.id" in out and "Traceback" not in out
