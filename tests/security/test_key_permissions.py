@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from common import encryption
+from common.pki import create_keys
 from tests.integration.conftest import make_layout
 
 SILO = [sys.executable, "-m", "silo"]
@@ -77,18 +78,18 @@ def test_keys_open_to_others_are_refused_by_every_command_that_loads_them(tmp_pa
 
 
 @pytest.mark.parametrize("private", ["sites/site-0/site_signing.key", "sites/site-0/supernode_auth.key"])
-def test_a_private_key_given_as_a_public_key_is_refused(tmp_path: Path, base_model_dir: Path, private: str) -> None:
-    layout, _ = make_layout(tmp_path, base_model_dir, rounds=1, sites=1)
-    key = layout.keys / private
+def test_a_private_key_given_as_a_public_key_is_refused(tmp_path: Path, private: str) -> None:
+    layout = create_keys(tmp_path / "keys", ["site-0"])
+    key = layout.root / private
     # The auditor's command, and the coordinator's SuperNode registry (it would upload the key to the SuperLink).
-    (layout.keys / "coordinator" / "supernodes" / "site-0.pub").unlink()
-    shutil.copy2(key, layout.keys / "coordinator" / "supernodes" / "site-0.pub")
+    layout.supernode_public_key("site-0").unlink()
+    shutil.copy2(key, layout.supernode_public_key("site-0"))
     outs = [
         _silo("ledger", "verify", "--ledger", str(tmp_path / "ledger.jsonl"), "--public-key", str(key), cwd=tmp_path),
-        _silo("coordinator", "start", "--keys", str(layout.keys / "coordinator"), "--port", "1", "--fleet-port", "2",
+        _silo("coordinator", "start", "--keys", str(layout.coordinator), "--port", "1", "--fleet-port", "2",
               "--nginx", "/bin/true", cwd=tmp_path),
     ]  # fmt: skip
-    for out, named in zip(outs, [key, layout.keys / "coordinator" / "supernodes" / "site-0.pub"], strict=True):
+    for out, named in zip(outs, [key, layout.supernode_public_key("site-0")], strict=True):
         assert out.returncode == 2, out.stderr
         assert out.stderr.strip().splitlines() == [
             f"{out.stderr.split(':', 1)[0]}: error: {named} holds a private key where a public key is expected; "
