@@ -145,17 +145,18 @@ def check_run_request(
     request: RunRequest,
     *,
     app_sha256: str,
-    site_id: str,
+    site_id: str | None,
     run_id: str | None = None,
     round: int | None = None,
     first: int = 1,
 ) -> None:
-    """That the (verified) request covers this app, this site, and this message's run and round."""
+    """That the (verified) request covers this app, this site, and this message's run and round
+    (None: not checked)."""
     if request.app_sha256 != app_sha256:
         raise RunRefused(
             f"the run request is for app {request.app_sha256[:12]}, but this run carries app {app_sha256[:12]}"
         )
-    if request.sites is not None and site_id not in request.sites:
+    if site_id is not None and request.sites is not None and site_id not in request.sites:
         raise RunRefused(f"the run request does not name site {site_id!r}")
     if run_id is not None and run_id != request.run_id:
         raise RunRefused(f"the message is for run {run_id!r}, the signed request for run {request.run_id!r}")

@@ -25,7 +25,11 @@ from flwr.common.constant import ISOLATION_MODE_PROCESS, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest
 from flwr.supercore import log
 from flwr.supercore.constant import TaskType
-from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+)
 from flwr.supercore.retry import RetryInvoker, exponential
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
@@ -36,6 +40,10 @@ FLWR_VERSION = "1.41.0"
 ISOLATION = ISOLATION_MODE_PROCESS
 # Seconds between task heartbeats; the SuperNode expires a claimed task after 30 s without one.
 HEARTBEAT_INTERVAL_S = 10.0
+# The Runtime API call a SuperNode started with `--superexec-auth-secret-file` accepts only when it
+# carries an HMAC under that secret: only the holder of the secret can claim tasks (get their tokens).
+ACQUIRE_TASK_METHOD = "/flwr.proto.Runtime/AcquireTask"
+SECRET_FLAG = "--superexec-auth-secret-file"
 # How the executor names itself to the SuperNode's version check.
 COMPONENT = "silo-site-executor"
 # A task's calls retry a dropped connection for this long, then the task fails and the node goes on.
@@ -89,12 +97,13 @@ def _client(address: str, *interceptors: object, retry: bool) -> RuntimeHttpClie
 
 
 class RuntimeLink:
-    """The executor's connection to its SuperNode's Runtime API."""
+    """The executor's connection to its SuperNode's Runtime API; `secret` signs its task claims."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, secret: bytes) -> None:
         check_flower_version()
         self.address = address
-        self.client = _client(address, retry=False)  # polled: a failed call is simply made again
+        auth = SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_TASK_METHOD})
+        self.client = _client(address, auth, retry=False)  # polled: a failed call is simply made again
 
     def acquire(self) -> Claimed | None:
         """Claim the oldest pending ClientApp task, if any."""

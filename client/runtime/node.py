@@ -17,16 +17,19 @@ import argparse
 import contextlib
 import ctypes
 import logging
+import os
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
-from client.runtime.flower_io import RuntimeLink, TaskSession
+from client.runtime.flower_io import SECRET_FLAG, RuntimeLink, TaskSession
 from client.runtime.site_runtime import SiteRuntime
 from common.errors import SiloError
 
@@ -35,6 +38,8 @@ log = logging.getLogger("silo.site")
 POLL_S = 0.2
 # Linux prctl option: signal the child when its parent dies.
 PR_SET_PDEATHSIG = 1
+# Bytes of the secret shared by the executor and its SuperNode for claiming tasks.
+SECRET_BYTES = 32
 
 
 def _die_with_parent() -> None:
@@ -56,6 +61,17 @@ def serve_task(runtime: SiteRuntime, session: TaskSession) -> None:
         session.reply(outcome.reply, outcome.context)
     finally:
         session.finish(outcome.context, ok=outcome.ok, details=outcome.details)
+
+
+def write_secret(path: Path) -> bytes:
+    """A fresh task-claim secret, 0600 from creation: another local user cannot claim this site's tasks."""
+    secret = secrets.token_bytes(SECRET_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secret)
+    finally:
+        os.close(fd)
+    return secret
 
 
 def serve(runtime: SiteRuntime, link: RuntimeLink, stop: threading.Event) -> None:
@@ -82,7 +98,15 @@ def run_node(args: argparse.Namespace) -> int:
     log.info("[silo] %s", runtime.describe())
     if runtime.coordinator_key is None:
         log.warning("[silo] run requests are not verified: any run of the approved app may spend this site's budget")
-    supernode = subprocess.Popen(args.supernode, preexec_fn=_die_with_parent)  # noqa: S603 (the operator's command)
+    with tempfile.TemporaryDirectory(prefix="silo-node-") as private:  # 0700
+        secret_file = Path(private) / "superexec.secret"
+        secret = write_secret(secret_file)
+        command = [*args.supernode, SECRET_FLAG, str(secret_file)]
+        supernode = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: S603 (the operator's command)
+        return _run(supernode, RuntimeLink(args.runtime_api_address, secret), runtime)
+
+
+def _run(supernode: subprocess.Popen[bytes], link: RuntimeLink, runtime: SiteRuntime) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -98,7 +122,6 @@ def run_node(args: argparse.Namespace) -> int:
         stop.set()
 
     threading.Thread(target=watch, name="supernode-watch", daemon=True).start()
-    link = RuntimeLink(args.runtime_api_address)
     try:
         serve(runtime, link, stop)
     finally:

@@ -125,11 +125,13 @@ class SiteRuntime:
         elif kind == MessageType.EVALUATE:
             self._agreed(msg, app, round=_round(self._config(msg)), first=0)
         elif kind == HANDSHAKE_MESSAGE_TYPE:
-            self._agreed(msg, app)
+            # Not whether the request names this site: a signed answer lets the coordinator say why
+            # it does not (its registry), and a site it left out is never sent a round.
+            self._agreed(msg, app, site_id=None)
 
     def _agreed(self, msg: Message, app: AppIdentity, **scope: Any) -> RunRequest:
         request, _ = verify_run_request(msg.content.config_records.get(RECORD), self.coordinator_key)
-        check_run_request(request, app_sha256=app.sha256, site_id=self.cfg.site.id, **scope)
+        check_run_request(request, app_sha256=app.sha256, **{"site_id": self.cfg.site.id, **scope})
         return request
 
     @staticmethod

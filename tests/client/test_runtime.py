@@ -178,3 +178,13 @@ def test_site_runtime_an_app_failure_sends_its_type_never_its_text(runtime, coor
     outcome = rt.handle(task(bundle, request=request_for(bundle, coordinator)))
     assert not outcome.ok and "ValueError" in outcome.reply.error.reason
     assert "Jane" not in outcome.reply.error.reason and "12345" not in outcome.reply.error.reason
+
+
+def test_site_runtime_answers_a_handshake_that_does_not_name_it_but_trains_for_none(runtime, coordinator):
+    """Its signed answer lets the coordinator name the reason (its registry); rounds stay refused."""
+    rt = runtime()
+    bundle = fab()
+    other = request_for(bundle, coordinator, sites=["s-b"])
+    assert rt.handle(task(bundle, HANDSHAKE_MESSAGE_TYPE, other, {})).ok
+    assert not rt.handle(task(bundle, request=other)).ok
+    assert rt.calls == [HANDSHAKE_MESSAGE_TYPE]

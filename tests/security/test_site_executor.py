@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import flwr
+import httpx
 import pytest
 
 from client.runtime import flower_io
@@ -47,6 +48,9 @@ def test_flower_internals_the_executor_uses_are_the_pinned_ones():
     flower_io.check_flower_version()
     assert ISOLATION_MODE_PROCESS == "process" and TaskType.CLIENT_APP == "flwr-clientapp"
     assert "supported_task_types" in AcquireTaskRequest.DESCRIPTOR.fields_by_name
+    from flwr.supercore.superexec.run_superexec import _SUPEREXEC_AUTH_METHODS
+
+    assert {flower_io.ACQUIRE_TASK_METHOD} == _SUPEREXEC_AUTH_METHODS
     for name in ("AcquireTask", "SendTaskHeartbeat", "PullTaskInput", "PullMessages", "PushMessages"):
         assert callable(getattr(RuntimeHttpClient, name)), name
     assert list(inspect.signature(run_clientapp.pull_task_input).parameters) == ["client"]
@@ -171,6 +175,28 @@ def _federation(tmp: Path, base_model: Path, registry: Path) -> Path:
 
 def _trained(fed: LocalFederation) -> int:
     return _site_logs(fed).count("Receiving: train message")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("secret", [None, b"a guess"])
+def test_another_local_process_cannot_claim_a_sites_tasks(pinned, secret):
+    """Only the executor holds the secret its SuperNode checks task claims against (a 0600 file)."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    fed = pinned["fed"]
+    address = f"127.0.0.1:{fed.site_ports[0]}"
+    if secret is None:  # no HMAC at all
+        thief = RuntimeHttpClient.from_server_address(
+            server_address=address, insecure=True, root_certificates=None, interceptors=[]
+        )
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            thief.AcquireTask(AcquireTaskRequest(supported_task_types=["flwr-clientapp"]))
+    else:  # an HMAC under the wrong secret
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            flower_io.RuntimeLink(address, secret).acquire()
+    assert refused.value.response.status_code in (401, 403)
+    assert fed.proc("site-0").alive()
 
 
 @pytest.mark.integration
