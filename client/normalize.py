@@ -66,7 +66,9 @@ def _fold_char(ch: str) -> str:
 @lru_cache(maxsize=8192)
 def fold(cluster: str) -> str:
     """One character with its combining marks, NFKC-normalised and folded (possibly to nothing)."""
-    return "".join(_fold_char(ch) for ch in unicodedata.normalize("NFKC", cluster))
+    # Look-alikes first as well: NFKC turns some into letters that look like nothing Latin (lunate sigma: Σ).
+    latin = "".join(HOMOGLYPHS.get(ch, ch) for ch in cluster)
+    return "".join(_fold_char(ch) for ch in unicodedata.normalize("NFKC", latin))
 
 
 class Normalized:

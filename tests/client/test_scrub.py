@@ -3,13 +3,15 @@
 import json
 import re
 import string
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client.normalize import HOMOGLYPHS, normalize
 from client.recognizers import is_common
-from client.scrub import ScrubbedRecords, build_scrubber, scrub_records
+from client.scrub import WINDOW_CHARS, ScrubbedRecords, build_scrubber, scrub_records, windows
 from common.config_scrub import ScrubConfig, ScrubOperator
 from common.errors import ConfigError, ScrubFailed
 from silo.synthetic import make_bank_messages, make_clinical_notes
@@ -312,3 +314,157 @@ def test_scrub_config_from_mapping_accepts_toml_lists():
     assert config.operator is ScrubOperator.REDACT
     assert config.fields == ("text", "note")
     assert config.summary()["fields"] == ["text", "note"]
+
+
+# ---- hostile Unicode: invisible characters, dash and space variants, full-width forms, look-alike letters ------
+
+_INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u034f", "\u180e"]
+_DASHES = ["\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2212", "\ufe63", "\uff0d"]
+_SPACES = ["\u00a0", "\u2007", "\u2009", "\u202f", "\u3000", "\u2002", "\u205f"]
+_LOOKALIKES: dict[str, list[str]] = {}
+for _glyph, _latin in sorted(HOMOGLYPHS.items()):
+    _LOOKALIKES.setdefault(_latin, []).append(_glyph)
+
+
+def _variants(ch: str) -> list[str]:
+    """Characters a human reads as `ch` that the scrubber must read as `ch` too."""
+    if ch == "-":
+        return _DASHES
+    if ch == " ":
+        return _SPACES
+    out = [chr(ord(ch) + 0xFEE0)] if "!" <= ch <= "~" else []  # the full-width form
+    if ch.isdigit():
+        out += [chr(0x0660 + int(ch)), chr(0x0966 + int(ch))]  # Arabic-Indic and Devanagari digits
+    return out + _LOOKALIKES.get(ch, [])
+
+
+@st.composite
+def _disguised(draw, value: str) -> str:
+    """`value` with characters swapped for look-alikes and invisible characters inserted."""
+    out = []
+    for ch in value:
+        options = _variants(ch)
+        if options and draw(st.booleans()):
+            ch = draw(st.sampled_from(options))
+        out.append(ch)
+        if draw(st.integers(0, 3)) == 0:
+            out.append(draw(st.sampled_from(_INVISIBLE)))
+    return "".join(out)
+
+
+def _digits(text: str) -> str:
+    return re.sub(r"\D", "", text)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.fixed_dictionaries(_PLANTED), data=st.data())
+def test_scrub_text_disguised_identifiers_never_survive(scrubber, values, data):
+    disguised = {k: data.draw(_disguised(v), label=k) for k, v in values.items()}
+    scrubbed, _ = scrubber.scrub_text(_note(disguised))
+    # Compared as a reader sees it: the output normalised, numbers digit by digit.
+    seen = normalize(scrubbed).text
+    for entity_type, value in values.items():
+        assert not _survives(value, seen), f"{entity_type} {disguised[entity_type]!r} survived in {scrubbed!r}"
+        if len(_digits(value)) >= 5:
+            assert _digits(value) not in _digits(seen), f"{entity_type} {disguised[entity_type]!r} in {scrubbed!r}"
+    assert not _survives("Springfield", seen) and "62704" not in _digits(seen)
+
+
+@pytest.mark.parametrize(
+    ("text", "hidden"),
+    [
+        ("Contact j\u200bohn@ex\u200bample.com today.", "john@example.com"),
+        ("Call 555\u2011123\u20114567 now.", "5551234567"),
+        ("Call 555\u2013123\u20134567 now.", "5551234567"),
+        ("Call ５５５－１２３－４５６７ now.", "5551234567"),
+        ("Card 4111\u00a01111\u00a01111\u00a01111 was lost.", "4111111111111111"),
+        ("Mail j\u043ehn.sm\u0456th@\u0435x\u0430mple.com please.", "john.smith@example.com"),
+        ("Patient: Jo\u200bhn Sm\u200bith was seen.", "Smith"),
+        ("SSN 078\u201105\u20111121 and MRN\u00a0\u200b00482913.", "00482913"),
+    ],
+)
+def test_scrub_text_reproductions_of_hidden_identifiers(scrubber, text, hidden):
+    scrubbed, counts = scrubber.scrub_text(text)
+    seen = normalize(scrubbed).text
+    assert counts
+    if hidden.isdigit():
+        assert hidden not in _digits(seen), scrubbed
+    else:
+        assert hidden not in seen, scrubbed
+        assert hidden[:4].casefold() not in seen.casefold(), scrubbed  # no fragment of it either
+    assert scrubber.residual(scrubbed) == []
+
+
+def test_scrub_text_replaces_the_original_characters_only(scrubber):
+    scrubbed, _ = scrubber.scrub_text("Ünïcode stays \u2014 call 555\u2011123\u20114567 or ｍａｉｌ jo@example.org.")
+    assert scrubbed == "Ünïcode stays \u2014 call <PHONE_NUMBER> or ｍａｉｌ <EMAIL_ADDRESS>."
+
+
+def test_pseudonym_is_the_same_for_a_disguised_value(pseudonymizer):
+    plain = pseudonymizer.scrub_text("Patient: Amara Okafor.")[0]
+    disguised = pseudonymizer.scrub_text("Patient: \u0410mara Ok\u0430\u200bfor.")[0]
+    assert plain == disguised
+
+
+# ---- long records: bounded work, identifiers found across window cuts --------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(alphabet="ab \n", max_size=600),
+    size=st.integers(40, 120),
+    overlap=st.integers(8, 38),
+)
+def test_windows_cover_the_text_and_hold_everything_short_whole(text, size, overlap):
+    spans = windows(text, size, overlap)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(0 < b - a <= size for a, b in spans if text)
+    assert all(a2 < b1 and a1 < a2 for (a1, b1), (a2, _) in zip(spans, spans[1:], strict=False))
+    short = overlap // 2
+    for p in range(len(text) - short + 1):
+        assert any(a <= p and p + short <= b for a, b in spans), (p, spans)
+
+
+_FILLER = "the patient was seen and the plan was reviewed with the team today. "
+
+
+@pytest.mark.parametrize("shift", range(-60, 61, 12))
+@pytest.mark.parametrize("separator", [" ", ";"])  # whitespace to cut at, or none at all (a hard cut)
+def test_scrub_text_finds_identifiers_straddling_a_window_cut(scrubber, shift, separator):
+    filler = _FILLER.replace(" ", separator)
+    head = (filler * (WINDOW_CHARS // len(filler) + 2))[: WINDOW_CHARS - 10 + shift]
+    text = (
+        head + f"{separator}mail:jo.okafor@example.org{separator}call:(617){separator}555-0142{separator}" + filler * 3
+    )
+    assert len(windows(normalize(text).text)) > 1
+    scrubbed, _ = scrubber.scrub_text(text)
+    assert "okafor" not in scrubbed and "555-0142" not in scrubbed, scrubbed[WINDOW_CHARS - 200 : WINDOW_CHARS + 200]
+
+
+def test_scrub_text_removes_a_name_mentioned_windows_apart(scrubber):
+    # "Quuxington" alone has no context and is in no name list: only the first mention identifies it.
+    text = "Patient: Zorblax Quuxington. " + _FILLER * 600 + "Later Quuxington called back."
+    assert len(windows(text)) > 3
+    scrubbed, _ = scrubber.scrub_text(text)
+    assert "Quuxington" not in scrubbed and scrubbed.endswith("Later <PERSON> called back.")
+
+
+def _cpu_seconds_to_scrub(scrubber, chars: int) -> float:
+    notes = " ".join(n.text.replace("\n", " ") for n in make_clinical_notes(200, seed=5))
+    text = (notes * (chars // len(notes) + 1))[:chars]  # one line, dense with identifiers
+    start = time.process_time()
+    scrubbed, counts = scrubber.scrub_text(text)
+    spent = time.process_time() - start
+    assert sum(counts.values()) > chars // 200  # it really scrubbed
+    return spent
+
+
+@pytest.mark.parametrize(
+    "chars",
+    [pytest.param(125_000, id="125k-vs-500k"), pytest.param(2_000_000, id="2M-vs-8M", marks=pytest.mark.slow)],
+)
+def test_scrub_text_time_is_linear_in_length(scrubber, chars):
+    # 4x the text costs ~4x the CPU time when linear, 16x when quadratic; 8x leaves room for a noisy machine.
+    # CPU time of this process, not wall time, so other processes on the machine do not count.
+    small, large = _cpu_seconds_to_scrub(scrubber, chars), _cpu_seconds_to_scrub(scrubber, 4 * chars)
+    assert large < 8 * small, (small, large)
