@@ -154,9 +154,17 @@ def run_federation(args: argparse.Namespace) -> int:
         print("silo: WARNING: --insecure: updates travel unencrypted and unauthenticated", file=sys.stderr)
     home = Path(args.run_dir).resolve().parent / f".{Path(args.run_dir).name}.flwr"
     conn = FlowerConnection(home, args.superlink, insecure=args.insecure, root_certificates=args.root_certificates)
-    run_id = conn.submit(
-        {"silo-config": str(Path(args.config).resolve()), "run-dir": str(Path(args.run_dir).resolve())}
-    )
+    try:
+        run_id = conn.submit(
+            {"silo-config": str(Path(args.config).resolve()), "run-dir": str(Path(args.run_dir).resolve())}
+        )
+    except FederationFailed as err:
+        if "403 Forbidden" not in str(err):
+            raise
+        raise FederationFailed(
+            f"{args.superlink} refused the Control API (403): that is the Fleet proxy sites use; give the SuperLink's "
+            "loopback address on the coordinator host (127.0.0.1:9093), through an SSH tunnel from elsewhere"
+        ) from None
     print(f"submitted Flower run {run_id} ({cfg.federation.rounds} rounds, {cfg.federation.strategy})", file=sys.stderr)
     manifest = follow_run(conn, run_id, args.run_dir, timeout=args.timeout, log=sys.stderr)
     print(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -65,6 +66,7 @@ def test_control_api_is_refused_through_the_fleet_proxy_while_a_round_runs(
 
         # The attacker: the address sites use, the site's CA certificate (its SuperNode key changes nothing:
         # the Control API never asks for one).
+        ca = kit / "ca.pem"
         attacker = FlowerConnection(
             tmp_path / "attacker", fed.fleet_address, insecure=False, root_certificates=kit / "ca.pem"
         )
@@ -81,6 +83,19 @@ def test_control_api_is_refused_through_the_fleet_proxy_while_a_round_runs(
         for name, out in outcomes.items():
             assert "/v1/control/" in _refused(out), name
 
+        # An operator who points `silo federation run` at the proxy is told where the Control API is.
+        out = subprocess.run(
+            [sys.executable, "-m", "silo", "federation", "run", "--config", str(layout.federation_config),
+             "--run-dir", str(tmp_path / "wrong-run"), "--superlink", fed.fleet_address, "--root-certificates", str(ca)],
+            capture_output=True, text=True, env=attacker.env, timeout=180, check=False,
+        )  # fmt: skip
+        assert out.returncode == 8 and out.stderr.strip().splitlines() == [
+            f"silo federation: error: {fed.fleet_address} refused the Control API (403): that is the Fleet proxy sites "
+            "use; give the SuperLink's loopback address on the coordinator host (127.0.0.1:9093), through an SSH "
+            "tunnel from elsewhere"
+        ], out.stderr
+        assert not (tmp_path / "wrong-run").exists()
+
         # The same commands work from the coordinator's loopback: the refusals above are the proxy's doing.
         operator_runs = json.loads(fed.connection.flwr("ls", "--format", "json", timeout=120).stdout)["runs"]
         assert [int(r["run-id"]) for r in operator_runs] == [run_id]  # the attacker's `flwr run` made no run
@@ -88,7 +103,6 @@ def test_control_api_is_refused_through_the_fleet_proxy_while_a_round_runs(
         assert len(nodes) == 1, nodes  # the attacker's key was not registered
 
         # Raw requests: only POSTs to the Fleet paths are forwarded; nothing is decoded into another path.
-        ca = kit / "ca.pem"
         refused = [
             ("POST", "/v1/control/list-runs"),
             ("POST", "/v1/control/start-run"),
