@@ -4,12 +4,14 @@ and the round completes with the two registered sites."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from common.pki import COORDINATOR_SIGNING_KEY
 from silo.demo import write_federation
 from silo.launch import LocalFederation, follow_run
 from tests.integration.conftest import make_layout
@@ -39,6 +41,9 @@ def test_unregistered_site_is_rejected_and_the_round_goes_on(tmp_path: Path, bas
     registry = json.loads(layout.registry.read_text())
     del registry["sites"]["site-2"]
     (tmp_path / "registry.json").write_text(json.dumps(registry))
+    # The coordinator signs its run request with the key beside the registry it is given.
+    key = layout.registry.parent / COORDINATOR_SIGNING_KEY
+    shutil.copy2(key, tmp_path / COORDINATOR_SIGNING_KEY)
     write_federation(
         layout,
         base_model=str(base_model_dir),
@@ -56,8 +61,15 @@ def test_unregistered_site_is_rejected_and_the_round_goes_on(tmp_path: Path, bas
     assert manifest["status"] == "completed"
     round1 = next(r for r in manifest["rounds"] if r["round"] == 1)
     assert {s["site_id"] for s in round1["sites"]} == {"site-0", "site-1"}
-    assert [(r["site_id"], r["reason"]) for r in round1["rejected"]] == [
-        ("site-2", "site 'site-2' is not in the coordinator's key registry")
-    ]
+    # The run request names only the registry's sites, so site-2 itself refuses at the round-0 handshake.
+    assert [r["reason"] for r in round1["rejected"]] == ["RunRefused: the run request does not name site 'site-2'"]
     assert round1["security"]["site_identity"] == "registry"
     assert all(s["signing_key_fingerprint"] and s["update_norm"] > 0 for s in round1["sites"])
+    # The real site's declaration passed the gate's schema: the weight within the declared split, the
+    # ledger index recorded, and the coordinator's ledger heads kept beside the run directory.
+    assert all(0 < s["num_examples"] <= s["privacy"]["dataset_size"] for s in round1["sites"])
+    heads = json.loads((layout.run_dir.parent / "ledger_heads.json").read_text())["sites"]
+    assert {site: h["ledger_index"] for site, h in heads.items()} == {
+        s["site_id"]: s["privacy"]["ledger_index"] for s in round1["sites"]
+    }
+    assert round1["security"]["norm_bound"].startswith("relative: 10 x")
