@@ -52,10 +52,13 @@ class CanaryAuditConfig:
     canaries: int = 8  # planted (DP-on once each), and as many held out as the membership test's negatives
     secret_length: int = 6  # letters: 19^6 = 4.7e7 possible secrets, so candidates never repeat a canary
     candidates: int = 255  # random secrets each canary is ranked among: max exposure log2(256) = 8 bits
-    repeats_without_dp: int = 8  # copies of each canary in the DP-off run, so a small run memorises
+    # Copies of each canary in the DP-off run, and local passes a round: enough that the DP-off run memorises
+    # every canary whatever the CPU and the draw (measured: 24 x 5 gave 5.2-8.0 bits per canary; 8 x 3
+    # gave 3.1-3.9 bits on average, too close to chance for a test that must never flake).
+    repeats_without_dp: int = 24
     filler_records: int = 64  # ordinary synthetic notes around the canaries
     rounds: int = 3
-    epochs: int = 3  # local passes a round
+    epochs: int = 5
     batch_size: int = 16
     learning_rate: float = 0.01  # high for LoRA: a few dozen steps must be enough to memorise without DP
     target_epsilon: float = 8.0  # DP-on: σ is derived so that `rounds` rounds spend this (as in the demo)

@@ -48,3 +48,28 @@ def make_layout(
         registry=registry,
     )
     return layout, configs
+
+
+def exact_holdout_loss(site_configs: list[Path], run_dir: Path, round_number: int) -> float:
+    """The global adapter of `round_number` evaluated exactly on the sites' own hold-out records, here in
+    the test. The manifest's eval_loss is the sites' DP release (noisy by design, ±0.8 a site at 24
+    hold-out records); whether a run learned is asserted on this exact figure instead."""
+    from safetensors.torch import load_file
+
+    from client.site import load_site_data
+    from client.train import evaluate
+    from common.adapter import load_adapter_state
+    from common.config import load_site_config
+    from common.model import load_lora_model, load_tokenizer
+
+    adapter_dir = run_dir / "rounds" / str(round_number)
+    total, count = 0.0, 0
+    for path in site_configs:
+        cfg = load_site_config(path)
+        data = load_site_data(cfg, load_tokenizer(cfg.model_source()))
+        model = load_lora_model(cfg.model_source(), cfg.lora, cfg.task)
+        load_adapter_state(model, load_file(adapter_dir / "adapter_model.safetensors"))
+        result = evaluate(model, data.holdout, task=cfg.task, device=model.device)
+        total += result.loss * result.num_examples
+        count += result.num_examples
+    return total / count
