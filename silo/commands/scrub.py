@@ -193,9 +193,10 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--out {out} exists and is not an empty directory; choose a new one.")
     scrubber = build_scrubber(config)
     out.parent.mkdir(parents=True, exist_ok=True)
+    staging: Path | None = None
     with _terminate_as_interrupt():
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
             reports = {p.name: _scrub_file(p, staging / p.name, scrubber, max_record_chars) for p in files}
             total = _total(reports)
             report = {"config": config.summary(), "total": total, "files": reports}
@@ -205,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
             os.replace(staging, out)
         except BaseException:
             with _signals_ignored():
-                shutil.rmtree(staging, ignore_errors=True)
+                if staging is not None:
+                    shutil.rmtree(staging, ignore_errors=True)
             raise
     print(
         f"silo scrub: {total['records_out']:,} of {total['records_in']:,} records written to {out}; "

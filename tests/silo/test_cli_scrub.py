@@ -2,9 +2,16 @@
 
 import csv
 import json
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
+from client.ingest import read_record_file
+from client.normalize import normalize
 from silo.cli import main
 from silo.synthetic import make_bank_messages, make_clinical_notes
 
@@ -101,3 +108,105 @@ def test_cli_scrub_rejects_unknown_config_keys(tmp_path, capsys):
         main(["scrub", "--in", str(data), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "site.toml")]) == 2
     )
     assert "unknown key(s) in `[scrub]`: threshold" in capsys.readouterr().err
+
+
+# ---- hostile input ----------------------------------------------------------------------------------------
+
+
+def test_cli_scrub_hidden_identifiers_are_scrubbed_not_passed_through(tmp_path, capsys):
+    hidden = {
+        "j\u200bohn@ex\u200bample.com": "john@example.com",
+        "555\u2011123\u20114567": "5551234567",
+        "555\u2013123\u20134567": "5551234567",
+        "５５５－１２３－４５６７": "5551234567",
+        "4111\u00a01111\u00a01111\u00a01111": "4111111111111111",
+        "j\u043ehn@\u0435x\u0430mple.com": "john@example.com",
+        "Jo\u200bhn Sm\u200bith": "Smith",
+    }
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Patient: Ada Quist. Contact: {v} today."}) + "\n" for v in hidden))
+    out = tmp_path / "out"
+
+    assert main(["scrub", "--in", str(data), "--out", str(out)]) == 0
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["total"]["records_out"] == len(hidden) and report["total"]["quarantined"] == 0
+    written = normalize((out / "in.jsonl").read_text()).text
+    digits = "".join(c for c in written if c.isdigit())
+    for shown, plain in hidden.items():
+        assert (plain not in digits) if plain.isdigit() else (plain not in written), shown
+
+
+def test_cli_scrub_reads_a_csv_field_past_the_csv_module_default(tmp_path):
+    data = tmp_path / "long.csv"
+    data.write_text("id,text\n1," + "the plan was reviewed " * 8_000 + "call 617-555-0142\n")  # 176,000 characters
+    out = tmp_path / "out"
+
+    assert main(["scrub", "--in", str(data), "--out", str(out)]) == 0
+
+    [(_, row)] = read_record_file(out / "long.csv")  # (the csv module alone refuses the field)
+    assert row["text"].endswith("call <PHONE_NUMBER>")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("long-line.csv", "id,text\n2," + "x" * 30_000 + "\n", "record longer than"),
+        # Short lines, one quoted field spanning 300 of them: the field is refused where it passes the limit.
+        ("long-field.csv", 'id,text\n2,"' + ("x" * 99 + "\n") * 300 + '"\n', "a field longer than"),
+        ("huge.jsonl", '{"text": "fine"}\n{"text": "' + "x" * 30_000 + '"}\n', "record longer than"),
+        ("deep.jsonl", '{"text": "fine"}\n{"text": ' + "[" * 5_000 + "]" * 5_000 + "}\n", "nested too deeply"),
+        ("bytes.jsonl", '{"text": "fine"}\n{"text": "caf\xe9"}\n', "not UTF-8"),
+    ],
+)
+def test_cli_scrub_hostile_record_is_one_line_naming_file_and_line(tmp_path, capsys, name, content, problem):
+    (tmp_path / "site.toml").write_text("[data]\nmax_record_chars = 20000\n")
+    data = tmp_path / name
+    data.write_bytes(content.encode("latin-1"))
+    out = tmp_path / "out"
+
+    code = main(["scrub", "--in", str(data), "--out", str(out), "--config", str(tmp_path / "site.toml")])
+
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.count("\n") == 1 and problem in err
+    assert re.search(rf"error: {re.escape(str(data))}:\d+: ", err)
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_cli_scrub_rejects_a_bad_max_record_chars(tmp_path, capsys):
+    (tmp_path / "site.toml").write_text("[data]\nmax_record_chars = 0\n")
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"text": "fine"}\n')
+    assert (
+        main(["scrub", "--in", str(data), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "site.toml")]) == 2
+    )
+    assert "`data.max_record_chars` must be > 0, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_cli_scrub_signal_mid_scrub_leaves_nothing_behind(tmp_path, sig):
+    data = tmp_path / "notes.jsonl"
+    notes = [json.dumps({"text": n.text}) + "\n" for n in make_clinical_notes(100, seed=4)]
+    data.write_text("".join(notes * 40))  # 4,000 records: tens of seconds of scrubbing
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "silo", "scrub", "--in", str(data), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".out.*")):  # the staging directory: scrubbing has begun
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "silo scrub: interrupted" in err and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.jsonl"]
