@@ -29,7 +29,11 @@ def test_site_check_reads_a_csv_field_past_the_csv_module_default(tmp_path, caps
 @pytest.mark.parametrize(
     ("name", "line", "problem"),
     [
-        ("deep.jsonl", '{"text": ' + "[" * 5_000 + f'"{SECRET}"' + "]" * 5_000 + "}", "invalid record (JSON nested too deeply)"),
+        (
+            "deep.jsonl",
+            '{"text": ' + "[" * 5_000 + f'"{SECRET}"' + "]" * 5_000 + "}",
+            "invalid record (JSON nested too deeply)",
+        ),
         ("long.jsonl", '{"text": "' + SECRET * 60_000 + '"}', "record longer than `data.max_record_chars`"),
         ("long.csv", f'"{SECRET * 60_000}"', "record longer than `data.max_record_chars`"),
         ("wrong.jsonl", f'{{"text": {{"{SECRET}": 1}}}}', "field 'text' must be non-empty text, got a JSON object"),
