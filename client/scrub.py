@@ -1,7 +1,6 @@
 """PII scrubbing: every record passes through here before training can see it.
 
-Built on presidio-analyzer (detection) and presidio-anonymizer (replacement), offline: Presidio's no-op NLP
-engine, a few of its validated pattern recognizers (cards with Luhn, IBAN, email, IP, URL) and Silo's own
+Built on presidio-analyzer (detection), offline: Presidio's no-op NLP engine, a few of its validated pattern recognizers (cards with Luhn, IBAN, email, IP, URL) and Silo's own
 recognizers (`client/recognizers.py`) for the HIPAA Safe Harbor identifiers and bank identifiers that
 stock Presidio needs an NER model or more context for. A site that has an NER model names it in
 `[scrub] ner_model` and gets it on top.
