@@ -30,7 +30,7 @@ from typing import Any
 
 from common.manifest import Manifest, read_manifest
 from common.version import CODE_VERSION
-from server.audit_ledgers import VOID_EPSILON, LedgerFile, void_epsilon_entries
+from server.audit_ledgers import VOID_EPSILON, LedgerFile, ledger_restarts, void_epsilon_entries
 
 REPORT_SCHEMA = 1
 """Version of the JSON twin's layout."""
@@ -164,6 +164,7 @@ def _findings(manifest: Manifest, ledgers: list[LedgerFile]) -> dict[str, Any]:
         "ledger_regressions": [
             {"round": n, **g.to_dict(), "message": g.message()} for n, g in manifest.ledger_regressions
         ],
+        "ledger_restarts": ledger_restarts(ledgers),
     }
 
 
@@ -529,6 +530,10 @@ def _findings_html(findings: dict[str, Any], table: Any) -> str:
         )
         items = "".join(f"<li>round {g['round']}: {e(g['message'])}</li>" for g in regressions)
         parts.append(f"<ul>{items}</ul>")
+    restarts = findings.get("ledger_restarts", [])
+    if restarts:
+        parts.append('<p class="bad" id="ledger-restarts">Ledger restarted by its operator:</p>')
+        parts.append("<ul>" + "".join(f"<li>{e(r)}</li>" for r in restarts) + "</ul>")
     if not parts:
         parts.append('<p class="ok">No void ε claim in the ledgers given, and no ledger that went backwards.</p>')
     return "\n".join(parts)
@@ -557,6 +562,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if regressions:
         warnings = "; ".join(f"round {g['round']}: {g['message']}" for g in regressions)
         lines[2:2] = [f"- **ledger head went backwards:** {warnings}"]
+    if report["findings"].get("ledger_restarts"):
+        lines[2:2] = [f"- **ledger restarted:** {'; '.join(report['findings']['ledger_restarts'])}"]
     for sid, s in report["sites"].items():
         source = "ledger" if s.get("ledger") else "manifest"
         lines.append(f"| {sid} | {_text(s.get('epsilon_total'))} | {_text(s.get('budget_epsilon'))} | "

@@ -149,3 +149,19 @@ def _twin_problem(entry: dict[str, Any], twins: list[tuple[LedgerFile, dict[str,
     named = ", ".join(f"site {ledger.site_id or '?'} entry {e.get('index')}" for ledger, e in twins[:3])
     more = f" and {len(twins) - 3} more" if len(twins) > 3 else ""
     return f"the same update sha256 {str(entry.get('update_sha256'))[:16]}... as {named}{more}"
+
+
+def ledger_restarts(ledgers: Iterable[LedgerFile]) -> list[str]:
+    """One line per ledger that an operator restarted (`silo ledger restart`): its spend before the
+    restart is not in it, so the site's whole budget cannot be audited from it alone."""
+    out = []
+    for ledger in ledgers:
+        for entry in ledger.entries:
+            if entry.get("kind") == "restart":
+                lost = entry.get("update_sha256") or "unknown"
+                out.append(
+                    f"the ledger {ledger.path} was restarted at {entry.get('timestamp')} (lost head {lost[:16]}): "
+                    "spend recorded before it is not in this ledger; audit the lost ledger (kept beside it as "
+                    "`.lost-<time>`) too"
+                )
+    return out

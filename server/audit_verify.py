@@ -46,7 +46,7 @@ from server.audit_epsilon import (
     epsilon_value,
     ledger_epsilon_problem,
 )
-from server.audit_ledgers import VOID_EPSILON, LedgerFile, LedgerFormat, void_epsilon_entries
+from server.audit_ledgers import VOID_EPSILON, LedgerFile, LedgerFormat, ledger_restarts, void_epsilon_entries
 
 ADAPTER_FILE = "adapter_model.safetensors"
 """server.checkpoint.ADAPTER_FILE: the file each round's sha256 covers."""
@@ -297,6 +297,8 @@ def _check_ledger(
 
 
 def _check_noise(ledgers: list[LedgerFile], report: VerifyReport) -> None:
+    for restart in ledger_restarts(ledgers):
+        report.checks.insert(0, Check("ledger restart", False, restart))
     void = void_epsilon_entries(ledgers)
     report.void = [asdict(v) for v in void]
     if void:

@@ -115,7 +115,11 @@ def test_audit_report_shows_void_epsilon_claims_and_ledger_regressions(audit_run
 def test_audit_report_without_findings_says_so(audit_run, tmp_path):
     out = tmp_path / "report"
     assert main(["audit", "report", str(audit_run.run_dir), *audit_run.ledger_args(), "--out", str(out)]) == 0
-    assert json.loads((out / "report.json").read_text())["findings"] == {"void_epsilon": [], "ledger_regressions": []}
+    assert json.loads((out / "report.json").read_text())["findings"] == {
+        "void_epsilon": [],
+        "ledger_regressions": [],
+        "ledger_restarts": [],
+    }
     page = (out / "report.html").read_text()
     assert VOID_EPSILON not in page and "No void ε claim" in page
 
