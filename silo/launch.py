@@ -558,13 +558,15 @@ class RoundProgress:
                 continue
             self.shown = n
             ev = entry["eval"].get("eval_loss", float("nan"))
+            # Sites answer with DP releases: the mean of their error bars says how much of a change is noise.
+            noise = entry["eval"].get("eval_loss_noise_std")
+            held_out = f"held-out loss {ev:.4f}" + (f" (DP, ±{noise:.2f} per site)" if noise else "")
             if n == 0:
-                line = f"round 0/{planned}  held-out loss {ev:.4f}  (initial adapter)"
+                line = f"round 0/{planned}  {held_out}  (initial adapter)"
             else:
-                tr = entry.get("train", {}).get("train_loss", float("nan"))
                 line = (
-                    f"round {n}/{planned}  sites {len(entry.get('sites', []))}  train loss {tr:.4f}  "
-                    f"held-out loss {ev:.4f}  rejected {len(entry.get('rejected', []))}"
+                    f"round {n}/{planned}  sites {len(entry.get('sites', []))}  {held_out}  "
+                    f"rejected {len(entry.get('rejected', []))}"
                 )
             print(f"[{time.monotonic() - self.t0:6.1f}s] {line}", file=self.log, flush=True)
 
