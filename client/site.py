@@ -187,7 +187,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     with the update's sha256 before the update is sent. Any failure: an error reply, no update.
 
     Evaluating here, on receipt, saves the coordinator a second message (and a second process
-    start at every site) per round; only the final adapter needs its own evaluate message.
+    start at every site) per round; only the final adapter needs its own evaluate message. The
+    answer is a DP release about the hold-out records, charged to the ledger before the round is
+    reserved; the round is refused unless the answer and the training both fit the budget.
 
     With secure aggregation (a "secagg" record in the message) the shares from the other sites are
     opened before anything is planned, and only after the ledger has recorded the round is the
@@ -260,8 +262,8 @@ def handle_train(msg: Message, context: Context) -> Message:
                 noise_source=result.private.noise_source if result.private is not None else None,
             )
         # The training loss is an exact statistic of the training records: it stays in the site's log.
-        log.info("[silo] round %s: trained %d steps, mean training loss %.4f (kept at the site)", server_round,
-                 result.steps, result.loss)  # fmt: skip
+        kept = "[silo] round %s: trained %d steps, mean training loss %.4f (kept at the site)"
+        log.info(kept, server_round, result.steps, result.loss)
         metrics: dict[str, Any] = {
             "num-examples": result.num_examples,
             "steps": result.steps,
