@@ -2,8 +2,8 @@
 
 Before any of a message's work is done, in this order:
 1. the run's app bundle (FAB) must be the one this site approved (`[site] app`, app_pin.py);
-2. train, evaluate and handshake messages must carry the coordinator's signed run request
-   (common/run_request.py), for this app, this site, and the message's run and round.
+2. every message must carry the coordinator's signed run request (common/run_request.py), for
+   this app and this site, and a train or evaluate message for its run and round.
 Only then is the message handed to the site's INSTALLED ClientApp (client/app.py), never to code
 from the bundle. A refusal is one log line here and an error reply to the coordinator: nothing is
 executed, trained or spent. One object for the node's life: issue 15's warm model and data belong here.
@@ -119,15 +119,17 @@ class SiteRuntime:
         self.pin.check(app)
         msg = task.message
         kind = msg.metadata.message_type
+        scope: dict[str, Any] = {}  # every other message (secure aggregation's stages): app, site and signature
         if kind == MessageType.TRAIN:
             config = self._config(msg)
-            self._agreed(msg, app, run_id=str(config.get("run-id", "")), round=_round(config), first=1)
+            scope = {"run_id": str(config.get("run-id", "")), "round": _round(config), "first": 1}
         elif kind == MessageType.EVALUATE:
-            self._agreed(msg, app, round=_round(self._config(msg)), first=0)
+            scope = {"round": _round(self._config(msg)), "first": 0}
         elif kind == HANDSHAKE_MESSAGE_TYPE:
             # Not whether the request names this site: a signed answer lets the coordinator say why
             # it does not (its registry), and a site it left out is never sent a round.
-            self._agreed(msg, app, site_id=None)
+            scope = {"site_id": None}
+        self._agreed(msg, app, **scope)
 
     def _agreed(self, msg: Message, app: AppIdentity, **scope: Any) -> RunRequest:
         request, _ = verify_run_request(msg.content.config_records.get(RECORD), self.coordinator_key)

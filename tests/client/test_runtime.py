@@ -188,3 +188,12 @@ def test_site_runtime_answers_a_handshake_that_does_not_name_it_but_trains_for_n
     assert rt.handle(task(bundle, HANDSHAKE_MESSAGE_TYPE, other, {})).ok
     assert not rt.handle(task(bundle, request=other)).ok
     assert rt.calls == [HANDSHAKE_MESSAGE_TYPE]
+
+
+def test_site_runtime_refuses_any_other_message_without_the_signed_request(runtime, coordinator):
+    rt = runtime()
+    bundle = fab()
+    assert not rt.handle(task(bundle, "query.secagg", None, {})).ok
+    assert not rt.handle(task(bundle, "query.secagg", request_for(bundle, generate_signing_key()), {})).ok
+    assert rt.handle(task(bundle, "query.secagg", request_for(bundle, coordinator), {})).ok
+    assert rt.calls == ["query.secagg"]
