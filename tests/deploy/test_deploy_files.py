@@ -205,6 +205,8 @@ def test_k8s_coordinator_serves_tls_with_registered_sites_and_encrypted_checkpoi
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "coordinator" / "kustomization.yaml").read_text())
     tls = next(s for s in kustomization["secretGenerator"] if s["name"] == "silo-coordinator-tls")
     assert "keys/coordinator/ca.key" not in tls["files"]  # the CA key never goes to the cluster
+    # The run-request key beside the registry: without it the sites refuse every run.
+    assert "keys/coordinator/coordinator_signing.key" in tls["files"]
     assert load_federation_config(DEPLOY / "k8s" / "coordinator" / "federation.toml").security.registry
 
 
@@ -223,7 +225,14 @@ def test_k8s_site_runs_one_authenticated_supernode_on_a_gpu():
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "site" / "kustomization.yaml").read_text())
     (kit,) = kustomization["secretGenerator"]
     assert sorted(Path(f).name for f in kit["files"]) == sorted(
-        ["ca.pem", "supernode_auth.key", "supernode_auth.pub", "site_signing.key", "site_signing.pub"]
+        [
+            "ca.pem",
+            "supernode_auth.key",
+            "supernode_auth.pub",
+            "site_signing.key",
+            "site_signing.pub",
+            "coordinator_signing.pub",
+        ]
     )
     assert load_site_config(DEPLOY / "k8s" / "site" / "site.toml").training.device == "cuda"
 
