@@ -67,7 +67,7 @@ def flower_env(flwr_home: Path, *, threads: int = 1) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
             "PYTHONUNBUFFERED": "1",
-            # The SuperLink and SuperNodes start `flower-superexec` and the app processes by name.
+            # The SuperLink starts `flower-superexec` and the ServerApp process by name.
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         }
     )
@@ -75,10 +75,11 @@ def flower_env(flwr_home: Path, *, threads: int = 1) -> dict[str, str]:
 
 
 def kill_children_of(port: int) -> None:
-    """SIGKILL the SuperExec and app processes serving the Flower process listening on `port`.
+    """SIGKILL the processes serving the Flower process listening on `port`: the SuperLink's SuperExec
+    and ServerApp, or a site's executor (client/runtime/node.py), which its SuperNode dies with.
 
-    They detach into sessions of their own, so killing the parent's process group misses them; each
-    carries `--runtime-api-address 127.0.0.1:<parent's port>`, which is how they are found."""
+    The SuperLink's detach into sessions of their own, so killing its process group misses them; each
+    carries `--runtime-api-address 127.0.0.1:<the port>`, which is how they are found."""
     needle = f"--runtime-api-address 127.0.0.1:{port} "
     me = os.getpid()
     for entry in Path("/proc").iterdir():
