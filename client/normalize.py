@@ -8,8 +8,9 @@ plain text the recognizers know:
 - NFKC (full-width and compatibility forms, ligatures, composed accents);
 - format characters (Unicode category Cf: zero-width spaces and joiners, soft hyphens, bidi controls, tags),
   other default-ignorable characters and control characters removed;
-- every dash (category Pd, minus signs) to `-`, every space (Zs) to ` `, line separators to a newline,
-  every decimal digit to its ASCII digit;
+- every dash (category Pd, minus signs) to `-` (an em dash or horizontal bar only beside a digit: elsewhere
+  it stays `—`, which recognizers read as punctuation, as in a signature line), every space (Zs) to ` `,
+  line separators to a newline, every decimal digit to its ASCII digit;
 - Cyrillic, Greek and Armenian letters that look like Latin ones to those Latin letters.
 
 The scrubber recognises on the normalised text and replaces the ORIGINAL characters: `Normalized.span`
@@ -139,6 +140,18 @@ class _Builder:
             self.size += len(piece)
 
 
+# Dashes that are punctuation between words ("— Makinde" signs a letter) and separators between digits.
+_WIDE_DASHES = frozenset("\u2014\u2015")
+# How far to look past invisible characters for the digit that makes a wide dash a separator.
+_DIGIT_REACH = 4
+
+
+def _visible_neighbours_digit(text: str, start: int, stop: int) -> bool:
+    before = next((fold(text[i]) for i in range(start - 1, max(start - 1 - _DIGIT_REACH, -1), -1) if fold(text[i])), "")
+    after = next((fold(text[i]) for i in range(stop, min(stop + _DIGIT_REACH, len(text))) if fold(text[i])), "")
+    return before[-1:].isdigit() or after[:1].isdigit()
+
+
 def normalize(text: str) -> Normalized:
     """`text` folded for recognition (see the module docstring), with its map back. Linear in `len(text)`."""
     if not text or _PLAIN.fullmatch(text):
@@ -159,7 +172,10 @@ def normalize(text: str) -> Normalized:
         stop = pos + 1
         while stop < n and unicodedata.combining(text[stop]):
             stop += 1
-        out.cluster(pos, stop, fold(text[pos:stop]))
+        piece = fold(text[pos:stop])
+        if text[pos] in _WIDE_DASHES and not _visible_neighbours_digit(text, pos, stop):
+            piece = "\u2014"
+        out.cluster(pos, stop, piece)
         pos = stop
     return Normalized("".join(out.parts), out.norm, out.orig, out.end)
 

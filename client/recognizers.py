@@ -549,7 +549,7 @@ _STRONG_PERSON_BEFORE = re.compile(
     r"caregiver|sibling|parent|child)\s+)|"
     r"(?i:\b(?:this\s+is|my\s+name\s+is|i\s+am|i'm|identified\s+as|spoke\s+with|seen\s+by|seeing|named|"
     r"called|signed\s+by|dictated\s+by|read\s+by|referred\s+by|accompanied\s+by|met\s+with)\s+)|"
-    r"(?:^|\n)\s*--\s*)$"
+    r"(?:^|\n)\s*(?:--|—)\s*)$"
 )
 _TITLE_BEFORE = re.compile(rf"\b{_TITLE}\s+$")
 _WEAK_PERSON_BEFORE = re.compile(r"(?i:\b(?:by|with|to|for|from|and|of|as|&)\s+)$")

@@ -17,6 +17,10 @@ from client.normalize import HOMOGLYPHS, normalize
         ("555\u2011123\u20114567", "555-123-4567"),  # non-breaking hyphen
         ("555\u2013123\u20134567", "555-123-4567"),  # en dash
         ("555\u2014123\u2212" + "4567", "555-123-4567"),  # em dash, minus sign
+        (
+            "Thanks.\n\u2014 Ada \u2014 and 5\u200b\u2014\u200b6",
+            "Thanks.\n\u2014 Ada \u2014 and 5-6",
+        ),  # em dash: only by digits
         ("５５５－１２３－４５６７", "555-123-4567"),  # full-width
         ("4111\u00a01111\u202f1111\u20091111", "4111 1111 1111 1111"),  # no-break, narrow and thin spaces
         ("j\u043ehn@\u0435x\u0430mple.com", "john@example.com"),  # Cyrillic o, e, a

@@ -400,6 +400,11 @@ def test_scrub_text_replaces_the_original_characters_only(scrubber):
     assert scrubbed == "Ünïcode stays \u2014 call <PHONE_NUMBER> or ｍａｉｌ <EMAIL_ADDRESS>."
 
 
+def test_scrub_text_em_dash_signs_a_letter_and_separates_digits(scrubber):
+    scrubbed, _ = scrubber.scrub_text("Thanks for the update.\n\u2014 Makinde\nCall 617\u2014555\u20140142.")
+    assert scrubbed == "Thanks for the update.\n\u2014 <PERSON>\nCall <PHONE_NUMBER>."
+
+
 def test_pseudonym_is_the_same_for_a_disguised_value(pseudonymizer):
     plain = pseudonymizer.scrub_text("Patient: Amara Okafor.")[0]
     disguised = pseudonymizer.scrub_text("Patient: \u0410mara Ok\u0430\u200bfor.")[0]
