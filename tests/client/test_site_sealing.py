@@ -42,5 +42,6 @@ def test_handle_train_when_signing_fails_sends_nothing(tmp_path: Path, base_mode
     reply = handle_train(_train_message(base_model_dir, 1), _context(cfg))
 
     assert reply.has_error()
-    assert reply.error.reason.startswith(UpdateRejected.__name__) and "could not sign" in reply.error.reason
+    assert reply.error.reason.startswith(UpdateRejected.__name__) and "could not seal" in reply.error.reason
+    assert reply.error.code == 1000 + UpdateRejected.exit_code and "HSM" not in reply.error.reason  # text stays local
     assert reply.error.code == 1000 + UpdateRejected.exit_code
