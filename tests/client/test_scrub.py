@@ -469,7 +469,7 @@ def _cpu_seconds_to_scrub(scrubber, chars: int) -> float:
     [pytest.param(125_000, id="125k-vs-500k"), pytest.param(2_000_000, id="2M-vs-8M", marks=pytest.mark.slow)],
 )
 def test_scrub_text_time_is_linear_in_length(scrubber, chars):
-    # 4x the text costs ~4x the CPU time when linear, 16x when quadratic; 8x leaves room for a noisy machine.
-    # CPU time of this process, not wall time, so other processes on the machine do not count.
+    # 4x the text costs ~4x the CPU time when linear (4.6x measured here), 16x when quadratic; 10x leaves room
+    # for a noisy machine. CPU time of this process, not wall time, so other processes do not count.
     small, large = _cpu_seconds_to_scrub(scrubber, chars), _cpu_seconds_to_scrub(scrubber, 4 * chars)
-    assert large < 8 * small, (small, large)
+    assert large < 10 * small, (small, large)
