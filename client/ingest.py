@@ -25,6 +25,9 @@ from common.config import DataConfig, TaskConfig, TaskType
 from common.errors import DataError
 
 RECORD_SUFFIXES = (".jsonl", ".csv")
+# Records are flat objects: values nested deeper than this are hostile, and one that parses near Python's
+# recursion limit would fail later (hashing the record for the split) with a traceback instead of here.
+MAX_JSON_DEPTH = 32
 
 
 def list_record_files(path: Path) -> list[Path]:
@@ -84,16 +87,33 @@ def _read_jsonl(path: Path, lines: Iterator[str]) -> list[tuple[int, dict[str, A
             continue
         try:
             rec = json.loads(line)
+            shallow = _shallow(rec)
         except json.JSONDecodeError as err:  # its message is one of the decoder's fixed phrases, never the text
             raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
         except RecursionError:
-            raise DataError(f"{path}:{lineno}: invalid record (JSON nested too deeply)") from None
+            shallow = False
         except ValueError:  # an integer past Python's digit limit
             raise DataError(f"{path}:{lineno}: invalid JSON (a number too long to read)") from None
+        if not shallow:
+            raise DataError(f"{path}:{lineno}: invalid record (JSON nested too deeply, limit {MAX_JSON_DEPTH})")
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
         records.append((lineno, rec))
     return records
+
+
+def _shallow(value: Any) -> bool:
+    """Whether `value` nests at most MAX_JSON_DEPTH containers deep (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= MAX_JSON_DEPTH:
+                    return False
+                stack.append((child, depth + 1))
+    return True
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.ingest import list_record_files, load_site_records, read_records, split_records
+from client.ingest import MAX_JSON_DEPTH, list_record_files, load_site_records, read_records, split_records
 from common.config import DataConfig, TaskConfig, TaskType
 from common.errors import ConfigError, DataError
 
@@ -349,3 +349,19 @@ def test_read_records_ignores_a_utf8_byte_order_mark(tmp_path):
 def test_data_config_rejects_a_bad_max_record_chars(value):
     with pytest.raises(ConfigError, match=r"`data.max_record_chars` must be > 0, got"):
         DataConfig(max_record_chars=value)
+
+
+def test_load_site_records_refuses_nesting_past_the_limit(tmp_path):
+    # Depth 990 parses at the reader's call depth but would blow the recursion limit later, when the split
+    # hashes the record from deeper in the stack: refused here, as any record nesting past MAX_JSON_DEPTH.
+    def record(depth: int) -> str:
+        return '{"text": "ok", "meta": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}\n"
+
+    (tmp_path / "ok.jsonl").write_text(record(MAX_JSON_DEPTH) * 2)
+    assert len(load_site_records(tmp_path, DATA, CAUSAL_LM)) == 2
+
+    for depth in (MAX_JSON_DEPTH + 1, 990):
+        path = tmp_path / "ok.jsonl"
+        path.write_text(record(2) + record(depth))
+        with pytest.raises(DataError, match=f"{path}:2: invalid record \\(JSON nested too deeply, limit 32\\)"):
+            load_site_records(tmp_path, DATA, CAUSAL_LM)

@@ -32,7 +32,7 @@ def test_site_check_reads_a_csv_field_past_the_csv_module_default(tmp_path, caps
         (
             "deep.jsonl",
             '{"text": ' + "[" * 5_000 + f'"{SECRET}"' + "]" * 5_000 + "}",
-            "invalid record (JSON nested too deeply)",
+            "invalid record (JSON nested too deeply, limit 32)",
         ),
         ("long.jsonl", '{"text": "' + SECRET * 60_000 + '"}', "record longer than `data.max_record_chars`"),
         ("long.csv", f'"{SECRET * 60_000}"', "record longer than `data.max_record_chars`"),
