@@ -32,6 +32,7 @@ from flwr.supercore.interceptors import (
 )
 from flwr.supercore.retry import RetryInvoker, exponential
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 FLWR_VERSION = "1.41.0"
@@ -120,21 +121,20 @@ class RuntimeLink:
 
 
 class TaskSession:
-    """One claimed task: pull its input, push one reply, finish it. Heartbeats run meanwhile."""
+    """One claimed task: pull its input, push one reply, finish it, `close()`. Heartbeats keep the
+    claim alive from creation to `close()`."""
 
     def __init__(self, address: str, claimed: Claimed) -> None:
         self.claimed = claimed
         self.client = _client(address, RuntimeTokenHttpInterceptor(claimed.token), retry=True)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name=f"heartbeat-{claimed.task_id}", daemon=True)
-
-    def __enter__(self) -> TaskSession:
         self._heartbeat.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self._stop.set()
-        self._heartbeat.join(timeout=HEARTBEAT_INTERVAL_S)
+        if self._heartbeat is not threading.current_thread():
+            self._heartbeat.join(timeout=HEARTBEAT_INTERVAL_S)
         self.client.close()
 
     def _beat(self) -> None:
@@ -145,8 +145,16 @@ class TaskSession:
                 log(DEBUG, "[silo] task %d heartbeat failed: %s", self.claimed.task_id, err)
 
     def pull(self) -> TaskInput:
+        """The task's input. Blocks while the message's objects are still arriving at the SuperNode (a
+        message it abandoned never completes: pull in a thread of its own, see node.py)."""
         message, context, run, fab = pull_task_input(self.client)
         return TaskInput(message, context, run.run_id, run.fab_hash, run.fab_id, run.fab_version, fab.content)
+
+    def bind(self, task: TaskInput) -> None:
+        """Make `task` the process's current task (Flower reads it when building messages): inputs of
+        several tasks may be pulled at once, one task is handled at a time."""
+        TaskIdentity.task_id, TaskIdentity.run_id = self.claimed.task_id, task.run_id
+        TaskIdentity.node_id = task.context.node_id
 
     def reply(self, reply: Message, context: Context) -> None:
         push_message(self.client, reply, context)

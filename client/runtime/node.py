@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import queue
 import secrets
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from client.runtime.flower_io import SECRET_FLAG, RuntimeLink, TaskSession
+from client.runtime.flower_io import SECRET_FLAG, RuntimeLink, TaskInput, TaskSession
 from client.runtime.site_runtime import SiteRuntime
 from common.errors import SiloError
 
@@ -48,19 +49,52 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def serve_task(runtime: SiteRuntime, session: TaskSession) -> None:
-    """Pull one task's input, let the runtime handle it, push the reply and the task's outcome."""
+def pull_input(session: TaskSession, ready: queue.Queue[tuple[TaskSession, TaskInput]]) -> None:
+    """In a thread of its own: a message the SuperNode abandoned half-received (its run stopped) never
+    completes, and must not hold up the messages after it."""
     try:
-        task = session.pull()
+        ready.put((session, session.pull()))
     except Exception as err:  # noqa: BLE001 - a task that cannot be read fails alone; the node goes on
         log.error("[silo] task %d: could not read its input: %s", session.claimed.task_id, type(err).__name__)
-        session.finish(None, ok=False, details=f"could not read the task's input: {type(err).__name__}")
-        return
-    outcome = runtime.handle(task)
+        with contextlib.suppress(Exception):
+            session.finish(None, ok=False, details=f"could not read the task's input: {type(err).__name__}")
+        session.close()
+
+
+def serve_task(runtime: SiteRuntime, session: TaskSession, task: TaskInput) -> None:
+    """Let the runtime handle one task, push the reply and the task's outcome."""
     try:
-        session.reply(outcome.reply, outcome.context)
+        session.bind(task)
+        outcome = runtime.handle(task)
+        try:
+            session.reply(outcome.reply, outcome.context)
+        finally:
+            session.finish(outcome.context, ok=outcome.ok, details=outcome.details)
+    except Exception as err:  # noqa: BLE001 - the SuperNode dropped the task (expired, run stopped): the node goes on
+        log.error("[silo] task %d: lost mid-task: %s", session.claimed.task_id, type(err).__name__)
     finally:
-        session.finish(outcome.context, ok=outcome.ok, details=outcome.details)
+        session.close()
+
+
+def serve(runtime: SiteRuntime, link: RuntimeLink, stop: threading.Event) -> None:
+    """Claim tasks and pull their inputs side by side; handle them one at a time, until `stop` is set."""
+    ready: queue.Queue[tuple[TaskSession, TaskInput]] = queue.Queue()
+    while not stop.is_set():
+        try:
+            claimed = link.acquire()
+        except httpx.HTTPError as err:
+            log.debug("[silo] Runtime API not reachable yet: %s", err)
+            claimed = None
+        if claimed is not None:
+            session = link.session(claimed)
+            threading.Thread(
+                target=pull_input, args=(session, ready), name=f"pull-{claimed.task_id}", daemon=True
+            ).start()
+        try:
+            session, task = ready.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+        serve_task(runtime, session, task)
 
 
 def write_secret(path: Path) -> bytes:
@@ -72,25 +106,6 @@ def write_secret(path: Path) -> bytes:
     finally:
         os.close(fd)
     return secret
-
-
-def serve(runtime: SiteRuntime, link: RuntimeLink, stop: threading.Event) -> None:
-    """Claim and serve tasks until `stop` is set."""
-    while not stop.is_set():
-        try:
-            claimed = link.acquire()
-        except httpx.HTTPError as err:
-            log.debug("[silo] Runtime API not reachable yet: %s", err)
-            stop.wait(POLL_S)
-            continue
-        if claimed is None:
-            stop.wait(POLL_S)
-            continue
-        try:
-            with link.session(claimed) as session:
-                serve_task(runtime, session)
-        except Exception as err:  # noqa: BLE001 - the SuperNode dropped the task (expired, run stopped): the node goes on
-            log.error("[silo] task %d: lost mid-task: %s", claimed.task_id, type(err).__name__)
 
 
 def run_node(args: argparse.Namespace) -> int:
