@@ -446,7 +446,8 @@ def regex_recognizers() -> list[EntityRecognizer]:
                     ),
                     0.85,
                 ),
-                (re.compile(rf"\b[A-ZÄÖÜ][\w'’\-]*?(?i:{_EU_STREET_WORD})\s+{_NUMBER}\b"), 0.85),
+                # A bounded word (compound street names are shorter): unbounded, a long hyphenated run is quadratic.
+                (re.compile(rf"\b[A-ZÄÖÜ][\w'’\-]{{0,48}}?(?i:{_EU_STREET_WORD})\s+{_NUMBER}\b"), 0.85),
                 (re.compile(rf"\b{_NUMBER},?\s+{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME}{_UNIT}"), 0.8),
                 (re.compile(rf"\b{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME},?\s+{_NUMBER}\b{_UNIT}"), 0.8),
                 # "ZIP 02139", "..., MA 02139-1234" (the state stays), UK and Dutch postcodes.
@@ -466,7 +467,8 @@ def regex_recognizers() -> list[EntityRecognizer]:
         RegexRecognizer(
             "EMAIL_ADDRESS",
             [
-                (re.compile(r"\b[\w.+\-]+@(?:[A-Za-z0-9\-]+\.)+[A-Za-z]{2,}\b"), 0.95),
+                # Starts only where a run of address characters starts (not at every \b inside one): linear.
+                (re.compile(r"(?<![\w.+\-])[\w.+\-]+@(?:[A-Za-z0-9\-]+\.)+[A-Za-z]{2,}\b"), 0.95),
             ],
         ),  # fmt: skip
         RegexRecognizer(
@@ -474,7 +476,10 @@ def regex_recognizers() -> list[EntityRecognizer]:
             [
                 (re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"), 0.9),
                 # A bare domain counts only with a path: "gmail.com" alone identifies nobody.
-                (re.compile(r"\b(?:[A-Za-z0-9\-]+\.)+[A-Za-z]{2,}/[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"), 0.7),
+                (
+                    re.compile(r"(?<![A-Za-z0-9\-.])(?:[A-Za-z0-9\-]+\.)+[A-Za-z]{2,}/[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"),
+                    0.7,
+                ),
             ],
         ),  # fmt: skip
         RegexRecognizer(

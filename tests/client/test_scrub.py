@@ -473,3 +473,18 @@ def test_scrub_text_time_is_linear_in_length(scrubber, chars):
     # for a noisy machine. CPU time of this process, not wall time, so other processes do not count.
     small, large = _cpu_seconds_to_scrub(scrubber, chars), _cpu_seconds_to_scrub(scrubber, 4 * chars)
     assert large < 10 * small, (small, large)
+
+
+@pytest.mark.parametrize("unit", ["a.", "1-", "AB12-", "Ab-", "Ab, ", "Ab\n", "Ab. ", "a@", "1 ", "Mr. ", "de "])
+def test_scrub_text_hostile_repetition_costs_no_more_than_ordinary_text(scrubber, unit):
+    # A regex that rescans a long run from every position inside it is quadratic in the run, bounded only by
+    # the window: "AB12-" * n cost 47x ordinary notes in the street-name pattern, "Ab-" * n 78x. The densest
+    # capitalised text (a name-like run every 3-4 characters, each checked against its context) costs up to
+    # ~14x here, linearly; 25x separates the two.
+    chars = 4 * WINDOW_CHARS
+    ordinary = _cpu_seconds_to_scrub(scrubber, chars)
+    text = (unit * chars)[:chars]
+    start = time.process_time()
+    scrubber.scrub_text(text)
+    hostile = time.process_time() - start
+    assert hostile < 25 * ordinary, (hostile, ordinary)
