@@ -477,7 +477,11 @@ def regex_recognizers() -> list[EntityRecognizer]:
                 (re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"), 0.9),
                 # A bare domain counts only with a path: "gmail.com" alone identifies nobody.
                 (
-                    re.compile(r"(?<![A-Za-z0-9\-.])(?:[A-Za-z0-9\-]+\.)+[A-Za-z]{2,}/[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"),
+                    # From the first label of a domain only (not after "x."): one scan of a long "a.a.a..." run.
+                    re.compile(
+                        r"(?<![A-Za-z0-9\-])(?<![A-Za-z0-9\-]\.)(?:[A-Za-z0-9\-]+\.)+[A-Za-z]{2,}"
+                        r"/[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"
+                    ),
                     0.7,
                 ),
             ],
