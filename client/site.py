@@ -433,6 +433,7 @@ ERROR_REASONS: dict[int, str] = {
     4: "scrubbing failed at the site; nothing was trained or sent",
     6: "the site's privacy ledger refused the round; the site operator sees why in the site's log",
     7: "the site refused the request or could not seal its update; the site's log says why",
+    8: "secure aggregation failed at the site (too few shares, or a malformed protocol message); nothing sent",
 }
 """Fixed reasons by exit code: what crosses the wire about a failure, never the exception's own text."""
 

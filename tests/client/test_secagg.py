@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,11 +15,13 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client import site as site_module
+from client.handshake import handle_handshake
 from client.secagg import STATE, accept_shares, mask_update, reveal_shares, setup, share_keys
 from client.site import handle_evaluate, handle_secagg, handle_train
 from common.adapter import hash_state, numpy_to_state
 from common.config import SecAggSection
 from common.errors import BudgetExhausted
+from common.run_request import HANDSHAKE_MESSAGE_TYPE
 from common.secagg import SecAggFailed
 from server.checkpoint import RunDirectory
 from server.federation import run_federation
@@ -161,6 +164,7 @@ class SiteGrid:
             n: Context(run_id=1, node_id=n, node_config={"site-config": str(c)}, state=RecordDict(), run_config={})
             for n, c in configs.items()
         }
+        self.run = SimpleNamespace(fab_hash="f" * 64)  # the app bundle the run request names
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
@@ -172,6 +176,7 @@ class SiteGrid:
             kind = msg.metadata.message_type
             handler = handle_train if kind == MessageType.TRAIN else handle_evaluate
             handler = handle_secagg if kind.startswith(MessageType.QUERY) else handler
+            handler = handle_handshake if kind == HANDSHAKE_MESSAGE_TYPE else handler
             out.append(handler(msg, self.contexts[node]))
         return out
 
@@ -254,5 +259,5 @@ def test_handle_train_with_too_few_shares_refuses_before_planning(tmp_path: Path
 
     reply = handle_train(_secagg_train_message(base_model_dir, 1, empty), context)
 
-    assert reply.has_error() and "too few" in reply.error.reason
+    assert reply.has_error() and "secure aggregation failed" in reply.error.reason
     assert [e for e in _ledger_entries(cfg) if e.get("kind") in ("reserve", "round")] == []

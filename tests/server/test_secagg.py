@@ -20,10 +20,16 @@ from common.adapter import arrays_to_state, hash_state, numpy_to_state, state_to
 from common.config import FederationConfig, SecAggSection, SecuritySection
 from common.errors import ConfigError, FederationFailed
 from common.keys import generate_signing_key
+from common.run_request import HANDSHAKE_MESSAGE_TYPE
 from server.checkpoint import RunDirectory
 from server.federation import run_federation
 from server.strategy import weighted_average
-from tests.server.test_federation_security import _config, _manifest, _task_identity  # noqa: F401 (fixture)
+from tests.server.test_federation_security import (  # noqa: F401 (_task_identity is a fixture)
+    _config,
+    _handshake_reply,
+    _manifest,
+    _task_identity,
+)
 from tests.server.test_verify import declaration as site_declaration
 
 CLIP, RANGE = 1.0, 1 << 22
@@ -43,6 +49,7 @@ class SecAggGrid:
         }
         self.plain: dict[int, dict[int, dict[str, np.ndarray]]] = {}  # round -> node -> adapter trained
         self.seen_train: list[RecordDict] = []
+        self.run = SimpleNamespace(fab_hash="f" * 64)  # the app bundle the run request names
 
     def get_node_ids(self) -> list[int]:
         return list(self.sites)
@@ -56,6 +63,8 @@ class SecAggGrid:
         site_id, how, key = self.sites[node]
         context = self.contexts[node]
         kind = msg.metadata.message_type
+        if kind == HANDSHAKE_MESSAGE_TYPE:
+            return _handshake_reply(msg, site_id, key, node)
         if kind.startswith(MessageType.QUERY):
             if how == "silent-unmask" and msg.content["secagg"]["stage"] == "unmask":
                 return None
