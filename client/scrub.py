@@ -34,6 +34,7 @@ from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, IbanR
 
 from client.normalize import normalize, normalized_text
 from client.recognizers import NamePlaceRecognizer, propagate_mentions, regex_recognizers
+from common import keys
 from common.config_scrub import ScrubConfig, ScrubOperator
 from common.errors import ConfigError, ScrubFailed
 from common.version import CODE_VERSION
@@ -143,6 +144,7 @@ class _Analyzer(AnalyzerEngine):
 
 
 def _load_key(path: str) -> bytes:
+    keys.refuse_readable_by_others(path)  # the key that makes pseudonyms unlinkable to names is a secret
     try:
         key = Path(path).read_bytes().strip()
     except OSError as err:

@@ -87,5 +87,5 @@ EXIT_CODES: dict[int, str] = {
     9: "audit verification found a discrepancy (VerificationFailed)",
     10: "audit incomplete: what it names was not checked; --partial accepts that (AuditIncomplete)",
     11: "a site refused the run: not its approved app, or no valid signed run request (RunRefused)",
-    130: "interrupted (Ctrl-C)",
+    130: "interrupted (Ctrl-C or SIGTERM)",
 }

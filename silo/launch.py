@@ -313,6 +313,7 @@ def supernode_argv(
     for path in (ca_cert, auth_key):
         if path is None or not Path(path).is_file():
             raise ConfigError(f"a SuperNode needs both the CA certificate and its authentication key; missing {path}")
+    refuse_readable_by_others(auth_key)  # `--auth-key` without a kit too
     return [*argv, "--root-certificates", str(Path(ca_cert).resolve()), "--auth-supernode-private-key",
             str(Path(auth_key).resolve())]  # fmt: skip
 

@@ -26,6 +26,7 @@ def scrubber():
 def key_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("keys") / "site.key"
     path.write_bytes(b"0123456789abcdef-site-a-secret")
+    path.chmod(0o600)
     return path
 
 
@@ -192,13 +193,23 @@ def test_pseudonym_is_deterministic_for_a_key(pseudonymizer, key_file, tmp_path)
     assert pseudonymizer.scrub_text(text) == again.scrub_text(text)
     other_key = tmp_path / "other.key"
     other_key.write_bytes(b"another-site-secret-key-material")
+    other_key.chmod(0o600)
     other = build_scrubber(ScrubConfig(operator="pseudonym", pseudonym_key_file=str(other_key)))
     assert other.scrub_text(text)[0] != pseudonymizer.scrub_text(text)[0]
+
+
+def test_build_scrubber_refuses_a_pseudonym_key_others_can_read(tmp_path):
+    key = tmp_path / "site.key"
+    key.write_bytes(b"0123456789abcdef-site-a-secret")
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match=f"chmod 600 {key}"):
+        build_scrubber(ScrubConfig(operator="pseudonym", pseudonym_key_file=str(key)))
 
 
 def test_build_scrubber_rejects_short_or_missing_key(tmp_path):
     short = tmp_path / "short.key"
     short.write_bytes(b"tooshort")
+    short.chmod(0o600)
     with pytest.raises(ConfigError, match="at least 16 bytes"):
         build_scrubber(ScrubConfig(operator="pseudonym", pseudonym_key_file=str(short)))
     with pytest.raises(ConfigError, match="cannot be read"):

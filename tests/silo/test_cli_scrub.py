@@ -86,6 +86,7 @@ def test_cli_scrub_refuses_a_non_empty_out_dir(site_dir, tmp_path, capsys):
 
 def test_cli_scrub_reads_config_and_field_options(tmp_path):
     (tmp_path / "site.key").write_bytes(b"a-site-secret-of-sufficient-length")
+    (tmp_path / "site.key").chmod(0o600)
     (tmp_path / "site.toml").write_text('[scrub]\noperator = "pseudonym"\npseudonym_key_file = "site.key"\n')
     data = tmp_path / "in.jsonl"
     data.write_text(json.dumps({"subject": "From Amara Okafor", "text": "Call Dr. Okafor"}) + "\n")
