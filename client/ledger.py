@@ -345,22 +345,17 @@ class Ledger:
         if not dp_enabled:
             noise_multiplier = 0.0
         event = DPEvent(float(noise_multiplier), float(sample_rate), steps)
-
-        def epsilon_of(events: list[DPEvent]) -> float:
-            return compute_epsilon(events, delta=delta, accountant=accountant, conversion=conversion)
-
-        before = epsilon_of(self._state.events)
-        after = epsilon_of([*self._state.events, event])
-        epsilon_round = epsilon_of([event])
         also = list(also_fits)
-        with_also = epsilon_of([*self._state.events, event, *also]) if also else after
-        if with_also > budget_epsilon:
-            raise BudgetExhausted(
-                f"privacy budget of site {site_id or '?'} would be exceeded: spent epsilon={_fmt(before)} "
-                f"(delta={delta}, {_method(accountant, conversion)}) so far; this round "
-                f"(epsilon={_fmt(epsilon_round)}{', with its evaluation,' if also else ''}) would bring it to "
-                f"{_fmt(with_also)} > budget {_fmt(budget_epsilon)}. Nothing trained or sent."
-            )
+        before, after, epsilon_round = self._afford(
+            event,
+            also,
+            delta=delta,
+            accountant=accountant,
+            conversion=conversion,
+            budget_epsilon=budget_epsilon,
+            what=f"site {site_id or '?'}: this round" + (", with its evaluation," if also else ""),
+            nothing="trained",
+        )
         entry = self._append(
             kind=EntryKind.RESERVE,
             reservation=None,
@@ -473,18 +468,48 @@ class Ledger:
     ) -> None:
         """Raise `BudgetExhausted` unless the recorded history composed with `events` fits the budget."""
         self._check_open()
+        first, *rest = list(events)
         accountant = Accountant(accountant)
-        conversion = default_conversion(accountant)
-        before = compute_epsilon(self._state.events, delta=delta, accountant=accountant, conversion=conversion)
-        after = compute_epsilon(
-            [*self._state.events, *events], delta=delta, accountant=accountant, conversion=conversion
+        self._afford(
+            first,
+            rest,
+            delta=delta,
+            accountant=accountant,
+            conversion=default_conversion(accountant),
+            budget_epsilon=budget_epsilon,
+            what=what,
+            nothing="evaluated, trained",
         )
-        if after > budget_epsilon:
+
+    def _afford(
+        self,
+        event: DPEvent,
+        also: list[DPEvent],
+        *,
+        delta: float,
+        accountant: Accountant,
+        conversion: EpsilonConversion | None,
+        budget_epsilon: float,
+        what: str,
+        nothing: str,
+    ) -> tuple[float, float, float]:
+        """(ε before, ε after `event`, ε of `event` alone), or `BudgetExhausted` when the history composed
+        with `event` and then `also` would pass `budget_epsilon`."""
+
+        def epsilon_of(events: list[DPEvent]) -> float:
+            return compute_epsilon(events, delta=delta, accountant=accountant, conversion=conversion)
+
+        before = epsilon_of(self._state.events)
+        after = epsilon_of([*self._state.events, event])
+        with_also = epsilon_of([*self._state.events, event, *also]) if also else after
+        epsilon_event = epsilon_of([event])
+        if with_also > budget_epsilon:
             raise BudgetExhausted(
                 f"privacy budget would be exceeded: spent epsilon={_fmt(before)} (delta={delta}, "
-                f"{_method(accountant, conversion)}); {what} would bring it to {_fmt(after)} > budget "
-                f"{_fmt(budget_epsilon)}. Nothing evaluated, trained or sent."
+                f"{_method(accountant, conversion)}) so far; {what} (epsilon={_fmt(epsilon_event)}) would bring "
+                f"it to {_fmt(with_also)} > budget {_fmt(budget_epsilon)}. Nothing {nothing} or sent."
             )
+        return before, after, epsilon_event
 
     def charge_evaluation(
         self,
@@ -519,22 +544,17 @@ class Ledger:
             raise LedgerError(f"`evaluated_sha256` must be 64 lowercase hex digits, got {evaluated_sha256!r}.")
         if not 0 < delta <= budget_delta < 1:
             raise ConfigError(f"`delta` must be in (0, budget_delta={budget_delta}], got {delta}.")
-
-        def epsilon_of(events: list[DPEvent]) -> float:
-            return compute_epsilon(events, delta=delta, accountant=accountant, conversion=conversion)
-
-        before = epsilon_of(self._state.events)
-        after = epsilon_of([*self._state.events, event])
-        epsilon_round = epsilon_of([event])
         also = list(also_fits)
-        with_also = epsilon_of([*self._state.events, event, *also]) if also else after
-        if with_also > budget_epsilon:
-            raise BudgetExhausted(
-                f"privacy budget of site {site_id or '?'} would be exceeded: spent epsilon={_fmt(before)} "
-                f"(delta={delta}, {_method(accountant, conversion)}); this evaluation (epsilon="
-                f"{_fmt(epsilon_round)}){' and the training after it' if also else ''} would bring it to "
-                f"{_fmt(with_also)} > budget {_fmt(budget_epsilon)}. Nothing evaluated or sent."
-            )
+        _, after, epsilon_round = self._afford(
+            event,
+            also,
+            delta=delta,
+            accountant=accountant,
+            conversion=conversion,
+            budget_epsilon=budget_epsilon,
+            what=f"site {site_id or '?'}: this evaluation" + (" and the training after it" if also else ""),
+            nothing="evaluated",
+        )
         return self._append(
             kind=EntryKind.EVALUATION,
             reservation=None,
