@@ -10,12 +10,14 @@ What it does not do: separate processes, gRPC serialisation, sites training in p
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,6 +118,9 @@ class InProcessGrid:
             )
             for i, p in enumerate(site_configs)
         }
+        # The run's app bundle, which the coordinator's signed run request names; in process there is none,
+        # and the site handlers are called directly (the executor's bundle check is not on this path).
+        self.run = SimpleNamespace(fab_hash=hashlib.sha256(b"silo in-process benchmark").hexdigest())
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
@@ -123,11 +128,14 @@ class InProcessGrid:
     def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
         from flwr.app import MessageType
 
+        from client.handshake import handle_handshake
         from client.site import handle_evaluate, handle_train
+        from common.run_request import HANDSHAKE_MESSAGE_TYPE
 
         replies = []
         for msg in messages:
             handler = handle_train if msg.metadata.message_type == MessageType.TRAIN else handle_evaluate
+            handler = handle_handshake if msg.metadata.message_type == HANDSHAKE_MESSAGE_TYPE else handler
             replies.append(handler(msg, self.contexts[msg.metadata.dst_node_id]))
         return replies
 

@@ -64,6 +64,7 @@ from client.secagg import accept_shares, mask_update  # noqa: E402
 from client.site import handle_secagg, seal_fields  # noqa: E402
 from common.adapter import hash_state, numpy_to_state  # noqa: E402
 from common.config import SecAggSection, SecuritySection  # noqa: E402
+from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration  # noqa: E402
 from common.keys import generate_signing_key  # noqa: E402
 from server.federation import RoundGate  # noqa: E402
 from server.secagg import SecAggRound  # noqa: E402
@@ -138,7 +139,23 @@ def make_sites(n: int, global_arrays: Arrays, rng: np.random.Generator) -> list[
 
 
 def metrics_of(site: Site, rnd: int) -> dict[str, Any]:
-    return {"num-examples": site.weight, "train_loss": 1.0, "steps": 10, "server-round": rnd}
+    return {"num-examples": site.weight, "steps": 10, "server-round": rnd}
+
+
+def declared(site: Site, **extra: str) -> ConfigRecord:
+    """The site's declaration as `client.site._site_record` builds it (common/declaration.py), with a
+    plausible DP round; the gate checks its schema and that `num-examples` fits `dataset_size`."""
+    dp_round = {"dp_enabled": True, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10, "max_grad_norm": 1.0}
+    spent = {"delta": 1e-5, "accountant": "rdp", "conversion": "balle2020", "epsilon_round": 1.0}
+    totals = {"epsilon_total": 1.0, "budget_epsilon": 10.0, "dataset_size": site.weight, "noise_source": "os-seeded"}
+    privacy = PrivacyDeclaration(**dp_round, **spent, **totals)
+    declaration = SiteDeclaration(
+        site_id=site.site_id,
+        update_sha256=hash_state(numpy_to_state(site.trained)),
+        scrub_report=ScrubReport(records_in=site.weight, quarantined=0, entities={}),
+        privacy=privacy,
+    )
+    return ConfigRecord({**declaration.to_record(), **extra})
 
 
 def reply_of(site: Site, sent: Arrays, declarations: Any, metrics: dict[str, Any]) -> SimpleNamespace:
@@ -231,7 +248,7 @@ def signed_round(sites: list[Site], global_arrays: Arrays, verifier: Any, rnd: i
     timing, replies, site_s = Round(), [], []
     for s in sites:
         t0 = clock()
-        declarations = ConfigRecord({"site-id": s.site_id, "update-sha256": hash_state(numpy_to_state(s.trained))})
+        declarations = declared(s)
         seal_reply_fields(s, rnd=rnd, sent=s.trained, global_arrays=global_arrays, declarations=declarations)
         site_s.append(clock() - t0)
         replies.append(reply_of(s, s.trained, declarations, metrics_of(s, rnd)))
@@ -266,13 +283,7 @@ def secagg_round(sites: list[Site], global_arrays: Arrays, verifier: Any, rnd: i
         masked, declaration = mask_update(
             s.context.state, update=s.trained, global_arrays=global_arrays, weight=s.weight
         )
-        declarations = ConfigRecord(
-            {
-                "site-id": s.site_id,
-                "update-sha256": hash_state(numpy_to_state(s.trained)),
-                "secagg": json.dumps(declaration, sort_keys=True),
-            }
-        )
+        declarations = declared(s, secagg=json.dumps(declaration, sort_keys=True))
         seal_reply_fields(s, rnd=rnd, sent=masked, global_arrays=global_arrays, declarations=declarations)
         site_s.append(clock() - t0)
         replies.append(reply_of(s, masked, declarations, metrics_of(s, rnd)))
