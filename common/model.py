@@ -165,7 +165,9 @@ def attach_lora(model: torch.nn.Module, lora: LoraSettings, task: TaskConfig, *,
     The seed is applied inside a forked RNG state: torch's global generator is left as it was, so no
     later draw (dropout, anything a library takes from it) becomes predictable from the config."""
     try:
-        with torch.random.fork_rng(devices=[]):
+        # fork_rng's default forks the CPU and every CUDA generator; manual_seed seeds them all, so all
+        # must be restored afterwards (`devices=[]` would leave a GPU site's CUDA generator seeded).
+        with torch.random.fork_rng():
             torch.manual_seed(seed)
             return get_peft_model(model, lora_config(lora, task))
     except ValueError as err:
