@@ -78,3 +78,11 @@ def test_label_names_head_needs_mean_pooling(base_model_dir):
 def test_task_config_rejects_bad_pooling_and_head_init(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         TaskConfig(**kwargs)
+
+
+def test_loading_a_lora_model_leaves_torch_global_generator_as_it_was(base_model_dir):
+    """The LoRA init seed must not make later global draws predictable from the config."""
+    torch.manual_seed(12345)
+    before = torch.get_rng_state()
+    load_lora_model(str(base_model_dir), LoraSettings(target_modules=("q_proj", "v_proj")), TaskConfig(), seed=0)
+    assert torch.equal(torch.get_rng_state(), before)
