@@ -180,6 +180,7 @@ def federated(
 
 
 def main(argv: list[str] | None = None) -> int:
+    global BATCH_SIZE, LEARNING_RATE  # --batch-size and --learning-rate replace the defaults for this run
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "banking77", help="banking77 directory")
     ap.add_argument(
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         help="ROUNDSxLOCAL_EPOCHS to try (default: 4x2 5x4 10x4 20x4; 4x2 is utility_banking77's default)",
     )
     ap.add_argument("--seeds", type=int, default=2, help="noise/sampling seeds per cell (mean reported)")
+    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"logical batch (default {BATCH_SIZE})")
+    ap.add_argument("--learning-rate", type=float, default=LEARNING_RATE, help=f"Adam's (default {LEARNING_RATE})")
     ap.add_argument("--only", nargs="+", help="run only these configurations (central, federated, dp1, dp3, dp8)")
     ap.add_argument("--features", type=Path, help="keep the encoded features in this file and reuse them")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error(f"--schedules takes ROUNDSxEPOCHS such as 5x4, got {args.schedules}")
 
+    BATCH_SIZE, LEARNING_RATE = args.batch_size, args.learning_rate
     t0 = time.perf_counter()
     labels, train, _ = read_banking77(args.data)
     sites = dirichlet_split(train, sites=SITES, alpha=DIRICHLET_ALPHA, seed=SPLIT_SEED)

@@ -55,7 +55,7 @@ def build(mode: str, seq_len: int, device_name: str) -> Callable[[], None]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from client.privacy import make_private
-    from common.config_privacy import PrivacyConfig
+    from common.config.privacy import PrivacyConfig
 
     device = torch.device(device_name)
     torch.manual_seed(0)

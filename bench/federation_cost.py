@@ -1,11 +1,24 @@
-"""What the federation itself costs: bytes each site sends per round, against the adapter's parameter
-count and the full model's size, and the federation overhead of a round (round wall time minus the
-slowest site's training time) as a share of the round.
+"""What the federation itself costs, side by side in one run: the warm site runtime against the old
+per-message path, on the same sites, model and records.
 
-Runs a real federation (SuperLink + SuperNodes as separate processes, the demo's sites and model,
-DP on) and reads the figures from its manifest. Usage:
+Each configuration is a real federation (SuperLink, SuperNodes and Silo's site runtimes as separate
+processes on loopback, TLS, DP on) read back from its manifest:
 
-    .venv/bin/python bench/federation_cost.py [--sites 3] [--rounds 3] [--records 240] [--out DIR]
+- warm: the defaults. Each site's runtime keeps its model, tokenizer and scrubbed records between
+  messages; the coordinator polls replies every 0.2 s; SuperNode waits capped at 0.2 s; the adapter
+  travels as fp16 deltas (common/transport.py).
+- per-message: what a round cost before: a fresh site process per message (imports, model load,
+  scrubbing every record, `[site] warm_runtime = false`), Flower's own 3 s waits at the coordinator
+  and the SuperNode, fp32 on the wire.
+
+Per configuration: round wall time, the slowest site's training time, the overhead share (wall minus
+that training, over wall), where the overhead went (the slowest site preparing: config, records,
+model; its DP hold-out answer; the rest of its work: ledger, encoding, sealing; messaging; the
+coordinator), and bytes up/down per site against the fp32 adapter. The first round of a warm site
+loads and scrubs; later rounds show the steady state. Usage:
+
+    .venv/bin/python bench/federation_cost.py            # 3 sites warm vs per-message, a larger model, 10 sites
+    .venv/bin/python bench/federation_cost.py --quick    # 3 sites warm vs per-message only
 """
 
 from __future__ import annotations
@@ -14,78 +27,189 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
+from statistics import mean
 
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from silo.demo import prepare_demo, run_local_federation  # noqa: E402
+from common.config import WireEncoding, load_federation_config, load_site_config  # noqa: E402
+from common.pki import create_keys  # noqa: E402
+from silo.basemodel import build_base_model  # noqa: E402
+from silo.demo import (  # noqa: E402
+    DEMO_HIDDEN_SIZE,
+    TOKENIZER_CORPUS_SEED,
+    DemoLayout,
+    run_local_federation,
+    write_federation,
+    write_site,
+)
+from silo.synthetic import make_bank_messages, make_clinical_notes  # noqa: E402
 
-# A 7B-shaped reference (Llama-2-7B: 32 layers, hidden 4096, fp16 weights ~6.7e9 params), to put the
-# measured ratio in scale. Computed, not measured: LoRA rank 8 on q/k/v/o.
-REF_7B = {"layers": 32, "hidden": 4096, "params": 6.74e9, "bytes_per_param": 2}
+STAGES = (
+    ("site_prepare_seconds", "prepare"),
+    ("site_eval_seconds", "hold-out answer"),
+    ("site_other_seconds", "ledger+seal"),
+    ("messaging_seconds", "messaging"),
+    ("coordinator_seconds", "coordinator"),
+)
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    sites: int
+    hidden: int
+    warm: bool
 
 
 def machine() -> str:
     return f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
-def model_stats(model_dir: Path) -> tuple[int, int]:
-    tensors = [t for f in model_dir.glob("*.safetensors") for t in load_file(f).values()]
-    return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
+def per_message_site(path: Path) -> None:
+    """The site TOML at `path`, rewritten with `[site] warm_runtime = false`."""
+    cfg = load_site_config(str(path))
+    path.write_text(replace(cfg, site=replace(cfg.site, warm_runtime=False)).to_toml(defaults=True))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sites", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--records", type=int, default=240)
-    ap.add_argument("--out", type=Path, default=None, help="keep the run here (default: a temp dir)")
-    args = ap.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="silo-bench-fed-"))
-    layout = prepare_demo(out, sites=args.sites, records=args.records, rounds=args.rounds)
-    sites = sorted((layout.out / "sites").glob("*/site.toml"))
-    manifest = run_local_federation(layout, sites, timeout=1800, log=sys.stderr)
+def per_message_federation(path: Path) -> None:
+    """The federation TOML at `path`, rewritten with fp32 on the wire and Flower's 3 s reply polls."""
+    cfg = load_federation_config(str(path))
+    fed = replace(cfg.federation, wire_encoding=WireEncoding.FP32, reply_poll_s=3.0)
+    path.write_text(replace(cfg, federation=fed).to_toml(defaults=True))
 
-    params, model_bytes = model_stats(layout.base_model)
-    adapter_params = sum(t.numel() for t in load_file(layout.run_dir / "final" / "adapter_model.safetensors").values())
+
+def build(out: Path, setup: Setup, *, records: int, rounds: int, log: object) -> tuple[DemoLayout, list[Path]]:
+    layout = DemoLayout(out)
+    corpus = [r.text for r in make_clinical_notes(300, seed=TOKENIZER_CORPUS_SEED)]
+    corpus += [r.text for r in make_bank_messages(300, seed=TOKENIZER_CORPUS_SEED)]
+    build_base_model(layout.base_model, corpus, hidden_size=setup.hidden)
+    makers = (make_clinical_notes, make_bank_messages)
+    site_ids = [f"site-{i:02d}" for i in range(setup.sites)]
+    configs = []
+    for i, site_id in enumerate(site_ids):
+        recs = [{"text": r.text} for r in makers[i % 2](records, seed=100 + i)]
+        cfg = write_site(layout, site_id, recs, base_model=str(layout.base_model), rounds=rounds)
+        if not setup.warm:
+            per_message_site(cfg)
+        configs.append(cfg)
+    create_keys(layout.keys, site_ids)
+    write_federation(
+        layout,
+        base_model=str(layout.base_model),
+        rounds=rounds,
+        min_sites=setup.sites,
+        registry=layout.registry,
+        timeout_s=900,
+    )
+    if not setup.warm:
+        per_message_federation(layout.federation_config)
+    return layout, configs
+
+
+def run(out: Path, setup: Setup, *, records: int, rounds: int) -> dict:
+    layout, configs = build(out, setup, records=records, rounds=rounds, log=sys.stderr)
+    old = os.environ.get("SILO_SUPERNODE_MAX_SLEEP_S")
+    os.environ["SILO_SUPERNODE_MAX_SLEEP_S"] = "0.2" if setup.warm else "3"  # 3: Flower's own waits
+    try:
+        print(f"\n[bench] {setup.name}: {setup.sites} sites, hidden {setup.hidden}", file=sys.stderr)
+        manifest = run_local_federation(layout, configs, timeout=3600, log=sys.stderr)
+    finally:
+        if old is None:
+            os.environ.pop("SILO_SUPERNODE_MAX_SLEEP_S", None)
+        else:
+            os.environ["SILO_SUPERNODE_MAX_SLEEP_S"] = old
+    params = sum(t.numel() for f in layout.base_model.glob("*.safetensors") for t in load_file(f).values())
     rows = []
     for r in manifest["rounds"]:
         if r["round"] == 0:
             continue
-        up = [s["bytes_up"] for s in r["sites"]]
-        slowest = r["slowest_site_train_seconds"]
-        rows.append((r["round"], len(up), max(up), r["bytes_down_per_site"], r["round_seconds"], slowest))
-
-    print(f"\nFederation cost — machine: {machine()}; {args.sites} sites, real SuperLink/SuperNodes on loopback, DP on")
-    print(
-        f"base model: {params:,} params, {model_bytes / 1e6:.2f} MB; adapter: {adapter_params:,} params "
-        f"({adapter_params / params:.2%} of the model)\n"
-    )
-    print(
-        f"{'round':>5} {'sites':>5} {'bytes up/site':>14} {'bytes down/site':>16} {'up / adapter fp32':>17} "
-        f"{'up / model':>10} {'round s':>8} {'slowest train s':>15} {'overhead share':>14}"
-    )
-    for rnd, n, up, down, wall, slowest in rows:
-        print(
-            f"{rnd:>5} {n:>5} {up:>14,} {down:>16,} {up / (adapter_params * 4):>17.3f} {up / model_bytes:>10.4f} "
-            f"{wall:>8.1f} {slowest:>15.1f} {(wall - slowest) / wall:>14.1%}"
+        wall, train = r["round_seconds"], r["slowest_site_train_seconds"]
+        rows.append(
+            {
+                "round": r["round"],
+                "wall": wall,
+                "train": train,
+                "overhead": (wall - train) / wall,
+                "up": max(s["bytes_up"] for s in r["sites"]),
+                "down": r["bytes_down_per_site"],
+                "fp32": r.get("transport", {}).get("bytes_fp32_adapter"),
+                **{k: r.get("timings", {}).get(k, 0.0) for k, _ in STAGES},
+            }
         )
-    ref = REF_7B
-    ref_adapter = ref["layers"] * 4 * 2 * 8 * ref["hidden"]
+    final = next(r for r in manifest["rounds"] if r["round"] == rounds)["eval"]
+    return {"setup": setup.__dict__, "params": params, "rows": rows, "final_eval_loss": final.get("eval_loss")}
+
+
+def report(results: list[dict]) -> None:
+    print(f"\nFederation cost — machine: {machine()}; real SuperLink/SuperNodes/site runtimes on loopback, TLS, DP on")
+    head = f"{'setup':<22} {'model':>9} {'rnd':>3} {'round s':>7} {'train s':>7} {'overhead':>8}"
+    head += "".join(f" {label:>15}" for _, label in STAGES) + f" {'up/fp32':>7} {'down/fp32':>9}"
+    print(head)
+    for res in results:
+        s = res["setup"]
+        for row in res["rows"]:
+            line = f"{s['name']:<22} {res['params'] / 1e6:>8.2f}M {row['round']:>3} {row['wall']:>7.1f} "
+            line += f"{row['train']:>7.1f} {row['overhead']:>8.1%}"
+            line += "".join(f" {row[k]:>15.2f}" for k, _ in STAGES)
+            fp32 = row["fp32"] or row["up"]
+            line += f" {row['up'] / fp32:>7.2f} {row['down'] / fp32:>9.2f}"
+            print(line)
+    print("\nsteady state (rounds after the first), mean:")
+    for res in results:
+        steady = res["rows"][1:] or res["rows"]
+        wall, train = mean(r["wall"] for r in steady), mean(r["train"] for r in steady)
+        print(
+            f"  {res['setup']['name']:<22} round {wall:6.1f}s  slowest training {train:6.1f}s  overhead "
+            f"{(wall - train) / wall:6.1%}  final held-out loss (DP release) {res['final_eval_loss']:.3f}"
+        )
+    by_name = {r["setup"]["name"]: r for r in results}
+    if "warm, 3 sites" in by_name and "per-message, 3 sites" in by_name:
+        w, p = by_name["warm, 3 sites"]["rows"], by_name["per-message, 3 sites"]["rows"]
+        ws, ps = (w[1:] or w), (p[1:] or p)
+        print(
+            f"\nwarm / per-message round time (steady): {mean(r['wall'] for r in ws) / mean(r['wall'] for r in ps):.2f}; "
+            f"bytes up: {w[0]['up'] / p[0]['up']:.2f} of fp32"
+        )
     print(
-        f"\nscale (computed, not measured): a rank-8 q/k/v/o adapter on a 7B model is {ref_adapter:,} params, "
-        f"{ref_adapter * 4 / 1e6:.1f} MB in fp32 per site per round vs {ref['params'] * ref['bytes_per_param'] / 1e9:.1f} GB "
-        f"for the fp16 model ({ref_adapter * 4 / (ref['params'] * ref['bytes_per_param']):.3%})."
+        "overhead = round wall time minus the slowest site's training time; the stages are the slowest site's "
+        "(prepare: config, records, model, tokenizer; hold-out answer: its DP evaluation; ledger+seal: the rest "
+        "of its work), messaging (the exchange minus that site's work: Flower, TLS, polls) and the coordinator "
+        "(ledger heads, aggregation) before checkpointing."
     )
-    print(
-        "overhead = round wall time minus the slowest site's training time: process start-up and imports at "
-        "the sites, model load, scrubbing, hold-out evaluation, ledger I/O, Flower messaging, aggregation."
-    )
-    (out / "federation_cost.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--records", type=int, default=240)
+    ap.add_argument("--quick", action="store_true", help="3 sites, warm vs per-message only")
+    ap.add_argument("--large-hidden", type=int, default=512, help="hidden size of the larger model (trend)")
+    ap.add_argument("--many-sites", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    ap.add_argument("--only", nargs="+", choices=("warm", "per-message", "large", "many"), help="run only these setups")
+    args = ap.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="silo-bench-fed-"))
+    named = [
+        ("warm", Setup("warm, 3 sites", 3, DEMO_HIDDEN_SIZE, True)),
+        ("per-message", Setup("per-message, 3 sites", 3, DEMO_HIDDEN_SIZE, False)),
+        ("large", Setup(f"warm, 3 sites, h{args.large_hidden}", 3, args.large_hidden, True)),
+        ("many", Setup(f"warm, {args.many_sites} sites", args.many_sites, DEMO_HIDDEN_SIZE, True)),
+    ]
+    wanted = args.only or (("warm", "per-message") if args.quick else [n for n, _ in named])
+    setups = [setup for name, setup in named if name in wanted]
+    results = []
+    for i, setup in enumerate(setups):
+        shutil.rmtree(out / f"run-{i}", ignore_errors=True)  # a run directory left from before would be resumed
+        results.append(run(out / f"run-{i}", setup, records=args.records, rounds=args.rounds))
+        (out / "federation_cost.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+    report(results)
     return 0
 
 

@@ -118,6 +118,12 @@ class InProcessGrid:
             )
             for i, p in enumerate(site_configs)
         }
+        # Each site keeps its own warm state (client/warm.py: model, scrubbed records, prefix caches), as each
+        # site's node process does; one shared WarmSite would evict a site's records at every other site's turn.
+        from client.warm import WarmSite
+
+        self.warm = {node: WarmSite() for node in self.contexts}
+        self._pending: list[Any] = []  # replies pushed and not pulled yet
         # The run's app bundle, which the coordinator's signed run request names; in process there is none,
         # and the site handlers are called directly (the executor's bundle check is not on this path).
         self.run = SimpleNamespace(fab_hash=hashlib.sha256(b"silo in-process benchmark").hexdigest())
@@ -128,16 +134,30 @@ class InProcessGrid:
     def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
         from flwr.app import MessageType
 
+        import client.site
         from client.handshake import handle_handshake
         from client.site import handle_evaluate, handle_train
         from common.run_request import HANDSHAKE_MESSAGE_TYPE
 
         replies = []
         for msg in messages:
+            client.site.WARM = self.warm[msg.metadata.dst_node_id]  # this site's node state, as in its process
             handler = handle_train if msg.metadata.message_type == MessageType.TRAIN else handle_evaluate
             handler = handle_handshake if msg.metadata.message_type == HANDSHAKE_MESSAGE_TYPE else handler
             replies.append(handler(msg, self.contexts[msg.metadata.dst_node_id]))
         return replies
+
+    def push_messages(self, messages: Iterable[Any]) -> list[str]:
+        """Answered at once (server/exchange.py's PromptGrid pushes, then pulls until every reply is in)."""
+        replies = self.send_and_receive(messages)
+        self._pending += replies
+        return [r.metadata.reply_to_message_id for r in replies]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Any]:
+        wanted = set(message_ids)
+        out = [r for r in self._pending if r.metadata.reply_to_message_id in wanted]
+        self._pending = [r for r in self._pending if r.metadata.reply_to_message_id not in wanted]
+        return out
 
 
 # ---- site and federation TOMLs, a run, its final adapter -----------------------------------------------------
@@ -251,7 +271,7 @@ def evaluate_adapter(
     from client.train import evaluate
     from common.adapter import load_adapter_state, numpy_to_state
     from common.config import TaskType, load_federation_config
-    from common.config_scrub import ScrubConfig
+    from common.config.scrub import ScrubConfig
     from common.model import load_lora_model, load_tokenizer, resolve_device
 
     cfg = load_federation_config(federation_toml)

@@ -58,20 +58,31 @@ def _json(work: Path, name: str) -> dict[str, Any]:
 
 
 def summarise_federation(out: str, work: Path) -> list[Row]:
+    """One row per federation setup: its steady-state overhead share (rounds after the first) and bytes."""
     data = json.loads((work / "federation" / "federation_cost.json").read_text())
-    rows = data["rows"]  # (round, sites, max bytes up, bytes down, round s, slowest train s)
-    up = max(r[2] for r in rows)
-    shares = [(r[4] - r[5]) / r[4] for r in rows if r[4] > 0]
-    m = re.search(r"adapter: ([\d,]+) params \(([\d.]+%) of the model\)", out)
-    note = f"adapter {m.group(1)} params, {m.group(2)} of the model" if m else ""
-    return [
-        ("bytes up per site per round", f"{up:,}", note),
-        (
-            "federation overhead (round wall - slowest site's training)",
-            f"{100 * min(shares):.0f}-{100 * max(shares):.0f}% of a round",
-            f"{len(rows)} rounds, real processes, DP on",
-        ),
-    ]
+    out_rows: list[Row] = []
+    for res in data["results"]:
+        rows = res["rows"]
+        steady = rows[1:] or rows
+        wall = sum(r["wall"] for r in steady) / len(steady)
+        train = sum(r["train"] for r in steady) / len(steady)
+        fp32 = rows[0]["fp32"] or rows[0]["up"]
+        name = res["setup"]["name"]
+        out_rows.append(
+            (
+                f"federation overhead, {name} (round wall - slowest site's training)",
+                f"{100 * (wall - train) / wall:.0f}% of a {wall:.1f} s round",
+                f"rounds 2+, {res['params'] / 1e6:.2f}M-param model, real processes, DP on",
+            )
+        )
+        out_rows.append(
+            (
+                f"bytes up per site per round, {name}",
+                f"{rows[0]['up']:,}",
+                f"{rows[0]['up'] / fp32:.2f}x the fp32 adapter",
+            )
+        )
+    return out_rows
 
 
 def summarise_dp(out: str, work: Path) -> list[Row]:
@@ -95,31 +106,25 @@ def summarise_dp(out: str, work: Path) -> list[Row]:
 def summarise_scrub(out: str, work: Path) -> list[Row]:
     rows: list[Row] = []
     title = ""
+    precision = ""
     for line in out.splitlines():
         if line.startswith("== "):
-            title = line[3:].split(" (")[0].split(":")[0]  # "== <slice> (<seed, locales>): <n> records"
-        elif line.startswith("ALL"):
-            parts = line.split()
-            # ALL gold recall leak pred prec F2 [stock leak]
-            stock = f"; stock Presidio leak {float(parts[7]):.1%}" if len(parts) > 7 else ""
+            title = line[3:].split(" (")[0].split(":")[0]  # "== <set> (<detail>): <n> records"
+        elif line.startswith("precision"):
+            precision = line.split()[1]  # standard's column
+        elif line.startswith("DIRECT"):
+            parts = line.split()  # DIRECT tokens leak-standard leak-strict leak-stock
+            direct = (title, parts[2], f"strict {parts[3]}, stock Presidio {parts[4]}")
+        elif line.startswith("throughput") and title:
+            m = re.search(r"([\d.]+) records/s vs stock Presidio\s+([\d.]+) records/s: ratio ([\d.]+)x", line)
+            speed = f"; {m.group(1)} vs stock {m.group(2)} records/s ({m.group(3)}x)" if m else ""
             rows.append(
                 (
-                    f"scrub leak rate, {title}",
-                    f"{float(parts[3]):.2%}",
-                    f"recall {parts[2]}, precision {parts[5]}{stock}",
+                    f"scrub direct-identifier leak (tokens), {direct[0]}",
+                    direct[1],
+                    f"{direct[2]}; precision {precision}{speed}",
                 )
             )
-    ours = re.search(r"silo scrub_records.*?:\s+([\d.]+) notes/s", out)
-    stock = re.search(r"stock Presidio offline.*?:\s+([\d.]+) notes/s", out)
-    ratio = re.search(r"ratio: ([\d.]+)x", out)
-    if ours and stock and ratio:
-        rows.append(
-            (
-                "scrub throughput (1 process)",
-                f"{ours.group(1)} notes/s",
-                f"stock Presidio {stock.group(1)} notes/s; ratio {ratio.group(1)}x",
-            )
-        )
     return rows
 
 
@@ -160,8 +165,9 @@ def summarise_utility(out: str, work: Path) -> list[Row]:
         )
         for r in data["rows"]
     ]
-    if data.get("goal_met") is not None:
-        rows.append(("goal: fed DP eps=8 within 2 pts of central", "MET" if data["goal_met"] else "NOT MET", note))
+    for line in data.get("goals", []):  # "goal (what): MET (figure)", one per issue-18 goal measured
+        what, _, verdict = line.partition("): ")
+        rows.append((what + ")", verdict, note))
     return rows
 
 
@@ -197,8 +203,8 @@ def benches(work: Path) -> list[Bench]:
         Bench(
             "federation",
             "federation_cost.py",
-            ["--rounds", "2", "--out", str(work / "federation")],
-            ["--out", str(work / "federation")],
+            ["--quick", "--rounds", "3", "--out", str(work / "federation")],
+            ["--rounds", "3", "--out", str(work / "federation")],
             summarise_federation,
         ),
         Bench(
@@ -208,7 +214,7 @@ def benches(work: Path) -> list[Bench]:
             ["--json", str(work / "dp.json")],
             summarise_dp,
         ),
-        Bench("scrub", "scrub_eval.py", ["--n", "150"], [], summarise_scrub),
+        Bench("scrub", "scrub_eval.py", ["--n", "150", "--limit", "1000"], [], summarise_scrub),
         Bench(
             "scale",
             "aggregation_scale.py",

@@ -63,6 +63,7 @@ from bench.harness import format_table, git_commit, machine  # noqa: E402
 from client.secagg import accept_shares, mask_update  # noqa: E402
 from client.site import handle_secagg, seal_fields  # noqa: E402
 from common.adapter import hash_state, numpy_to_state  # noqa: E402
+from common.arrays import Arrays  # noqa: E402
 from common.config import SecAggSection, SecuritySection  # noqa: E402
 from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration  # noqa: E402
 from common.keys import generate_signing_key  # noqa: E402
@@ -79,7 +80,6 @@ RUN_ID = "bench-security"
 DELTA_NORM = 0.5
 TIMEOUT_S = 60.0  # the grid answers at once; only the signature of SecAggRound needs it
 
-Arrays = dict[str, np.ndarray]
 
 # What the timers read: the process's CPU time (all its threads: Flower's Shamir sharing uses a thread
 # pool) by default, which other work on a shared machine barely moves; `--clock wall` for elapsed time.

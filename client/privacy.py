@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.accounting import DPEvent
-from common.config_privacy import GradSampleMode, PrivacyConfig
+from common.config.privacy import GradSampleMode, PrivacyConfig
 from common.errors import ConfigError
 
 
@@ -119,6 +119,29 @@ class PrivateTraining:
     def step_empty(self) -> None:
         """The noise-only DP step of an empty Poisson draw (the wrapped loader calls this itself)."""
         _step_empty(self.optimizer, self.grad_sample_mode)
+
+    def limit_physical_batch(self, max_physical_batch_size: int) -> None:
+        """Split each logical (Poisson) batch into passes of at most `max_physical_batch_size` records
+        (Opacus' BatchMemoryManager): the optimizer clips and sums every pass and steps, adds noise and
+        counts one step only after a logical batch's last pass. The sample rate, so ε, is unchanged:
+        it is the logical batch's. Check `step_completed()` after each `optimizer.step()`."""
+        if max_physical_batch_size < 1:
+            raise ConfigError(f"`physical_batch_size` must be >= 1, got {max_physical_batch_size}.")
+        if self.grad_sample_mode is GradSampleMode.GHOST:
+            raise ConfigError(
+                '`physical_batch_size` splits batches with grad_sample_mode "hooks" or "functorch" only '
+                "(ghost clipping accumulates each pass's gradients in place)."
+            )
+        from opacus.utils.batch_memory_manager import wrap_data_loader
+
+        split = wrap_data_loader(
+            data_loader=self.data_loader.loader, max_batch_size=max_physical_batch_size, optimizer=self.optimizer
+        )
+        self.data_loader = _EmptyStepLoader(split, optimizer=self.optimizer, mode=self.grad_sample_mode)
+
+    def step_completed(self) -> bool:
+        """False right after an `optimizer.step()` that only accumulated a pass of a logical batch."""
+        return not bool(getattr(self.optimizer, "_is_last_step_skipped", False))
 
 
 def _step_empty(optimizer: Any, mode: GradSampleMode) -> None:

@@ -33,9 +33,9 @@ from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngineProvider
 from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, IbanRecognizer
 
 from client.normalize import normalize, normalized_text
-from client.recognizers import NamePlaceRecognizer, propagate_mentions, regex_recognizers
+from client.recognizers import NamePlaceRecognizer, propagate_mentions, regex_recognizers, strict_recognizers
 from common import keys
-from common.config_scrub import ScrubConfig, ScrubOperator
+from common.config.scrub import ScrubConfig, ScrubOperator, ScrubProfile
 from common.errors import ConfigError, ScrubFailed
 from common.version import CODE_VERSION
 
@@ -49,9 +49,15 @@ PSEUDONYM_HEX = 8
 _PLACEHOLDER = re.compile(rf"<[A-Z_]+(?:_[0-9a-f]{{{PSEUDONYM_HEX}}})?>")
 # Predefined Presidio entity names mapped onto Silo's vocabulary.
 _NER_LABELS = {
-    "PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "LOCATION": "LOCATION",
-    "FAC": "LOCATION", "DATE": "DATE_TIME",
-}  # fmt: skip
+    "PERSON": "PERSON",
+    "PER": "PERSON",
+    "GPE": "LOCATION",
+    "LOC": "LOCATION",
+    "LOCATION": "LOCATION",
+    "FAC": "LOCATION",
+    "ORG": "ORGANIZATION",
+    "DATE": "DATE_TIME",
+}
 
 # Recognition runs on windows of at most this many characters, so a long record costs time linear in its
 # length (recognizers and Presidio's duplicate removal are superlinear in what they are given at once).
@@ -102,12 +108,14 @@ class ScrubResult:
 
 
 class _NerRecognizer(EntityRecognizer):
-    """A site's own NER model (spaCy or transformers), mapped onto PERSON / LOCATION / DATE_TIME."""
+    """A site's own NER model (a spaCy pipeline directory or package, or a transformers token-classification
+    directory), mapped onto PERSON / LOCATION / ORGANIZATION / DATE_TIME and run beside the rules: overlapping
+    detections merge into one span, so the model only ever adds to what the rules remove."""
 
     def __init__(self, model: str) -> None:
         self._model = model
         self._run: Callable[[str], list[tuple[str, int, int, float]]]
-        super().__init__(supported_entities=["PERSON", "LOCATION", "DATE_TIME"], name="SiteNer")
+        super().__init__(supported_entities=["PERSON", "LOCATION", "ORGANIZATION", "DATE_TIME"], name="SiteNer")
 
     def load(self) -> None:
         path = Path(self._model)
@@ -128,11 +136,11 @@ class _NerRecognizer(EntityRecognizer):
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
-        return [
-            RecognizerResult(_NER_LABELS[label], s, e, score)
-            for label, s, e, score in self._run(text)
-            if label in _NER_LABELS
-        ]
+        found = [(_NER_LABELS[label], s, e, score) for label, s, e, score in self._run(text) if label in _NER_LABELS]
+        # Fused with the rules' propagation: a name the model found once is removed at every other mention,
+        # where the model's context may not have fired ("... met Halvorsen. halvorsen said").
+        names = [f for f in found if f[0] in ("PERSON", "LOCATION")]
+        return [RecognizerResult(*f) for f in (*found, *propagate_mentions(text, names))]
 
 
 class _Analyzer(AnalyzerEngine):
@@ -291,6 +299,9 @@ def build_scrubber(config: ScrubConfig) -> Scrubber:
             NamePlaceRecognizer(),
         ):
             registry.add_recognizer(recognizer)
+        if config.profile is ScrubProfile.STRICT:
+            for recognizer in strict_recognizers():
+                registry.add_recognizer(recognizer)
         if config.ner_model:
             registry.add_recognizer(_NerRecognizer(config.ner_model))
         analyzer = _Analyzer(nlp_engine=nlp_engine, registry=registry, supported_languages=["en"])

@@ -24,6 +24,7 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
+from common.distributed_dp import check_wrap
 from common.secagg import (
     SECRET_BYTES,
     STAGE_MASK,
@@ -43,6 +44,7 @@ from common.secagg import (
     seal_shares,
     shapes_of,
     share_secret,
+    to_field,
 )
 
 # The site's per-run SecAgg state, a ConfigRecord in `context.state`.
@@ -177,12 +179,52 @@ def mask_update(
 
     Masked with the self mask and a pairwise mask with every site whose shares arrived (the
     coordinator forwarded exactly those, so it knows which pairs to cancel)."""
-    st = _state(state)
-    if st.get("stage") != STAGE_MASK or st.get("masked"):
-        raise SecAggFailed(f"cannot mask at stage {st.get('stage')!r}")
+    st = _masking_state(state)
     clip, quantization_range, modulus = float(st["clip"]), int(st["quantization-range"]), int(st["modulus"])
     delta = {k: update[k].astype(np.float64) - w.astype(np.float64) for k, w in global_arrays.items()}
     y, clipped = quantize_delta(delta, clip=clip, quantization_range=quantization_range, weight=weight, modulus=modulus)
+    masked = _add_masks(st, y)
+    return masked, {**_declaration(st, weight=weight), "clipped": bool(clipped)}
+
+
+def grid_step(state: RecordDict) -> float:
+    """The value of one integer of the sum in adapter units (2 clip / quantization range): the one
+    number a distributed-noise round takes from the coordinator."""
+    st = _state(state)
+    return 2.0 * float(st["clip"]) / int(st["quantization-range"])
+
+
+def key_list_size(state: RecordDict) -> int:
+    """Sites whose masks this site's vector carries, itself included (after `accept_shares`)."""
+    return len(_state(state)["held-nodes"])
+
+
+def mask_integers(state: RecordDict, *, integers: Arrays, min_honest: int) -> tuple[Arrays, dict[str, Any]]:
+    """A distributed-noise round's integer vector (client/distributed_dp.py), masked, with its
+    declaration (weight 1: the coordinator averages the sites' steps). Refused when the key list has
+    fewer than `min_honest` sites, or when the vector could wrap around the modulus in their sum; the
+    site's `min_honest` is kept so that the unmask stage refuses a survivor list shorter than it."""
+    st = _masking_state(state)
+    modulus, sites = int(st["modulus"]), len(st["held-nodes"])
+    if sites < min_honest:
+        raise SecAggFailed(f"{sites} site(s) in this round's key list, fewer than distributed_min_honest {min_honest}")
+    for values in integers.values():
+        check_wrap(values, modulus=modulus, sites=sites)
+    masked = _add_masks(st, {k: to_field(v, modulus) for k, v in integers.items()})
+    st["min-honest"] = int(min_honest)
+    return masked, {**_declaration(st, weight=1), "clipped": False, "noise": "distributed", "min_honest": min_honest}
+
+
+def _masking_state(state: RecordDict) -> MutableMapping[str, Any]:
+    st = _state(state)
+    if st.get("stage") != STAGE_MASK or st.get("masked"):
+        raise SecAggFailed(f"cannot mask at stage {st.get('stage')!r}")
+    return st
+
+
+def _add_masks(st: MutableMapping[str, Any], y: Arrays) -> Arrays:
+    """`y` (field elements) plus the self mask and the pairwise masks with every site whose shares arrived."""
+    modulus = int(st["modulus"])
     shapes = shapes_of(y)
     y = add_masks(y, prg_mask(bytes(st["seed"]), shapes, modulus), sign=+1)
     me = int(st["node"])
@@ -193,15 +235,18 @@ def mask_update(
         mask = prg_mask(pairwise_seed(bytes(st["sk1"]), pk1s[nodes.index(other)]), shapes, modulus)
         y = add_masks(y, mask, sign=+1 if me > other else -1)
     st["masked"] = True
-    declaration = {
-        "clip": clip,
-        "quantization_range": quantization_range,
-        "modulus": modulus,
+    return reduce_field(y, modulus)
+
+
+def _declaration(st: MutableMapping[str, Any], *, weight: int) -> dict[str, Any]:
+    me = int(st["node"])
+    return {
+        "clip": float(st["clip"]),
+        "quantization_range": int(st["quantization-range"]),
+        "modulus": int(st["modulus"]),
         "weight": int(weight),
-        "clipped": bool(clipped),
         "masked_with": sorted(int(n) for n in st["held-nodes"] if int(n) != me),
     }
-    return reduce_field(y, modulus), declaration
 
 
 def reveal_shares(state: RecordDict, request: Mapping[str, Any]) -> ConfigRecord:
@@ -222,6 +267,9 @@ def reveal_shares(state: RecordDict, request: Mapping[str, Any]) -> ConfigRecord
         raise SecAggFailed("the unmask request leaves out this site, which did send its update")
     if len(active) < threshold:
         raise SecAggFailed(f"{len(active)} survivor(s), fewer than the threshold {threshold}")
+    if len(active) < int(st.get("min-honest", 0)):
+        # Distributed noise: the sum of fewer sites carries less noise than this site's ε assumes.
+        raise SecAggFailed(f"{len(active)} survivor(s), fewer than distributed_min_honest {st['min-honest']}")
     held = [int(n) for n in st["held-nodes"]]
     seed_shares, key_shares = list(st["held-seed-shares"]), list(st["held-key-shares"])
     nodes, shares, kinds = [], [], []

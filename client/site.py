@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,14 +27,28 @@ from typing import Any, TypeVar
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
+from client.distributed_dp import distributed_step, plan_site_round
 from client.ingest import load_site_records, split_records
-from client.ledger import Ledger
+from client.ledger import Ledger, RoundPlan
+from client.prefix_cache import PrefixCache, PrefixCaches
 from client.prepare import encode_records
-from client.privacy import EvalRelease, make_private, planned_sample_rate, release_evaluation
+from client.privacy import EvalRelease, make_private, release_evaluation
+from client.report_line import round_line
+from client.round_plan import DPPlan, RoundId, plan_dp_round
 from client.scrub import ScrubbedRecords, build_scrubber, scrub_records
-from client.secagg import accept_shares, mask_update, reveal_shares, setup, share_keys
-from client.train import per_record_outcomes, round_plan_steps, train_round
-from common.accounting import DPEvent
+from client.secagg import (
+    accept_shares,
+    grid_step,
+    key_list_size,
+    mask_integers,
+    mask_update,
+    reveal_shares,
+    setup,
+    share_keys,
+)
+from client.train import Phase, PrivacyWrapper, per_record_outcomes, round_phase, train_round, training_phase
+from client.warm import WARM, data_version, model_key, release_private
+from common.accounting import DPEvent, NoiseModel, SkellamEvent
 from common.adapter import (
     adapter_state,
     arrays_to_state,
@@ -44,15 +58,17 @@ from common.adapter import (
     state_to_arrays,
     state_to_numpy,
 )
-from common.config import SiteConfig, TaskType, load_site_config
-from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration
+from common.config import SiteConfig, TaskType, WireEncoding, load_site_config
+from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration, sum_scrub_reports
+from common.distributed_dp import fresh_numpy_generator
 from common.errors import BudgetExhausted, ScrubFailed, SiloError, UpdateRejected
 from common.keys import generate_signing_key, load_private_key, public_key_raw, save_private_key, save_public_key
 from common.model import load_lora_model, load_tokenizer, resolve_device
 from common.pki import SiteKit, install_site_signing_key
 from common.sealing import UpdateBinding, seal_update
 from common.secagg import RECORD as SECAGG_RECORD
-from common.secagg import STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK
+from common.secagg import STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK, SecAggFailed
+from common.transport import encode_update, received_global
 
 # Error-reply codes the coordinator records with the reason (Flower reserves small codes).
 ERROR_CODE_BASE = 1000
@@ -104,11 +120,9 @@ def load_site_data(cfg: SiteConfig, tokenizer: Any) -> SiteData:
     def encode(recs: ScrubbedRecords) -> torch.utils.data.TensorDataset:
         return encode_records(recs, tokenizer, data=cfg.data, task=cfg.task, max_length=cfg.model.max_length)
 
-    report = {
-        "records_in": train.report["records_in"] + holdout.report["records_in"],
-        "quarantined": train.quarantined + holdout.quarantined,
-        "entities": dict(Counter(train.report["entities"]) + Counter(holdout.report["entities"])),
-    }
+    report = sum_scrub_reports(
+        (train.report, holdout.report), numbers=("records_in", "quarantined"), tallies=("entities",)
+    )
     return SiteData(train=encode(train.records), holdout=encode(holdout.records), scrub_report=report)
 
 
@@ -118,7 +132,8 @@ class Loaded:
     device: torch.device
     data: SiteData
     model: Any
-    global_state: dict[str, torch.Tensor]
+    global_state: dict[str, torch.Tensor]  # the global adapter as received, in fp32: training starts here
+    received_sha256: str  # hash of the global adapter's bytes as they arrived: the seal binds to it
 
 
 Number = TypeVar("Number", int, float)
@@ -132,16 +147,34 @@ def config_number(config: ConfigRecord, key: str, kind: type[Number], default: N
     return kind(value)
 
 
+def wire_encoding(config: ConfigRecord) -> WireEncoding:
+    """The encoding the coordinator asked for (fp32 when it names none); anything else ends the round."""
+    value = config.get("wire-encoding", WireEncoding.FP32.value)
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return WireEncoding(value)
+    except ValueError:
+        raise UpdateRejected(f"round config `wire-encoding` must be one of fp32, fp16, int8, got {value!r}") from None
+
+
 def load_for_round(msg: Message, context: Context) -> Loaded:
-    """Config, data and the model carrying the coordinator's global adapter."""
+    """Config, data and the model carrying the coordinator's global adapter: the records, the model and
+    the tokenizer from the node's warm cache when nothing they were made from changed (client/warm.py)."""
     cfg = site_config(context)
+    WARM.start_message(cfg)
     configure_threads(cfg)
     device = resolve_device(cfg.training.device)
-    global_state = arrays_to_state(msg.content.array_records["arrays"])
-    data = load_site_data(cfg, load_tokenizer(cfg.model_source()))
-    model = load_lora_model(cfg.model_source(), cfg.lora, cfg.task, device=device)
+    received = arrays_to_state(msg.content.array_records["arrays"])
+    global_state = received_global(received)
+    source = cfg.model_source()
+    tokenizer = WARM.get("tokenizer", source, lambda: load_tokenizer(source))
+    data = WARM.get("records", data_version(cfg), lambda: load_site_data(cfg, tokenizer))
+    model = WARM.get(
+        "model", model_key(cfg, device), lambda: load_lora_model(source, cfg.lora, cfg.task, device=device)
+    )
     load_adapter_state(model, global_state)
-    return Loaded(cfg, device, data, model, global_state)
+    return Loaded(cfg, device, data, model, global_state, hash_state(received))
 
 
 def site_signing_key(cfg: SiteConfig) -> Any:
@@ -186,58 +219,42 @@ def handle_train(msg: Message, context: Context) -> Message:
     BEFORE any training (refused with BudgetExhausted otherwise), trained with DP-SGD, and recorded
     with the update's sha256 before the update is sent. Any failure: an error reply, no update.
 
-    Evaluating here, on receipt, saves the coordinator a second message (and a second process
-    start at every site) per round; only the final adapter needs its own evaluate message. The
-    answer is a DP release about the hold-out records, charged to the ledger before the round is
-    reserved; the round is refused unless the answer and the training both fit the budget.
+    Evaluating here, on receipt, saves the coordinator a second message per round; only the final
+    adapter needs its own evaluate message. The answer is a DP release about the hold-out records,
+    charged to the ledger before the round is reserved; the round is refused unless the answer and
+    the training both fit the budget.
 
-    With secure aggregation (a "secagg" record in the message) the shares from the other sites are
-    opened before anything is planned, and only after the ledger has recorded the round is the
-    update clipped, quantised and masked (client/secagg.py); the seal then covers the masked vector
-    that is sent, while the ledger and the declared `update-sha256` name the adapter trained."""
+    The update leaves as its delta from the global adapter received, in the encoding the coordinator
+    asked for (common/transport.py; post-processing of the noised adapter). With secure aggregation
+    (a "secagg" record in the message) the shares from the other sites are opened before anything is
+    planned, and only after the ledger has recorded the round is the update clipped, quantised and
+    masked (client/secagg.py); the seal then covers the masked vector that is sent, while the ledger
+    and the declared `update-sha256` name the adapter trained."""
+    t0 = time.perf_counter()
+    private = site = None
     try:
         config = msg.content.config_records["config"]
-        run_id, server_round = str(config.get("run-id", "unknown")), config_number(config, "server-round", int)
         secagg = msg.content.config_records.get(SECAGG_RECORD)
+        encoding = wire_encoding(config)
         site = load_for_round(msg, context)
+        cfg = site.cfg
+        rid = RoundId(str(config.get("run-id", "unknown")), config_number(config, "server-round", int), cfg.site.id)
         if secagg is not None:
             accept_shares(context.state, secagg)
-        cfg, privacy = site.cfg, site.cfg.privacy
-        n = len(site.data.train)
-        batch_size, steps = round_plan_steps(n, cfg.training)
-        sample_rate = planned_sample_rate(dataset_size=n, batch_size=batch_size)
-        sigma = privacy.resolve_noise_multiplier(sample_rate=sample_rate, steps_per_round=steps)
+        if cfg.privacy.noise is NoiseModel.DISTRIBUTED:
+            return train_distributed(msg, context, site, rid, with_secagg=secagg is not None)
+        plan = plan_dp_round(cfg, len(site.data.train))
+        phase = round_phase(rid.round, cfg.training)  # a linear-probe round trains the head alone
+        prepared = time.perf_counter()
         signing_key = site_signing_key(cfg)
-        with Ledger.open(ledger_path(cfg), signing_key=signing_key, lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger:
+        with (
+            Ledger.open(ledger_path(cfg), signing_key=signing_key, lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger,
+            training_phase(site.model, phase),
+        ):
             # The incoming global adapter's hold-out answer, charged first; the training after it must fit too.
-            before = answer_evaluation(
-                site, ledger, run_id=run_id, server_round=server_round, then=DPEvent(sigma, sample_rate, steps)
-            )
-            plan = ledger.plan_round(
-                noise_multiplier=sigma,
-                sample_rate=sample_rate,
-                steps=steps,
-                delta=privacy.delta,
-                accountant=privacy.accountant,
-                budget_epsilon=privacy.budget_epsilon,
-                budget_delta=privacy.budget_delta,
-                dp_enabled=privacy.enabled,
-                poisson_sampling=privacy.poisson_sampling,
-                run_id=run_id,
-                round=server_round,
-                site_id=cfg.site.id,
-            )
-
-            def dp(model: Any, optimizer: Any, loader: Any) -> Any:
-                return make_private(
-                    model,
-                    optimizer,
-                    loader,
-                    config=privacy,
-                    noise_multiplier=sigma,
-                    max_grad_norm=privacy.max_grad_norm,
-                )
-
+            before = answer_evaluation(site, ledger, rid, then=plan.event)
+            evaluated = time.perf_counter()
+            reserved = reserve_round(ledger, cfg, plan, rid, phase)
             result = train_round(
                 site.model,
                 site.data.train,
@@ -246,34 +263,38 @@ def handle_train(msg: Message, context: Context) -> Message:
                 device=site.device,
                 global_state=site.global_state,
                 proximal_mu=config_number(config, "proximal-mu", float, default=0.0),
-                privacy=dp if privacy.enabled else None,
+                privacy=dp_wrapper(cfg, plan) if plan.dp_enabled else None,
+                prefix=prefix_cache(site, site.data.train, "train"),
             )
+            private = result.private
             update = adapter_state(site.model)
-            update_sha = hash_state(update)
+            wire = encode_update(update, site.global_state, encoding) if secagg is None else update
+            update_sha = hash_state(wire)
             entry = ledger.record_round(
-                plan,
-                run_id=run_id,
-                round=server_round,
-                site_id=cfg.site.id,
-                max_grad_norm=privacy.max_grad_norm if privacy.enabled else None,
-                dataset_size=n,
+                reserved,
+                **rid.fields(),
+                max_grad_norm=plan.max_grad_norm,
+                dataset_size=plan.dataset_size,
                 update_sha256=update_sha,
-                accountant_history=result.private.history() if result.private is not None else None,
-                noise_source=result.private.noise_source if result.private is not None else None,
+                accountant_history=private.history() if private is not None else None,
+                noise_source=private.noise_source if private is not None else None,
             )
         # The training loss is an exact statistic of the training records: it stays in the site's log.
         kept = "[silo] round %s: trained %d steps, mean training loss %.4f (kept at the site)"
-        log.info(kept, server_round, result.steps, result.loss)
+        log.info(kept, rid.round, result.steps, result.loss)
+        log.info("[silo] %s", round_line(rid, entry, site.data.scrub_report, update_sha, ledger_path(cfg), msg))
         metrics: dict[str, Any] = {
             "num-examples": result.num_examples,
             "steps": result.steps,
             "train_seconds": result.seconds,
-            "server-round": server_round,
+            "prepare_seconds": prepared - t0,
+            "eval_seconds": evaluated - prepared,
+            "server-round": rid.round,
             **{f"global_{k}": v for k, v in before.metrics().items() if k != "num-examples"},
             "holdout-examples": before.num_examples,
         }
-        declarations = _site_record(cfg, update_sha, site.data.scrub_report, plan, entry)
-        sent = update
+        declarations = _site_record(cfg, update_sha, site.data.scrub_report, reserved, entry)
+        sent = wire
         if secagg is not None:
             masked, secagg_declaration = mask_update(
                 context.state,
@@ -283,23 +304,146 @@ def handle_train(msg: Message, context: Context) -> Message:
             )
             sent = numpy_to_state(masked)
             declarations["secagg"] = json.dumps(secagg_declaration, sort_keys=True)
-        declarations.update(
-            seal_fields(
-                signing_key,
-                run_id=run_id,
-                round=server_round,
-                site_id=cfg.site.id,
-                update_sha256=hash_state(sent),
-                global_sha256=hash_state(site.global_state),
-                metrics=metrics,
-                declarations=declarations,
-            )
-        )
+        metrics["site_seconds"] = time.perf_counter() - t0
+        seal_round(signing_key, rid, site, sent, metrics, declarations)
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
+        WARM.drop("model")  # a round that failed half-way may leave the model anywhere: load it afresh
         return error_reply(msg, err)
+    finally:
+        if site is not None:
+            release_private(private, site.model)
+        WARM.end_message()
     content = RecordDict({"arrays": state_to_arrays(sent), "metrics": MetricRecord(metrics)})
     content["site"] = declarations
     return Message(content=content, reply_to=msg)
+
+
+def train_distributed(msg: Message, context: Context, site: Loaded, rid: RoundId, *, with_secagg: bool) -> Message:
+    """A distributed-noise round (`[privacy] noise = "distributed"`, client/distributed_dp.py): the hold-out
+    answer and the round charged first, then one DP-FedSGD step in integers with this site's Skellam
+    share, recorded (both ε figures), masked, sealed. Its vector carries only a share of the noise, so it
+    never leaves without secure aggregation, nor with fewer than t sites in the key list."""
+    if not with_secagg:
+        raise SecAggFailed('`noise = "distributed"` adds only a share of the noise: nothing is sent without SecAgg')
+    cfg, privacy = site.cfg, site.cfg.privacy
+    distributed = plan_site_round(cfg, site.model, len(site.data.train), grid_step=grid_step(context.state))
+    if key_list_size(context.state) < distributed.min_honest:
+        raise SecAggFailed(f"fewer sites in the key list than distributed_min_honest {distributed.min_honest}")
+    signing_key = site_signing_key(cfg)
+    with Ledger.open(ledger_path(cfg), signing_key=signing_key, lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger:
+        before = answer_evaluation(site, ledger, rid, then=distributed.event(distributed.budget_figure))
+        reserved = ledger.plan_round(
+            noise_multiplier=distributed.noise_multiplier,
+            sample_rate=distributed.sample_rate,
+            steps=1,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
+            budget_epsilon=privacy.budget_epsilon,
+            budget_delta=privacy.budget_delta,
+            distributed=distributed,
+            **rid.fields(),
+        )
+        integers, taken = distributed_step(
+            site.model,
+            site.data.train,
+            task=cfg.task,
+            plan=distributed,
+            learning_rate=cfg.training.learning_rate,
+            max_grad_norm=privacy.max_grad_norm,
+            device=site.device,
+            rng=fresh_numpy_generator(),
+        )
+        update_sha = hash_state(numpy_to_state(integers))
+        entry = ledger.record_round(
+            reserved,
+            **rid.fields(),
+            max_grad_norm=privacy.max_grad_norm,
+            dataset_size=len(site.data.train),
+            update_sha256=update_sha,
+            noise_source="os-seeded",
+        )
+    masked, secagg_declaration = mask_integers(context.state, integers=integers, min_honest=distributed.min_honest)
+    log.info("[silo] %s", round_line(rid, entry, site.data.scrub_report, update_sha, ledger_path(cfg), msg))
+    metrics: dict[str, Any] = {
+        "num-examples": len(site.data.train),
+        "steps": 1,
+        "server-round": rid.round,
+        **{f"global_{k}": v for k, v in before.metrics().items() if k != "num-examples"},
+        "holdout-examples": before.num_examples,
+    }
+    log.info("[silo] round %s: one distributed step over %d sampled records (kept at the site)", rid.round, taken)
+    declarations = _site_record(cfg, update_sha, site.data.scrub_report, reserved, entry)
+    declarations["secagg"] = json.dumps(secagg_declaration, sort_keys=True)
+    sent = numpy_to_state(masked)
+    seal_round(signing_key, rid, site, sent, metrics, declarations)
+    content = RecordDict({"arrays": state_to_arrays(sent), "metrics": MetricRecord(metrics)})
+    content["site"] = declarations
+    return Message(content=content, reply_to=msg)
+
+
+def seal_round(
+    key: Any,
+    rid: RoundId,
+    site: Loaded,
+    sent: dict[str, torch.Tensor],
+    metrics: dict[str, Any],
+    declarations: ConfigRecord,
+) -> None:
+    """Add the seal over what is sent (`seal_fields`) to the round's declarations."""
+    declarations.update(
+        seal_fields(
+            key,
+            **rid.fields(),
+            update_sha256=hash_state(sent),
+            global_sha256=site.received_sha256,
+            metrics=metrics,
+            declarations=declarations,
+        )
+    )
+
+
+def prefix_cache(site: Loaded, dataset: torch.utils.data.TensorDataset, role: str) -> PrefixCache | None:
+    """`dataset`'s states below the model's trained layers (client/prefix_cache.py), kept in the node's
+    warm state while valid; None with `[training] prefix_cache = false` or when no layer splits them."""
+    if not site.cfg.training.prefix_cache:
+        return None
+    caches = WARM.get("prefix_caches", model_key(site.cfg, site.device), PrefixCaches)
+    return caches.get(site.model, dataset, device=site.device, role=role)
+
+
+def reserve_round(ledger: Ledger, cfg: SiteConfig, plan: DPPlan, rid: RoundId, phase: Phase = Phase.LORA) -> RoundPlan:
+    """`plan` checked against the site's budget and reserved in its ledger, before any training."""
+    privacy = cfg.privacy
+    return ledger.plan_round(
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=plan.steps,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        budget_epsilon=privacy.budget_epsilon,
+        budget_delta=privacy.budget_delta,
+        dp_enabled=plan.dp_enabled,
+        poisson_sampling=privacy.poisson_sampling,
+        phase=phase.value,
+        **rid.fields(),
+    )
+
+
+def dp_wrapper(cfg: SiteConfig, plan: DPPlan) -> PrivacyWrapper:
+    """`make_private` with the round's planned noise and clipping (fresh OS-seeded randomness inside)."""
+
+    def wrap(model: Any, optimizer: Any, loader: Any) -> Any:
+        assert plan.max_grad_norm is not None  # planned with DP on
+        return make_private(
+            model,
+            optimizer,
+            loader,
+            config=cfg.privacy,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+        )
+
+    return wrap
 
 
 def handle_secagg(msg: Message, context: Context) -> Message:
@@ -344,9 +488,9 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     coordinator asking again and again learns nothing more once the budget is spent."""
     try:
         config = msg.content.config_records.get("config") or ConfigRecord()
-        run_id = str(config.get("run-id", "unknown"))
         server_round = config_number(config, "server-round", int, default=0)
         cfg = site_config(context)
+        rid = RoundId(str(config.get("run-id", "unknown")), server_round, cfg.site.id)
         signing_key = site_signing_key(cfg)
         with Ledger.open(ledger_path(cfg), signing_key=signing_key, lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger:
             ledger.require_budget(
@@ -357,19 +501,23 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
                 what="this evaluation",
             )
             site = load_for_round(msg, context)
-            release = answer_evaluation(site, ledger, run_id=run_id, server_round=server_round)
+            release = answer_evaluation(site, ledger, rid)
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         return error_reply(msg, err)
+    finally:
+        WARM.end_message()
     return Message(content=RecordDict({"metrics": MetricRecord(release.metrics())}), reply_to=msg)
 
 
 def answer_evaluation(
-    site: Loaded, ledger: Ledger, *, run_id: str, server_round: int, then: DPEvent | None = None
+    site: Loaded, ledger: Ledger, rid: RoundId, *, then: DPEvent | SkellamEvent | None = None
 ) -> EvalRelease:
     """The DP release about the hold-out records for `site.model`, recorded in `ledger` before it is
     returned (`then`: an event the caller spends next, which must fit the budget as well)."""
     cfg, privacy = site.cfg, site.cfg.privacy
-    losses, preds, golds = per_record_outcomes(site.model, site.data.holdout, task=cfg.task, device=site.device)
+    cache = prefix_cache(site, site.data.holdout, "holdout")
+    model, holdout = (cache.top, cache.dataset) if cache is not None else (site.model, site.data.holdout)
+    losses, preds, golds = per_record_outcomes(model, holdout, task=cfg.task, device=site.device)
     correct = (preds == golds).double() if preds is not None and golds is not None else None
     release = release_evaluation(
         losses, correct, loss_clip=privacy.eval_loss_clip, noise_multiplier=privacy.eval_event.noise_multiplier
@@ -381,11 +529,9 @@ def answer_evaluation(
         budget_epsilon=privacy.budget_epsilon,
         budget_delta=privacy.budget_delta,
         dataset_size=release.num_examples,
-        evaluated_sha256=hash_state(site.global_state),
+        evaluated_sha256=site.received_sha256,
         noise_source=release.noise_source,
-        run_id=run_id,
-        round=server_round,
-        site_id=cfg.site.id,
+        **rid.fields(),
         also_fits=[then] if then is not None else (),
     )
     return release
@@ -413,6 +559,7 @@ def _site_record(
         dataset_size=int(entry["dataset_size"]),
         ledger_index=int(entry["index"]),
         noise_source=entry.get("noise_source"),
+        distributed=entry.get("distributed"),
     )
     declaration = SiteDeclaration(
         site_id=cfg.site.id,

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from client.prepare import IGNORE_INDEX
 from common.config import Precision, TaskConfig, TaskType, TrainingConfig
+from common.errors import ConfigError
 
 # Wraps (model, optimizer, loader) for DP-SGD: client.privacy.make_private with the round's settings.
 PrivacyWrapper = Callable[[torch.nn.Module, torch.optim.Optimizer, DataLoader], Any]
@@ -31,7 +33,7 @@ PrivacyWrapper = Callable[[torch.nn.Module, torch.optim.Optimizer, DataLoader], 
 
 @dataclass(frozen=True)
 class TrainResult:
-    loss: float  # mean per-sample training loss over the round's steps
+    loss: float  # mean per-record training loss over every record the round trained on
     steps: int  # optimiser steps taken
     num_examples: int  # size of the training split (FedAvg's weight)
     seconds: float
@@ -73,7 +75,8 @@ def autocast_context(device: torch.device, precision: Precision) -> contextlib.A
 def per_sample_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], task: TaskConfig) -> torch.Tensor:
     """One loss per record in the batch (shape [B])."""
     input_ids, attention, labels = batch
-    logits = model(input_ids=input_ids, attention_mask=attention).logits
+    # Positional inputs: a prefix cache's top model (client/prefix_cache.py) takes hidden states there.
+    logits = model(input_ids, attention_mask=attention).logits
     if task.type is TaskType.CLASSIFICATION:
         return F.cross_entropy(logits.float(), labels, reduction="none")
     shift_logits = logits[:, :-1, :].float()
@@ -111,6 +114,37 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
             attention.attention_dropout = p
 
 
+class Phase(StrEnum):
+    """What a round trains; recorded with the round in the site's ledger."""
+
+    PROBE = "probe"  # the classification head only (a DP linear probe: LoRA stays as the global adapter has it)
+    LORA = "lora"  # every trainable tensor of the adapter: LoRA and, for classification, the head
+
+
+def round_phase(server_round: int, training: TrainingConfig) -> Phase:
+    """Rounds 1..`training.probe_rounds` of a run are linear-probe rounds (Ke et al. 2024: align the head
+    under DP before LoRA moves the features); later rounds train LoRA and the head."""
+    return Phase.PROBE if server_round <= training.probe_rounds else Phase.LORA
+
+
+@contextlib.contextmanager
+def training_phase(model: torch.nn.Module, phase: Phase) -> Iterator[None]:
+    """Within: only what `phase` trains requires gradients (build a prefix cache and train inside)."""
+    if phase is Phase.LORA:
+        yield
+        return
+    frozen = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    if not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n):
+        raise ConfigError("`training.probe_rounds` trains a classification head, and this model has none to train.")
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def train_round(
     model: torch.nn.Module,
     dataset: TensorDataset,
@@ -122,60 +156,93 @@ def train_round(
     proximal_mu: float = 0.0,
     privacy: PrivacyWrapper | None = None,
     progress: Callable[[int, float], None] | None = None,
+    prefix: Any = None,
 ) -> TrainResult:
-    """`training.epochs` local passes (capped at `training.max_steps`); returns the mean loss."""
+    """`training.epochs` local passes (capped at `training.max_steps`); returns the mean loss.
+
+    Each optimiser step takes one logical batch (`training.batch_size`, Poisson-sampled under DP), run in
+    passes of at most `training.physical_batch_size` records whose gradients add up to the logical batch's.
+    `prefix` (a client.prefix_cache.PrefixCache built for `model` and `dataset`): train the layers above
+    the cached activations instead of the whole model; the same parameters, the same gradients."""
     t0 = time.perf_counter()
     if training.dropout is not None:
         set_dropout(model, training.dropout)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: Any = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
+    trained, data = (model, dataset) if prefix is None else (prefix.top, prefix.dataset)
+    logical = round_plan_steps(len(dataset), training)[0]
+    physical = min(training.physical_batch_size or logical, logical)
     # `training.seed` fixes the shuffling of non-private training only, on its own generator: torch's global
     # generator is never seeded here, and under DP the privacy wrapper replaces this loader's sampling with
     # fresh OS-seeded randomness (client/privacy.py).
     loader: Any = DataLoader(
-        dataset,
-        batch_size=round_plan_steps(len(dataset), training)[0],
-        shuffle=True,
-        generator=torch.Generator().manual_seed(training.seed),
+        data, batch_size=logical, shuffle=True, generator=torch.Generator().manual_seed(training.seed)
     )
     private = None
     reduce_loss: Callable[[torch.Tensor], Any] = torch.mean
-    model.train()  # Opacus validates the module in training mode
+    trained.train()  # Opacus validates the module in training mode
     if privacy is not None:
         # Poisson sampling, per-sample clipping and noise; empty draws become noise-only steps
         # inside the private loader (counted by its accountant), so no batch here is empty.
-        private = privacy(model, optimizer, loader)
-        model, optimizer, loader = private.model, private.optimizer, private.data_loader
+        private = privacy(trained, optimizer, loader)
+        if physical < logical:
+            private.limit_physical_batch(physical)
+        trained, optimizer, loader = private.model, private.optimizer, private.data_loader
         reduce_loss = private.reduce_loss
     prox = _proximal_targets(model, global_state) if proximal_mu > 0 and global_state is not None else None
 
+    trained.train()
     model.train()
-    steps, loss_sum = 0, 0.0
+    steps, loss_sum, records = 0, 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
     for _ in range(training.epochs):
-        for batch in _batches(loader, device):
+        for batch, share, last in _passes(loader, device, physical=None if private else physical):
             with autocast_context(device, training.precision):
-                per_sample = per_sample_loss(model, batch, task)
-            loss = reduce_loss(per_sample)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+                per_sample = per_sample_loss(trained, batch, task)
+            # Without DP a logical batch's passes add up to its mean loss; under DP Opacus scales each
+            # pass's per-record gradients itself and divides the noised sum by the expected batch.
+            (reduce_loss(per_sample) * share).backward()
+            loss_sum += float(per_sample.detach().sum())
+            records += int(per_sample.shape[0])
+            if not last:
+                continue
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if private is not None and not private.step_completed():
+                continue  # a pass of a logical batch: clipped and summed, not yet noised nor stepped
             if prox is not None:
                 _proximal_step(prox, lr=training.learning_rate, mu=proximal_mu)
             steps += 1
-            loss_sum += float(per_sample.detach().mean())
             if progress is not None:
-                progress(steps, float(per_sample.detach().mean()))
+                progress(steps, loss_sum / max(records, 1))
             if training.max_steps and steps >= training.max_steps:
                 break
         if training.max_steps and steps >= training.max_steps:
             break
     return TrainResult(
-        loss=loss_sum / max(steps, 1),
+        loss=loss_sum / max(records, 1),
         steps=steps,
         num_examples=len(dataset),
         seconds=time.perf_counter() - t0,
         private=private,
     )
+
+
+def _passes(
+    loader: Any, device: torch.device, *, physical: int | None
+) -> Iterator[tuple[tuple[torch.Tensor, ...], float, bool]]:
+    """(pass, its share of the logical batch, whether it ends the logical batch) for each pass.
+
+    `physical` None: the loader already yields passes (Opacus splits logical batches itself, and its
+    optimizer knows where each ends), so each is yielded whole."""
+    for batch in _batches(loader, device):
+        if physical is None:
+            yield batch, 1.0, True
+            continue
+        size = int(batch[0].shape[0])
+        chunks = list(zip(*(t.split(physical) for t in batch), strict=True))
+        for i, chunk in enumerate(chunks):
+            yield chunk, int(chunk[0].shape[0]) / size, i == len(chunks) - 1
 
 
 def _proximal_targets(
@@ -214,7 +281,7 @@ def per_record_outcomes(
         batch = tuple(t.to(device) for t in batch)
         input_ids, attention, labels = batch
         if task.type is TaskType.CLASSIFICATION:
-            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+            logits = model(input_ids, attention_mask=attention).logits.float()
             losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
             preds.append(logits.argmax(-1).cpu())
             golds.append(labels.cpu())

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,22 @@ class ScrubReport:
         return {"records_in": self.records_in, "quarantined": self.quarantined, "entities": dict(self.entities)}
 
 
+def sum_scrub_reports(
+    reports: Iterable[Mapping[str, Any]], *, numbers: Sequence[str], tallies: Sequence[str]
+) -> dict[str, Any]:
+    """Scrub reports added up (a site's two splits, a run's sites, a directory's files): each of `numbers`
+    summed, each of `tallies` (entity type or reason -> count) summed per key, in first-seen order. A
+    missing field counts as 0 (or no counts)."""
+    total: dict[str, Any] = dict.fromkeys(numbers, 0)
+    counters: dict[str, Counter[str]] = {name: Counter() for name in tallies}
+    for report in reports:
+        for name in numbers:
+            total[name] += int(report.get(name) or 0)
+        for name in tallies:
+            counters[name].update(report.get(name) or {})
+    return total | {name: dict(counter) for name, counter in counters.items()}
+
+
 @dataclass(frozen=True)
 class PrivacyDeclaration:
     """The round's DP event and ε as the site's ledger recorded them (ε may be inf: DP off)."""
@@ -78,6 +95,9 @@ class PrivacyDeclaration:
     ledger_index: int | None = None
     # Where the DP noise came from (e.g. "os-seeded"); informational.
     noise_source: str | None = None
+    # A distributed-noise round: its ledger entry's `distributed` object (trust model, t, mechanism, both ε
+    # figures; common/ledger/entry.py DISTRIBUTED_FIELDS). None when all the noise was added at the site.
+    distributed: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(
@@ -100,6 +120,7 @@ class PrivacyDeclaration:
             dataset_size=f.opt_integer("dataset_size", minimum=0),
             ledger_index=f.opt_integer("ledger_index", minimum=0),
             noise_source=f.opt_text("noise_source"),
+            distributed=f.opt_mapping("distributed"),
         )
         f.done()
         if out.sample_rate > 1:
@@ -126,6 +147,7 @@ class PrivacyDeclaration:
             "dataset_size": self.dataset_size,
             "ledger_index": self.ledger_index,
             "noise_source": self.noise_source,
+            "distributed": self.distributed,
         }
         return {k: v for k, v in out.items() if v is not None or k in ("max_grad_norm", "conversion")}
 

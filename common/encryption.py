@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common import keys
 from common.errors import ConfigError, VerificationFailed
+from common.files import write_atomic
 
 MAGIC = b"SILO-AESGCM-1\n"
 """First bytes of every encrypted file: format and version, so a reader knows what it holds."""
@@ -136,15 +137,6 @@ def decrypt_file(key: bytes, src: str | Path, dst: str | Path | None = None, *, 
     dst = Path(dst) if dst is not None else src.with_name(plain_name)
     write_atomic(dst, decrypt_bytes(key, src.read_bytes(), context=context or plain_name, source=str(src)))
     return dst
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _aad(context: str) -> bytes:

@@ -164,8 +164,30 @@ class SiteEntry:
         )
 
 
+@dataclass(frozen=True)
+class FailedRound:
+    """The round a failed run stopped in, with every reply it rejected: the run's manifest has no round
+    entry for it (nothing was aggregated), so without this an auditor would count its rejections as 0."""
+
+    round: int
+    rejected: tuple[Rejection, ...] = ()
+
+    @classmethod
+    def from_dict(cls, obj: Any, where: str) -> FailedRound:
+        f = Fields(obj, where, ManifestError)
+        out = cls(
+            round=f.integer("round", minimum=0),
+            rejected=tuple(Rejection.from_dict(r, f"{where} rejected {i}") for i, r in enumerate(f.items("rejected"))),
+        )
+        f.done()
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "rejected": [r.to_dict() for r in self.rejected]}
+
+
 # A round entry's plain sub-records: what each holds is written by one function of server/federation.py.
-_ROUND_OBJECTS = ("security", "train", "eval", "secagg", "central_dp")
+_ROUND_OBJECTS = ("security", "train", "eval", "secagg", "central_dp", "timings", "transport")
 _ROUND_NUMBERS = ("round_seconds", "slowest_site_train_seconds")
 
 
@@ -180,7 +202,8 @@ class RoundEntry:
     rejected: tuple[Rejection, ...] = ()
     ledger_regressions: tuple[LedgerRegression, ...] = ()
     bytes_down_per_site: int | None = None
-    # security, train, eval, secagg, central_dp: JSON objects; round_seconds, slowest_site_train_seconds.
+    # security, train, eval, secagg, central_dp, timings (where the round's time went), transport (wire
+    # encoding and bytes): JSON objects; round_seconds, slowest_site_train_seconds.
     records: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -246,6 +269,11 @@ class Manifest:
     resumes: tuple[Mapping[str, Any], ...] = ()
     finished: str | None = None
     failure: str | None = None
+    failed_round: FailedRound | None = None
+    # sha256 of the base model's weights, config and tokenizer (common/model_pin.py); older runs have none.
+    base_model_sha256: str | None = None
+    # Flower's id of each submission of this run (a resumed run has several), as `flwr ls` shows it.
+    flower_run_ids: tuple[int, ...] = ()
     schema: int = SCHEMA_VERSION
 
     @property
@@ -263,6 +291,7 @@ class Manifest:
         if schema not in READABLE_SCHEMAS:
             raise f.fail("schema", f"is {schema}; this version reads {', '.join(map(str, READABLE_SCHEMAS))}")
         sites = f.mapping("sites")
+        failed = f.opt_mapping("failed_round")
         if not all(isinstance(v, str) for v in sites.values()):
             raise f.fail("sites", "must map node ids to site id strings")
         out = cls(
@@ -284,6 +313,9 @@ class Manifest:
             resumes=tuple(_object(r, f"{where}: resumes[{i}]") for i, r in enumerate(f.items("resumes"))),
             finished=f.opt_text("finished"),
             failure=f.opt_text("failure"),
+            failed_round=None if failed is None else FailedRound.from_dict(failed, f"{where}: failed_round"),
+            base_model_sha256=f.opt_sha256("base_model_sha256"),
+            flower_run_ids=tuple(_flower_run_id(v, f"{where}: flower_run_ids") for v in f.items("flower_run_ids")),
         )
         f.done()
         return out
@@ -307,6 +339,9 @@ class Manifest:
                 "resumes": [dict(r) for r in self.resumes] or None,
                 "finished": self.finished,
                 "failure": self.failure,
+                "failed_round": None if self.failed_round is None else self.failed_round.to_dict(),
+                "base_model_sha256": self.base_model_sha256,
+                "flower_run_ids": list(self.flower_run_ids) or None,
             }
         )
 
@@ -330,6 +365,12 @@ def parse_manifest(text: str, where: str = MANIFEST) -> Manifest:
     except (json.JSONDecodeError, RecursionError) as err:
         raise ManifestError(f"{where}: unreadable manifest, not JSON ({err})") from None
     return Manifest.from_dict(raw, where)
+
+
+def _flower_run_id(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ManifestError(f"{where}: each must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _object(obj: Any, where: str) -> dict[str, Any]:

@@ -18,9 +18,6 @@ from peft import TaskType as PeftTaskType
 from common.config import HeadInit, LoraSettings, Pooling, TaskConfig, TaskType
 from common.errors import ConfigError
 
-# Load reports and progress bars from transformers are noise in a site's log; errors still surface.
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
@@ -33,9 +30,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def quiet_transformers() -> None:
+    """Load reports and progress bars from transformers are noise in a site's log; errors still surface.
+    Set when a model is loaded, not at import (importing common/ changes no process state);
+    TRANSFORMERS_VERBOSITY, when set, wins."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:
+        hf_logging.set_verbosity_error()
+
+
 def load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
+    quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
@@ -69,9 +80,7 @@ class MeanPooledClassifier(torch.nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return torch.nn.functional.normalize(mean, dim=-1)
+        return pool_mean(states, attention_mask)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any
@@ -83,12 +92,23 @@ class MeanPooledClassifier(torch.nn.Module):
         )
 
 
+def pool_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The unit-length mean of each record's token states over its real tokens (padding excluded)."""
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def pool_mean_scaled(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """What MeanPooledClassifier's head reads: `pool_mean` times MEAN_POOLING_SCALE."""
+    return MEAN_POOLING_SCALE * pool_mean(states, attention_mask)
+
+
 def load_base_model(source: str, task: TaskConfig, *, device: torch.device | None = None) -> torch.nn.Module:
     """The frozen base model for `task`, on `device` (before LoRA: see Opacus issue 820)."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
 
     try:
         if task.type is TaskType.CLASSIFICATION and task.pooling is Pooling.MEAN:
@@ -163,17 +183,28 @@ def attach_lora(model: torch.nn.Module, lora: LoraSettings, task: TaskConfig, *,
     """Wrap `model` with a fresh LoRA adapter; `seed` fixes the adapter's initial A matrices.
 
     The seed is applied inside a forked RNG state: torch's global generator is left as it was, so no
-    later draw (dropout, anything a library takes from it) becomes predictable from the config."""
+    later draw (dropout, anything a library takes from it) becomes predictable from the config.
+    `lora.ffa`: the A matrices are frozen (FFA-LoRA): they keep the value the global adapter gives them,
+    the same at every site, and only B (and a classification head) train."""
     try:
         # fork_rng's default forks the CPU and every CUDA generator; manual_seed seeds them all, so all
         # must be restored afterwards (`devices=[]` would leave a GPU site's CUDA generator seeded).
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return get_peft_model(model, lora_config(lora, task))
+            peft_model = get_peft_model(model, lora_config(lora, task))
     except ValueError as err:
         raise ConfigError(
             f"cannot attach LoRA ({err}); check `lora.target_modules` = {list(lora.target_modules)!r}."
         ) from None
+    if lora.ffa:
+        for name, param in peft_model.named_parameters():
+            if any(part in FFA_FROZEN for part in name.split(".")):
+                param.requires_grad_(False)
+    return peft_model
+
+
+# PEFT's names for the down-projections that FFA-LoRA freezes (linear and embedding LoRA layers).
+FFA_FROZEN = frozenset({"lora_A", "lora_embedding_A"})
 
 
 def load_lora_model(

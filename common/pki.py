@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +36,12 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common import keys
 from common.errors import ConfigError
+from common.files import write_atomic
+from common.registry import load_registry, registry_bytes
 
 # Hosts in the SuperLink certificate when none are given: a federation on one machine. They are
 # always added to hosts given, too: the coordinator reaches its own SuperLink over loopback (to
@@ -195,14 +195,22 @@ def make_ca(
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
-    )  # fmt: skip
+    )
     return key, cert
 
 
@@ -230,10 +238,11 @@ def issue_server_certificate(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,  # type: ignore[arg-type]
         )
         .sign(ca_key, hashes.SHA384())
-    )  # fmt: skip
+    )
     return key, cert
 
 
@@ -292,7 +301,7 @@ def create_keys(
     _write_new(layout.ca_cert, pem_certificate(ca_cert), private=False)
     _write_new(layout.superlink_key, pem_private_key(tls_key), private=True)
     _write_new(layout.superlink_cert, pem_certificate(tls_cert), private=False)
-    _write_new(layout.registry, _registry_bytes({}), private=False)
+    _write_new(layout.registry, registry_bytes({}), private=False)
     add_coordinator_key(layout.root)
     add_sites(layout.root, site_ids)
     return layout
@@ -330,7 +339,7 @@ def add_sites(out: str | Path, sites: Iterable[str]) -> KeyLayout:
             "signing_public_key": keys.public_key_pem(signing).decode(),
             "fingerprint": keys.fingerprint(signing),
         }
-    _replace(layout.registry, _registry_bytes(registry))
+    write_atomic(layout.registry, registry_bytes(registry))
     return layout
 
 
@@ -354,20 +363,8 @@ def add_coordinator_key(out: str | Path) -> KeyLayout:
 
 
 def read_registry(path: str | Path) -> dict[str, dict[str, str]]:
-    """The `sites` table of a registry.json, checked: each entry's fingerprint matches its key."""
-    path = Path(path)
-    try:
-        sites = json.loads(path.read_text())["sites"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{path}: not a site registry ({err})") from None
-    for site_id, entry in sites.items():
-        try:
-            public = serialization.load_pem_public_key(entry["signing_public_key"].encode())
-        except (ValueError, KeyError, AttributeError) as err:
-            raise ConfigError(f"{path}: site {site_id!r} has no readable signing_public_key ({err})") from None
-        if not isinstance(public, Ed25519PublicKey) or keys.fingerprint(public) != entry.get("fingerprint"):
-            raise ConfigError(f"{path}: site {site_id!r}'s fingerprint does not match its signing_public_key")
-    return dict(sites)
+    """The `sites` table of a registry.json, checked (common/registry.py)."""
+    return load_registry(path).entries
 
 
 def install_site_signing_key(kit: SiteKit, state_dir: str | Path) -> Path:
@@ -393,10 +390,6 @@ def install_site_signing_key(kit: SiteKit, state_dir: str | Path) -> Path:
     if not pub.exists():
         _write_new(pub, kit.signing_public_key.read_bytes(), private=False)
     return target
-
-
-def _registry_bytes(sites: dict[str, dict[str, str]]) -> bytes:
-    return (json.dumps({"sites": dict(sorted(sites.items()))}, indent=2) + "\n").encode()
 
 
 def _check_site_ids(sites: Iterable[str]) -> list[str]:
@@ -429,12 +422,6 @@ def _san(host: str) -> x509.GeneralName:
 def _write_new(path: Path, data: bytes, *, private: bool) -> None:
     # common.keys' writer: O_EXCL (never overwrite) and the mode set at creation.
     keys._write_new(path, data, mode=keys.PRIVATE_KEY_MODE if private else 0o644)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _now() -> datetime.datetime:

@@ -9,6 +9,8 @@ public half):
     app_sha256      sha256 of the Flower app bundle (FAB) the run executes
     rounds          the number of training rounds the coordinator plans
     sites           the site ids the coordinator expects (its registry), or null without one
+    base_model_sha256  the fingerprint of the base model the coordinator started from
+                    (common/model_pin.py); each site refuses the handshake when its own differs
 
 It travels with the round-0 handshake and with every train and evaluate message. The site checks
 it against the coordinator key in its kit, against the FAB the run really carries, and against the
@@ -30,7 +32,7 @@ from common.errors import RunRefused
 from common.keys import fingerprint, sign, verify
 from common.sealing import canonical_json
 
-REQUEST_VERSION = 1
+REQUEST_VERSION = 2
 """Bumped when the statement's fields change; a site refuses versions it does not know."""
 # Name of the message record that carries the request, and of its two fields.
 RECORD = "silo-run-request"
@@ -49,6 +51,7 @@ class RunRequest:
     app_sha256: str
     rounds: int
     sites: tuple[str, ...] | None
+    base_model_sha256: str | None = None
     version: int = REQUEST_VERSION
 
     def payload(self) -> bytes:
@@ -82,6 +85,7 @@ def make_run_request(
     app_sha256: str,
     rounds: int,
     sites: Sequence[str] | None,
+    base_model_sha256: str | None = None,
 ) -> SignedRunRequest:
     request = RunRequest(
         run_id=str(run_id),
@@ -89,6 +93,7 @@ def make_run_request(
         app_sha256=str(app_sha256),
         rounds=int(rounds),
         sites=tuple(sorted(sites)) if sites is not None else None,
+        base_model_sha256=base_model_sha256,
     )
     return SignedRunRequest(request, sign(key, request.payload()) if key is not None else None)
 
@@ -114,6 +119,7 @@ def read_run_request(record: Mapping[str, Any] | None) -> tuple[RunRequest, byte
         all(isinstance(raw[k], str) for k in ("run_id", "config_hash", "app_sha256"))
         and isinstance(raw["rounds"], int)
         and (sites is None or (isinstance(sites, list) and all(isinstance(s, str) for s in sites)))
+        and (raw["base_model_sha256"] is None or isinstance(raw["base_model_sha256"], str))
     )
     if not ok:
         raise RunRefused("the run request's fields have the wrong types")

@@ -24,6 +24,26 @@ def number_or_inf(value: float) -> float | str:
     return INF if math.isinf(value) and value > 0 else float(value)
 
 
+def decode_epsilon(raw: float | int | str) -> float:
+    """An ε as written (a number, "inf", or Python's "Infinity") back to a float."""
+    return math.inf if raw in (INF, "Infinity") else float(raw)
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every infinite float as "inf" / "-inf" and NaN as null: strict JSON has neither."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return INF if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
 class Fields:
     """The fields of one JSON object at `where` (e.g. "privacy declaration", "manifest round 3")."""
 

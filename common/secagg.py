@@ -33,13 +33,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 
+from common.arrays import Arrays, clip_delta
 from common.errors import FederationFailed
 
-Arrays = dict[str, np.ndarray]
-
-# Field elements travel as int64; arithmetic wraps mod 2^64 and M divides 2^64, so reducing at the end is exact.
-FIELD_DTYPE = np.int64
-# A power of two at most 2^62 keeps a masked value and the sum of two of them inside int64.
+# Field elements travel in the narrowest unsigned type that holds [0, M): uint32 for M <= 2^32 is 4 bytes a
+# value where int64 (Flower's SecAgg+) is 8. Arithmetic wraps mod 2^bits and M divides 2^bits, so reducing
+# mod M at the end is exact.
+FIELD_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+# Quantised values are formed in int64 before they are reduced: M <= 2^62 keeps them and their centred
+# decoding inside int64.
 MAX_MODULUS = 1 << 62
 SECRET_BYTES = 32  # the self-mask seed, as long as an AES-256 key
 NONCE_BYTES = 12  # AES-GCM's standard nonce
@@ -59,6 +61,13 @@ def check_modulus(modulus: int) -> None:
         raise SecAggFailed(f"secagg modulus must be a power of two in [2, 2^62], got {modulus}")
 
 
+def field_dtype(modulus: int) -> type[np.unsignedinteger]:
+    """The narrowest unsigned integer type holding every value in [0, `modulus`)."""
+    check_modulus(modulus)
+    bits = modulus.bit_length() - 1
+    return next(t for t in FIELD_DTYPES if np.iinfo(t).bits >= bits)
+
+
 def check_capacity(*, total_weight: int, quantization_range: int, modulus: int) -> None:
     """The weighted sum must stay inside (-M/2, M/2) or it wraps around and decodes wrongly."""
     if total_weight * (quantization_range // 2 + 1) >= modulus // 2:
@@ -69,15 +78,6 @@ def check_capacity(*, total_weight: int, quantization_range: int, modulus: int) 
 
 
 # --- quantisation -------------------------------------------------------------------------------
-
-
-def clip_delta(delta: Arrays, clip: float) -> tuple[Arrays, bool]:
-    """`delta` scaled to L2 norm <= `clip` (all tensors together), and whether it had to be scaled."""
-    # Not np.dot: see server/verify.update_norm (OpenBLAS and torch thread pools clash).
-    norm = math.sqrt(sum(float(np.square(d.astype(np.float64)).sum()) for d in delta.values()))
-    if norm <= clip:
-        return delta, False
-    return {k: d * (clip / norm) for k, d in delta.items()}, True
 
 
 def quantize_delta(
@@ -98,15 +98,27 @@ def quantize_delta(
     if weight * (quantization_range // 2 + 1) >= modulus // 2:
         raise SecAggFailed(f"weight {weight} at quantization range {quantization_range} overflows the modulus")
     rng = rng if rng is not None else np.random.default_rng()
-    clipped, was_clipped = clip_delta({k: v.astype(np.float64) for k, v in delta.items()}, clip)
+    clipped, norm = clip_delta(delta, clip)
+    was_clipped = norm > clip
     scale = quantization_range / (2.0 * clip)
     out: Arrays = {}
     for key, d in clipped.items():
         x = np.clip(d, -clip, clip) * scale
         low = np.floor(x)
-        q = (low + (rng.random(x.shape) < (x - low))).astype(FIELD_DTYPE)
-        out[key] = (q * FIELD_DTYPE(weight)) & FIELD_DTYPE(modulus - 1)
+        q = (low + (rng.random(x.shape) < (x - low))).astype(np.int64)
+        out[key] = to_field(q * np.int64(weight), modulus)
     return out, was_clipped
+
+
+def to_field(values: np.ndarray, modulus: int) -> np.ndarray:
+    """Signed int64 values as field elements mod M (two's complement, so negatives decode back)."""
+    return (values.astype(np.int64) & np.int64(modulus - 1)).astype(field_dtype(modulus))
+
+
+def from_field(values: np.ndarray, modulus: int) -> np.ndarray:
+    """Field elements centred to (-M/2, M/2] as int64: the inverse of `to_field` for values that fit."""
+    signed = values.astype(np.int64)
+    return np.where(signed >= modulus // 2, signed - np.int64(modulus), signed)
 
 
 def dequantize_sum(total: Arrays, *, clip: float, quantization_range: int, modulus: int, total_weight: int) -> Arrays:
@@ -115,8 +127,7 @@ def dequantize_sum(total: Arrays, *, clip: float, quantization_range: int, modul
     out: Arrays = {}
     for key, t in total.items():
         # Centre in integers first: float64 holds whole numbers exactly only up to 2^53.
-        centred = np.where(t >= modulus // 2, t - FIELD_DTYPE(modulus), t)
-        out[key] = centred.astype(np.float64) / scale / total_weight
+        out[key] = from_field(t, modulus).astype(np.float64) / scale / total_weight
     return out
 
 
@@ -128,29 +139,35 @@ def shapes_of(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 
 
 def prg_mask(seed: bytes, shapes: Mapping[str, tuple[int, ...]], modulus: int) -> Arrays:
-    """Uniform field elements from AES-256-CTR keyed by `seed` (32 bytes), tensors in sorted key order."""
+    """Uniform field elements from AES-256-CTR keyed by `seed` (32 bytes), tensors in sorted key order.
+
+    One value per field-type word of the stream, its low log2(M) bits kept: uniform because M is a power
+    of two dividing 2^bits."""
     if len(seed) != SECRET_BYTES:
         raise SecAggFailed(f"a mask seed must be {SECRET_BYTES} bytes, got {len(seed)}")
+    dtype = field_dtype(modulus)
     total = sum(math.prod(s) for s in shapes.values())
-    stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(8 * total))
-    values = np.frombuffer(stream, dtype=np.uint64) & np.uint64(modulus - 1)
+    width = np.dtype(dtype).itemsize
+    stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(width * total))
+    values = np.frombuffer(stream, dtype=dtype) & dtype(modulus - 1)
     out: Arrays = {}
     offset = 0
     for key in sorted(shapes):
         n = math.prod(shapes[key])
-        out[key] = values[offset : offset + n].astype(FIELD_DTYPE).reshape(shapes[key])
+        out[key] = values[offset : offset + n].reshape(shapes[key])
         offset += n
     return out
 
 
 def add_masks(acc: Arrays, mask: Arrays, *, sign: int) -> Arrays:
-    """acc + sign * mask, elementwise, wrapping mod 2^64 (reduce mod M with `reduce_field`)."""
+    """acc + sign * mask, elementwise, wrapping mod 2^bits of the field type (reduce mod M with `reduce_field`)."""
     with np.errstate(over="ignore"):
         return {k: acc[k] + mask[k] if sign > 0 else acc[k] - mask[k] for k in acc}
 
 
 def reduce_field(arrays: Arrays, modulus: int) -> Arrays:
-    return {k: v & FIELD_DTYPE(modulus - 1) for k, v in arrays.items()}
+    dtype = field_dtype(modulus)
+    return {k: v.astype(dtype, copy=False) & dtype(modulus - 1) for k, v in arrays.items()}
 
 
 # --- keys and shares ------------------------------------------------------------------------------

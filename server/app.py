@@ -6,6 +6,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import load_federation_config
 from common.errors import ConfigError
 from server.federation import run_federation
+from server.live_view import LiveGrid, LiveStatus
 
 app = ServerApp()
 
@@ -19,4 +20,5 @@ def main(grid: Grid, context: Context) -> None:
             "run config needs `silo-config` (federation TOML) and `run-dir`; "
             "pass them with `flwr run . --run-config \"silo-config='fed.toml' run-dir='RUN'\"`"
         )
-    run_federation(grid, load_federation_config(config_path), run_dir)
+    live = LiveStatus(run_dir)  # <run-dir>/live.json: what `silo federation run` shows as replies arrive
+    run_federation(LiveGrid(grid, live), load_federation_config(config_path), run_dir, on_reply=live.on_reply)

@@ -28,9 +28,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.declaration import sum_scrub_reports
 from common.manifest import Manifest, read_manifest
+from common.schema import strict_json
 from common.version import CODE_VERSION
 from server.audit_ledgers import VOID_EPSILON, LedgerFile, ledger_restarts, void_epsilon_entries
+from server.report_verdict import Verdict, not_verified
+
+NO_KEYS = (
+    "no site public keys were given (`silo audit report --public-key`, or `silo audit verify`); the figures below "
+    "are as the coordinator and the ledgers record them"
+)
 
 REPORT_SCHEMA = 1
 """Version of the JSON twin's layout."""
@@ -47,8 +55,11 @@ FIGURE_WIDTH_IN = 9.0  # 990 px at FIGURE_DPI: fits the report's 1100 px column
 # ---- the report as data -------------------------------------------------------------------------
 
 
-def build_report(run_dir: str | Path, ledgers: list[LedgerFile] | None = None) -> dict[str, Any]:
-    """Everything the report shows, as strict-JSON-ready plain data (ε = inf as the string "inf")."""
+def build_report(
+    run_dir: str | Path, ledgers: list[LedgerFile] | None = None, verdict: Verdict | None = None
+) -> dict[str, Any]:
+    """Everything the report shows, as strict-JSON-ready plain data (ε = inf as the string "inf").
+    `verdict`: the outcome of `server.audit_verify` for this run (None: not verified)."""
     run_dir = Path(run_dir)
     typed = read_manifest(run_dir)
     manifest = typed.to_dict()
@@ -78,6 +89,7 @@ def build_report(run_dir: str | Path, ledgers: list[LedgerFile] | None = None) -
                 "dp_enabled": privacy.get("dp_enabled"),
                 "update_sha256": s.get("update_sha256"),
                 "num_examples": s.get("num_examples"),
+                **_trust_model(privacy.get("distributed")),
                 "source": "manifest (declared by the site)",
             })  # fmt: skip
             if s.get("scrub"):
@@ -106,12 +118,18 @@ def build_report(run_dir: str | Path, ledgers: list[LedgerFile] | None = None) -
             sites[ledger.site_id]["epsilon_total"] = last.get("epsilon_total")
             sites[ledger.site_id]["budget_epsilon"] = last.get("budget_epsilon")
 
-    rejected = [{"round": r["round"], "node_id": x.get("node_id"), "site_id": x.get("site_id"), "reason": x.get("reason")}
-                for r in train_rounds for x in r.get("rejected", [])]  # fmt: skip
+    # A failed run's last round has no entry (nothing was aggregated); its rejections are kept beside.
+    failed_round = manifest.get("failed_round")
+    rejected = [
+        {"round": r["round"], "node_id": x.get("node_id"), "site_id": x.get("site_id"), "reason": x.get("reason")}
+        for r in [*train_rounds, *([failed_round] if failed_round else [])]
+        for x in r.get("rejected", [])
+    ]
     report = {
         "schema": REPORT_SCHEMA,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "generated_by": CODE_VERSION,
+        "verification": (verdict or not_verified(NO_KEYS)).to_dict(),
         "run": {
             "run_dir": str(run_dir),
             "run_id": run_id,
@@ -122,6 +140,9 @@ def build_report(run_dir: str | Path, ledgers: list[LedgerFile] | None = None) -
             "code_version": manifest.get("code_version"),
             "config_hash": manifest.get("config_hash"),
             "base_model": manifest.get("base_model"),
+            "base_model_sha256": manifest.get("base_model_sha256"),
+            "flower_run_ids": manifest.get("flower_run_ids", []),
+            "failed_round": failed_round["round"] if failed_round else None,
             "strategy": (config.get("federation") or {}).get("strategy"),
             "rounds_planned": manifest.get("rounds_planned"),
             "completed_rounds": manifest.get("completed_rounds"),
@@ -168,6 +189,18 @@ def _findings(manifest: Manifest, ledgers: list[LedgerFile]) -> dict[str, Any]:
     }
 
 
+def _trust_model(distributed: dict[str, Any] | None) -> dict[str, Any]:
+    """Who a round's noise was added by: "local" (all at the site), or "distributed (t = n)" with both ε
+    totals (against the SecAgg sum of t honest shares; on the site's own share alone)."""
+    if not distributed:
+        return {"trust_model": "local", "epsilon_total_sum": None, "epsilon_total_own": None}
+    return {
+        "trust_model": f"distributed (t = {distributed.get('min_honest')}, budget on {distributed.get('budget_figure')})",
+        "epsilon_total_sum": _float_or_inf(distributed.get("epsilon_total_sum")),
+        "epsilon_total_own": _float_or_inf(distributed.get("epsilon_total_own")),
+    }
+
+
 def _overlay_ledger(site: dict[str, Any], ledger: LedgerFile, run_id: str | None) -> None:
     """Where the site's ledger is given, its signed `round` entries are the ε source of record."""
     recorded = {e["round"]: e for e in ledger.entries if e.get("kind") == "round" and e.get("run_id") == run_id}
@@ -189,6 +222,7 @@ def _overlay_ledger(site: dict[str, Any], ledger: LedgerFile, run_id: str | None
             "sampling": entry["sampling"],
             "ledger_update_sha256": entry["update_sha256"],
             "ledger_index": entry["index"],
+            **_trust_model(entry.get("distributed")),
             "source": "ledger",
         })  # fmt: skip
     site["rounds"] = [rows[n] for n in sorted(rows)]
@@ -240,14 +274,9 @@ def _on_off(value: Any) -> str:
 
 
 def _scrub_totals(sites: dict[str, Any]) -> dict[str, Any]:
-    entities: Counter[str] = Counter()
-    records_in = quarantined = 0
-    for site in sites.values():
-        scrub = site.get("scrub") or {}
-        entities.update(scrub.get("entities") or {})
-        records_in += int(scrub.get("records_in") or 0)
-        quarantined += int(scrub.get("quarantined") or 0)
-    return {"records_in": records_in, "quarantined": quarantined, "entities": dict(entities.most_common())}
+    scrubs = (site.get("scrub") or {} for site in sites.values())
+    totals = sum_scrub_reports(scrubs, numbers=("records_in", "quarantined"), tallies=("entities",))
+    return totals | {"entities": dict(Counter(totals["entities"]).most_common())}
 
 
 def _key_fingerprint(public_hex: str | None) -> str | None:
@@ -264,21 +293,6 @@ def _float_or_inf(value: Any) -> Any:
 
 def _finite_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-def strict_json(value: Any) -> Any:
-    """Infinite ε as "inf" (as in the ledger); NaN as null: strict JSON has neither."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def _num(value: Any) -> float:
@@ -433,6 +447,13 @@ figcaption{color:#555;font-size:0.9em}.bad{color:#b00020;font-weight:600}.ok{col
 """
 
 
+PRIVACY_HEADERS = [
+    *("site", "round", "σ", "q", "steps", "C", "δ", "ε round", "ε total", "noise added by"),
+    *("ε total vs the sum (t honest)", "ε total, own noise alone", "source"),
+]
+"""The per-round DP table's columns; the two distributed figures are empty for local noise."""
+
+
 def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | None = None) -> str:
     """One self-contained page: inline CSS, plots as data: URIs, no script, nothing fetched."""
     figures = figures if figures is not None else build_figures(report)
@@ -461,12 +482,15 @@ def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | No
         ("Code version", run["code_version"]),
         ("Config hash", run["config_hash"]),
         ("Base model", run["base_model"]),
+        ("Base model sha256", run["base_model_sha256"] or "not recorded (a run from before the pin)"),
+        ("Flower run ids", ", ".join(map(str, run["flower_run_ids"])) or "not recorded"),
     ]
     site_rows = [[sid, s.get("epsilon_before_run"), s.get("epsilon_total"), s.get("budget_epsilon"),
                   _remaining(s), s.get("ledger") or "not given (manifest declaration only)"]
                  for sid, s in report["sites"].items()]  # fmt: skip
     privacy_rows = [[sid, row["round"], row.get("noise_multiplier"), row.get("sample_rate"), row.get("steps"),
                      row.get("max_grad_norm"), row.get("delta"), row.get("epsilon_round"), row.get("epsilon_total"),
+                     row.get("trust_model", "local"), row.get("epsilon_total_sum"), row.get("epsilon_total_own"),
                      row.get("source")] for sid, s in report["sites"].items() for row in s["rounds"]]  # fmt: skip
     round_rows = [[r["round"], r["kind"], ", ".join(r["sites"]) or "-", r["rejected"], r["train_loss"], r["eval_loss"],
                    _Markup(f'<span class="hash">{e(str(r["adapter_sha256"]))}</span>')] for r in report["rounds"]]  # fmt: skip
@@ -478,11 +502,14 @@ def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | No
     scrub_rows = [[t, n] for t, n in scrub["entities"].items()]
     findings_html = _findings_html(report["findings"], table)
     status_class = "ok" if run["status"] == "completed" else "bad"
+    verification = report["verification"]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Silo audit report: run {e(str(run["run_id"]))}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
 <body>
+<p id="verdict" class="{"ok" if verification["status"] == "verified" else "bad"}">{e(verification["line"])}</p>
 <h1>Silo audit report</h1>
+{_failure_html(run)}
 <p class="sub">Run <code>{e(str(run["run_id"]))}</code>, status <span class="{status_class}">{e(str(run["status"]))}</span>,
 {e(str(run["completed_rounds"]))} of {e(str(run["rounds_planned"]))} rounds, strategy {e(str(run["strategy"]))}.
 Generated {e(report["generated_at"])} by silo {e(report["generated_by"])} from the run directory and
@@ -496,7 +523,7 @@ Generated {e(report["generated_at"])} by silo {e(report["generated_by"])} from t
 {table(["site", "ε before run", "ε total", "budget ε", "remaining", "ledger"], site_rows)}
 {fig("dp_parameters")}
 <details><summary>Per-round DP events</summary>
-{table(["site", "round", "σ", "q", "steps", "C", "δ", "ε round", "ε total", "source"], privacy_rows)}</details>
+{table(PRIVACY_HEADERS, privacy_rows)}</details>
 <h2>Participation</h2>
 {fig("sites_per_round")}
 <h2>Rejected updates</h2>
@@ -512,6 +539,14 @@ accountant, checks each ledger's hash chain and signatures, each adapter file's 
 site's ledger records the same update hash as this manifest.</p>
 </body></html>
 """
+
+
+def _failure_html(run: dict[str, Any]) -> str:
+    if run["status"] != "failed":
+        return ""
+    where = f" in round {run['failed_round']}" if run.get("failed_round") is not None else ""
+    why = run.get("failure") or "no reason recorded"
+    return f'<p class="bad" id="failure">The run failed{where}: {html.escape(why)}</p>'
 
 
 def _findings_html(findings: dict[str, Any], table: Any) -> str:
@@ -540,30 +575,37 @@ def _findings_html(findings: dict[str, Any], table: Any) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    run, method = report["run"], report["method"]
-    lines = [
-        f"# Silo audit summary: run {run['run_id']}",
-        "",
+    run, method, findings = report["run"], report["method"], report["findings"]
+    lines = [report["verification"]["line"], "", f"# Silo audit summary: run {run['run_id']}", ""]
+    if run["status"] == "failed":
+        where = f" in round {run['failed_round']}" if run.get("failed_round") is not None else ""
+        lines.append(f"- **the run failed{where}:** {run.get('failure') or 'no reason recorded'}")
+    if findings.get("ledger_restarts"):
+        lines.append(f"- **ledger restarted:** {'; '.join(findings['ledger_restarts'])}")
+    if findings["ledger_regressions"]:
+        warnings = "; ".join(f"round {g['round']}: {g['message']}" for g in findings["ledger_regressions"])
+        lines.append(f"- **ledger head went backwards:** {warnings}")
+    if findings["void_epsilon"]:
+        lines.append(f"- **{VOID_EPSILON}:** " + "; ".join(v["describe"] for v in findings["void_epsilon"]))
+    lines += [
         f"- status **{run['status']}**, {run['completed_rounds']} of {run['rounds_planned']} rounds, "
         f"strategy {run['strategy']}; code {run['code_version']}, config hash `{run['config_hash']}`",
         f"- accountant {', '.join(method['accountant']) or 'n/a'}, conversion "
         f"{', '.join(str(c) for c in method['epsilon_conversion']) or 'n/a'}, δ "
         f"{', '.join(f'{d:g}' for d in method['delta']) or 'n/a'}, sampling {', '.join(method['sampling'])}",
         f"- SecAgg {method['secagg']}; central DP {'off' if method['central_dp'] == 'off' else 'on'}",
+        f"- base model {run['base_model']}, sha256 `{run['base_model_sha256'] or 'not recorded'}`; Flower run id(s) "
+        f"{', '.join(map(str, run['flower_run_ids'])) or 'not recorded'}",
         f"- updates rejected: {len(report['rejected'])}; PII entities replaced: "
         f"{sum(report['scrub_totals']['entities'].values())} in {report['scrub_totals']['records_in']} records",
+        *(
+            f"  - round {x['round']}, site {x['site_id'] or '?'} (node {x['node_id']}): {x['reason']}"
+            for x in report["rejected"]
+        ),
         "",
         "| site | ε total | budget ε | remaining | source |",
         "|---|---|---|---|---|",
     ]
-    void, regressions = report["findings"]["void_epsilon"], report["findings"]["ledger_regressions"]
-    if void:
-        lines[2:2] = [f"- **{VOID_EPSILON}:** " + "; ".join(v["describe"] for v in void)]
-    if regressions:
-        warnings = "; ".join(f"round {g['round']}: {g['message']}" for g in regressions)
-        lines[2:2] = [f"- **ledger head went backwards:** {warnings}"]
-    if report["findings"].get("ledger_restarts"):
-        lines[2:2] = [f"- **ledger restarted:** {'; '.join(report['findings']['ledger_restarts'])}"]
     for sid, s in report["sites"].items():
         source = "ledger" if s.get("ledger") else "manifest"
         lines.append(f"| {sid} | {_text(s.get('epsilon_total'))} | {_text(s.get('budget_epsilon'))} | "
@@ -573,9 +615,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path, ledgers: list[LedgerFile] | None = None) -> dict[str, Path]:
+def write_report(
+    run_dir: str | Path, out_dir: str | Path, ledgers: list[LedgerFile] | None = None, verdict: Verdict | None = None
+) -> dict[str, Path]:
     """report.html, report.json and summary.md in `out_dir`; returns their paths."""
-    report = build_report(run_dir, ledgers)
+    report = build_report(run_dir, ledgers, verdict)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"html": out / "report.html", "json": out / "report.json", "markdown": out / "summary.md"}

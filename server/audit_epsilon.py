@@ -21,9 +21,25 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from common.accounting import Accountant, EpsilonConversion, compute_epsilon, compute_epsilon_dp_accounting
+from common.accounting import (
+    Accountant,
+    BudgetFigure,
+    EpsilonConversion,
+    SkellamEvent,
+    compute_epsilon,
+    compute_epsilon_distributed,
+    compute_epsilon_dp_accounting,
+    split_history,
+)
 from common.declaration import PrivacyDeclaration
 from common.errors import ConfigError
+from common.ledger.entry import (
+    SPENDING_KINDS,  # entries whose event counts as spent
+    BadEntry,
+    check_distributed,
+    event_of,
+)
+from common.schema import decode_epsilon
 
 INDEPENDENT_REL_TOL = 1e-2
 """Recorded ε (Opacus) vs dp-accounting's, relative. Both implement the same RDP bound of the Poisson
@@ -36,11 +52,9 @@ edit that matters; the second is handled by `_independent_agrees`."""
 SAME_NUMBER_REL_TOL = 1e-9
 """The manifest and the ledger carry the same float through JSON: only float noise is allowed."""
 
-Event = tuple[float, float, int]
-"""(noise_multiplier, sample_rate, steps)."""
+Event = tuple[float, float, int] | SkellamEvent
+"""(noise_multiplier, sample_rate, steps), or a distributed round's Skellam event."""
 
-SPENDING_KINDS = ("reserve", "evaluation")
-"""Ledger entries whose event counts as spent (client/ledger.py)."""
 
 # dp-accounting's RDP for fractional orders logs one warning per order and step size that does not
 # converge (hundreds of lines); the outcome is already handled by the tolerance rule below.
@@ -53,32 +67,71 @@ def ledger_epsilon_problem(entries: list[dict[str, Any]]) -> tuple[str | None, f
     `reserve` and `evaluation` entries spend their event; a `round` entry repeats its reservation's;
     a `restart` entry (entry 0 of a ledger started again deliberately) spends nothing."""
     events: list[Event] = []
-    reserved: dict[int, Event] = {}
+    spent: list[dict[str, Any]] = []
+    reserved: dict[int, dict[str, Any]] = {}
     worst = 0.0
     for entry in entries:
         if entry["kind"] == "restart":
             continue
-        event = (float(entry["noise_multiplier"]), float(entry["sample_rate"]), int(entry["steps"]))
+        source = entry
         if entry["kind"] in SPENDING_KINDS:
-            events.append(event)
-            reserved[entry["index"]] = event
+            events.append(_entry_event(entry))
+            spent.append(entry)
+            reserved[entry["index"]] = entry
         else:
-            event = reserved.get(entry["reservation"], event)
-        for field_name, history in (("epsilon_round", (event,)), ("epsilon_total", tuple(events))):
+            source = reserved.get(entry["reservation"], entry)
+        for field_name, history in (("epsilon_round", (_entry_event(source),)), ("epsilon_total", tuple(events))):
             problem, rel = _independent_agrees(float(entry[field_name]), history, entry)
             if problem:
                 return f"entry {entry['index']}: {field_name} {problem}", rel
             worst = max(worst, rel)
+        if entry.get("distributed"):
+            problem = distributed_figures_problem(entry, source, spent)
+            if problem:
+                return f"entry {entry['index']}: {problem}", worst
         budget = float(entry["budget_epsilon"])
         if float(entry["epsilon_total"]) > budget * (1 + INDEPENDENT_REL_TOL):
             return f"entry {entry['index']}: epsilon_total {entry['epsilon_total']} exceeds the budget {budget}", worst
     return None, worst
 
 
+def distributed_figures_problem(
+    entry: dict[str, Any], source: dict[str, Any], spent: list[dict[str, Any]]
+) -> str | None:
+    """A distributed round's two figures (the SecAgg sum counting t honest shares; the site's own share
+    alone), each recomputed from the entries with dp-accounting's Gaussian RDP beside the Skellam bound
+    (Agarwal et al. 2021 under Zhu and Wang 2019's subsampling, common/accounting.py)."""
+    delta = float(entry["delta"])
+    for figure, suffix in ((BudgetFigure.SUM, "sum"), (BudgetFigure.OWN_NOISE, "own")):
+        for name, history in (
+            (f"epsilon_round_{suffix}", [event_of(source, figure)]),
+            (f"epsilon_total_{suffix}", [event_of(e, figure) for e in spent]),
+        ):
+            recorded = decode_epsilon(entry["distributed"][name])
+            independent = _independent_distributed(tuple(history), delta)
+            if not math.isclose(recorded, independent, rel_tol=INDEPENDENT_REL_TOL):
+                return f"distributed {name} recorded {recorded:.6g} but recomputes to {independent:.6g}"
+    return None
+
+
 def declared_epsilon_problem(privacy: PrivacyDeclaration) -> str | None:
-    """A site's declared epsilon_round, recomputed from its declared event (dp-accounting)."""
+    """A site's declared epsilon_round, recomputed from its declared event (dp-accounting); for a
+    distributed round also both figures' epsilon_round."""
+    try:
+        check_distributed(-1, {"distributed": privacy.distributed, "steps": privacy.steps})
+    except BadEntry as err:
+        return f"distributed {err.reason}"
     problem, _ = _independent_agrees(privacy.epsilon_round, (_event(privacy),), _method(privacy))
-    return f"epsilon_round {problem}" if problem else None
+    if problem:
+        return f"epsilon_round {problem}"
+    if privacy.distributed:
+        entry = _declared_entry(privacy)
+        for figure, suffix in ((BudgetFigure.SUM, "sum"), (BudgetFigure.OWN_NOISE, "own")):
+            recorded = decode_epsilon(privacy.distributed[f"epsilon_round_{suffix}"])
+            independent = _independent_distributed((event_of(entry, figure),), float(privacy.delta))
+            if not math.isclose(recorded, independent, rel_tol=INDEPENDENT_REL_TOL):
+                return f"distributed epsilon_round_{suffix} recorded {recorded:.6g} but recomputes to {independent:.6g}"
+    return None
 
 
 def declared_total_problem(declared: list[PrivacyDeclaration]) -> str | None:
@@ -98,12 +151,15 @@ def declared_total_problem(declared: list[PrivacyDeclaration]) -> str | None:
     return None
 
 
-def epsilon_value(raw: Any) -> float:
-    return math.inf if raw in ("inf", "Infinity") else float(raw)
-
-
 def _event(privacy: PrivacyDeclaration) -> Event:
+    if privacy.distributed:
+        return event_of(_declared_entry(privacy))
     return (float(privacy.noise_multiplier), float(privacy.sample_rate), int(privacy.steps))
+
+
+def _declared_entry(privacy: PrivacyDeclaration) -> dict[str, Any]:
+    """The declared round as the ledger entry fields `event_of` reads."""
+    return {"distributed": privacy.distributed, "sample_rate": privacy.sample_rate, "steps": privacy.steps}
 
 
 def _method(privacy: PrivacyDeclaration) -> dict[str, Any]:
@@ -137,10 +193,32 @@ def _independent_agrees(recorded: float, history: tuple[Event, ...], entry: dict
     return f"recorded {recorded:.6g} but dp-accounting recomputes {independent:.6g} (Opacus {opacus:.6g})", rel
 
 
+def _entry_event(entry: dict[str, Any]) -> Event:
+    """What a ledger entry spends under the figure its budget names (a Skellam event for a distributed round)."""
+    if entry.get("distributed"):
+        return event_of(entry)
+    return (float(entry["noise_multiplier"]), float(entry["sample_rate"]), int(entry["steps"]))
+
+
+def _no_noise(history: tuple[Event, ...]) -> bool:
+    """A Gaussian event without noise (a round without DP) in `history`: ε = inf."""
+    gaussian, _ = split_history(history)
+    return any(sigma == 0 and q > 0 and n > 0 for sigma, q, n in gaussian)
+
+
+@functools.lru_cache(maxsize=1024)
+def _independent_distributed(history: tuple[Event, ...], delta: float) -> float:
+    if _no_noise(history):
+        return math.inf
+    gaussian, skellam = split_history(history)
+    with _quiet():
+        return compute_epsilon_distributed(gaussian, skellam, delta=delta, gaussian_rdp="dp_accounting")
+
+
 @functools.lru_cache(maxsize=1024)
 def _dp_accounting_epsilon(history: tuple[Event, ...], delta: float, conversion: EpsilonConversion) -> float:
     """Cached: a ledger repeats the same composition prefix, and dp-accounting takes up to ~1 s a call."""
-    if any(sigma == 0 and q > 0 and n > 0 for sigma, q, n in history):
+    if _no_noise(history):
         return math.inf  # a round without DP
     with _quiet():
         try:
@@ -151,7 +229,7 @@ def _dp_accounting_epsilon(history: tuple[Event, ...], delta: float, conversion:
 
 @functools.lru_cache(maxsize=1024)
 def _opacus_epsilon(history: tuple[Event, ...], delta: float, accountant: str, conversion: str | None) -> float:
-    if any(sigma == 0 and q > 0 and n > 0 for sigma, q, n in history):
+    if _no_noise(history):
         return math.inf
     with _quiet():
         try:

@@ -1,10 +1,8 @@
 """The sites' exported ledgers as an auditor holds them, and what their `round` entries say about the
 randomness behind every ε they claim.
 
-The ledger's format, reader and verifier are the site's (`client.ledger`: `read_ledger`,
-`verify_ledger`); the coordinator's package does not import the site's (they run at different
-institutions), so the `silo` command hands them in as a `LedgerFormat`. One reader of the format is
-better than two that drift apart.
+The ledger's format, reader and verifier live in `common/ledger/`, the code the site writes its ledger
+with: one reader of the format, not two that drift apart.
 
 Fresh noise (issue 12): a DP guarantee holds only if the Gaussian noise was drawn fresh. Three
 federations once produced bit-identical updates at one site because the noise was reproducible from
@@ -19,36 +17,19 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 EXPORTED_LEDGER = "ledger.jsonl"
 """The ledger's name inside a `silo ledger export` directory."""
 
 FRESH_NOISE_SOURCES = frozenset({"os-seeded"})
-"""The `noise_source` that backs an ε claim (client/ledger.py also writes "caller-generator", in tests,
+"""The `noise_source` that backs an ε claim (a site also writes "caller-generator", in tests,
 and "none" without DP)."""
 
 VOID_EPSILON = "ε claims of these entries are void (noise was not fresh)"
-
-
-class ChainResult(Protocol):
-    ok: bool
-    entries: int
-    first_bad_index: int | None
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class LedgerFormat:
-    """The site's ledger code (`client.ledger`), handed in by the `silo` command."""
-
-    read: Callable[[Path], list[dict[str, Any]]]
-    """`read_ledger`: parsed entries, ε fields as floats; raises a SiloError naming the bad entry."""
-    verify: Callable[[Path, Any], ChainResult]
-    """`verify_ledger(path, Ed25519 public key or None)`: chain, signatures, recorded ε."""
 
 
 @dataclass(frozen=True)

@@ -38,15 +38,16 @@ from common import encryption, keys
 from common.accounting import Accountant, EpsilonConversion
 from common.adapter import sha256_file
 from common.errors import AuditIncomplete, SiloError, VerificationFailed
+from common.ledger.verify import read_ledger, verify_ledger
 from common.manifest import MANIFEST, Manifest, ManifestError, RoundEntry, SiteEntry, read_manifest
+from common.schema import decode_epsilon
 from server.audit_epsilon import (
     SAME_NUMBER_REL_TOL,
     declared_epsilon_problem,
     declared_total_problem,
-    epsilon_value,
     ledger_epsilon_problem,
 )
-from server.audit_ledgers import VOID_EPSILON, LedgerFile, LedgerFormat, ledger_restarts, void_epsilon_entries
+from server.audit_ledgers import VOID_EPSILON, LedgerFile, ledger_restarts, void_epsilon_entries
 
 ADAPTER_FILE = "adapter_model.safetensors"
 """server.checkpoint.ADAPTER_FILE: the file each round's sha256 covers."""
@@ -119,8 +120,6 @@ def verify_run(
     run_dir: str | Path,
     ledger_paths: list[str | Path],
     public_key_paths: list[str | Path],
-    *,
-    ledger_format: LedgerFormat,
 ) -> VerifyReport:
     """Run every check (collecting, not stopping at, discrepancies); see the module docstring."""
     run_dir = Path(run_dir)
@@ -129,10 +128,10 @@ def verify_run(
     report = VerifyReport()
     _check_run_shape(manifest, report)
     _check_adapters(run_dir, manifest, report)
-    ledgers, given = _read_ledgers(ledger_paths, ledger_format, report)
+    ledgers, given = _read_ledgers(ledger_paths, report)
     ok_ledgers: dict[str, LedgerFile] = {}
     for ledger in ledgers:
-        if _check_ledger(ledger, public_keys, ledger_format, report) and ledger.site_id:
+        if _check_ledger(ledger, public_keys, report) and ledger.site_id:
             if ledger.site_id in ok_ledgers:
                 report.fail(f"ledger {ledger.path}", f"a second ledger for site {ledger.site_id}")
             ok_ledgers[ledger.site_id] = ledger
@@ -255,22 +254,18 @@ def _hash_check(name: str, directory: Path, expected: str, report: VerifyReport)
 # ---- 3 + 4. ledgers -----------------------------------------------------------------------------
 
 
-def _read_ledgers(
-    paths: list[str | Path], ledger_format: LedgerFormat, report: VerifyReport
-) -> tuple[list[LedgerFile], set[str]]:
+def _read_ledgers(paths: list[str | Path], report: VerifyReport) -> tuple[list[LedgerFile], set[str]]:
     """The ledgers that parse, and the site ids of every given ledger (unreadable ones fail here)."""
     ledgers = []
     for path in map(Path, paths):
         try:
-            ledgers.append(LedgerFile(path, ledger_format.read(path)))
+            ledgers.append(LedgerFile(path, read_ledger(path)))
         except SiloError as err:
             report.fail(f"ledger {path}", str(err))
     return ledgers, {x.site_id for x in ledgers if x.site_id}
 
 
-def _check_ledger(
-    ledger: LedgerFile, public_keys: list[tuple[Path, Any]], ledger_format: LedgerFormat, report: VerifyReport
-) -> bool:
+def _check_ledger(ledger: LedgerFile, public_keys: list[tuple[Path, Any]], report: VerifyReport) -> bool:
     name = f"ledger {ledger.path} (site {ledger.site_id or '?'})"
     key = next((k for _, k in public_keys if keys.public_key_raw(k).hex() == ledger.public_key_hex), None)
     if key is None:
@@ -278,7 +273,7 @@ def _check_ledger(
             f"site {ledger.site_id or '?'}: no --public-key given signs ledger {ledger.path}, so who signed it "
             "was not checked (only that its chain and signatures agree with the key it names)"
         )
-    result = ledger_format.verify(ledger.path, key)
+    result = verify_ledger(ledger.path, key)
     if not result.ok:
         report.fail(name, f"entry {result.first_bad_index}: {result.reason}")
         return False
@@ -430,5 +425,5 @@ def _privacy_against_entry(n: int, s: SiteEntry, entry: dict[str, Any], ledger: 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
         return a == b
-    x, y = epsilon_value(a), epsilon_value(b)
+    x, y = decode_epsilon(a), decode_epsilon(b)
     return x == y or abs(x - y) <= SAME_NUMBER_REL_TOL * max(abs(x), abs(y))

@@ -19,28 +19,17 @@ coordinator itself (that is what each site's own DP-SGD and SecAgg are for).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from common.accounting import Accountant, EpsilonConversion, compute_epsilon
+from common.arrays import Arrays, clip_delta
 from common.config import CentralDPSection
-
-Arrays = dict[str, np.ndarray]
 
 # Every connected site is asked every round (no client sampling): the Gaussian mechanism's q.
 SAMPLE_RATE = 1.0
-
-
-def clip_delta(delta: Arrays, clip: float) -> tuple[Arrays, float]:
-    """`delta` scaled to L2 norm <= `clip` over all tensors together; returns it and its norm before."""
-    norm = math.sqrt(
-        sum(float(np.dot(d.ravel().astype(np.float64), d.ravel().astype(np.float64))) for d in delta.values())
-    )
-    scale = min(1.0, clip / norm) if norm > 0 else 1.0
-    return {k: d.astype(np.float64) * scale for k, d in delta.items()}, norm
 
 
 def noise_std(*, noise_multiplier: float, clip: float, sites: int) -> float:

@@ -37,7 +37,8 @@ from safetensors.numpy import save as save_safetensors
 
 from common import encryption
 from common.errors import ConfigError, FederationFailed
-from common.manifest import MANIFEST, SCHEMA_VERSION, Manifest, RoundEntry, parse_manifest
+from common.files import write_atomic
+from common.manifest import MANIFEST, SCHEMA_VERSION, FailedRound, Manifest, Rejection, RoundEntry, parse_manifest
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -47,13 +48,7 @@ KEY_FROM_ENV: Any = object()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 class RunDirectory:
@@ -167,6 +162,26 @@ class RunDirectory:
         self.manifest["completed_rounds"] = n
         self._save_manifest()
         return digest
+
+    def record_submission(self, *, base_model_sha256: str, flower_run_id: int | None) -> None:
+        """This submission's base model fingerprint and Flower run id. A resumed run on another base
+        model is refused: its adapters so far were trained on the recorded one."""
+        recorded = self.manifest.get("base_model_sha256")
+        if recorded is not None and recorded != base_model_sha256:
+            raise ConfigError(
+                f"{self.path} was trained on base model sha256 {recorded[:16]}, this configuration's base model "
+                f"is {base_model_sha256[:16]}; resume with the same base model, or use a new run directory"
+            )
+        self.manifest["base_model_sha256"] = base_model_sha256
+        ids = self.manifest.setdefault("flower_run_ids", [])
+        if flower_run_id is not None and flower_run_id not in ids:
+            ids.append(flower_run_id)
+        self._save_manifest()
+
+    def record_failed_round(self, n: int, rejected: list[Rejection]) -> None:
+        """The round the run stopped in, with the replies it rejected (it gets no round entry)."""
+        self.manifest["failed_round"] = FailedRound(round=n, rejected=tuple(rejected)).to_dict()
+        self._save_manifest()
 
     def update_round(self, n: int, **fields: Any) -> None:
         for entry in self.manifest["rounds"]:

@@ -17,24 +17,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from common.adapter import adapter_state, numpy_to_state, state_to_arrays, state_to_numpy
-from common.config import FederationConfig
+from common.config import FederationConfig, WireEncoding
 from common.errors import FederationFailed, UpdateRejected
 from common.manifest import LedgerRegression, Rejection
 from common.model import load_lora_model
+from common.model_pin import model_fingerprint
+from common.transport import encode_global, wire_bytes
 from common.version import CODE_VERSION
 from server.central_dp import CentralDP
 from server.checkpoint import ADAPTER_CONFIG, RunDirectory
+from server.exchange import PromptGrid
 from server.gate import (
     NO_REPLY,
     NUM_EXAMPLES,
@@ -76,10 +79,20 @@ def wait_for_sites(grid: Grid, *, minimum: int, timeout_s: float) -> list[int]:
         time.sleep(NODE_POLL_S)
 
 
+def global_record(arrays: Arrays, encoding: WireEncoding) -> ArrayRecord:
+    """The global adapter as it goes down to the sites (common/transport.py)."""
+    return state_to_arrays(numpy_to_state(encode_global(arrays, encoding)))
+
+
 def _messages(
-    nodes: Iterable[int], arrays: Arrays, config: dict[str, Any], message_type: str, rnd: int
+    nodes: Iterable[int],
+    arrays: Arrays,
+    config: dict[str, Any],
+    message_type: str,
+    rnd: int,
+    encoding: WireEncoding = WireEncoding.FP32,
 ) -> list[Message]:
-    record = RecordDict({"arrays": state_to_arrays(numpy_to_state(arrays)), "config": ConfigRecord(config)})
+    record = RecordDict({"arrays": global_record(arrays, encoding), "config": ConfigRecord(config)})
     return [Message(content=record, dst_node_id=n, message_type=message_type, group_id=str(rnd)) for n in nodes]
 
 
@@ -87,12 +100,19 @@ def _reply_error(msg: Message) -> str:
     return msg.error.reason or f"error code {msg.error.code}"
 
 
-def evaluate_round(grid: Grid, nodes: list[int], arrays: Arrays, rnd: int, timeout: float) -> dict[str, Any]:
-    replies = list(
-        grid.send_and_receive(
-            _messages(nodes, arrays, {"server-round": rnd}, MessageType.EVALUATE, rnd), timeout=timeout
-        )
-    )
+def evaluate_round(
+    grid: Grid,
+    nodes: list[int],
+    arrays: Arrays,
+    rnd: int,
+    timeout: float,
+    encoding: WireEncoding = WireEncoding.FP32,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    # The run id names the run in the site's ledger entry for the answer (without it: "unknown").
+    config: dict[str, Any] = {"server-round": rnd} if run_id is None else {"server-round": rnd, "run-id": run_id}
+    messages = _messages(nodes, arrays, config, MessageType.EVALUATE, rnd, encoding)
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
     per_site, failed = [], []
     for msg in replies:
         if msg.has_error():
@@ -135,7 +155,10 @@ def make_verifier(cfg: FederationConfig, run: RunDirectory) -> UpdateVerifier:
     return verifier
 
 
-def run_federation(grid: Grid, cfg: FederationConfig, run_dir: str) -> RunDirectory:
+def run_federation(
+    grid: Grid, cfg: FederationConfig, run_dir: str, on_reply: Callable[[Message], None] | None = None
+) -> RunDirectory:
+    """Run (or resume) the federation `cfg` describes in `run_dir`; `on_reply` sees each reply as it arrives."""
     fed = cfg.federation
     run = RunDirectory.open_or_create(
         run_dir,
@@ -145,7 +168,9 @@ def run_federation(grid: Grid, cfg: FederationConfig, run_dir: str) -> RunDirect
         code_version=CODE_VERSION,
         rounds_planned=fed.rounds,
     )
+    run.record_submission(base_model_sha256=model_fingerprint(cfg.model_source()), flower_run_id=_flower_run_id(grid))
     strategy = make_strategy(fed, cfg.security)
+    grid = PromptGrid(grid, poll_s=fed.reply_poll_s, on_reply=on_reply)  # type: ignore[assignment]
     try:
         _run_rounds(grid, cfg, run, strategy)
     except FederationFailed as err:
@@ -180,6 +205,7 @@ def train_round_replies(
     gate: RoundGate,
     min_sites: int,
     timeout: float,
+    encoding: WireEncoding = WireEncoding.FP32,
 ) -> tuple[list[SiteUpdate], list[Rejection]]:
     """Send the round to every site; while too few updates are in, ask the sites that were merely
     unreachable again (they trained nothing) until the round's timeout. Every site asked ends up
@@ -191,7 +217,7 @@ def train_round_replies(
     while True:
         replies = list(
             grid.send_and_receive(
-                _messages(pending, arrays, config, MessageType.TRAIN, rnd),
+                _messages(pending, arrays, config, MessageType.TRAIN, rnd, encoding),
                 timeout=max(deadline - time.monotonic(), 1.0),
             )
         )
@@ -216,12 +242,10 @@ def secure_train_replies(
 ) -> tuple[list[SiteUpdate], list[Rejection]]:
     """The train message to each site that shared keys, with the shares addressed to it; no second
     ask: a site that misses this message has dropped, and its masks are cancelled at unmasking."""
-    global_record = state_to_arrays(numpy_to_state(arrays))
+    sent = global_record(arrays, gate.encoding)
     messages = [
         Message(
-            content=RecordDict(
-                {"arrays": global_record, "config": ConfigRecord(config), "secagg": secagg.train_record(n)}
-            ),
+            content=RecordDict({"arrays": sent, "config": ConfigRecord(config), "secagg": secagg.train_record(n)}),
             dst_node_id=n,
             message_type=MessageType.TRAIN,
             group_id=str(rnd),
@@ -245,6 +269,14 @@ def eval_from_train_replies(updates: list[SiteUpdate]) -> dict[str, Any]:
     return out
 
 
+def _flower_run_id(grid: Grid) -> int | None:
+    """Flower's id of this submission (what `flwr ls/log/stop` take), when the Grid knows its run."""
+    try:
+        return int(grid.run.run_id)
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return None
+
+
 def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: FedAvg) -> None:
     fed = cfg.federation
     timeout = fed.round_timeout_s
@@ -263,18 +295,20 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
     central = CentralDP(cfg.central_dp) if cfg.central_dp.enabled else None
     if central is not None:
         central.load_history(run.manifest["rounds"])
-    down_bytes = sum(v.nbytes for v in arrays.values())
+    encoding = fed.wire_encoding
     heads = LedgerHeads.beside(run.path)
     last_norms = previous_norms(run.manifest["rounds"][-1] if run.manifest["rounds"] else None)
 
     for rnd in range(run.completed_rounds + 1, fed.rounds + 1):
         t0 = time.perf_counter()
         nodes = wait_for_sites(grid, minimum=fed.min_sites, timeout_s=timeout)
-        config = {"server-round": rnd, "run-id": run.run_id, **strategy.site_config()}
+        config = {"server-round": rnd, "run-id": run.run_id, "wire-encoding": str(encoding), **strategy.site_config()}
         secagg = SecAggRound(cfg.secagg, run.run_id, rnd) if cfg.secagg.enabled else None
-        gate = RoundGate(verifier, cfg.security, run.run_id, rnd, arrays, secagg=secagg)
+        gate = RoundGate(verifier, cfg.security, run.run_id, rnd, arrays, secagg=secagg, encoding=encoding)
         if secagg is None:
-            accepted, rejected = train_round_replies(grid, nodes, arrays, config, rnd, gate, fed.min_sites, timeout)
+            accepted, rejected = train_round_replies(
+                grid, nodes, arrays, config, rnd, gate, fed.min_sites, timeout, encoding
+            )
         else:
             secagg.exchange_keys(grid, nodes, min_sites=fed.min_sites, timeout=timeout)
             accepted, rejected = secure_train_replies(grid, secagg, arrays, config, rnd, gate, timeout)
@@ -286,15 +320,18 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             log(WARNING, "[silo] round %d: update from node %s rejected: %s", rnd, r.node_id, r.reason)
         if len(accepted) < fed.min_sites:
             reasons = "; ".join(f"node {r.node_id}: {r.reason}" for r in rejected) or "no replies in time"
+            run.record_failed_round(rnd, rejected)
             raise FederationFailed(
                 f"round {rnd}: {len(accepted)} usable update(s), `min_sites` is {fed.min_sites} ({reasons})"
             )
+        exchanged = time.perf_counter()
         accepted, regressions = _check_ledger_heads(heads, accepted, run.run_id, rnd)
         # The sites evaluated the adapter they received (round rnd-1's) before training on it.
         run.update_round(rnd - 1, eval=eval_from_train_replies(accepted))
         _log_eval(rnd - 1, fed.rounds, run)
         run.set_sites({str(u.node_id): u.site_id for u in accepted})
         dp_record = secagg_record = None
+        arrays_before = arrays
         if secagg is not None:
             mean_delta, secagg_record = secagg.unmask(
                 grid,
@@ -318,9 +355,14 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             "sites": [u.entry.to_dict() for u in accepted if u.entry is not None],
             "rejected": [r.to_dict() for r in rejected],
             "ledger_regressions": [g.to_dict() for g in regressions],
-            "bytes_down_per_site": down_bytes,
+            "bytes_down_per_site": wire_bytes(encode_global(arrays_before, encoding)),
+            "transport": {
+                "wire_encoding": str(encoding),
+                "bytes_fp32_adapter": 4 * sum(a.size for a in arrays_before.values()),
+            },
             "round_seconds": time.perf_counter() - t0,
             "slowest_site_train_seconds": max(u.metrics.get("train_seconds", 0.0) for u in accepted),
+            "timings": _round_timings(accepted, exchanged - t0, time.perf_counter() - exchanged),
         }
         if secagg_record is not None:
             record["secagg"] = secagg_record
@@ -361,8 +403,28 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             record["round_seconds"],
         )
     # The final adapter has no next round to evaluate it: one evaluate message.
-    run.update_round(run.completed_rounds, eval=evaluate_round(grid, nodes, arrays, run.completed_rounds, timeout))
+    final = evaluate_round(grid, nodes, arrays, run.completed_rounds, timeout, encoding, run.run_id)
+    run.update_round(run.completed_rounds, eval=final)
     _log_eval(run.completed_rounds, fed.rounds, run)
+
+
+def _round_timings(accepted: list[SiteUpdate], exchange_s: float, coordinator_s: float) -> dict[str, float]:
+    """Where a round's time went: at the slowest site (preparing: config, records, model; the hold-out
+    answer; training; the rest: ledger, encoding, sealing), on the wire (the exchange minus that site's
+    work), and at the coordinator after the replies (heads, aggregation; checkpointing comes after)."""
+    slowest = max(accepted, key=lambda u: u.metrics.get("site_seconds", 0.0))
+    m = slowest.metrics
+    site_s = float(m.get("site_seconds", 0.0))
+    parts = {k: float(m.get(k, 0.0)) for k in ("prepare_seconds", "eval_seconds", "train_seconds")}
+    return {
+        "slowest_site_seconds": site_s,
+        "site_prepare_seconds": parts["prepare_seconds"],
+        "site_eval_seconds": parts["eval_seconds"],
+        "site_train_seconds": parts["train_seconds"],
+        "site_other_seconds": max(site_s - sum(parts.values()), 0.0),
+        "messaging_seconds": max(exchange_s - site_s, 0.0),
+        "coordinator_seconds": coordinator_s,
+    }
 
 
 def _check_ledger_heads(

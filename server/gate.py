@@ -9,7 +9,8 @@ In order: the reply's records and arrays are readable; its size is within the li
 (server/verify.py: signed by its site's key, for this run and round, over exactly what arrived); its
 declarations parse (common/declaration.py); `num-examples` is a positive integer no larger than the
 `dataset_size` the site declares; without secure aggregation, the declared `update-sha256` is the hash
-of the arrays that arrived, and they have the global adapter's exact form and no NaN/Inf
+of the arrays that arrived, they are a delta in the federation's wire encoding (common/transport.py),
+and the adapter they make with the global one has its exact form and no NaN/Inf
 (`validate_update`, with the fixed norm bound when one is configured). The relative norm bound needs
 the whole round and is applied by `apply_norm_bound` once the replies are in.
 """
@@ -24,10 +25,11 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from common.adapter import hash_state, numpy_to_state
-from common.config import SecuritySection
+from common.config import SecuritySection, WireEncoding
 from common.declaration import SITE_ID, SiteDeclaration
 from common.errors import UpdateRejected
 from common.manifest import Rejection, SiteEntry
+from common.transport import decode_update, encode_global
 from server.secagg import SecAggRound
 from server.strategy import Arrays, SiteUpdate
 from server.verify import UpdateVerifier, check_payload_size, relative_norm_bounds, validate_update
@@ -123,9 +125,12 @@ class RoundGate:
     seen: set[str] = field(default_factory=set)
     # With secure aggregation the replies are masked vectors: checked for form, not for norm.
     secagg: SecAggRound | None = None
+    # How the adapter crossed the wire: the sites bound their seals to the global adapter as it was SENT.
+    encoding: WireEncoding = WireEncoding.FP32
 
     def __post_init__(self) -> None:
-        self.global_sha256 = self.global_sha256 or hash_state(numpy_to_state(self.global_arrays))
+        sent = encode_global(self.global_arrays, self.encoding)
+        self.global_sha256 = self.global_sha256 or hash_state(numpy_to_state(sent))
 
     def admit(self, msg: Message) -> SiteUpdate:
         """The reply as a verified, validated update, or UpdateRejected with the reason."""
@@ -166,6 +171,7 @@ class RoundGate:
                     f"declared update-sha256 {declaration.update_sha256[:12]} is not the hash of the arrays "
                     f"received ({received_sha256[:12]})"
                 )
+            arrays = decode_update(arrays, self.global_arrays, self.encoding)
             norm = validate_update(arrays, self.global_arrays, max_update_norm=self.security.max_update_norm)
             entry = replace(entry, update_norm=norm)
         else:

@@ -2,7 +2,8 @@
 
 Once per Flower run, before anyone trains:
 1. the run request (common/run_request.py) is signed with the coordinator's key, which `silo keys`
-   writes beside the registry the federation TOML names (`coordinator_signing.key`);
+   writes beside the registry the federation TOML names (`coordinator_signing.key`); it pins the
+   base model's fingerprint (common/model_pin.py), which each site checks against its own;
 2. every connected site is sent it in a handshake query and answers with its own seal over the
    request's digest (client/handshake.py); the seal is checked with the run's `UpdateVerifier`,
    exactly as an update will be. A site whose answer fails (a stale registry, a site that refuses the
@@ -30,6 +31,7 @@ from common.config import FederationConfig
 from common.errors import FederationFailed, UpdateRejected
 from common.keys import load_private_key
 from common.manifest import Rejection
+from common.model_pin import model_fingerprint
 from common.pki import COORDINATOR_SIGNING_KEY
 from common.run_request import HANDSHAKE_MESSAGE_TYPE, RECORD, SignedRunRequest, make_run_request
 from server.verify import UpdateVerifier
@@ -65,6 +67,7 @@ def sign_run_request(grid: Grid, cfg: FederationConfig, run_id: str, verifier: U
         app_sha256=grid.run.fab_hash,
         rounds=cfg.federation.rounds,
         sites=sorted(verifier.registry.keys) if verifier.registry is not None else None,
+        base_model_sha256=model_fingerprint(cfg.model_source()),
     )
 
 
@@ -182,10 +185,11 @@ def agree_on_run(
         )
     log(
         INFO,
-        "[silo] round 0: %d site(s) agreed to run %s (app %s, request %s)",
+        "[silo] round 0: %d site(s) agreed to run %s (app %s, base model %s, request %s)",
         len(result.agreed),
         run_id,
         signed.request.app_sha256[:12],
+        (signed.request.base_model_sha256 or "unpinned")[:12],
         "signed" if signed.signature is not None else "UNSIGNED",
     )
     return AgreedGrid(grid, signed, result.refused)

@@ -33,7 +33,6 @@ from common.config import SecAggSection
 from common.errors import UpdateRejected
 from common.secagg import (
     ACTION,
-    FIELD_DTYPE,
     RECORD,
     STAGE_MASK,
     STAGE_SETUP,
@@ -44,6 +43,7 @@ from common.secagg import (
     add_masks,
     check_capacity,
     dequantize_sum,
+    field_dtype,
     pairwise_seed,
     prg_mask,
     recover_secret,
@@ -83,6 +83,10 @@ class SecAggRound:
     sharing: list[int] = field(default_factory=list)  # U1
     relay: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)  # dst -> [(src, ciphertext)]
     dropped: list[dict[str, Any]] = field(default_factory=list)
+    # Distributed noise (the sites' `[privacy] noise = "distributed"`): every masked vector declares it, with
+    # weight 1 and the t its site counts on; the largest t must survive or nothing is unmasked.
+    noise: dict[int, str] = field(default_factory=dict)
+    min_honest: int = 0
 
     def _base(self, stage: str) -> dict[str, Any]:
         return {"stage": stage, "run-id": self.run_id, "round": self.round}
@@ -166,7 +170,8 @@ class SecAggRound:
 
     def field_like(self, global_arrays: Arrays) -> Arrays:
         """The form of a masked vector (no memory: broadcast views), for the payload-size limit."""
-        return {k: np.broadcast_to(FIELD_DTYPE(0), v.shape) for k, v in global_arrays.items()}
+        zero = field_dtype(self.cfg.modulus)(0)
+        return {k: np.broadcast_to(zero, v.shape) for k, v in global_arrays.items()}
 
     def validate_masked(
         self, node: int, arrays: Arrays, global_arrays: Arrays, site: Mapping[str, Any], num_examples: int
@@ -177,26 +182,38 @@ class SecAggRound:
         missing, extra = sorted(set(global_arrays) - set(arrays)), sorted(set(arrays) - set(global_arrays))
         if missing or extra:
             raise UpdateRejected(f"unexpected adapter keys: missing {missing[:3]}, unexpected {extra[:3]}")
+        dtype = np.dtype(field_dtype(self.cfg.modulus))
         for key, w in global_arrays.items():
             a = arrays[key]
-            if a.shape != w.shape or a.dtype != FIELD_DTYPE:
-                raise UpdateRejected(f"masked tensor {key} is {a.dtype}{a.shape}, expected int64{w.shape}")
+            if a.shape != w.shape or a.dtype != dtype:
+                raise UpdateRejected(f"masked tensor {key} is {a.dtype}{a.shape}, expected {dtype}{w.shape}")
             if a.size and (int(a.min()) < 0 or int(a.max()) >= self.cfg.modulus):
                 raise UpdateRejected(f"masked tensor {key} has values outside [0, modulus)")
         try:
             declared = json.loads(str(site["secagg"]))
         except (KeyError, json.JSONDecodeError):
             raise UpdateRejected("masked update without its `secagg` declaration") from None
+        noise = str(declared.get("noise", "local"))
+        others = {n for n, mode in self.noise.items() if n != node and mode != noise}
+        if noise not in ("local", "distributed") or others:
+            raise UpdateRejected(f"noise {noise!r} differs from the other sites' this round: the sum would mix them")
         expected = {
             "clip": float(self.cfg.clip),
             "quantization_range": int(self.cfg.quantization_range),
             "modulus": int(self.cfg.modulus),
-            "weight": int(num_examples),
+            # A distributed round is one step per site, averaged unweighted: its noise is calibrated to that.
+            "weight": 1 if noise == "distributed" else int(num_examples),
             "masked_with": [s for s, _ in self.relay[node]],
         }
         differs = {k: declared.get(k) for k, v in expected.items() if declared.get(k) != v}
         if differs:
             raise UpdateRejected(f"secagg declaration differs from this round's: {differs}")
+        if noise == "distributed":
+            t = declared.get("min_honest")
+            if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+                raise UpdateRejected(f"a distributed-noise vector must declare its min_honest, got {t!r}")
+            self.min_honest = max(self.min_honest, t)
+        self.noise[node] = noise
         return declared
 
     def unmask(
@@ -210,8 +227,9 @@ class SecAggRound:
         for n in dead:
             if not any(d["node_id"] == n for d in self.dropped):
                 self._drop(n, STAGE_MASK, "no usable masked update")
-        self._need(len(active), min_sites, STAGE_MASK)
-        total_weight = int(sum(weights[n] for n in active))
+        self._need(len(active), max(min_sites, self.min_honest), STAGE_MASK)
+        distributed = any(self.noise.get(n) == "distributed" for n in active)
+        total_weight = len(active) if distributed else int(sum(weights[n] for n in active))
         check_capacity(
             total_weight=total_weight, quantization_range=self.cfg.quantization_range, modulus=self.cfg.modulus
         )
@@ -257,6 +275,8 @@ class SecAggRound:
             "dropped": self.dropped,
             "total_weight": total_weight,
             "protocol": "secagg+ (complete graph), honest-but-curious coordinator",
+            "noise": "distributed" if distributed else "local",
+            **({"min_honest": self.min_honest} if distributed else {}),
         }
         return mean, record
 
@@ -271,7 +291,7 @@ class SecAggRound:
         modulus = self.cfg.modulus
         first = masked[active[0]]
         shapes = shapes_of(first)
-        total: Arrays = {k: np.zeros(s, dtype=FIELD_DTYPE) for k, s in shapes.items()}
+        total: Arrays = {k: np.zeros(s, dtype=field_dtype(modulus)) for k, s in shapes.items()}
         for n in active:
             total = add_masks(total, masked[n], sign=+1)
         for n in active:

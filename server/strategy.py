@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from common.arrays import Arrays
 from common.config import Aggregator, FederationSection, SecuritySection, StrategyName
 from common.errors import ConfigError
 from common.manifest import SiteEntry
-
-Arrays = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

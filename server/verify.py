@@ -11,24 +11,23 @@ Each check raises `UpdateRejected` with a reason that the round's manifest entry
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from common.arrays import Arrays
 from common.declaration import SEAL_FIELDS, SEAL_PAYLOAD, SEAL_PUBLIC_KEY, SEAL_SIGNATURE
 from common.errors import ConfigError, UpdateRejected
-from common.keys import fingerprint, load_public_key, public_key_from_raw, public_key_pem
+from common.keys import fingerprint, public_key_from_raw
+from common.registry import Registry as Registry  # the registry codec, also importable from here
+from common.registry import load_registry as load_registry
+from common.registry import registry_entry as registry_entry
+from common.registry import write_registry as write_registry
 from common.sealing import Seal, SealedUpdate, UpdateBinding, metrics_digest, open_sealed, read_seal
-
-Arrays = dict[str, np.ndarray]
 
 # Allowance over the adapter's own bytes for a reply's declarations (scrub and privacy reports, seal).
 DECLARATION_ALLOWANCE_BYTES = 1 << 20
@@ -36,58 +35,6 @@ DECLARATION_ALLOWANCE_BYTES = 1 << 20
 IDENTITY_REGISTRY = "registry"
 IDENTITY_PINNED = "pinned-on-first-use"
 IDENTITY_NONE = "unsigned-accepted"
-
-
-@dataclass(frozen=True)
-class Registry:
-    """`{"sites": {"<site_id>": {"signing_public_key": "<PEM>", "fingerprint": "<sha256 hex>"}}}`."""
-
-    keys: dict[str, Ed25519PublicKey]
-    sha256: str  # of the registry file, recorded in the manifest with each round
-
-
-def registry_entry(key: Ed25519PublicKey | Ed25519PrivateKey) -> dict[str, str]:
-    return {"signing_public_key": public_key_pem(key).decode(), "fingerprint": fingerprint(key)}
-
-
-def write_registry(path: str | Path, site_public_keys: Mapping[str, str | Path]) -> Path:
-    """A registry file from `{site_id: path of its site_signing.pub}`."""
-    sites = {site_id: registry_entry(load_public_key(pub)) for site_id, pub in sorted(site_public_keys.items())}
-    path = Path(path)
-    path.write_text(json.dumps({"sites": sites}, indent=2) + "\n")
-    return path
-
-
-def load_registry(path: str | Path) -> Registry:
-    """Read and check the registry: every key parses, matches its fingerprint, and is used once."""
-    path = Path(path)
-    try:
-        body = path.read_bytes()
-        raw = json.loads(body)
-    except OSError as err:
-        raise ConfigError(f"cannot read site key registry {path}: {err.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: site key registry is not JSON: {err}") from None
-    sites = raw.get("sites") if isinstance(raw, dict) else None
-    if not isinstance(sites, dict):
-        raise ConfigError(f'{path}: a site key registry needs a "sites" object, got {type(sites).__name__}.')
-    keys: dict[str, Ed25519PublicKey] = {}
-    for site_id, entry in sites.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("signing_public_key"), str):
-            raise ConfigError(f'{path}: site {site_id!r} needs a "signing_public_key" PEM string.')
-        try:
-            key = serialization.load_pem_public_key(entry["signing_public_key"].encode())
-        except ValueError as err:
-            raise ConfigError(f"{path}: site {site_id!r}: not a PEM public key: {err}") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise ConfigError(f"{path}: site {site_id!r}: expected an Ed25519 key, got {type(key).__name__}.")
-        if entry.get("fingerprint") not in (None, fingerprint(key)):
-            raise ConfigError(f"{path}: site {site_id!r}: fingerprint {entry['fingerprint']!r} does not match its key.")
-        keys[str(site_id)] = key
-    prints = [fingerprint(k) for k in keys.values()]
-    if len(set(prints)) != len(prints):
-        raise ConfigError(f"{path}: two sites share one signing key; each site needs its own.")
-    return Registry(keys=keys, sha256=hashlib.sha256(body).hexdigest())
 
 
 def site_declarations(site_record: Mapping[str, Any]) -> dict[str, str]:

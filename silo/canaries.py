@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.schema import number_or_inf
+
 CANARY_PREFIX = "the vault passphrase is"
 """Shared by every canary and candidate, so ranking depends on the secret alone."""
 
@@ -99,14 +101,16 @@ class CanaryAudit:
     sides: list[SideResult]
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "config": asdict(self.config),
-            "max_exposure": self.max_exposure,
-            "sides": [{**asdict(s), "mean_exposure_planted": s.mean_exposure_planted,
-                       "mean_exposure_held_out": s.mean_exposure_held_out,
-                       "claimed_epsilon": "inf" if math.isinf(s.claimed_epsilon) else s.claimed_epsilon}
-                      for s in self.sides],
-        }  # fmt: skip
+        sides = [
+            {
+                **asdict(s),
+                "mean_exposure_planted": s.mean_exposure_planted,
+                "mean_exposure_held_out": s.mean_exposure_held_out,
+                "claimed_epsilon": number_or_inf(s.claimed_epsilon),
+            }
+            for s in self.sides
+        ]
+        return {"config": asdict(self.config), "max_exposure": self.max_exposure, "sides": sides}
 
 
 def random_secret(rng: random.Random, length: int) -> str:
@@ -148,9 +152,14 @@ def one_run_epsilon_lower_bound(correct: int, guesses: int, *, confidence: float
 # ---- the audit ----------------------------------------------------------------------------------
 
 
-def run_canary_audit(out: Path, *, config: CanaryAuditConfig | None = None, base_model: str | Path | None = None,
-                     dp_sides: tuple[bool, ...] = (True, False),
-                     log: Callable[[str], None] = lambda _line: None) -> CanaryAudit:  # fmt: skip
+def run_canary_audit(
+    out: Path,
+    *,
+    config: CanaryAuditConfig | None = None,
+    base_model: str | Path | None = None,
+    dp_sides: tuple[bool, ...] = (True, False),
+    log: Callable[[str], None] = lambda _line: None,
+) -> CanaryAudit:
     """Both runs (DP on, DP off) in `out/<dp|no-dp>/`; writes `out/canaries.json`; returns the result."""
     config = config or CanaryAuditConfig()
     out = Path(out)
@@ -164,11 +173,20 @@ def run_canary_audit(out: Path, *, config: CanaryAuditConfig | None = None, base
     sides = []
     for dp in dp_sides:
         log(f"[canaries] training with DP {'on' if dp else 'off'} ...")
-        side = _run_side(out / ("dp" if dp else "no-dp"), config, str(base_model), dp=dp, planted=planted,
-                         held_out=held_out, candidates=candidates)  # fmt: skip
-        log(f"[canaries] DP {'on' if dp else 'off'}: mean exposure {side.mean_exposure_planted:.2f} bits planted, "
+        side = _run_side(
+            out / ("dp" if dp else "no-dp"),
+            config,
+            str(base_model),
+            dp=dp,
+            planted=planted,
+            held_out=held_out,
+            candidates=candidates,
+        )
+        log(
+            f"[canaries] DP {'on' if dp else 'off'}: mean exposure {side.mean_exposure_planted:.2f} bits planted, "
             f"{side.mean_exposure_held_out:.2f} held out; ε lower bound {side.epsilon_lower_bound:.2f} "
-            f"(claimed {side.claimed_epsilon:.3g}); {side.seconds:.0f}s")  # fmt: skip
+            f"(claimed {side.claimed_epsilon:.3g}); {side.seconds:.0f}s"
+        )
         sides.append(side)
     audit = CanaryAudit(config=config, max_exposure=math.log2(config.candidates + 1), sides=sides)
     (out / "canaries.json").write_text(json.dumps(audit.as_dict(), indent=2) + "\n")
@@ -176,8 +194,10 @@ def run_canary_audit(out: Path, *, config: CanaryAuditConfig | None = None, base
 
 
 def format_audit(audit: CanaryAudit) -> str:
-    lines = [f"canary audit: {audit.config.canaries} planted + {audit.config.canaries} held-out canaries, "
-             f"{audit.config.candidates} candidates each (max exposure {audit.max_exposure:.2f} bits)"]  # fmt: skip
+    lines = [
+        f"canary audit: {audit.config.canaries} planted + {audit.config.canaries} held-out canaries, "
+        f"{audit.config.candidates} candidates each (max exposure {audit.max_exposure:.2f} bits)"
+    ]
     for s in audit.sides:
         claimed = "inf (no DP)" if math.isinf(s.claimed_epsilon) else f"{s.claimed_epsilon:.3f}"
         lines.append(
@@ -201,27 +221,72 @@ def _build_base_model(out: Path, *, seed: int) -> Path:
 
 
 def _site_toml(base_model: str, config: CanaryAuditConfig, *, dp: bool) -> str:
+    """The canary site's TOML, built from config objects: DP-SGD with σ derived for the planned rounds
+    (budget = target), or DP off with the infinite budget that acknowledges it."""
+    from common.config import (
+        DataConfig,
+        LoraSettings,
+        ModelConfig,
+        PrivacyConfig,
+        SiteConfig,
+        SiteSection,
+        TaskConfig,
+        TrainingConfig,
+    )
+
     privacy = (
-        f"max_grad_norm = {config.max_grad_norm}\ntarget_epsilon = {config.target_epsilon}\n"
-        f"target_delta = {config.delta}\nplanned_rounds = {config.rounds}\n"
-        f"budget_epsilon = {config.target_epsilon}\nbudget_delta = {config.delta}\n"
+        PrivacyConfig(
+            max_grad_norm=config.max_grad_norm,
+            target_epsilon=config.target_epsilon,
+            target_delta=config.delta,
+            planned_rounds=config.rounds,
+            budget_epsilon=config.target_epsilon,
+            budget_delta=config.delta,
+        )
         if dp
-        else f"enabled = false\nmax_grad_norm = {config.max_grad_norm}\nbudget_epsilon = inf\nbudget_delta = {config.delta}\n"
+        else _without_dp(config)
     )
-    return (
-        '[site]\nid = "canary-site"\nstate_dir = "state"\n\n'
-        f'[data]\ndir = "data"\nholdout_fraction = 0.1\nseed = {config.seed}\n\n'
-        '[task]\ntype = "causal_lm"\n\n'
-        f"[model]\nbase = {json.dumps(base_model)}\nmax_length = 64\n\n"
-        '[lora]\nr = 8\nalpha = 16\ndropout = 0.0\ntarget_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]\n\n'
-        f"[training]\nepochs = {config.epochs}\nbatch_size = {config.batch_size}\n"
-        f"learning_rate = {config.learning_rate}\nthreads = 1\nseed = {config.seed}\n\n"
-        f"[privacy]\n{privacy}"
+    site = SiteConfig(
+        site=SiteSection(id="canary-site"),
+        data=DataConfig(holdout_fraction=0.1, seed=config.seed),
+        task=TaskConfig(),
+        model=ModelConfig(base=base_model, max_length=64),
+        lora=LoraSettings(target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "lm_head")),
+        training=TrainingConfig(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            threads=1,
+            seed=config.seed,
+        ),
+        privacy=privacy,
     )
+    return site.to_toml()
 
 
-def _run_side(out: Path, config: CanaryAuditConfig, base_model: str, *, dp: bool, planted: list[str],
-              held_out: list[str], candidates: list[str]) -> SideResult:  # fmt: skip
+def _without_dp(config: CanaryAuditConfig) -> Any:
+    """The DP-off side's privacy section; the warning it raises is for the site's log when it loads."""
+    import warnings
+
+    from common.config import PrivacyConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return PrivacyConfig(
+            enabled=False, max_grad_norm=config.max_grad_norm, budget_epsilon=math.inf, budget_delta=config.delta
+        )
+
+
+def _run_side(
+    out: Path,
+    config: CanaryAuditConfig,
+    base_model: str,
+    *,
+    dp: bool,
+    planted: list[str],
+    held_out: list[str],
+    candidates: list[str],
+) -> SideResult:
     import time
 
     from client.ingest import load_site_records, split_records
@@ -231,7 +296,9 @@ def _run_side(out: Path, config: CanaryAuditConfig, base_model: str, *, dp: bool
     t0 = time.perf_counter()
     repeats = 1 if dp else config.repeats_without_dp
     (out / "data").mkdir(parents=True, exist_ok=True)
-    records = [{"text": r.text} for r in make_clinical_notes(config.filler_records, seed=config.seed + 1)]
+    records: list[dict[str, Any]] = [
+        {"text": r.text} for r in make_clinical_notes(config.filler_records, seed=config.seed + 1)
+    ]
     # `copy` makes each copy a distinct record for the site's content-keyed hold-out split; not trained on.
     records += [{"text": canary_text(s), "copy": k} for s in planted for k in range(repeats)]
     random.Random(config.seed).shuffle(records)
@@ -243,8 +310,11 @@ def _run_side(out: Path, config: CanaryAuditConfig, base_model: str, *, dp: bool
     cfg = load_site_config(cfg_path)
 
     # Which canaries the site will train on: the site's own split of the same records.
-    split = split_records(load_site_records(cfg.data_dir, cfg.data, cfg.task),
-                         holdout_fraction=cfg.data.holdout_fraction, seed=cfg.data.seed)  # fmt: skip
+    split = split_records(
+        load_site_records(cfg.data_dir, cfg.data, cfg.task),
+        holdout_fraction=cfg.data.holdout_fraction,
+        seed=cfg.data.seed,
+    )
     trained_texts = {r["text"] for r in split.train}
     members = [s for s in planted if canary_text(s) in trained_texts]
     non_members = held_out + [s for s in planted if canary_text(s) not in trained_texts]
@@ -268,12 +338,20 @@ def _run_side(out: Path, config: CanaryAuditConfig, base_model: str, *, dp: bool
     ledger = [json.loads(x) for x in (out / "state" / "privacy_ledger.jsonl").read_text().splitlines()]
     claimed = float(ledger[-1]["epsilon_total"])
     return SideResult(
-        dp=dp, claimed_epsilon=claimed, delta=config.delta, noise_multiplier=float(ledger[-1]["noise_multiplier"]),
-        planted=len(members), held_out=len(non_members), repeats=repeats,
-        exposure_planted=[exposure(s) for s in member_scores], exposure_held_out=[exposure(s) for s in non_member_scores],
-        correct_guesses=correct, guesses=guesses, epsilon_lower_bound=one_run_epsilon_lower_bound(correct, guesses),
+        dp=dp,
+        claimed_epsilon=claimed,
+        delta=config.delta,
+        noise_multiplier=float(ledger[-1]["noise_multiplier"]),
+        planted=len(members),
+        held_out=len(non_members),
+        repeats=repeats,
+        exposure_planted=[exposure(s) for s in member_scores],
+        exposure_held_out=[exposure(s) for s in non_member_scores],
+        correct_guesses=correct,
+        guesses=guesses,
+        epsilon_lower_bound=one_run_epsilon_lower_bound(correct, guesses),
         seconds=time.perf_counter() - t0,
-    )  # fmt: skip
+    )
 
 
 def _train_rounds(cfg_path: Path, cfg: Any, *, rounds: int) -> tuple[Any, Any]:
@@ -290,8 +368,9 @@ def _train_rounds(cfg_path: Path, cfg: Any, *, rounds: int) -> tuple[Any, Any]:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     model = load_lora_model(cfg.model_source(), cfg.lora, cfg.task)
     arrays = state_to_arrays(adapter_state(model))
-    context = Context(run_id=1, node_id=1, node_config={"site-config": str(cfg_path)}, state=RecordDict(),
-                      run_config={})  # fmt: skip
+    context = Context(
+        run_id=1, node_id=1, node_config={"site-config": str(cfg_path)}, state=RecordDict(), run_config={}
+    )
     for rnd in range(1, rounds + 1):
         content = RecordDict(
             {"arrays": arrays, "config": ConfigRecord({"server-round": rnd, "run-id": "canary-audit"})}
@@ -299,7 +378,9 @@ def _train_rounds(cfg_path: Path, cfg: Any, *, rounds: int) -> tuple[Any, Any]:
         reply = handle_train(Message(content, dst_node_id=1, message_type=MessageType.TRAIN), context)
         if reply.has_error():
             raise FederationFailed(f"canary audit round {rnd}: the site refused: {reply.error.reason}")
-        arrays = reply.content["arrays"]
+        # The site sends its adapter as a delta from the one it received (common/transport.py, fp32 here).
+        delta = arrays_to_state(reply.content.array_records["arrays"])
+        arrays = state_to_arrays({k: v + delta[k] if k in delta else v for k, v in arrays_to_state(arrays).items()})
     load_adapter_state(model, arrays_to_state(arrays))
     return model, load_tokenizer(cfg.model_source())
 

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 import silo.commands
-from common.errors import EXIT_CODES, SiloError
+from common.errors import EXIT_CODES, INTERRUPTED, SiloError
 from common.version import CODE_VERSION
 
 
@@ -35,7 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(silo.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"silo.commands.{info.name}")
         module.register(sub)
+    for name, command in _subparsers(parser):
+        _share_examples(f"silo {name}", command)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [(name, child) for a in actions for name, child in a.choices.items()]
+
+
+def _share_examples(prog: str, group: argparse.ArgumentParser) -> None:
+    """Give each action of a command group (`silo audit verify`) the lines of the group's `examples:`
+    that run it, so every command's --help shows an example; an action with its own keeps its own."""
+    lines = (group.epilog or "").partition("examples:\n")[2].splitlines()
+    for name, action in _subparsers(group):
+        if "examples:" in (action.epilog or ""):
+            continue
+        mine, keep = [], False
+        for line in lines:
+            keep = line.strip().startswith(f"{prog} {name} ") or (keep and line.startswith("      "))
+            if keep:
+                mine.append(line)
+        if mine:
+            action.epilog = "examples:\n" + "\n".join(mine)
+            action.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         print(f"silo {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

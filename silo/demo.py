@@ -16,6 +16,21 @@ from pathlib import Path
 from typing import TextIO
 
 from common import encryption
+from common.config import (
+    DataConfig,
+    FederationConfig,
+    FederationSection,
+    LoraSettings,
+    ModelConfig,
+    PrivacyConfig,
+    SecuritySection,
+    SiteConfig,
+    SiteSection,
+    StrategyName,
+    TaskConfig,
+    TaskType,
+    TrainingConfig,
+)
 from common.errors import ConfigError, FederationFailed
 from common.pki import create_keys
 from silo.basemodel import build_base_model
@@ -32,7 +47,7 @@ DEMO_SITES = (
 RECORDS_PER_SITE = 240
 # The demo's base model is freshly initialised, not pretrained: LoRA on attention alone barely moves
 # its loss, so the demo adapter also adapts the output head (a real base model needs only attention).
-DEMO_LORA_TARGETS = '["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]'
+DEMO_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "lm_head")
 # Hidden size of the demo base model: ~0.8M parameters, 0.2 s per step on one CPU thread.
 DEMO_HIDDEN_SIZE = 128
 # The tokenizer's own corpus: generated from seeds no site uses, standing in for public text.
@@ -74,6 +89,31 @@ class DemoLayout:
         return self.site_dir(site_id) / "site.toml"
 
 
+def demo_site_config(site_id: str, *, base_model: str, rounds: int) -> SiteConfig:
+    """A demo site: DP-SGD on by default, σ derived so the planned rounds spend `target_epsilon`; the
+    site refuses any round that would take its total past `budget_epsilon`."""
+    return SiteConfig(
+        site=SiteSection(id=site_id, state_dir="state"),
+        data=DataConfig(dir="data", holdout_fraction=0.2),
+        task=TaskConfig(type=TaskType.CAUSAL_LM),
+        model=ModelConfig(base=base_model, max_length=128),
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=DEMO_LORA_TARGETS),
+        training=TrainingConfig(epochs=1, batch_size=16, learning_rate=0.003, threads=1),
+        privacy=PrivacyConfig(
+            max_grad_norm=1.0,
+            target_epsilon=8.0,
+            target_delta=1e-5,
+            planned_rounds=rounds,
+            budget_epsilon=10.0,
+            budget_delta=1e-5,
+            # Hold-out answers are DP releases. The default noise (20) is for hold-outs of thousands; on the
+            # demo's 48 records it would drown the loss (±4 nats). 2 gives ±0.4 a site and raises training's
+            # sigma only from 0.76 to 0.84 at these settings (RDP composition; target_epsilon covers both).
+            eval_noise_multiplier=2.0,
+        ),
+    )
+
+
 def write_site(
     layout: DemoLayout,
     site_id: str,
@@ -81,30 +121,16 @@ def write_site(
     *,
     base_model: str,
     rounds: int,
-    extra_toml: str = "",
+    config: SiteConfig | None = None,
 ) -> Path:
+    """The site's records and its site.toml: `config`, or `demo_site_config`, written in full."""
     d = layout.site_dir(site_id)
     (d / "data").mkdir(parents=True, exist_ok=True)
     with (d / "data" / "records.jsonl").open("w", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec) + "\n")
-    layout.site_config(site_id).write_text(
-        f'[site]\nid = "{site_id}"\nstate_dir = "state"\n\n'
-        '[data]\ndir = "data"\nholdout_fraction = 0.2\n\n'
-        '[task]\ntype = "causal_lm"\n\n'
-        f"[model]\nbase = {json.dumps(base_model)}\nmax_length = 128\n\n"
-        "[lora]\nr = 8\nalpha = 16\ndropout = 0.0\n"
-        f"target_modules = {DEMO_LORA_TARGETS}\n\n"
-        "[training]\nepochs = 1\nbatch_size = 16\nlearning_rate = 0.003\nthreads = 1\n\n"
-        # DP-SGD on by default: sigma is derived so the planned rounds spend target_epsilon; the
-        # site refuses any round that would take its total past budget_epsilon.
-        f"[privacy]\nmax_grad_norm = 1.0\ntarget_epsilon = 8.0\ntarget_delta = 1e-5\nplanned_rounds = {rounds}\n"
-        "budget_epsilon = 10.0\nbudget_delta = 1e-5\n"
-        # Hold-out answers are DP releases. The default noise (20) is for hold-outs of thousands; on the
-        # demo's 48 records it would drown the loss (±4 nats). 2 gives ±0.4 a site and raises training's
-        # sigma only from 0.76 to 0.84 at these settings (RDP composition; target_epsilon covers both).
-        "eval_noise_multiplier = 2.0\n" + extra_toml
-    )
+    cfg = config if config is not None else demo_site_config(site_id, base_model=base_model, rounds=rounds)
+    layout.site_config(site_id).write_text(cfg.to_toml(defaults=True))
     return layout.site_config(site_id)
 
 
@@ -118,16 +144,17 @@ def write_federation(
     timeout_s: float = 300.0,
     registry: Path | None = None,
 ) -> Path:
-    # With a registry, each update must be signed by the key registered for its site.
-    security = f"\n[security]\nregistry = {json.dumps(str(registry))}\n" if registry is not None else ""
-    layout.federation_config.write_text(
-        f'[federation]\nrounds = {rounds}\nmin_sites = {min_sites}\nstrategy = "{strategy}"\n'
-        f"round_timeout_s = {timeout_s}\n\n"
-        f"[model]\nbase = {json.dumps(base_model)}\nmax_length = 128\n\n"
-        "[lora]\nr = 8\nalpha = 16\ndropout = 0.0\n"
-        f"target_modules = {DEMO_LORA_TARGETS}\n\n"
-        '[task]\ntype = "causal_lm"\n' + security
+    config = FederationConfig(
+        federation=FederationSection(
+            rounds=rounds, min_sites=min_sites, strategy=StrategyName(strategy), round_timeout_s=timeout_s
+        ),
+        model=ModelConfig(base=base_model, max_length=128),
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=DEMO_LORA_TARGETS),
+        task=TaskConfig(type=TaskType.CAUSAL_LM),
+        # With a registry, each update must be signed by the key registered for its site.
+        security=SecuritySection(registry=str(registry)) if registry is not None else SecuritySection(),
     )
+    layout.federation_config.write_text(config.to_toml(defaults=True))
     return layout.federation_config
 
 

@@ -44,12 +44,29 @@ BIN = Path(sys.executable).parent
 APP_DIR = Path(__file__).resolve().parent.parent  # the project root holds the Flower app's pyproject
 # A site's Runtime API (SuperNode <-> executor) never leaves the machine.
 RUNTIME_HOST = "127.0.0.1"
+# Seconds between `flwr ls` status calls while following a run (each is a Python process: ~1 CPU-second,
+# which a 2-core site machine would otherwise take from training every second).
+STATUS_EVERY_S = 10.0
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def check_port_free(host: str, port: int, *, flag: str) -> None:
+    """ConfigError naming `flag` when `host:port` is taken: Flower would fail later with a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no clash
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise ConfigError(
+                f"{host}:{port} is already in use ({err.strerror}): another SuperLink, site or program holds it; "
+                f"choose a free port with {flag}"
+            ) from None
 
 
 def flower_env(flwr_home: Path, *, threads: int = 1) -> dict[str, str]:
@@ -157,7 +174,12 @@ class FlowerConnection:
         raise FederationFailed(f"could not register SuperNode key {public_key} with {self.address}: {detail}")
 
     def run_status(self, run_id: int) -> dict[str, Any]:
-        out = self.flwr("ls", "--run-id", str(run_id), "--format", "json", timeout=30)
+        """The run's status as `flwr ls` reports it; {} when unknown for now (the caller asks again): a
+        status call that times out on a busy machine says nothing about the run itself."""
+        try:
+            out = self.flwr("ls", "--run-id", str(run_id), "--format", "json", timeout=30)
+        except subprocess.TimeoutExpired:
+            return {}
         try:
             runs = json.loads(out.stdout).get("runs", [])
         except json.JSONDecodeError:
@@ -165,15 +187,27 @@ class FlowerConnection:
         return runs[0] if runs else {}
 
     def wait(
-        self, run_id: int, *, timeout: float, poll: Callable[[], None] | None = None, interval: float = 1.0
+        self,
+        run_id: int,
+        *,
+        timeout: float,
+        poll: Callable[[], None] | None = None,
+        interval: float = 1.0,
+        status_every: float = STATUS_EVERY_S,
+        ended: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
-        """Block until the run is finished (any sub-status); `poll` is called every `interval`."""
+        """Block until the run is finished (any sub-status); `poll` is called every `interval`. Flower's
+        status (a `flwr ls` process: about a CPU-second each) is asked every `status_every` seconds, and at
+        once when `ended()` says the run's own files show it over."""
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
+        asked = float("-inf")
         while time.monotonic() < deadline:
             if poll is not None:
                 poll()
-            status = self.run_status(run_id)
+            if time.monotonic() - asked >= status_every or (ended is not None and ended()):
+                asked = time.monotonic()
+                status = self.run_status(run_id)
             if str(status.get("status", "")).startswith("finished"):
                 return status
             if not self.superlink_alive():
@@ -310,12 +344,12 @@ def supernode_argv(
         ca_cert, auth_key = kit.ca_cert, kit.auth_key
     if ca_cert is None and auth_key is None:
         return [*argv, "--insecure"]
-    for path in (ca_cert, auth_key):
-        if path is None or not Path(path).is_file():
-            raise ConfigError(f"a SuperNode needs both the CA certificate and its authentication key; missing {path}")
+    if ca_cert is None or auth_key is None or not Path(ca_cert).is_file() or not Path(auth_key).is_file():
+        missing = next(p for p in (ca_cert, auth_key) if p is None or not Path(p).is_file())
+        raise ConfigError(f"a SuperNode needs both the CA certificate and its authentication key; missing {missing}")
     refuse_readable_by_others(auth_key)  # `--auth-key` without a kit too
-    return [*argv, "--root-certificates", str(Path(ca_cert).resolve()), "--auth-supernode-private-key",
-            str(Path(auth_key).resolve())]  # fmt: skip
+    tls = ["--root-certificates", str(Path(ca_cert).resolve())]
+    return [*argv, *tls, "--auth-supernode-private-key", str(Path(auth_key).resolve())]
 
 
 def kit_coordinator_key(kit: SiteKit) -> Path:
@@ -536,23 +570,29 @@ class LocalFederation:
         return self.connection.submit(run_config)
 
     def wait(self, run_id: int, *, timeout: float, poll: Callable[[], None] | None = None) -> dict[str, Any]:
-        return self.connection.wait(run_id, timeout=timeout, poll=poll)
+        return self.connection.wait(run_id, timeout=timeout, poll=poll, status_every=5.0)
 
 
 class RoundProgress:
-    """Prints one line per evaluated round, read from the run's manifest as the run goes."""
+    """Prints one line per evaluated round, read from the run's manifest as the run goes, and once
+    which Silo run this Flower run is (`flower_run_id`)."""
 
-    def __init__(self, run_dir: Path, log: Any) -> None:
+    def __init__(self, run_dir: Path, log: Any, flower_run_id: int | None = None) -> None:
         self.manifest = Path(run_dir) / "manifest.json"
         self.log = log
         self.shown = -1
         self.t0 = time.monotonic()
+        self.flower_run_id = flower_run_id
 
     def __call__(self) -> None:
         try:
             manifest = json.loads(self.manifest.read_text())
         except (OSError, json.JSONDecodeError):
             return
+        if self.flower_run_id is not None and self.flower_run_id in manifest.get("flower_run_ids", []):
+            line = f"Silo run {manifest['run_id']} in {self.manifest.parent} is Flower run {self.flower_run_id}"
+            print(f"[{time.monotonic() - self.t0:6.1f}s] {line}", file=self.log, flush=True)
+            self.flower_run_id = None
         planned = manifest.get("rounds_planned", "?")
         for entry in manifest.get("rounds", []):
             n = entry["round"]
@@ -574,9 +614,26 @@ class RoundProgress:
 
 
 def follow_run(connection: FlowerConnection, run_id: int, run_dir: Path, *, timeout: float, log: Any) -> dict[str, Any]:
-    """Wait for `run_id`, showing progress; return the manifest, or raise unless it really completed."""
-    progress = RoundProgress(run_dir, log)
-    status = connection.wait(run_id, timeout=timeout, poll=progress)
+    """Wait for `run_id`, showing each site's state as it changes and each round as it completes;
+    return the manifest, or raise unless it really completed."""
+    from silo.live_screen import LiveScreen
+
+    progress = RoundProgress(run_dir, log, flower_run_id=run_id)
+    live = LiveScreen(Path(run_dir), log, t0=progress.t0)
+
+    def poll() -> None:
+        live()
+        progress()
+
+    def ended() -> bool:
+        try:
+            return json.loads(manifest_path.read_text()).get("status") in ("completed", "failed")
+        except (OSError, ValueError):
+            return False
+
+    manifest_path = Path(run_dir) / "manifest.json"
+    status = connection.wait(run_id, timeout=timeout, poll=poll, ended=ended)
+    live()
     progress()
     path = Path(run_dir) / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}

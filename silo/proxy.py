@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import ConfigError, FederationFailed
+from common.files import write_atomic
 from common.keys import refuse_readable_by_others
 from common.pki import KeyLayout
 
@@ -190,11 +191,7 @@ def write_config(settings: ProxySettings) -> Path:
     if settings.log_dir is not None:
         make_private_dir(settings.log_dir)
     conf = settings.state_dir / "nginx.conf"
-    tmp = conf.with_name(".nginx.conf.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(nginx_config(settings))
-    os.replace(tmp, conf)
+    write_atomic(conf, nginx_config(settings).encode(), mode=0o600)
     return conf
 
 

@@ -7,6 +7,9 @@ training data and as the labelled set for `bench/scrub_eval.py`.
 Deterministic for a seed: all randomness comes from one `random.Random(seed)`; Faker instances are
 re-seeded from it for every record. Names come from many Faker locales (Latin-script output only); pass
 `name_locales` to draw from a subset, e.g. locales the scrubber's name list was not built from.
+
+One concept, the generator: its length is its data tables (conditions, medicines, places, one item a
+line as the formatter lays them out) and one small function per record template.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from functools import cache
 
 from faker import Faker
 
+from client.recognizers.vocabulary import NAME_LIST_LOCALES
 from common.errors import ConfigError
 
 # One fixed vocabulary of entity types, shared with the scrubber and the evaluation harness.
@@ -47,74 +51,222 @@ ENTITY_TYPES: tuple[str, ...] = (
 
 # Latin-script name sources. ja_JP / zh_CN / zh_TW contribute their romanised name lists.
 NAME_LOCALES: tuple[str, ...] = (
-    "en_US", "en_GB", "en_IE", "es_ES", "es_MX", "de_DE", "fr_FR", "it_IT", "en_IN", "nl_NL", "pl_PL",
-    "pt_BR", "tr_TR", "en_PK", "en_NG", "ja_JP", "zh_CN", "zh_TW", "yo_NG", "ig_NG", "ha_NG", "sw",
-    "zu_ZA", "fi_FI", "hu_HU", "cs_CZ", "ga_IE", "vi_VN", "id_ID", "da_DK", "sv_SE", "ro_RO", "hr_HR",
-    "lt_LT", "et_EE", "az_AZ", "uz_UZ", "tw_GH", "en_KE", "is_IS",
-)  # fmt: skip
+    # the recognizer's own name-list locales first; the rest are held out from it
+    *NAME_LIST_LOCALES,
+    "zh_TW",
+    "yo_NG",
+    "ig_NG",
+    "ha_NG",
+    "sw",
+    "zu_ZA",
+    "fi_FI",
+    "hu_HU",
+    "cs_CZ",
+    "ga_IE",
+    "vi_VN",
+    "id_ID",
+    "da_DK",
+    "sv_SE",
+    "ro_RO",
+    "hr_HR",
+    "lt_LT",
+    "et_EE",
+    "az_AZ",
+    "uz_UZ",
+    "tw_GH",
+    "en_KE",
+    "is_IS",
+)
 _ROMANISED_LOCALES = frozenset({"ja_JP", "zh_CN", "zh_TW"})
 
 # Real US cities: the generator's own list, deliberately not shared with the scrubber (no memorising).
 _US_PLACES: tuple[tuple[str, str], ...] = (
-    ("Boston", "MA"), ("Worcester", "MA"), ("Springfield", "IL"), ("Peoria", "IL"), ("Chicago", "IL"),
-    ("Madison", "WI"), ("Duluth", "MN"), ("Rochester", "MN"), ("Des Moines", "IA"), ("Omaha", "NE"),
-    ("Wichita", "KS"), ("Tulsa", "OK"), ("Little Rock", "AR"), ("Baton Rouge", "LA"), ("Jackson", "MS"),
-    ("Birmingham", "AL"), ("Savannah", "GA"), ("Charleston", "SC"), ("Durham", "NC"), ("Richmond", "VA"),
-    ("Baltimore", "MD"), ("Dover", "DE"), ("Trenton", "NJ"), ("Albany", "NY"), ("Buffalo", "NY"),
-    ("Hartford", "CT"), ("Providence", "RI"), ("Burlington", "VT"), ("Portland", "ME"), ("Concord", "NH"),
-    ("Pittsburgh", "PA"), ("Scranton", "PA"), ("Columbus", "OH"), ("Toledo", "OH"), ("Ann Arbor", "MI"),
-    ("Flint", "MI"), ("Fort Wayne", "IN"), ("Louisville", "KY"), ("Knoxville", "TN"), ("Memphis", "TN"),
-    ("El Paso", "TX"), ("Lubbock", "TX"), ("San Antonio", "TX"), ("Santa Fe", "NM"), ("Tucson", "AZ"),
-    ("Flagstaff", "AZ"), ("Boise", "ID"), ("Billings", "MT"), ("Fargo", "ND"), ("Sioux Falls", "SD"),
-    ("Cheyenne", "WY"), ("Provo", "UT"), ("Reno", "NV"), ("Fresno", "CA"), ("Oakland", "CA"),
-    ("Sacramento", "CA"), ("Eugene", "OR"), ("Spokane", "WA"), ("Tacoma", "WA"), ("Anchorage", "AK"),
-    ("Honolulu", "HI"), ("Gainesville", "FL"), ("Tallahassee", "FL"), ("Orlando", "FL"), ("Aurora", "CO"),
-)  # fmt: skip
+    ("Boston", "MA"),
+    ("Worcester", "MA"),
+    ("Springfield", "IL"),
+    ("Peoria", "IL"),
+    ("Chicago", "IL"),
+    ("Madison", "WI"),
+    ("Duluth", "MN"),
+    ("Rochester", "MN"),
+    ("Des Moines", "IA"),
+    ("Omaha", "NE"),
+    ("Wichita", "KS"),
+    ("Tulsa", "OK"),
+    ("Little Rock", "AR"),
+    ("Baton Rouge", "LA"),
+    ("Jackson", "MS"),
+    ("Birmingham", "AL"),
+    ("Savannah", "GA"),
+    ("Charleston", "SC"),
+    ("Durham", "NC"),
+    ("Richmond", "VA"),
+    ("Baltimore", "MD"),
+    ("Dover", "DE"),
+    ("Trenton", "NJ"),
+    ("Albany", "NY"),
+    ("Buffalo", "NY"),
+    ("Hartford", "CT"),
+    ("Providence", "RI"),
+    ("Burlington", "VT"),
+    ("Portland", "ME"),
+    ("Concord", "NH"),
+    ("Pittsburgh", "PA"),
+    ("Scranton", "PA"),
+    ("Columbus", "OH"),
+    ("Toledo", "OH"),
+    ("Ann Arbor", "MI"),
+    ("Flint", "MI"),
+    ("Fort Wayne", "IN"),
+    ("Louisville", "KY"),
+    ("Knoxville", "TN"),
+    ("Memphis", "TN"),
+    ("El Paso", "TX"),
+    ("Lubbock", "TX"),
+    ("San Antonio", "TX"),
+    ("Santa Fe", "NM"),
+    ("Tucson", "AZ"),
+    ("Flagstaff", "AZ"),
+    ("Boise", "ID"),
+    ("Billings", "MT"),
+    ("Fargo", "ND"),
+    ("Sioux Falls", "SD"),
+    ("Cheyenne", "WY"),
+    ("Provo", "UT"),
+    ("Reno", "NV"),
+    ("Fresno", "CA"),
+    ("Oakland", "CA"),
+    ("Sacramento", "CA"),
+    ("Eugene", "OR"),
+    ("Spokane", "WA"),
+    ("Tacoma", "WA"),
+    ("Anchorage", "AK"),
+    ("Honolulu", "HI"),
+    ("Gainesville", "FL"),
+    ("Tallahassee", "FL"),
+    ("Orlando", "FL"),
+    ("Aurora", "CO"),
+)
 # Real US area codes, so generated numbers are valid to a phone-number library.
 _AREA_CODES = (
-    "201", "212", "213", "303", "312", "314", "404", "415", "503", "512", "602", "608", "612", "617",
-    "702", "713", "718", "773", "804", "816", "860", "901", "919", "952",
-)  # fmt: skip
+    "201",
+    "212",
+    "213",
+    "303",
+    "312",
+    "314",
+    "404",
+    "415",
+    "503",
+    "512",
+    "602",
+    "608",
+    "612",
+    "617",
+    "702",
+    "713",
+    "718",
+    "773",
+    "804",
+    "816",
+    "860",
+    "901",
+    "919",
+    "952",
+)
 
 _CONDITIONS = (
-    "type 2 diabetes mellitus", "essential hypertension", "community-acquired pneumonia",
-    "atrial fibrillation", "congestive heart failure", "COPD exacerbation", "acute kidney injury",
-    "urinary tract infection", "major depressive disorder", "migraine without aura", "asthma",
-    "hypothyroidism", "cellulitis of the left lower leg", "chronic low back pain", "gout flare",
-    "iron deficiency anaemia", "GERD", "osteoarthritis of the right knee", "sepsis of unclear source",
-    "new-onset seizure", "acute pancreatitis", "deep vein thrombosis", "hyperlipidaemia",
-)  # fmt: skip
+    "type 2 diabetes mellitus",
+    "essential hypertension",
+    "community-acquired pneumonia",
+    "atrial fibrillation",
+    "congestive heart failure",
+    "COPD exacerbation",
+    "acute kidney injury",
+    "urinary tract infection",
+    "major depressive disorder",
+    "migraine without aura",
+    "asthma",
+    "hypothyroidism",
+    "cellulitis of the left lower leg",
+    "chronic low back pain",
+    "gout flare",
+    "iron deficiency anaemia",
+    "GERD",
+    "osteoarthritis of the right knee",
+    "sepsis of unclear source",
+    "new-onset seizure",
+    "acute pancreatitis",
+    "deep vein thrombosis",
+    "hyperlipidaemia",
+)
 _SYMPTOMS = (
-    "shortness of breath", "chest pain radiating to the left arm", "fever and productive cough",
-    "intermittent palpitations", "dysuria and frequency", "worsening fatigue", "bilateral leg swelling",
-    "nausea and vomiting", "epigastric pain", "headache with photophobia", "dizziness on standing",
-    "a painful, swollen joint", "polyuria and polydipsia", "confusion noted by family",
-)  # fmt: skip
+    "shortness of breath",
+    "chest pain radiating to the left arm",
+    "fever and productive cough",
+    "intermittent palpitations",
+    "dysuria and frequency",
+    "worsening fatigue",
+    "bilateral leg swelling",
+    "nausea and vomiting",
+    "epigastric pain",
+    "headache with photophobia",
+    "dizziness on standing",
+    "a painful, swollen joint",
+    "polyuria and polydipsia",
+    "confusion noted by family",
+)
 _MEDS = (
-    "metformin 500 mg twice daily", "lisinopril 10 mg daily", "atorvastatin 40 mg at night",
-    "apixaban 5 mg twice daily", "furosemide 40 mg daily", "albuterol inhaler as needed",
-    "levothyroxine 75 mcg daily", "sertraline 50 mg daily", "amoxicillin 875 mg twice daily",
-    "prednisone 40 mg for 5 days", "omeprazole 20 mg daily", "insulin glargine 18 units at bedtime",
-    "ceftriaxone 1 g IV daily", "allopurinol 100 mg daily", "ferrous sulfate 325 mg daily",
-)  # fmt: skip
+    "metformin 500 mg twice daily",
+    "lisinopril 10 mg daily",
+    "atorvastatin 40 mg at night",
+    "apixaban 5 mg twice daily",
+    "furosemide 40 mg daily",
+    "albuterol inhaler as needed",
+    "levothyroxine 75 mcg daily",
+    "sertraline 50 mg daily",
+    "amoxicillin 875 mg twice daily",
+    "prednisone 40 mg for 5 days",
+    "omeprazole 20 mg daily",
+    "insulin glargine 18 units at bedtime",
+    "ceftriaxone 1 g IV daily",
+    "allopurinol 100 mg daily",
+    "ferrous sulfate 325 mg daily",
+)
 _PLANS = (
-    "continue current regimen and recheck labs in 2 weeks", "start antibiotics, follow up in 48 hours",
-    "titrate dose, home BP log", "refer to cardiology; echo ordered", "admit for IV fluids and monitoring",
-    "diet and exercise counselling, HbA1c in 3 months", "chest X-ray and CBC today",
-    "physical therapy twice weekly", "discharge home with return precautions",
-)  # fmt: skip
+    "continue current regimen and recheck labs in 2 weeks",
+    "start antibiotics, follow up in 48 hours",
+    "titrate dose, home BP log",
+    "refer to cardiology; echo ordered",
+    "admit for IV fluids and monitoring",
+    "diet and exercise counselling, HbA1c in 3 months",
+    "chest X-ray and CBC today",
+    "physical therapy twice weekly",
+    "discharge home with return precautions",
+)
 _HOSPITALS = (
-    "Mercy General Hospital", "St. Luke's Medical Center", "Riverside Community Hospital",
-    "Good Samaritan Hospital", "University Medical Center", "Sacred Heart Clinic", "Children's Hospital",
-    "Memorial Regional Hospital", "Veterans Affairs Medical Center", "Lakeside Family Practice",
-)  # fmt: skip
+    "Mercy General Hospital",
+    "St. Luke's Medical Center",
+    "Riverside Community Hospital",
+    "Good Samaritan Hospital",
+    "University Medical Center",
+    "Sacred Heart Clinic",
+    "Children's Hospital",
+    "Memorial Regional Hospital",
+    "Veterans Affairs Medical Center",
+    "Lakeside Family Practice",
+)
 _DEVICES = ("pacemaker", "insulin pump", "CPAP machine", "cochlear implant", "glucose monitor", "ICD")
 _BANK_TOPICS = (
-    "I was charged twice for the same purchase", "my card was declined abroad",
-    "I don't recognise a transaction from last week", "the transfer has not arrived yet",
-    "I need to raise my daily limit", "please close my old savings account",
-    "the mobile app keeps logging me out", "I want to dispute an overdraft fee",
-)  # fmt: skip
+    "I was charged twice for the same purchase",
+    "my card was declined abroad",
+    "I don't recognise a transaction from last week",
+    "the transfer has not arrived yet",
+    "I need to raise my daily limit",
+    "please close my old savings account",
+    "the mobile app keeps logging me out",
+    "I want to dispute an overdraft fee",
+)
 
 
 @dataclass(frozen=True)
@@ -247,11 +399,19 @@ def _date(ctx: _Ctx, *, born: bool = False) -> str:
         else (date(2019, 1, 1) + timedelta(days=rng.randrange(2500)))
     )
     month, mon = d.strftime("%B"), d.strftime("%b")
-    return rng.choice((
-        f"{d.month:02d}/{d.day:02d}/{d.year}", f"{d.month}/{d.day}/{d.year}", f"{month} {d.day}, {d.year}",
-        f"{d.day} {mon} {d.year}", d.isoformat(), f"{d.day:02d}.{d.month:02d}.{d.year}",
-        f"{d.month:02d}/{d.day:02d}/{d.year % 100:02d}", f"{mon} {d.day}", f"{d.day} {month} {d.year}",
-    ))  # fmt: skip
+    return rng.choice(
+        (
+            f"{d.month:02d}/{d.day:02d}/{d.year}",
+            f"{d.month}/{d.day}/{d.year}",
+            f"{month} {d.day}, {d.year}",
+            f"{d.day} {mon} {d.year}",
+            d.isoformat(),
+            f"{d.day:02d}.{d.month:02d}.{d.year}",
+            f"{d.month:02d}/{d.day:02d}/{d.year % 100:02d}",
+            f"{mon} {d.day}",
+            f"{d.day} {month} {d.year}",
+        )
+    )
 
 
 def _phone(ctx: _Ctx) -> str:
@@ -260,8 +420,15 @@ def _phone(ctx: _Ctx) -> str:
     line = f"{rng.randrange(10000):04d}"
     if rng.random() < 0.15:
         return rng.choice(("+44 20 7946 ", "+49 30 901820", "+33 1 42 68 53 ")) + f"{rng.randrange(1000):03d}"
-    return rng.choice((f"({area}) {exch}-{line}", f"{area}-{exch}-{line}", f"{area}.{exch}.{line}",
-                       f"+1 {area} {exch} {line}", f"+1-{area}-{exch}-{line}"))  # fmt: skip
+    return rng.choice(
+        (
+            f"({area}) {exch}-{line}",
+            f"{area}-{exch}-{line}",
+            f"{area}.{exch}.{line}",
+            f"+1 {area} {exch} {line}",
+            f"+1-{area}-{exch}-{line}",
+        )
+    )
 
 
 def _email(ctx: _Ctx, p: _Person) -> str:
@@ -290,8 +457,15 @@ def _upper(rng: random.Random, n: int) -> str:
 
 def _mrn(ctx: _Ctx) -> str:
     rng = ctx.rng
-    return rng.choice((_digits(rng, 8), _digits(rng, 7), f"{_digits(rng, 4)}-{_digits(rng, 3)}",
-                       f"{_upper(rng, 1)}{_digits(rng, 7)}", f"MR{_digits(rng, 6)}"))  # fmt: skip
+    return rng.choice(
+        (
+            _digits(rng, 8),
+            _digits(rng, 7),
+            f"{_digits(rng, 4)}-{_digits(rng, 3)}",
+            f"{_upper(rng, 1)}{_digits(rng, 7)}",
+            f"MR{_digits(rng, 6)}",
+        )
+    )
 
 
 def _health_plan(ctx: _Ctx) -> str:
@@ -328,16 +502,27 @@ def _plate(ctx: _Ctx) -> str:
 def _device(ctx: _Ctx) -> str:
     rng = ctx.rng
     mac = ":".join(f"{rng.randrange(256):02X}" for _ in range(6))
-    return rng.choice((f"SN-{_alnum(rng, 8)}", f"{_upper(rng, 3)}-{_digits(rng, 4)}-{_digits(rng, 6)}",
-                       f"{_upper(rng, 2)}{_digits(rng, 6)}{_upper(rng, 1)}", mac))  # fmt: skip
+    return rng.choice(
+        (
+            f"SN-{_alnum(rng, 8)}",
+            f"{_upper(rng, 3)}-{_digits(rng, 4)}-{_digits(rng, 6)}",
+            f"{_upper(rng, 2)}{_digits(rng, 6)}{_upper(rng, 1)}",
+            mac,
+        )
+    )
 
 
 def _url(ctx: _Ctx, p: _Person) -> str:
     f = ctx.fake()
     slug = f"{p.first}-{p.last}".lower().encode("ascii", "ignore").decode()
-    return ctx.rng.choice((f"https://{f.domain_name()}/patients/{_digits(ctx.rng, 6)}",
-                           f"http://www.{f.domain_name()}/~{slug}", f"https://portal.{f.domain_name()}/u/{slug}",
-                           f"www.{f.domain_name()}/profile/{_digits(ctx.rng, 5)}"))  # fmt: skip
+    return ctx.rng.choice(
+        (
+            f"https://{f.domain_name()}/patients/{_digits(ctx.rng, 6)}",
+            f"http://www.{f.domain_name()}/~{slug}",
+            f"https://portal.{f.domain_name()}/u/{slug}",
+            f"www.{f.domain_name()}/profile/{_digits(ctx.rng, 5)}",
+        )
+    )
 
 
 def _ip(ctx: _Ctx) -> str:
@@ -546,9 +731,19 @@ def _note_imaging(b: _Builder, ctx: _Ctx) -> None:
 
 
 CLINICAL_TEMPLATES: tuple[Callable[[_Builder, _Ctx], None], ...] = (
-    _note_intake, _note_discharge, _note_referral, _note_social, _note_ed, _note_device, _note_phone,
-    _note_progress, _note_billing, _note_geriatric, _note_prescription, _note_imaging,
-)  # fmt: skip
+    _note_intake,
+    _note_discharge,
+    _note_referral,
+    _note_social,
+    _note_ed,
+    _note_device,
+    _note_phone,
+    _note_progress,
+    _note_billing,
+    _note_geriatric,
+    _note_prescription,
+    _note_imaging,
+)
 
 
 # ---- bank templates -------------------------------------------------------------------------------
@@ -657,9 +852,17 @@ def _msg_wire(b: _Builder, ctx: _Ctx) -> None:
 
 
 BANK_TEMPLATES: tuple[Callable[[_Builder, _Ctx], None], ...] = (
-    _msg_card, _msg_transfer, _msg_ach, _msg_address, _msg_intl, _msg_fraud, _msg_loan, _msg_online,
-    _msg_joint, _msg_wire,
-)  # fmt: skip
+    _msg_card,
+    _msg_transfer,
+    _msg_ach,
+    _msg_address,
+    _msg_intl,
+    _msg_fraud,
+    _msg_loan,
+    _msg_online,
+    _msg_joint,
+    _msg_wire,
+)
 
 
 def _make(

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures shared across test packages live in tests/fixtures/, one module per subject.
+pytest_plugins = ("tests.fixtures.audit_run",)
+
 # 2 layers of width 64 (~0.3M parameters): a forward pass on a 2-core CPU takes milliseconds.
 TINY_HIDDEN_SIZE = 64
 TINY_NUM_LAYERS = 2

@@ -14,9 +14,15 @@ when one of the internals below changes shape). Nothing here looks at what a mes
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from logging import DEBUG
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import flwr
 import httpx
@@ -35,6 +41,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
+from common.flower_pulls import prompt_object_pulls
+
 FLWR_VERSION = "1.41.0"
 """The Flower release whose Runtime API this module speaks; any other is refused at start."""
 # `flower-supernode --isolation process`: the SuperNode starts nothing, Silo's executor serves it.
@@ -51,6 +59,68 @@ COMPONENT = "silo-site-executor"
 # (Flower's own invoker retries forever and SIGINTs its process on a 401: right for a per-message
 # process, fatal for a node that must outlive any one message.)
 TASK_RETRY_S = 30.0
+
+
+# The SuperNode's fixed waits (flwr/supernode/start_client_internal.py): 3 s after each empty pull
+# from the SuperLink, 0.5 s between looks for the runtime's reply. Capped at this many seconds (the
+# environment variable SILO_SUPERNODE_MAX_SLEEP_S sets another cap: 3 restores Flower's own waits).
+SUPERNODE_MAX_SLEEP_S = 0.2
+SUPERNODE_SLEEP_ENV = "SILO_SUPERNODE_MAX_SLEEP_S"
+SUPERNODE = "flower-supernode"
+
+
+def supernode_command(command: list[str]) -> list[str]:
+    """The operator's `flower-supernode ...` run through `python -m client.runtime.supernode` (the same
+    arguments, the same SuperNode, its fixed waits capped); any other command is left as it is."""
+    if command and Path(command[0]).name == SUPERNODE:
+        return [sys.executable, "-m", "client.runtime.supernode", *command[1:]]
+    return list(command)
+
+
+# After this long without a message, an idle SuperNode pulls every SUPERNODE_IDLE_SLEEP_S instead.
+SUPERNODE_BUSY_S = 120.0
+SUPERNODE_IDLE_SLEEP_S = 1.0
+# Flower's loop sleeps this long after a pull that found no message (start_client_internal.py).
+_FLOWER_IDLE_SLEEP_S = 3
+
+
+class _CappedSleeps(ModuleType):
+    """`time` as the SuperNode's loop sees it: every sleep at most `cap` seconds while a run is under way;
+    after `SUPERNODE_BUSY_S` of empty pulls, at most `SUPERNODE_IDLE_SLEEP_S` (an idle node polls less)."""
+
+    def __init__(self, cap: float) -> None:
+        super().__init__("time")
+        self.cap = cap
+        self.idle_since: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        now = time.monotonic()
+        if seconds != _FLOWER_IDLE_SLEEP_S:  # a wait while a message is being handled: the node is busy
+            self.idle_since = None
+            time.sleep(min(seconds, self.cap))
+            return
+        self.idle_since = now if self.idle_since is None else self.idle_since
+        idle = now - self.idle_since > SUPERNODE_BUSY_S
+        time.sleep(min(seconds, max(self.cap, SUPERNODE_IDLE_SLEEP_S) if idle else self.cap))
+
+
+def run_supernode(argv: list[str]) -> int:
+    """`flower-supernode` with its polling waits capped: a round's message is picked up within 0.2 s
+    of reaching the SuperLink, not up to 3 s later. Only the SuperNode's loop module is touched."""
+    check_flower_version()
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.cli import flower_supernode
+
+    cap = float(os.environ.get(SUPERNODE_SLEEP_ENV, SUPERNODE_MAX_SLEEP_S))
+    start_client_internal.time = _CappedSleeps(cap)  # type: ignore[attr-defined]
+    if cap < _FLOWER_IDLE_SLEEP_S:  # Flower's own waits asked for (the old path) keep its back-off too
+        prompt_object_pulls()
+    sys.argv = [SUPERNODE, *argv]
+    flower_supernode()
+    return 0
 
 
 def check_flower_version() -> None:
@@ -100,8 +170,10 @@ def _client(address: str, *interceptors: object, retry: bool) -> RuntimeHttpClie
 class RuntimeLink:
     """The executor's connection to its SuperNode's Runtime API; `secret` signs its task claims."""
 
-    def __init__(self, address: str, secret: bytes) -> None:
+    def __init__(self, address: str, secret: bytes, *, prompt_pulls: bool = True) -> None:
         check_flower_version()
+        if prompt_pulls:
+            prompt_object_pulls()
         self.address = address
         auth = SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_TASK_METHOD})
         self.client = _client(address, auth, retry=False)  # polled: a failed call is simply made again

@@ -1,13 +1,22 @@
-"""A site's node: its SuperNode (`flower-supernode --isolation process`) and Silo's executor, one process
-pair for the node's life.
+"""A site's node: its SuperNode (`flower-supernode --isolation process`), Silo's site runtime that serves
+it, and a supervisor over both, for the node's life.
 
-    python -m client.runtime --site-config site.toml --runtime-api-address 127.0.0.1:9094 \\
+    python -m client.runtime --site-config site.toml --runtime-api-address 127.0.0.1:9094 \
         [--coordinator-key coordinator_signing.pub | --no-coordinator-key] -- flower-supernode ...
 
-The executor loads the site's configuration once, starts the SuperNode command given after `--` as
-its child, and then claims the SuperNode's tasks one at a time, each handled by one `SiteRuntime`
-(site_runtime.py). The two live and die together: when the SuperNode exits, the executor exits with
-its code; when the executor dies, even by SIGKILL, the kernel stops the SuperNode (PR_SET_PDEATHSIG).
+The supervisor (this module) checks the site's configuration once, starts the SuperNode command
+given after `--` and then the site runtime (worker.py), which claims the SuperNode's tasks one at a
+time and keeps the site warm between them (client/warm.py). It shares a fresh task-claim secret with
+both (0600, in a private directory). `flower-supernode` itself runs with its fixed waits shortened
+(flower_io.py, `supernode_command`).
+
+- The SuperNode exits: the runtime is stopped and the node exits with the SuperNode's code.
+- The runtime dies (a crash, the OOM killer, SIGKILL): the task it was serving fails at the
+  coordinator ("ClientApp stopped responding", once its heartbeats stop); its ledger reservation
+  stays spent; a fresh runtime is started for the next task. A runtime that keeps dying right
+  after start stops the node instead (`MAX_QUICK_DEATHS`).
+- The supervisor dies, even by SIGKILL: the kernel stops both children (PR_SET_PDEATHSIG).
+
 `silo site start` and the local launcher (silo/launch.py) start exactly this.
 """
 
@@ -18,83 +27,36 @@ import contextlib
 import ctypes
 import logging
 import os
-import queue
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
-
-from client.runtime.flower_io import SECRET_FLAG, RuntimeLink, TaskInput, TaskSession
+from client.runtime.flower_io import SECRET_FLAG, supernode_command
 from client.runtime.site_runtime import SiteRuntime
 from common.errors import SiloError
 
 log = logging.getLogger("silo.site")
-# Seconds between task polls when idle: a round starts within this of the SuperNode receiving it.
-POLL_S = 0.2
 # Linux prctl option: signal the child when its parent dies.
 PR_SET_PDEATHSIG = 1
-# Bytes of the secret shared by the executor and its SuperNode for claiming tasks.
+# Bytes of the secret shared by the site runtime and its SuperNode for claiming tasks.
 SECRET_BYTES = 32
+# A runtime that dies within QUICK_DEATH_S of starting, MAX_QUICK_DEATHS times in a row, stops the node:
+# something is wrong that a restart will not mend (the site's log says what).
+QUICK_DEATH_S = 20.0
+MAX_QUICK_DEATHS = 3
+WATCH_S = 0.2
 
 
 def _die_with_parent() -> None:
-    """In the SuperNode child, before exec: SIGTERM it when the executor dies (Linux; elsewhere a no-op)."""
+    """In a child, before exec: SIGTERM it when the supervisor dies (Linux; elsewhere a no-op)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def pull_input(session: TaskSession, ready: queue.Queue[tuple[TaskSession, TaskInput]]) -> None:
-    """In a thread of its own: a message the SuperNode abandoned half-received (its run stopped) never
-    completes, and must not hold up the messages after it."""
-    try:
-        ready.put((session, session.pull()))
-    except Exception as err:  # noqa: BLE001 - a task that cannot be read fails alone; the node goes on
-        log.error("[silo] task %d: could not read its input: %s", session.claimed.task_id, type(err).__name__)
-        with contextlib.suppress(Exception):
-            session.finish(None, ok=False, details=f"could not read the task's input: {type(err).__name__}")
-        session.close()
-
-
-def serve_task(runtime: SiteRuntime, session: TaskSession, task: TaskInput) -> None:
-    """Let the runtime handle one task, push the reply and the task's outcome."""
-    try:
-        session.bind(task)
-        outcome = runtime.handle(task)
-        try:
-            session.reply(outcome.reply, outcome.context)
-        finally:
-            session.finish(outcome.context, ok=outcome.ok, details=outcome.details)
-    except Exception as err:  # noqa: BLE001 - the SuperNode dropped the task (expired, run stopped): the node goes on
-        log.error("[silo] task %d: lost mid-task: %s", session.claimed.task_id, type(err).__name__)
-    finally:
-        session.close()
-
-
-def serve(runtime: SiteRuntime, link: RuntimeLink, stop: threading.Event) -> None:
-    """Claim tasks and pull their inputs side by side; handle them one at a time, until `stop` is set."""
-    ready: queue.Queue[tuple[TaskSession, TaskInput]] = queue.Queue()
-    while not stop.is_set():
-        try:
-            claimed = link.acquire()
-        except httpx.HTTPError as err:
-            log.debug("[silo] Runtime API not reachable yet: %s", err)
-            claimed = None
-        if claimed is not None:
-            session = link.session(claimed)
-            threading.Thread(
-                target=pull_input, args=(session, ready), name=f"pull-{claimed.task_id}", daemon=True
-            ).start()
-        try:
-            session, task = ready.get(timeout=POLL_S)
-        except queue.Empty:
-            continue
-        serve_task(runtime, session, task)
 
 
 def write_secret(path: Path) -> bytes:
@@ -113,39 +75,83 @@ def run_node(args: argparse.Namespace) -> int:
     log.info("[silo] %s", runtime.describe())
     if runtime.coordinator_key is None:
         log.warning("[silo] run requests are not verified: any run of the approved app may spend this site's budget")
+    key_args = ["--no-coordinator-key"] if args.no_coordinator_key else ["--coordinator-key", str(args.coordinator_key)]
     with tempfile.TemporaryDirectory(prefix="silo-node-") as private:  # 0700
         secret_file = Path(private) / "superexec.secret"
-        secret = write_secret(secret_file)
-        command = [*args.supernode, SECRET_FLAG, str(secret_file)]
+        write_secret(secret_file)
+        command = [*supernode_command(args.supernode), SECRET_FLAG, str(secret_file)]
         supernode = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: S603 (the operator's command)
-        return _run(supernode, RuntimeLink(args.runtime_api_address, secret), runtime)
+        worker = [
+            sys.executable, "-m", "client.runtime.worker", "--site-config", str(args.site_config),
+            "--runtime-api-address", args.runtime_api_address, "--secret-file", str(secret_file), *key_args,
+        ]  # fmt: skip
+        return Supervisor(supernode, worker).run()
 
 
-def _run(supernode: subprocess.Popen[bytes], link: RuntimeLink, runtime: SiteRuntime) -> int:
-    stop = threading.Event()
+class Supervisor:
+    """Keeps one site runtime serving `supernode` until the SuperNode exits or a signal stops the node."""
 
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-        supernode.send_signal(signum)
-        raise SystemExit(128 + signum)
+    def __init__(self, supernode: subprocess.Popen[bytes], worker_argv: list[str]) -> None:
+        self.supernode = supernode
+        self.worker_argv = worker_argv
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.stop = threading.Event()
+        self.restarts = 0
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        self.worker = subprocess.Popen(self.worker_argv, preexec_fn=_die_with_parent)  # noqa: S603 (our own module)
+        return self.worker
 
-    def watch() -> None:
-        supernode.wait()
-        stop.set()
+    def run(self) -> int:
+        def on_signal(signum: int, _frame: object) -> None:
+            self.stop.set()
 
-    threading.Thread(target=watch, name="supernode-watch", daemon=True).start()
-    try:
-        serve(runtime, link, stop)
-    finally:
-        link.close()
-        if supernode.poll() is None:
-            supernode.terminate()
-    code = supernode.wait()
-    log.info("[silo] SuperNode exited with code %s; executor stops", code)
-    return code if code >= 0 else 128 - code
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        quick_deaths, code = 0, None
+        try:
+            worker, started = self.start_worker(), time.monotonic()
+            while not self.stop.is_set() and self.supernode.poll() is None:
+                status = worker.poll()
+                if status == 0 and not self.stop.is_set():  # served its one task (`warm_runtime = false`)
+                    worker, started = self.start_worker(), time.monotonic()
+                elif status is not None and not self.stop.is_set() and self.supernode.poll() is None:
+                    quick_deaths = quick_deaths + 1 if time.monotonic() - started < QUICK_DEATH_S else 1
+                    if quick_deaths >= MAX_QUICK_DEATHS:
+                        log.error(
+                            "[silo] the site runtime died %d times right after starting; stopping the node",
+                            quick_deaths,
+                        )
+                        code = status if status > 0 else 1
+                        break
+                    self.restarts += 1
+                    log.error(
+                        "[silo] the site runtime died (exit %s): any round it was serving fails at the coordinator and "
+                        "its ledger reservation stays spent; starting a fresh runtime",
+                        status,
+                    )
+                    worker, started = self.start_worker(), time.monotonic()
+                time.sleep(WATCH_S)
+        finally:
+            self._stop_children()
+        status = self.supernode.wait()
+        log.info("[silo] SuperNode exited with code %s; the node stops", status)
+        if code is not None:
+            return code
+        return status if status >= 0 else 128 - status
+
+    def _stop_children(self) -> None:
+        for proc in (self.worker, self.supernode):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in (self.worker, self.supernode):
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -159,13 +165,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    # Silo's own lines only (Flower logs its own; httpx would log every poll of the Runtime API).
+def setup_logging() -> None:
+    """Silo's own lines only (Flower logs its own; httpx would log every poll of the Runtime API)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
     args = parser().parse_args(argv)
     if args.supernode[:1] == ["--"]:
         args.supernode = args.supernode[1:]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from common.errors import ConfigError
-from server.audit_ledgers import LedgerFile, LedgerFormat
+from server.audit_ledgers import LedgerFile
 
 _EPILOG = """\
 An auditor needs only the coordinator's run directory, each site's exported ledger
@@ -16,9 +16,10 @@ An auditor needs only the coordinator's run directory, each site's exported ledg
 the site itself. Nothing secret and no records are read; nothing is written except under --out.
 
 examples:
-  silo audit report run/ --ledger audit/hospital-a --ledger audit/bank-c --out audit/report
-  silo audit verify run/ --ledger audit/hospital-a --public-key keys/hospital-a.pub \
-      --ledger audit/bank-c --public-key keys/bank-c.pub
+  silo audit report runs/2026-11 --ledger audit/hospital-a --ledger audit/bank-c --out audit/report \
+      --public-key keys/sites/hospital-a/site_signing.pub --public-key keys/sites/bank-c/site_signing.pub
+  silo audit verify runs/2026-11 --ledger audit/hospital-a --public-key keys/sites/hospital-a/site_signing.pub \
+      --ledger audit/bank-c --public-key keys/sites/bank-c/site_signing.pub
   silo audit canaries --out audit/canaries            # DP on, then the same run with DP off
 """
 
@@ -47,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="FILE",
         help="a site's exported ledger (directory or JSONL); repeat per site",
+    )
+    report.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a site's Ed25519 public key (PEM), from the site; repeat per site. With them the report is verified "
+        "first (as `silo audit verify`) and its first line says the outcome; without, it says NOT VERIFIED",
     )
     report.add_argument("--out", default=None, metavar="DIR", help="output directory (default RUN/audit)")
     report.set_defaults(func=run_report)
@@ -104,32 +113,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     canaries.set_defaults(func=run_canaries)
 
 
-def _ledger_paths(values: list[str]) -> list[Path]:
+def _ledger_paths(values: list[str]) -> list[str | Path]:
     from server.audit_ledgers import ledger_file_path
 
-    paths = [ledger_file_path(v) for v in values]
+    paths: list[str | Path] = [ledger_file_path(v) for v in values]
     for p in paths:
-        if not p.is_file():
+        if not Path(p).is_file():
             raise ConfigError(f"ledger {p} does not exist (pass a `silo ledger export` directory or its ledger.jsonl)")
     return paths
 
 
-def _ledger_format() -> LedgerFormat:
-    """The site's own reader and verifier of its ledger format; see server/audit_ledgers.py."""
-    from client.ledger import read_ledger, verify_ledger
-
-    return LedgerFormat(read=read_ledger, verify=verify_ledger)
-
-
 def run_report(args: argparse.Namespace) -> int:
+    from common.ledger.verify import read_ledger
     from server.audit import write_report
 
-    read = _ledger_format().read
-    ledgers = [LedgerFile(p, read(p)) for p in _ledger_paths(args.ledger)]
+    paths_in = _ledger_paths(args.ledger)
+    ledgers = [LedgerFile(Path(p), read_ledger(p)) for p in paths_in]
+    verdict = None
+    if args.public_key:
+        from server.audit_verify import verify_run
+        from server.report_verdict import verdict_of
+
+        result = verify_run(args.run, paths_in, args.public_key)
+        verdict = verdict_of(
+            result, public_keys=[Path(k) for k in args.public_key], ledgers=[Path(p) for p in paths_in]
+        )
     out = Path(args.out) if args.out else Path(args.run) / "audit"
-    paths = write_report(args.run, out, ledgers)
+    paths = write_report(args.run, out, ledgers, verdict)
     for kind, path in paths.items():
         print(f"wrote {path} ({kind})")
+    print(json.loads(paths["json"].read_text())["verification"]["line"])
     if not ledgers:
         print("note: no --ledger given: ε is as the sites declared it in the manifest; run `silo audit verify` "
               "with the sites' exported ledgers to check it", file=sys.stderr)  # fmt: skip
@@ -139,7 +152,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from server.audit_verify import verify_run
 
-    result = verify_run(args.run, _ledger_paths(args.ledger), args.public_key, ledger_format=_ledger_format())
+    result = verify_run(args.run, _ledger_paths(args.ledger), args.public_key)
     if args.json:
         print(json.dumps({"run": args.run, **result.as_dict()}, indent=2))
     else:

@@ -8,17 +8,22 @@ import math
 from pathlib import Path
 from typing import Any
 
-from client.ledger import iter_rounds, read_ledger, verify_ledger
 from common import keys
-from common.accounting import Accountant, EpsilonConversion, compute_epsilon
+from common.accounting import Accountant, EpsilonConversion, SkellamEvent, compute_epsilon
 from common.errors import LedgerError
+from common.ledger.entry import event_of
+from common.ledger.verify import iter_rounds, read_ledger, verify_ledger
+from common.schema import strict_json
 
 _EPILOG = """\
-Epsilon is cumulative over EVERY round in the ledger (all runs, restarts included): each total is
-the privacy accountant's composition of all recorded DP events, not a sum of per-round values.
-A round that was reserved but never completed (the site stopped mid-round) still counts as spent.
-"remaining" is the site's budget_epsilon minus the total after that round. The ledger is verified
-first (against --public-key, or else the key it names) and an invalid ledger is refused.
+Epsilon is cumulative over EVERY spend in the ledger (all runs, restarts included): each total is
+the privacy accountant's composition of all recorded DP events. "added" is what that spend added to
+the total; the column adds up to the total (a round's ε on its own would not: composition is
+sub-additive). A round that was reserved but never completed (the site stopped mid-round) still
+counts as spent. "left" is the site's budget_epsilon minus the total. "rounds that fit" composes the
+whole history with more rounds like the last one (its training and its evaluation answers) until the
+budget would be passed. The ledger is verified first (against --public-key, or else the key it names)
+and an invalid ledger is refused.
 
 examples:
   silo budget --ledger site/ledger.jsonl
@@ -33,11 +38,13 @@ _COLUMNS = (
     ("sigma", "{noise_multiplier:.4g}"),
     ("q", "{sample_rate:.4g}"),
     ("steps", "{steps}"),
-    ("eps round", "{epsilon_round}"),
+    ("eps added", "{epsilon_added}"),
     ("eps total", "{epsilon_total}"),
     ("budget", "{budget_epsilon}"),
-    ("remaining", "{remaining}"),
+    ("left", "{remaining}"),
 )
+# Most further rounds `rounds_that_fit` looks for; past it a budget is as good as unlimited.
+MAX_ROUNDS_AHEAD = 10_000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     report = budget_report(Path(args.ledger))
     report["verified_against"] = "--public-key" if public_key else "the key named in the ledger"
     if args.json:
-        print(json.dumps(_strict_json(report), indent=2, allow_nan=False))
+        print(json.dumps(strict_json(report), indent=2, allow_nan=False))
     else:
         print(format_report(report))
     return 0
@@ -73,14 +80,17 @@ def run(args: argparse.Namespace) -> int:
 def budget_report(path: Path) -> dict[str, Any]:
     """Rounds, runs and the current total of a (verified) ledger, as plain data."""
     entries = read_ledger(path)
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     for entry, status in iter_rounds(entries):
         row = {name: entry[name] for name in ("index", "run_id", "round", "site_id", "noise_multiplier",
                                                 "sample_rate", "steps", "epsilon_round", "epsilon_total",
                                                 "budget_epsilon", "delta", "accountant", "epsilon_conversion",
                                                 "dp_enabled", "timestamp")}  # fmt: skip
         row["status"] = status
+        row["distributed"] = entry.get("distributed")  # a distributed round: its Skellam event (event_of)
         row["remaining"] = _remaining(entry)
+        previous = rounds[-1]["epsilon_total"] if rounds else 0.0
+        row["epsilon_added"] = entry["epsilon_total"] - previous if not math.isinf(previous) else 0.0
         rounds.append(row)
     last = entries[-1] if entries else None
     runs = _runs(entries, rounds, last)
@@ -90,6 +100,7 @@ def budget_report(path: Path) -> dict[str, Any]:
         "budget_epsilon": last["budget_epsilon"] if last else None,
         "remaining": _remaining(last) if last else None,
         "method": _method(last) if last else None,
+        "rounds_that_fit": rounds_that_fit(rounds, last) if last else None,
     }
     return {"ledger": str(path), "entries": len(entries), "rounds": rounds, "runs": runs, "spent": spent}
 
@@ -105,7 +116,7 @@ def _runs(entries: list[dict[str, Any]], rounds: list[dict[str, Any]], last: dic
         runs.setdefault(row["run_id"] or "(unnamed)", []).append(row)
     out = []
     for run_id, rows in runs.items():
-        events = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
+        events = [_event(r) for r in rows]
         out.append({
             "run_id": run_id,
             "rounds": sum(r["status"] != "evaluation" for r in rows),  # evaluation answers are spends, not rounds
@@ -116,13 +127,48 @@ def _runs(entries: list[dict[str, Any]], rounds: list[dict[str, Any]], last: dic
     return out
 
 
+def _event(row: dict[str, Any]) -> tuple[float, float, int] | SkellamEvent:
+    """What the row spends, as the ledger counts it (a distributed round under its budget's figure)."""
+    return event_of(row) if row.get("distributed") else (row["noise_multiplier"], row["sample_rate"], row["steps"])
+
+
+def rounds_that_fit(rows: list[dict[str, Any]], last: dict[str, Any]) -> int | None:
+    """How many more rounds like the last recorded one (its training event and the evaluation answers
+    since the round before) the budget still admits, composing the whole history each time; None
+    when the budget is unlimited (no DP ceiling) or no round was recorded yet."""
+    recorded = [i for i, r in enumerate(rows) if r["status"] == "recorded"]
+    if not recorded or math.isinf(last["budget_epsilon"]):
+        return None
+    start = recorded[-2] + 1 if len(recorded) > 1 else 0
+    plan = [_event(r) for r in rows[start : recorded[-1] + 1] if r["status"] != "reserved, never completed"]
+    history = [_event(r) for r in rows]
+    accountant = Accountant(last["accountant"])
+    conversion = EpsilonConversion(last["epsilon_conversion"]) if last["epsilon_conversion"] else None
+
+    def fits(k: int) -> bool:
+        eps = compute_epsilon(history + plan * k, delta=last["delta"], accountant=accountant, conversion=conversion)
+        return eps <= last["budget_epsilon"]
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2  # ε grows with every round: find a k that does not fit, then bisect
+    while fits(high):
+        low, high = high, high * 2
+        if high > MAX_ROUNDS_AHEAD:
+            return MAX_ROUNDS_AHEAD
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
 def format_report(report: dict[str, Any]) -> str:
     spent = report["spent"]
     if not report["rounds"]:
         return f"{report['ledger']}: no rounds recorded; nothing spent."
     rows = [[title for title, _ in _COLUMNS]]
     for r in report["rounds"]:
-        values = {k: (_num(v) if k in ("epsilon_round", "epsilon_total", "budget_epsilon", "remaining") else v)
+        values = {k: (_num(v) if k in ("epsilon_added", "epsilon_total", "budget_epsilon", "remaining") else v)
                   for k, v in r.items()}  # fmt: skip
         values = {k: ("-" if v is None else v) for k, v in values.items()}
         rows.append([fmt.format(**values) for _, fmt in _COLUMNS])
@@ -134,13 +180,15 @@ def format_report(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         lines.append(
             f"  {run['run_id']}: rounds {run['rounds']}, epsilon {_num(run['epsilon_run'])}, "
-            f"total after {_num(run['epsilon_total_after'])}, remaining {_num(run['remaining_after'])}"
+            f"total after {_num(run['epsilon_total_after'])}, left {_num(run['remaining_after'])}"
         )
     lines.append("")
+    fit = spent["rounds_that_fit"]
+    more = "unlimited (no budget ceiling)" if fit is None else f"{fit}{'+' if fit >= MAX_ROUNDS_AHEAD else ''}"
     lines.append(
         f"spent epsilon {_num(spent['epsilon'])} of budget {_num(spent['budget_epsilon'])} at delta "
-        f"{spent['delta']} ({spent['method']}); remaining {_num(spent['remaining'])}. "
-        f"Signatures verified against {report.get('verified_against', '?')}."
+        f"{spent['delta']} ({spent['method']}); left {_num(spent['remaining'])}; rounds like the last that "
+        f"still fit: {more}. Signatures verified against {report.get('verified_against', '?')}."
     )
     return "\n".join(lines)
 
@@ -159,14 +207,3 @@ def _remaining(entry: dict[str, Any]) -> float:
     """Budget left after an entry; an infinite budget (a site without DP) never runs out."""
     budget = entry["budget_epsilon"]
     return math.inf if math.isinf(budget) else budget - entry["epsilon_total"]
-
-
-def _strict_json(value: Any) -> Any:
-    """Infinite ε as the string "inf", as in the ledger itself: strict JSON has no infinity."""
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict_json(v) for v in value]
-    return value

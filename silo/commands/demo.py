@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(OUT/keys, as `silo keys` does), start a real Flower SuperLink (TLS, SuperNode authentication) and one "
         "SuperNode per site on loopback, run the rounds with signed updates checked against the key registry, "
         "and leave the run directory (manifest, per-round adapters, final adapter) under OUT/run.",
+        epilog="examples:\n  silo demo --out silo-demo\n  silo demo --out demo-2 --rounds 5 --sites 2 --strategy fedprox",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("silo-demo"), help="output directory (default: ./silo-demo)")
     p.add_argument("--rounds", type=int, default=3, help="federated rounds (default: 3)")

@@ -16,9 +16,10 @@ from common import encryption
 from common.config import load_federation_config
 from common.errors import ConfigError, FederationFailed
 from common.pki import KeyLayout
-from silo import proxy
+from silo import proxy, run_control
 from silo.launch import (
     FlowerConnection,
+    check_port_free,
     flower_env,
     follow_run,
     is_loopback,
@@ -28,12 +29,32 @@ from silo.launch import (
     wait_healthy,
 )
 
+_FEDERATION_EPILOG = """\
+examples:
+  silo federation run --config federation.toml --run-dir runs/2026-11 --superlink 127.0.0.1:9093 --keys keys/coordinator
+  silo federation status --run-dir runs/2026-11 --keys keys/coordinator
+  silo federation list --runs runs --keys keys/coordinator
+  silo federation logs --run-id 8812345 --keys keys/coordinator
+  silo federation stop --run-dir runs/2026-11 --keys keys/coordinator
+"""
+_COORDINATOR_EPILOG = """\
+examples:
+  silo coordinator start --host 127.0.0.1 --port 9093 --fleet-host 0.0.0.0 --fleet-port 9092 \\
+      --keys keys/coordinator --database state/superlink/superlink.db
+  silo coordinator proxy-config --keys /keys/coordinator --state-dir /var/lib/nginx-silo --out nginx.conf
+"""
 # How often the foreground coordinator checks that the SuperLink and the proxy are still up.
 WATCH_INTERVAL_S = 0.5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    fed = sub.add_parser("federation", help="run federated rounds against a running SuperLink")
+    fed = sub.add_parser(
+        "federation",
+        help="run, follow, list and stop runs at a SuperLink (run | status | list | logs | stop)",
+        description="For the federation operator, on the coordinator host (the Control API is on loopback).",
+        epilog=_FEDERATION_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     fsub = fed.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = fsub.add_parser(
         "run",
@@ -51,13 +72,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--root-certificates", type=Path, help="CA certificate for a TLS SuperLink (instead of --keys)")
     run.add_argument("--insecure", action="store_true", help="plain-text connection (testing only; warns)")
     run.add_argument("--timeout", type=float, default=24 * 3600, help="seconds before giving up (default: 1 day)")
+    run.add_argument(
+        "--stop-on-interrupt",
+        action="store_true",
+        help="on Ctrl-C, stop the run at the SuperLink without asking (otherwise asked on a terminal; elsewhere "
+        "the run is left going and the commands that stop it are printed)",
+    )
     run.set_defaults(func=run_federation)
+
+    for name, help_text, func in (
+        (
+            "status",
+            "one run's state at the SuperLink and in its manifest, with Silo's and Flower's run ids",
+            show_status,
+        ),
+        ("list", "every run the SuperLink knows, with the Silo run directory of each (--runs)", list_runs),
+        ("logs", "the ServerApp's log of one run, as the SuperLink kept it", show_logs),
+        ("stop", "stop one run at the SuperLink: its sites receive no further messages of it", stop_run),
+    ):
+        cmd = fsub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        _superlink_args(cmd)
+        if name == "list":
+            cmd.add_argument("--runs", type=Path, metavar="DIR", help="the directory holding the run directories")
+        else:
+            which = cmd.add_mutually_exclusive_group()
+            which.add_argument("--run-dir", type=Path, help="the run's directory (its manifest names the Flower run)")
+            which.add_argument("--run-id", type=int, help="Flower's run id (as `flwr ls` shows it)")
+        cmd.set_defaults(func=func)
 
     coord = sub.add_parser(
         "coordinator",
         help="start the coordinator's SuperLink and its Fleet proxy",
         description="Run a Flower SuperLink with Silo's settings (no runtime dependency installation) on "
         "loopback, and nginx in front of it forwarding only the Fleet API that SuperNodes use.",
+        epilog=_COORDINATOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     csub = coord.add_subparsers(dest="action", metavar="ACTION", required=True)
     start = csub.add_parser(
@@ -140,6 +189,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     config.set_defaults(func=print_proxy_config)
 
 
+def _superlink_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--superlink", default="127.0.0.1:9093", help="SuperLink address host:port (default: %(default)s)")
+    cmd.add_argument(
+        "--keys", type=Path, metavar="DIR", help="the coordinator/ directory from `silo keys` (its ca.pem)"
+    )
+    cmd.add_argument("--root-certificates", type=Path, help="CA certificate for a TLS SuperLink (instead of --keys)")
+    cmd.add_argument("--insecure", action="store_true", help="plain-text connection (testing only)")
+
+
+def _access(args: argparse.Namespace) -> run_control.SuperLinkAccess:
+    return run_control.SuperLinkAccess.from_args(args.superlink, args.keys, args.root_certificates, args.insecure)
+
+
+def show_status(args: argparse.Namespace) -> int:
+    for line in run_control.run_status(_access(args), args.run_dir, args.run_id):
+        print(line)
+    return 0
+
+
+def list_runs(args: argparse.Namespace) -> int:
+    lines = run_control.list_runs(_access(args), args.runs)
+    print("\n".join(lines) if lines else f"the SuperLink at {args.superlink} knows no runs")
+    return 0
+
+
+def show_logs(args: argparse.Namespace) -> int:
+    sys.stdout.write(run_control.run_logs(_access(args), args.run_dir, args.run_id))
+    return 0
+
+
+def stop_run(args: argparse.Namespace) -> int:
+    fid, _ = run_control.flower_run_id(args.run_dir, args.run_id)
+    print(run_control.stop_run(_access(args), fid))
+    return 0
+
+
+def _on_interrupt(args: argparse.Namespace, access: run_control.SuperLinkAccess, run_id: int) -> int:
+    """Ctrl-C while following a run: the run itself goes on at the SuperLink (and sites go on spending ε)
+    unless it is stopped there. Stop it (--stop-on-interrupt, or yes on a terminal) or say how to."""
+    stop = args.stop_on_interrupt
+    if not stop and sys.stdin.isatty():
+        try:
+            answer = input(
+                f"\nStop Flower run {run_id} at the SuperLink? Sites go on training and spending ε otherwise. [y/N] "
+            )
+        except (EOFError, KeyboardInterrupt):
+            answer = ""
+        stop = answer.strip().lower() in ("y", "yes")
+    if stop:
+        print(f"silo: {run_control.stop_run(access, run_id)}", file=sys.stderr)
+    else:
+        where = f"--run-dir {args.run_dir}"
+        print(
+            f"silo: Flower run {run_id} goes on at the SuperLink (nothing was stopped). Follow it: `silo federation "
+            f"status {where}` and `silo federation logs {where}`; stop it: `silo federation stop {where}`",
+            file=sys.stderr,
+        )
+    return 130
+
+
 def run_federation(args: argparse.Namespace) -> int:
     cfg = load_federation_config(args.config)  # fail on a bad config before anything is submitted
     if args.keys is not None and args.root_certificates is None:
@@ -166,7 +275,11 @@ def run_federation(args: argparse.Namespace) -> int:
             "loopback address on the coordinator host (127.0.0.1:9093), through an SSH tunnel from elsewhere"
         ) from None
     print(f"submitted Flower run {run_id} ({cfg.federation.rounds} rounds, {cfg.federation.strategy})", file=sys.stderr)
-    manifest = follow_run(conn, run_id, args.run_dir, timeout=args.timeout, log=sys.stderr)
+    try:
+        manifest = follow_run(conn, run_id, args.run_dir, timeout=args.timeout, log=sys.stderr)
+    except KeyboardInterrupt:
+        access = run_control.SuperLinkAccess(args.superlink, args.root_certificates, args.insecure)
+        return _on_interrupt(args, access, run_id)
     print(
         f"run {manifest['run_id']} completed: {manifest['completed_rounds']} rounds; final adapter in {args.run_dir}/final"
     )
@@ -203,9 +316,14 @@ def start_coordinator(args: argparse.Namespace) -> int:
         database=args.database,
         expose_control_plane=args.expose_control_plane,
     )
+    check_port_free(args.host, args.port, flag="--port")
+    state_dir = Path(args.state_dir or (args.database.parent if args.database else Path("coordinator-state")))
+    proxy.make_private_dir(state_dir)  # parents too: a fresh directory needs nothing made by hand
+    superlink_log = (state_dir / "logs" / "superlink.log").resolve()
+    superlink_log.parent.mkdir(exist_ok=True)
     proxy_settings = None
     if keys is not None and not args.no_fleet_proxy:
-        state_dir = args.state_dir or (args.database.parent if args.database else Path("coordinator-state"))
+        check_port_free(args.fleet_host, args.fleet_port, flag="--fleet-port")
         proxy_settings = proxy.ProxySettings.for_keys(
             keys,
             state_dir=(Path(state_dir) / "proxy").resolve(),
@@ -224,7 +342,9 @@ def start_coordinator(args: argparse.Namespace) -> int:
     print(f"silo: checkpoints {'encrypted at rest (key id ' + encryption.key_id(at_rest) + ')' if at_rest else 'NOT encrypted at rest'}",
           file=sys.stderr)  # fmt: skip
     # Each in a process group of its own, signalled as a group: nginx's worker outlives a killed master.
-    procs: list[subprocess.Popen[bytes]] = [subprocess.Popen(argv, env=env, start_new_session=True)]
+    # The SuperLink's own lines (two `list-runs` lines every 2 s while a run is followed) go to its log.
+    with superlink_log.open("ab") as out:
+        procs = [subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)]
     stopping: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
@@ -239,7 +359,7 @@ def start_coordinator(args: argparse.Namespace) -> int:
     address = f"{local}:{args.port}"
     try:
         ca = keys.ca_cert if keys else None
-        wait_healthy(address, ca_cert=ca, alive=lambda: procs[0].poll() is None, log=Path("/dev/null"))
+        wait_healthy(address, ca_cert=ca, alive=lambda: procs[0].poll() is None, log=superlink_log)
         if keys is not None:
             with tempfile.TemporaryDirectory(prefix="silo-flwr-") as home:
                 conn = FlowerConnection(Path(home), address, insecure=False, root_certificates=ca)
@@ -262,6 +382,13 @@ def start_coordinator(args: argparse.Namespace) -> int:
             print(
                 f"silo: no Fleet proxy started (--no-fleet-proxy): the SuperLink is on {address} only", file=sys.stderr
             )
+        sites_at = f"{args.fleet_host}:{args.fleet_port}" if proxy_settings is not None else address
+        print(
+            f"silo: coordinator ready: sites connect to {sites_at}, `silo federation run --superlink {address}` "
+            f"submits runs; SuperLink log {superlink_log}; Ctrl-C stops both",
+            file=sys.stderr,
+            flush=True,
+        )
         return _watch(procs, stopping)
     except FederationFailed:
         if stopping:  # stopped by the operator while starting: not a failure
@@ -299,6 +426,7 @@ def _watch(procs: list[subprocess.Popen[bytes]], stopping: list[int]) -> int:
         exited = [proc.poll() for proc in procs]
     codes = _stop_all(procs)
     if stopping:
+        print("silo: coordinator stopped: the SuperLink and the Fleet proxy have exited", file=sys.stderr)
         return 0
     names = ["the SuperLink", "the Fleet proxy (nginx)"]
     dead = next((i for i, code in enumerate(exited) if code is not None), 0)

@@ -6,9 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from client.ledger import export_ledger, restart_ledger, verify_ledger
+from client.ledger import restart_ledger
+from client.ledger_export import export_ledger
 from common import keys
 from common.errors import ConfigError, LedgerError
+from common.ledger.verify import verify_ledger
 
 _EPILOG = """\
 The ledger is the site's append-only record of every training round's privacy spend: one JSON entry

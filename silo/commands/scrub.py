@@ -12,14 +12,14 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.config import DataConfig
-from common.config_scrub import ScrubConfig, ScrubOperator
+from common.config.scrub import ScrubConfig, ScrubOperator
+from common.declaration import sum_scrub_reports
 from common.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -168,17 +168,9 @@ def _scrub_file(path: Path, dest: Path, scrubber: Scrubber, max_record_chars: in
 
 
 def _total(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {"records_in": 0, "records_out": 0, "quarantined": 0}
-    counters: dict[str, Counter[str]] = {
-        k: Counter() for k in ("quarantine_reasons", "entities", "second_pass_entities")
-    }
-    for report in reports.values():
-        for key in total:
-            total[key] += report[key]
-        for key, counter in counters.items():
-            counter.update(report[key])
-    total.update({key: dict(sorted(counter.items())) for key, counter in counters.items()})
-    return total
+    tallies = ("quarantine_reasons", "entities", "second_pass_entities")
+    total = sum_scrub_reports(reports.values(), numbers=("records_in", "records_out", "quarantined"), tallies=tallies)
+    return total | {key: dict(sorted(total[key].items())) for key in tallies}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,11 +10,29 @@ from pathlib import Path
 from common.config import load_site_config
 from common.errors import ConfigError
 from common.pki import SiteKit
-from silo.launch import flower_env, kit_coordinator_key, site_node_argv, supernode_argv
+from silo.launch import RUNTIME_HOST, check_port_free, flower_env, kit_coordinator_key, site_node_argv, supernode_argv
+from silo.site_watch import SiteNode, run_site_node
+
+_EPILOG = """\
+examples:
+  silo site check --config site.toml
+  silo site start --config site.toml --superlink coord.example:9092 --keys keys/sites/hospital-a
+  silo site start --config site.toml --superlink coord.example:9092 --keys keys/sites/hospital-b --port 9095 \\
+      --connect-timeout 0          # a second site on this machine; wait for the coordinator for ever
+"""
+# Seconds `silo site start` waits for its first connection before giving up with the reason: long
+# enough for a coordinator started a few minutes after its sites.
+DEFAULT_CONNECT_TIMEOUT_S = 300.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    site = sub.add_parser("site", help="check or start this site's node")
+    site = sub.add_parser(
+        "site",
+        help="check or start this site's node",
+        description="For the site operator: check the site's TOML and records, or run its node.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ssub = site.add_subparsers(dest="action", metavar="ACTION", required=True)
     check = ssub.add_parser(
         "check",
@@ -52,6 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     start.add_argument(
         "--port", type=int, default=9094, help="loopback port of the SuperNode's Runtime API (default: %(default)s)"
     )
+    start.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="give up, saying why (DNS, refused, TLS, unregistered key), when not connected by then; 0 waits for "
+        "ever (default: %(default).0f)",
+    )
+    start.add_argument("--log", type=Path, help="where Flower's own log lines go (default: <state_dir>/logs/node.log)")
     start.add_argument("--insecure", action="store_true", help="plain-text connection (testing only; warns)")
     start.set_defaults(func=start_site)
 
@@ -72,6 +99,7 @@ def check_site(args: argparse.Namespace) -> int:
 def start_site(args: argparse.Namespace) -> int:
     check_site(args)
     cfg_path = Path(args.config).resolve()
+    cfg = load_site_config(cfg_path)
     kit = ca_cert = auth_key = None
     if args.insecure:
         print("silo: WARNING: --insecure: this site's updates travel unencrypted and unauthenticated", file=sys.stderr)
@@ -80,7 +108,7 @@ def start_site(args: argparse.Namespace) -> int:
         kit.check()
         from client.site import install_kit_signing_key  # torch and Flower: only when a site starts
 
-        install_kit_signing_key(kit, load_site_config(cfg_path))
+        install_kit_signing_key(kit, cfg)
     elif args.root_certificates is not None and args.auth_key is not None:
         ca_cert, auth_key = args.root_certificates, args.auth_key
     else:
@@ -92,7 +120,17 @@ def start_site(args: argparse.Namespace) -> int:
         superlink=args.superlink, port=args.port, site_config=cfg_path, kit=kit, ca_cert=ca_cert, auth_key=auth_key
     )
     coordinator_key = kit_coordinator_key(kit) if kit is not None else args.coordinator_key
+    # After the keys' checks (a key others can read is refused whatever the port), before anything starts.
+    check_port_free(RUNTIME_HOST, args.port, flag="--port (a second site on this machine needs its own)")
     argv = site_node_argv(supernode, site_config=cfg_path, port=args.port, coordinator_key=coordinator_key)
-    env = flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")))
-    os.execve(argv[0], argv, env)
-    return 0  # not reached
+    node = SiteNode(
+        site_id=cfg.site.id,
+        argv=argv,
+        env=flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))),
+        log=args.log or cfg.state_dir / "logs" / "node.log",
+        superlink=args.superlink,
+        ca_cert=kit.ca_cert if kit is not None else ca_cert,
+        auth_public_key=kit.auth_public_key if kit is not None else auth_key and auth_key.with_suffix(".pub"),
+        connect_timeout=args.connect_timeout,
+    )
+    return run_site_node(node)

@@ -10,12 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import ledger as ledger_module
-from client.ledger import Ledger, export_ledger, iter_rounds, read_ledger, restart_ledger, verify_ledger
+from client.ledger import Ledger, restart_ledger
+from client.ledger_export import export_ledger
 from common import keys
 from common.accounting import Accountant, DPEvent, compute_epsilon, compute_epsilon_dp_accounting
 from common.errors import BudgetExhausted, ConfigError, LedgerError
 from common.keys import public_key_raw, sign
+from common.ledger.entry import FIELDS, canonical
+from common.ledger.verify import iter_rounds, read_ledger, verify_ledger
 
 DELTA = 1e-5
 ROUND = {"noise_multiplier": 1.1, "sample_rate": 0.01, "steps": 100}  # ~0.96 epsilon per round alone
@@ -39,9 +41,14 @@ def plan(ledger, *, budget_epsilon=10.0, **overrides):
 
 def record(ledger, round_plan, *, run_id="run-1", round=1, site_id="site-a"):
     return ledger.record_round(
-        round_plan, run_id=run_id, round=round, site_id=site_id, max_grad_norm=1.0,
-        dataset_size=1000, update_sha256="ab" * 32,
-    )  # fmt: skip
+        round_plan,
+        run_id=run_id,
+        round=round,
+        site_id=site_id,
+        max_grad_norm=1.0,
+        dataset_size=1000,
+        update_sha256="ab" * 32,
+    )
 
 
 def write_rounds(path, key, rounds, *, run_id="run-1"):
@@ -171,13 +178,25 @@ def test_ledger_record_round_refuses_training_beyond_the_reservation(path, key, 
         round_plan = plan(ledger)
         with pytest.raises(LedgerError, match=message):
             ledger.record_round(
-                round_plan, run_id="r", round=0, site_id="s", max_grad_norm=1.0, dataset_size=10,
-                update_sha256="ab" * 32, accountant_history=trained,
-            )  # fmt: skip
+                round_plan,
+                run_id="r",
+                round=0,
+                site_id="s",
+                max_grad_norm=1.0,
+                dataset_size=10,
+                update_sha256="ab" * 32,
+                accountant_history=trained,
+            )
         ledger.record_round(
-            round_plan, run_id="r", round=0, site_id="s", max_grad_norm=1.0, dataset_size=10,
-            update_sha256="ab" * 32, accountant_history=[(1.1, 0.01, 100)],
-        )  # fmt: skip
+            round_plan,
+            run_id="r",
+            round=0,
+            site_id="s",
+            max_grad_norm=1.0,
+            dataset_size=10,
+            update_sha256="ab" * 32,
+            accountant_history=[(1.1, 0.01, 100)],
+        )
 
 
 def test_ledger_prv_accountant_records_no_conversion(path, key):
@@ -246,10 +265,11 @@ def test_ledger_lock_prevents_double_spend_across_processes(path, key):
             print("trained")
     """
     procs = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), f"run-{i}"], cwd=REPO, stdout=subprocess.PIPE,
-                         text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), f"run-{i}"], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     outcomes = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
     assert outcomes == ["refused", "trained"]
     assert [e["kind"] for e in read_ledger(path)] == ["reserve", "round"]
@@ -389,9 +409,17 @@ def test_verify_ledger_without_a_key_checks_against_the_embedded_key(ledger_file
 def _one_round(path, key, rnd=1):
     with Ledger.open(path, signing_key=key, create=True) as ledger:
         plan = ledger.plan_round(
-            noise_multiplier=1.0, sample_rate=0.1, steps=10, delta=DELTA, accountant=Accountant.RDP,
-            budget_epsilon=100.0, budget_delta=DELTA, run_id="r", round=rnd, site_id="s",
-        )  # fmt: skip
+            noise_multiplier=1.0,
+            sample_rate=0.1,
+            steps=10,
+            delta=DELTA,
+            accountant=Accountant.RDP,
+            budget_epsilon=100.0,
+            budget_delta=DELTA,
+            run_id="r",
+            round=rnd,
+            site_id="s",
+        )
         ledger.record_round(
             plan, run_id="r", round=rnd, site_id="s", max_grad_norm=1.0, dataset_size=100, update_sha256="a" * 64
         )
@@ -454,18 +482,29 @@ def test_round_entries_record_the_noise_source_and_must_match_the_plan(tmp_path,
     path = tmp_path / "ledger.jsonl"
     with Ledger.open(path, signing_key=key, create=True) as ledger:
         plan = ledger.plan_round(
-            noise_multiplier=1.0, sample_rate=0.1, steps=10, delta=DELTA, accountant=Accountant.RDP,
-            budget_epsilon=100.0, budget_delta=DELTA,
-        )  # fmt: skip
+            noise_multiplier=1.0,
+            sample_rate=0.1,
+            steps=10,
+            delta=DELTA,
+            accountant=Accountant.RDP,
+            budget_epsilon=100.0,
+            budget_delta=DELTA,
+        )
         with pytest.raises(LedgerError, match="noise source"):
             ledger.record_round(
-                plan, run_id="r", round=1, site_id="s", max_grad_norm=1.0, dataset_size=10,
-                update_sha256="b" * 64, noise_source="caller-generator",
-            )  # fmt: skip
+                plan,
+                run_id="r",
+                round=1,
+                site_id="s",
+                max_grad_norm=1.0,
+                dataset_size=10,
+                update_sha256="b" * 64,
+                noise_source="caller-generator",
+            )
         entry = ledger.record_round(
             plan, run_id="r", round=1, site_id="s", max_grad_norm=1.0, dataset_size=10, update_sha256="b" * 64
         )
-    assert entry["noise_source"] == "os-seeded" and entry["format"] == 2
+    assert entry["noise_source"] == "os-seeded" and entry["format"] == 4 and entry["phase"] == "lora"
 
 
 def test_evaluation_entries_count_as_spent_and_verify(tmp_path, key):
@@ -473,16 +512,28 @@ def test_evaluation_entries_count_as_spent_and_verify(tmp_path, key):
     event = DPEvent(5.0, 1.0, 1)
     with Ledger.open(path, signing_key=key, create=True) as ledger:
         ledger.charge_evaluation(
-            event, delta=DELTA, accountant=Accountant.RDP, budget_epsilon=100.0, budget_delta=DELTA,
-            dataset_size=40, evaluated_sha256="c" * 64, noise_source="os-seeded",
-        )  # fmt: skip
+            event,
+            delta=DELTA,
+            accountant=Accountant.RDP,
+            budget_epsilon=100.0,
+            budget_delta=DELTA,
+            dataset_size=40,
+            evaluated_sha256="c" * 64,
+            noise_source="os-seeded",
+        )
         assert ledger.history() == [event]
         spent = ledger.spent(delta=DELTA)
         with pytest.raises(BudgetExhausted, match="Nothing evaluated"):
             ledger.charge_evaluation(
-                event, delta=DELTA, accountant=Accountant.RDP, budget_epsilon=spent * 1.2, budget_delta=DELTA,
-                dataset_size=40, evaluated_sha256="c" * 64, noise_source="os-seeded",
-            )  # fmt: skip
+                event,
+                delta=DELTA,
+                accountant=Accountant.RDP,
+                budget_epsilon=spent * 1.2,
+                budget_delta=DELTA,
+                dataset_size=40,
+                evaluated_sha256="c" * 64,
+                noise_source="os-seeded",
+            )
     result = verify_ledger(path, key.public_key())
     assert result.ok and result.epsilon_total == pytest.approx(spent)
     assert [status for _, status in iter_rounds(read_ledger(path))] == ["evaluation"]
@@ -491,16 +542,29 @@ def test_evaluation_entries_count_as_spent_and_verify(tmp_path, key):
 def test_format_1_entries_still_verify(tmp_path, key):
     """Ledgers written before fresh noise keep verifying (the audit declares their ε void)."""
     path = tmp_path / "ledger.jsonl"
-    entry = {name: None for name in ledger_module._FIELDS}
+    entry = {name: None for name in FIELDS}
     entry.update(
-        format=1, index=0, kind="reserve", dp_enabled=True, noise_multiplier=1.0, sample_rate=0.1, steps=10,
-        sampling="poisson", accountant="rdp", epsilon_conversion="balle2020", delta=DELTA, budget_epsilon=100.0,
-        budget_delta=DELTA, timestamp="2026-01-01T00:00:00Z", code_version="old",
-        site_public_key=public_key_raw(key).hex(), prev_sha256="0" * 64,
-    )  # fmt: skip
+        format=1,
+        index=0,
+        kind="reserve",
+        dp_enabled=True,
+        noise_multiplier=1.0,
+        sample_rate=0.1,
+        steps=10,
+        sampling="poisson",
+        accountant="rdp",
+        epsilon_conversion="balle2020",
+        delta=DELTA,
+        budget_epsilon=100.0,
+        budget_delta=DELTA,
+        timestamp="2026-01-01T00:00:00Z",
+        code_version="old",
+        site_public_key=public_key_raw(key).hex(),
+        prev_sha256="0" * 64,
+    )
     event = DPEvent(1.0, 0.1, 10)
     entry["epsilon_round"] = entry["epsilon_total"] = compute_epsilon([event], delta=DELTA)
     del entry["signature"]
-    entry["signature"] = sign(key, ledger_module._canonical(entry)).hex()
-    path.write_bytes(ledger_module._canonical(entry) + b"\n")
+    entry["signature"] = sign(key, canonical(entry)).hex()
+    path.write_bytes(canonical(entry) + b"\n")
     assert verify_ledger(path, key.public_key()).ok

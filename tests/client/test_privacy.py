@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.privacy import make_private, planned_sample_rate
-from common.config_privacy import GradSampleMode, PrivacyConfig
+from common.config.privacy import GradSampleMode, PrivacyConfig
 from common.errors import ConfigError
 
 pytest.importorskip("peft")
@@ -199,8 +199,9 @@ def test_make_private_refuses_a_model_without_trainable_parameters():
 
 def test_make_private_round_fits_its_ledger_reservation(tmp_path):
     """The site protocol: plan (budget check) -> train under DP -> record what the accountant counted."""
-    from client.ledger import Ledger, verify_ledger
+    from client.ledger import Ledger
     from common import keys
+    from common.ledger.verify import verify_ledger
 
     config, key = privacy_config(), keys.generate_signing_key()
     data, batch_size, epochs = dataset("causal_lm", size=10), 4, 2

@@ -16,7 +16,7 @@ from scipy import stats
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.privacy import NoiseSource, make_private, release_evaluation
-from common.config_privacy import PrivacyConfig
+from common.config.privacy import PrivacyConfig
 
 FALSE_FAILURE_PER_CHECK = 1e-8
 """Each statistical check below fails by chance with at most this probability (two-sided); this module

@@ -70,3 +70,32 @@ def test_node_with_a_bad_site_config_is_one_line_and_starts_nothing(tmp_path):
     assert proc.returncode == 2
     assert out.startswith("silo: error:") and "site.id" in out and "Traceback" not in out
     assert not marker.exists()
+
+
+def test_the_supernode_runs_through_silos_wrapper_with_the_same_arguments():
+    from client.runtime.flower_io import supernode_command
+
+    argv = ["/venv/bin/flower-supernode", "--superlink", "h:9092", "--isolation", "process"]
+    assert supernode_command(argv) == [sys.executable, "-m", "client.runtime.supernode", *argv[1:]]
+    other = [sys.executable, "-c", "pass"]
+    assert supernode_command(other) == other  # a stand-in command (these tests) runs as given
+
+
+def test_the_supernodes_waits_are_capped_and_relax_only_after_a_long_idle(monkeypatch):
+    import time as real_time
+
+    from client.runtime import flower_io
+
+    slept: list[float] = []
+    clock = [1000.0]
+    monkeypatch.setattr(real_time, "sleep", slept.append)
+    monkeypatch.setattr(real_time, "monotonic", lambda: clock[0])
+    capped = flower_io._CappedSleeps(0.2)
+    capped.sleep(3)  # an empty pull
+    capped.sleep(0.5)  # waiting for the runtime's reply: busy
+    clock[0] += flower_io.SUPERNODE_BUSY_S + 1
+    capped.sleep(3)  # the first empty pull after the reply: idle starts now
+    clock[0] += flower_io.SUPERNODE_BUSY_S + 1
+    capped.sleep(3)  # idle for longer than the busy window
+    assert slept == [0.2, 0.2, 0.2, flower_io.SUPERNODE_IDLE_SLEEP_S]
+    assert capped.monotonic is real_time.monotonic  # everything else is the time module's own

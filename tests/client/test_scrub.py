@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from client.normalize import HOMOGLYPHS, normalize
 from client.recognizers import is_common
 from client.scrub import WINDOW_CHARS, ScrubbedRecords, build_scrubber, scrub_records, windows
-from common.config_scrub import ScrubConfig, ScrubOperator
+from common.config.scrub import ScrubConfig, ScrubOperator
 from common.errors import ConfigError, ScrubFailed
 from silo.synthetic import make_bank_messages, make_clinical_notes
 

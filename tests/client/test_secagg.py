@@ -8,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,16 +20,17 @@ from client.handshake import handle_handshake
 from client.secagg import STATE, accept_shares, mask_update, reveal_shares, setup, share_keys
 from client.site import handle_evaluate, handle_secagg, handle_train
 from common.adapter import hash_state, numpy_to_state
-from common.config import SecAggSection
+from common.config import PrivacyConfig, SecAggSection
+from common.declaration import PrivacyDeclaration
 from common.errors import BudgetExhausted
 from common.run_request import HANDSHAKE_MESSAGE_TYPE
 from common.secagg import SecAggFailed
 from server.checkpoint import RunDirectory
 from server.federation import run_federation
 from server.strategy import weighted_average
-from silo.demo import DemoLayout, write_site
+from silo.demo import DemoLayout, demo_site_config, write_site
 from silo.synthetic import make_clinical_notes
-from tests.client.test_site import PRIVACY, _ledger_entries, _train_message
+from tests.fixtures.push_pull import PushPull
 from tests.server.test_federation_security import _config, _manifest
 
 RUN, RND = "run-test", 1
@@ -143,20 +145,34 @@ def test_share_keys_refuses_a_key_list_without_the_sites_own_keys() -> None:
 # --- the real site handlers ---------------------------------------------------------------------------
 
 
-def _real_site(root: Path, base_model_dir: Path, name: str, budget: float) -> Path:
+def _real_site(root: Path, base_model_dir: Path, name: str, budget: float, **privacy: Any) -> Path:
+    """Site `name` (40 clinical notes of its own) with DP-SGD at noise 1 and budget `budget`."""
     layout = DemoLayout(root / name)
     records = [{"text": r.text} for r in make_clinical_notes(40, seed=len(name) + ord(name[-1]))]
-    cfg = write_site(layout, name, records, base_model=str(base_model_dir), rounds=1)
-    text = cfg.read_text()
-    text = text[: text.index("[privacy]")] + PRIVACY.format(sigma=1.0, budget=budget)
-    text = text.replace(
-        'target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]', 'target_modules = ["q_proj", "v_proj"]'
+    config = demo_site_config(name, base_model=str(base_model_dir), rounds=1)
+    config = dataclasses.replace(
+        config,
+        lora=dataclasses.replace(config.lora, target_modules=("q_proj", "v_proj")),
+        privacy=PrivacyConfig(
+            max_grad_norm=1.0, noise_multiplier=1.0, budget_epsilon=budget, budget_delta=1e-5, **privacy
+        ),
     )
-    cfg.write_text(text)
-    return cfg
+    return write_site(layout, name, records, base_model=str(base_model_dir), rounds=1, config=config)
 
 
-class SiteGrid:
+# The global adapter travels to the sites in fp16 (the default wire encoding), so what a site trained on
+# differs from the coordinator's float32 global by up to one fp16 step, 2^-10 of the value: the error
+# beyond that is the aggregation's own.
+FP16_STEP = 2.0**-10
+
+
+def _beyond_fp16(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
+    return max(
+        float((np.abs(got[k].astype(np.float64) - expected[k]) - FP16_STEP * np.abs(expected[k])).max()) for k in got
+    )
+
+
+class SiteGrid(PushPull):
     """Routes each message to the real handler of its site, each site with its own `context.state`."""
 
     def __init__(self, configs: dict[int, Path]) -> None:
@@ -182,7 +198,7 @@ class SiteGrid:
 
 
 def test_real_sites_secagg_round_equals_fedavg_of_their_updates_with_one_dropping(
-    tmp_path: Path, base_model_dir: Path, monkeypatch
+    tmp_path: Path, base_model_dir: Path, monkeypatch, site_ledger
 ) -> None:
     # Site "c" has budget for nothing: it shares keys, then refuses to train (BudgetExhausted).
     configs = {1: _real_site(tmp_path, base_model_dir, "a", 10.0), 2: _real_site(tmp_path, base_model_dir, "b", 10.0)}
@@ -208,7 +224,7 @@ def test_real_sites_secagg_round_equals_fedavg_of_their_updates_with_one_droppin
     assert BudgetExhausted.__name__ in entry["rejected"][0]["reason"]
     # The ledger names the adapter trained; the seal covers the masked vector that was sent.
     for s in entry["sites"]:
-        ledger = [e for e in _ledger_entries(configs[s["node_id"]]) if e.get("kind") == "round"]
+        ledger = [e for e in site_ledger(configs[s["node_id"]]) if e.get("kind") == "round"]
         assert ledger[0]["update_sha256"] == s["update_sha256"]
     assert sorted(trained) == [1, 2]
     run = RunDirectory(tmp_path / "run", manifest)
@@ -219,45 +235,137 @@ def test_real_sites_secagg_round_equals_fedavg_of_their_updates_with_one_droppin
     )
     assert clip_ok, "the test needs updates inside the clip to compare with plain FedAvg"
     expected = weighted_average([u for u, _ in trained.values()], [w for _, w in trained.values()])
-    error = max(float(np.abs(got[k].astype(np.float64) - expected[k].astype(np.float64)).max()) for k in got)
+    error = _beyond_fp16(got, expected)
     assert error <= 2.0 / (1 << 22) + 1e-6, error
 
 
-def _secagg_train_message(base_model_dir: Path, node: int, record: ConfigRecord) -> Message:
-    plain = _train_message(base_model_dir, RND)
+def _secagg_train_message(plain: Message, node: int, record: ConfigRecord) -> Message:
     content = RecordDict({"arrays": plain.content["arrays"], "config": plain.content["config"], "secagg": record})
     return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
 
 
 def test_handle_train_with_secagg_records_the_adapter_then_sends_it_masked(
-    tmp_path: Path, base_model_dir: Path
+    tmp_path: Path, base_model_dir: Path, train_message, site_ledger
 ) -> None:
     cfg = _real_site(tmp_path, base_model_dir, "a", 10.0)
     context = Context(run_id=1, node_id=1, node_config={"site-config": str(cfg)}, state=RecordDict(), run_config={})
     states, relayed = _shared([1, 2])
     context.state.config_records[STATE] = states[1].config_records[STATE]
 
-    reply = handle_train(_secagg_train_message(base_model_dir, 1, relayed[1]), context)
+    reply = handle_train(_secagg_train_message(train_message(RND), 1, relayed[1]), context)
 
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
-    assert all(a.dtype == np.int64 and a.min() >= 0 for a in sent.values())
+    assert all(a.dtype == np.uint64 for a in sent.values())  # the narrowest type for the modulus 2^62
     site = reply.content["site"]
     declared = json.loads(site["secagg"])
     assert declared["masked_with"] == [2] and declared["weight"] == reply.content["metrics"]["num-examples"]
-    ledger = [e for e in _ledger_entries(cfg) if e.get("kind") == "round"]
+    ledger = [e for e in site_ledger(cfg) if e.get("kind") == "round"]
     # The ledger and the declaration name the adapter trained; what left the site is its masked form.
     assert ledger[0]["update_sha256"] == site["update-sha256"] != hash_state(numpy_to_state(sent))
 
 
-def test_handle_train_with_too_few_shares_refuses_before_planning(tmp_path: Path, base_model_dir: Path) -> None:
+def test_handle_train_with_too_few_shares_refuses_before_planning(
+    tmp_path: Path, base_model_dir: Path, train_message, site_ledger
+) -> None:
     cfg = _real_site(tmp_path, base_model_dir, "a", 10.0)
     context = Context(run_id=1, node_id=1, node_config={"site-config": str(cfg)}, state=RecordDict(), run_config={})
     states, _ = _shared([1, 2])
     context.state.config_records[STATE] = states[1].config_records[STATE]
     empty = ConfigRecord({"stage": "mask", "run-id": RUN, "round": RND, "srcs": [], "ctxts": []})
 
-    reply = handle_train(_secagg_train_message(base_model_dir, 1, empty), context)
+    reply = handle_train(_secagg_train_message(train_message(RND), 1, empty), context)
 
     assert reply.has_error() and "secure aggregation failed" in reply.error.reason
-    assert [e for e in _ledger_entries(cfg) if e.get("kind") in ("reserve", "round")] == []
+    assert [e for e in site_ledger(cfg) if e.get("kind") in ("reserve", "round")] == []
+
+
+# ---- distributed noise ([privacy] noise = "distributed") -----------------------------------------
+
+
+def _distributed_site(tmp_path: Path, base_model_dir: Path, *, t: int) -> Path:
+    return _real_site(tmp_path, base_model_dir, "a", 50.0, noise="distributed", distributed_min_honest=t)
+
+
+def _context(cfg: Path) -> Context:
+    return Context(run_id=1, node_id=1, node_config={"site-config": str(cfg)}, state=RecordDict(), run_config={})
+
+
+def test_distributed_round_records_both_figures_and_sends_only_a_masked_integer_vector(
+    tmp_path: Path, base_model_dir: Path, train_message, site_ledger
+) -> None:
+    cfg = _distributed_site(tmp_path, base_model_dir, t=3)
+    context = _context(cfg)
+    states, relayed = _shared([1, 2, 3])
+    context.state.config_records[STATE] = states[1].config_records[STATE]
+
+    reply = handle_train(_secagg_train_message(train_message(RND), 1, relayed[1]), context)
+
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    assert all(a.dtype == np.uint64 for a in sent.values())
+    declared = json.loads(reply.content["site"]["secagg"])
+    assert declared["noise"] == "distributed" and declared["min_honest"] == 3 and declared["weight"] == 1
+    entry = [e for e in site_ledger(cfg) if e.get("kind") == "round"][0]
+    figures = entry["distributed"]
+    assert entry["steps"] == 1 and figures["min_honest"] == 3 and figures["budget_figure"] == "sum"
+    assert figures["epsilon_round_sum"] < figures["epsilon_round_own"]
+    # Site 3 drops: two survivors pass the Shamir threshold (2) but not this site's t, so it reveals nothing.
+    request = {"run-id": RUN, "round": RND, "stage": "unmask", "active": [1, 2], "dead": [3]}
+    with pytest.raises(SecAggFailed, match="distributed_min_honest 3"):
+        reveal_shares(context.state, request)
+
+
+def test_distributed_site_sends_nothing_without_secure_aggregation(
+    tmp_path: Path, base_model_dir: Path, train_message, site_ledger
+) -> None:
+    cfg = _distributed_site(tmp_path, base_model_dir, t=2)
+
+    reply = handle_train(train_message(RND), _context(cfg))
+
+    assert reply.has_error() and "secure aggregation failed" in reply.error.reason
+    assert [e for e in site_ledger(cfg) if e.get("kind") in ("reserve", "round", "evaluation")] == []
+
+
+def test_distributed_site_refuses_a_key_list_shorter_than_t_before_spending(
+    tmp_path: Path, base_model_dir: Path, train_message, site_ledger
+) -> None:
+    # The coordinator runs the round with 2 sites; this site counts on 3 honest ones.
+    cfg = _distributed_site(tmp_path, base_model_dir, t=3)
+    context = _context(cfg)
+    states, relayed = _shared([1, 2])
+    context.state.config_records[STATE] = states[1].config_records[STATE]
+
+    reply = handle_train(_secagg_train_message(train_message(RND), 1, relayed[1]), context)
+
+    assert reply.has_error() and "secure aggregation failed" in reply.error.reason
+    assert [e for e in site_ledger(cfg) if e.get("kind") in ("reserve", "round", "evaluation")] == []
+
+
+def test_real_distributed_sites_federate_and_every_figure_recomputes(
+    tmp_path: Path, base_model_dir: Path, site_ledger
+) -> None:
+    from server.audit_epsilon import declared_epsilon_problem, ledger_epsilon_problem
+
+    distributed = {"noise": "distributed", "distributed_min_honest": 3}
+    configs = {n: _real_site(tmp_path, base_model_dir, name, 50.0, **distributed) for n, name in enumerate("abc", 1)}
+    fine = SecAggSection(enabled=True, clip=1.0, quantization_range=1 << 28)  # the grid the README advises
+    cfg = _config(base_model_dir, min_sites=3, secagg=fine)
+    cfg = dataclasses.replace(cfg, federation=dataclasses.replace(cfg.federation, rounds=2))
+
+    run_federation(SiteGrid(configs), cfg, str(tmp_path / "run"))
+
+    manifest = _manifest(tmp_path / "run")
+    for rnd in (1, 2):
+        record = manifest["rounds"][rnd]["secagg"]
+        assert record["noise"] == "distributed" and record["min_honest"] == 3 and record["sites"] == [1, 2, 3]
+        for s in manifest["rounds"][rnd]["sites"]:
+            assert declared_epsilon_problem(PrivacyDeclaration.from_dict(s["privacy"])) is None
+    for path in configs.values():
+        entries = site_ledger(path)
+        rounds = [e for e in entries if e["kind"] == "round"]
+        assert len(rounds) == 2 and all(e["distributed"]["min_honest"] == 3 for e in rounds)
+        assert ledger_epsilon_problem(entries)[0] is None
+    global_1, _ = RunDirectory(tmp_path / "run", manifest).load_round(1)
+    global_0, _ = RunDirectory(tmp_path / "run", manifest).load_round(0)
+    assert any(not np.array_equal(global_1[k], global_0[k]) for k in global_0)  # the noisy step moved it

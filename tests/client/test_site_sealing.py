@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from client import site as site_module
 from client.site import handle_train
 from common.adapter import arrays_to_state, state_to_numpy
@@ -12,13 +14,16 @@ from common.config import SecuritySection
 from common.errors import UpdateRejected
 from server.federation import RoundGate, collect_updates
 from server.verify import UpdateVerifier, load_registry, write_registry
-from tests.client.test_site import PRIVACY, _context, _site, _task_identity, _train_message  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
-def test_handle_train_reply_opens_at_the_coordinators_gate(tmp_path: Path, base_model_dir: Path) -> None:
-    cfg, _ = _site(tmp_path, base_model_dir, PRIVACY.format(sigma=1.0, budget=10.0))
-    msg = _train_message(base_model_dir, 1)
-    reply = handle_train(msg, _context(cfg))
+def test_handle_train_reply_opens_at_the_coordinators_gate(
+    tmp_path: Path, make_site, train_message, site_context
+) -> None:
+    cfg, _ = make_site(sigma=1.0, budget=10.0)
+    msg = train_message(1)
+    reply = handle_train(msg, site_context(cfg))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
 
     registry = load_registry(write_registry(tmp_path / "r.json", {"hosp": cfg.parent / "state" / "site_signing.pub"}))
@@ -32,14 +37,14 @@ def test_handle_train_reply_opens_at_the_coordinators_gate(tmp_path: Path, base_
     assert accepted[0].site_id == "hosp" and accepted[0].entry.signing_key_fingerprint
 
 
-def test_handle_train_when_signing_fails_sends_nothing(tmp_path: Path, base_model_dir: Path, monkeypatch) -> None:
-    cfg, _ = _site(tmp_path, base_model_dir, PRIVACY.format(sigma=1.0, budget=10.0))
+def test_handle_train_when_signing_fails_sends_nothing(monkeypatch, make_site, train_message, site_context) -> None:
+    cfg, _ = make_site(sigma=1.0, budget=10.0)
 
     def broken(*_args, **_kwargs):
         raise ValueError("HSM unavailable")
 
     monkeypatch.setattr(site_module, "seal_update", broken)
-    reply = handle_train(_train_message(base_model_dir, 1), _context(cfg))
+    reply = handle_train(train_message(1), site_context(cfg))
 
     assert reply.has_error()
     assert reply.error.reason.startswith(UpdateRejected.__name__) and "could not seal" in reply.error.reason

@@ -10,7 +10,8 @@ from client.scrub import build_scrubber, scrub_records
 from client.train import _proximal_step, evaluate, macro_f1, per_sample_loss, train_round
 from common.adapter import adapter_state, load_adapter_state
 from common.config import DataConfig, LoraSettings, TaskConfig, TaskType, TrainingConfig
-from common.config_scrub import ScrubConfig
+from common.config.scrub import ScrubConfig
+from common.errors import ConfigError
 from common.model import load_lora_model
 
 CAUSAL_LM = TaskConfig(type=TaskType.CAUSAL_LM)
@@ -297,3 +298,94 @@ def test_training_dropout_sets_every_dropout_of_the_model_or_leaves_the_models_o
     assert forward_passes_differ() is (dropout is None)
     assert {m.attention_dropout for m in attention} == {0.5 if dropout is None else 0.0}
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.5 if dropout is None else 0.0}
+
+
+def _batch_sizes_seen(model) -> list[int]:
+    """Rows of every forward pass `model` makes from now on."""
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _module, args: seen.append(int(args[0].shape[0])))
+    return seen
+
+
+def _dp_noise_free(generator_seed: int):
+    """A privacy wrapper with noise 0 and a clip no gradient reaches (plain training under Opacus), drawing
+    its Poisson batches from a caller's generator so that two runs sample the same records."""
+    import warnings
+
+    from client.privacy import make_private
+    from common.config.privacy import PrivacyConfig
+
+    config = PrivacyConfig(max_grad_norm=1e6, budget_epsilon=10.0, budget_delta=1e-5, noise_multiplier=1.0)
+
+    def wrap(model, optimizer, loader):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "NO privacy": noise 0 on purpose
+            return make_private(
+                model, optimizer, loader, config=config, noise_multiplier=0.0, max_grad_norm=1e6,
+                generator=torch.Generator().manual_seed(generator_seed),
+            )  # fmt: skip
+
+    return wrap
+
+
+@pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp-noise-0"])
+def test_physical_batches_take_the_same_steps_as_one_logical_batch(base_model_dir, encode, dp):
+    """A logical batch of 8 run in passes of at most 3 records gives the update of one pass of 8 (noise 0,
+    a clip no gradient reaches, the same sampled records), and DP counts logical steps only."""
+    from client.privacy import planned_sample_rate
+
+    dataset = encode([{"text": t} for t in TRAIN_TEXTS * 2])  # 16 records: 2 logical batches an epoch
+    results, states, seen = [], [], []
+    for physical in (0, 3):
+        model = load_lora_model(str(base_model_dir), LORA, CAUSAL_LM, seed=0)
+        seen.append(_batch_sizes_seen(model))
+        training = TrainingConfig(
+            epochs=2, batch_size=8, physical_batch_size=physical, learning_rate=0.01, device="cpu", dropout=0.0
+        )
+        privacy = _dp_noise_free(7) if dp else None
+        results.append(train_round(model, dataset, task=CAUSAL_LM, training=training, device=CPU, privacy=privacy))
+        states.append(adapter_state(model))
+
+    assert max(seen[1]) <= 3 < max(seen[0])  # the split run never passed more than 3 records at once
+    assert sum(seen[0]) == sum(seen[1])  # the same records, in passes
+    assert results[0].steps == results[1].steps
+    assert not all(torch.equal(states[0][k], v) for k, v in adapter_state(
+        load_lora_model(str(base_model_dir), LORA, CAUSAL_LM, seed=0)).items())  # fmt: skip
+    for key, value in states[0].items():
+        # float32 sums in another order, which Adam's g / sqrt(v) magnifies where a gradient is near 0
+        # (measured: 4.5e-6 at most): 2e-5 is 1/500 of one step's change (lr 0.01), so a wrong split fails.
+        torch.testing.assert_close(states[1][key], value, rtol=1e-4, atol=2e-5, msg=key)
+    if dp:
+        rate = planned_sample_rate(dataset_size=16, batch_size=8)  # the logical batch's, 1/2
+        for result in results:
+            assert [(q, n) for _, q, n in result.private.history()] == [(rate, result.private.steps_taken)]
+            assert result.private.steps_taken == 4  # 2 epochs x 2 logical batches (no pass counted)
+
+
+def test_a_probe_round_trains_the_head_only_and_later_rounds_lora_too(base_model_dir, encode):
+    from client.train import Phase, round_phase, training_phase
+
+    training = TrainingConfig(epochs=2, batch_size=4, learning_rate=0.01, device="cpu", probe_rounds=2)
+    assert [round_phase(r, training) for r in (1, 2, 3)] == [Phase.PROBE, Phase.PROBE, Phase.LORA]
+    model = load_lora_model(str(base_model_dir), LORA, CLASSIFICATION, seed=0)
+    dataset = encode(
+        [{"text": t, "label": ("routine", "urgent")[i % 2]} for i, t in enumerate(TRAIN_TEXTS)], CLASSIFICATION
+    )
+    before = adapter_state(model)
+    with training_phase(model, Phase.PROBE):
+        train_round(model, dataset, task=CLASSIFICATION, training=training, device=CPU)
+    after = adapter_state(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" not in k for k in changed)  # the head moved, LoRA did not
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)  # restored after
+
+    train_round(model, dataset, task=CLASSIFICATION, training=training, device=CPU)
+    assert any("lora_B" in k and not torch.equal(after[k], v) for k, v in adapter_state(model).items())
+
+
+def test_a_probe_round_needs_a_head_to_train(base_model_dir):
+    from client.train import Phase, training_phase
+
+    model = load_lora_model(str(base_model_dir), LORA, CAUSAL_LM, seed=0)
+    with pytest.raises(ConfigError, match="probe_rounds"), training_phase(model, Phase.PROBE):
+        pass

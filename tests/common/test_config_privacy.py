@@ -5,7 +5,7 @@ import tomllib
 import pytest
 
 from common.accounting import Accountant, EpsilonConversion, compute_epsilon
-from common.config_privacy import GradSampleMode, PrivacyConfig
+from common.config.privacy import GradSampleMode, PrivacyConfig
 from common.errors import ConfigError
 
 BUDGET = "max_grad_norm = 1.0\nbudget_epsilon = 8.0\nbudget_delta = 1e-5\n"
@@ -40,7 +40,7 @@ def test_privacy_config_prv_has_no_conversion():
     ("extra", "message"),
     [
         ("noise_multiplier = 1.0\nfoo = 1\n", "unknown key(s) in `[privacy]`: foo"),
-        ('noise_multiplier = 1.0\naccountant = "gdp"\n', '`accountant` must be one of "rdp", "prv", got \'gdp\''),
+        ('noise_multiplier = 1.0\naccountant = "gdp"\n', "`accountant` must be one of 'rdp', 'prv', got 'gdp'"),
         ('noise_multiplier = 1.0\ngrad_sample_mode = "ew"\n', "`grad_sample_mode` must be one of"),
         ("noise_multiplier = -1.0\n", "`noise_multiplier` must be a finite number > 0, got -1.0."),
         ("", "`noise_multiplier` is not set, so `target_epsilon`, `target_delta`, `planned_rounds` must be"),

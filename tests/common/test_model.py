@@ -86,3 +86,39 @@ def test_loading_a_lora_model_leaves_torch_global_generator_as_it_was(base_model
     before = torch.get_rng_state()
     load_lora_model(str(base_model_dir), LoraSettings(target_modules=("q_proj", "v_proj")), TaskConfig(), seed=0)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_ffa_lora_freezes_a_at_its_start_trains_b_and_halves_the_trained_lora_tensors(base_model_dir, tokenizer):
+    """`lora.ffa`: A keeps its seeded start (the same at every site), B trains; LoRA's trained bytes halve
+    (the tiny model's q/v projections are square, so A and B of a layer have the same size)."""
+    from dataclasses import replace
+
+    ffa = load_lora_model(str(base_model_dir), replace(LORA, ffa=True), task(), seed=0)
+    plain = load_lora_model(str(base_model_dir), LORA, task(), seed=0)
+    start = {name: p.detach().clone() for name, p in ffa.named_parameters()}
+
+    def trained_lora_bytes(model):
+        return sum(
+            p.numel() * p.element_size() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n
+        )
+
+    assert 0 < 2 * trained_lora_bytes(ffa) == trained_lora_bytes(plain)
+    params = [p for p in ffa.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    labels = torch.tensor([0, 1, 2])
+    for _ in range(3):  # B starts at 0, so A's gradient is 0 at the first step only: take three
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(logits_train(ffa, tokenizer, LABELS), labels).backward()
+        optimizer.step()
+    after = dict(ffa.named_parameters())
+    a_names = [n for n in start if ".lora_A." in n]
+    b_names = [n for n in start if ".lora_B." in n]
+    assert a_names and len(a_names) == len(b_names)
+    assert all(torch.equal(after[n], start[n]) for n in a_names)
+    assert all(not torch.equal(after[n], start[n]) for n in b_names)
+    assert all(torch.equal(dict(plain.named_parameters())[n], start[n]) for n in a_names)  # same seeded A
+
+
+def logits_train(model, tokenizer, texts):
+    enc = tokenizer(list(texts), padding=True, return_tensors="pt")
+    return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from common.errors import UpdateRejected
 from common.keys import generate_signing_key
-from common.sealing import SealedUpdate, UpdateBinding, open_sealed, seal_update
+from common.sealing import SealedUpdate, UpdateBinding, metrics_digest, open_sealed, seal_update
 
 KEY = generate_signing_key()
 BINDING = {
@@ -30,10 +30,12 @@ def test_seal_round_trip_returns_the_binding():
 
 
 def test_seal_metrics_int_and_float_of_equal_value_match():
-    # Flower may carry 96 as 96 or 96.0; the seal must not depend on which.
-    open_sealed(
-        SEALED, KEY.public_key(), UpdateBinding(**{**BINDING, "metrics": {"num-examples": 96.0, "train_loss": 2.5}})
-    )
+    # Flower may carry 96 as 96 or 96.0; the seal must not depend on which, but a different value differs.
+    as_float = {"num-examples": 96.0, "train_loss": 2.5}
+    seal = open_sealed(SEALED, KEY.public_key(), UpdateBinding(**{**BINDING, "metrics": as_float}))
+
+    assert seal.metrics_sha256 == metrics_digest(BINDING["metrics"]) == metrics_digest(as_float)
+    assert metrics_digest({**as_float, "num-examples": 96.5}) != seal.metrics_sha256
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from common.secagg import (
-    FIELD_DTYPE,
     SecAggFailed,
     add_masks,
     check_capacity,
     dequantize_sum,
+    field_dtype,
     generate_key,
     open_shares,
     pairwise_seed,
@@ -51,26 +51,51 @@ def test_quantize_clips_to_the_l2_bound_and_says_so() -> None:
     assert np.sqrt(sum(float((v**2).sum()) for v in back.values())) == pytest.approx(0.5, abs=1e-4)
 
 
-def test_masked_sum_equals_the_weighted_mean_of_the_clipped_deltas() -> None:
-    clip, r = 1.0, 1 << 22
+@pytest.mark.parametrize(("modulus", "r"), [(M, 1 << 22), (1 << 32, 1 << 16), (1 << 16, 1 << 8)])
+def test_masked_sum_equals_the_weighted_mean_of_the_clipped_deltas(modulus: int, r: int) -> None:
+    clip = 1.0
     deltas, weights = [_delta(i, 0.3 + 0.2 * i) for i in range(3)], [10, 20, 7]
     seeds = [bytes([i]) * 32 for i in range(3)]
     keys = [generate_key() for _ in range(3)]
-    total = {k: np.zeros(s, FIELD_DTYPE) for k, s in SHAPES.items()}
+    dtype = field_dtype(modulus)
+    total = {k: np.zeros(s, dtype) for k, s in SHAPES.items()}
     for i in range(3):
-        y, _ = quantize_delta(deltas[i], clip=clip, quantization_range=r, weight=weights[i], modulus=M)
+        y, _ = quantize_delta(deltas[i], clip=clip, quantization_range=r, weight=weights[i], modulus=modulus)
         for j in range(3):
             if j != i:
-                mask = prg_mask(pairwise_seed(keys[i][0], keys[j][1]), SHAPES, M)
+                mask = prg_mask(pairwise_seed(keys[i][0], keys[j][1]), SHAPES, modulus)
                 y = add_masks(y, mask, sign=+1 if i > j else -1)
-        y = reduce_field(add_masks(y, prg_mask(seeds[i], SHAPES, M), sign=+1), M)
+        y = reduce_field(add_masks(y, prg_mask(seeds[i], SHAPES, modulus), sign=+1), modulus)
+        assert all(v.dtype == dtype for v in y.values())
         assert not np.array_equal(y["a"], np.zeros_like(y["a"]))
         total = add_masks(total, y, sign=+1)
     for s in seeds:
-        total = add_masks(total, prg_mask(s, SHAPES, M), sign=-1)
-    mean = dequantize_sum(reduce_field(total, M), clip=clip, quantization_range=r, modulus=M, total_weight=37)
+        total = add_masks(total, prg_mask(s, SHAPES, modulus), sign=-1)
+    mean = dequantize_sum(
+        reduce_field(total, modulus), clip=clip, quantization_range=r, modulus=modulus, total_weight=37
+    )
     expected = {k: sum(w * d[k] for w, d in zip(weights, deltas, strict=True)) / 37 for k in SHAPES}
     assert max(np.abs(mean[k] - expected[k]).max() for k in SHAPES) <= 2 * clip / r
+
+
+def test_field_type_is_the_narrowest_unsigned_integer_the_modulus_allows() -> None:
+    assert [field_dtype(1 << b) for b in (1, 8, 9, 16, 17, 32, 33, 62)] == [
+        *(np.uint8,) * 2,
+        *(np.uint16,) * 2,
+        *(np.uint32,) * 2,
+        *(np.uint64,) * 2,
+    ]
+    # Bytes on the wire for a 50,176-value adapter (the demo's): 4 a value at M = 2^32, half of int64's 8.
+    y, _ = quantize_delta({"x": np.zeros(50_176)}, clip=1.0, quantization_range=1 << 16, weight=1, modulus=1 << 32)
+    assert y["x"].nbytes == 200_704 == 50_176 * np.dtype(np.int64).itemsize // 2
+
+
+def test_mask_is_uniform_over_a_narrow_field() -> None:
+    # 2^16 values over 2^8 bins: each bin's count is Binomial(65536, 1/256), mean 256, sd 16; 10 sd either
+    # side fails with probability < 256 * 2e-23.
+    values = prg_mask(bytes(range(32)), {"x": (1 << 16,)}, 1 << 8)["x"]
+    counts = np.bincount(values, minlength=256)
+    assert values.dtype == np.uint8 and counts.min() > 256 - 160 and counts.max() < 256 + 160
 
 
 def test_pairwise_seeds_agree_from_either_end_and_differ_between_pairs() -> None:

@@ -16,14 +16,24 @@ RECORDS = 120
 
 
 @pytest.fixture(scope="session")
-def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def federation_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base model whose tokenizer learned both kinds of site text (notes and bank messages): not the
+    package-wide `base_model_dir` (clinical notes only), so the federations here train on a vocabulary
+    that fits every site."""
     out = tmp_path_factory.mktemp("base-model")
     corpus = [r.text for r in make_clinical_notes(150, seed=999)] + [r.text for r in make_bank_messages(150, seed=999)]
     return build_base_model(out, corpus, hidden_size=64, num_layers=2, vocab_size=1024)
 
 
 def make_layout(
-    root: Path, base_model: Path, *, rounds: int, sites: int = 2, strategy: str = "fedavg", keys: bool = True
+    root: Path,
+    base_model: Path,
+    *,
+    rounds: int,
+    sites: int = 2,
+    strategy: str = "fedavg",
+    keys: bool = True,
+    records: int = RECORDS,
 ) -> tuple[DemoLayout, list[Path]]:
     """Sites, a federation TOML and (unless `keys=False`) the federation's keys in `layout.keys`, whose
     registry the federation TOML names: start with `LocalFederation(..., keys=layout.keys)`."""
@@ -31,9 +41,9 @@ def make_layout(
     makers = [(make_clinical_notes, 21), (make_bank_messages, 22), (make_clinical_notes, 23)]
     configs = []
     for i in range(sites):
-        make, seed = makers[i]
-        records = [{"text": r.text} for r in make(RECORDS, seed=seed)]
-        configs.append(write_site(layout, f"site-{i}", records, base_model=str(base_model), rounds=rounds))
+        make, seed = makers[i % len(makers)]
+        recs = [{"text": r.text} for r in make(records, seed=seed + 10 * (i // len(makers)))]
+        configs.append(write_site(layout, f"site-{i}", recs, base_model=str(base_model), rounds=rounds))
     registry = None
     if keys:
         create_keys(layout.keys, [f"site-{i}" for i in range(sites)])

@@ -16,8 +16,10 @@ from tests.integration.conftest import make_layout
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_supernode_killed_mid_round_the_round_completes_with_the_rest(tmp_path: Path, base_model_dir: Path) -> None:
-    layout, sites = make_layout(tmp_path, base_model_dir, rounds=2, sites=3)
+def test_supernode_killed_mid_round_the_round_completes_with_the_rest(
+    tmp_path: Path, federation_model_dir: Path
+) -> None:
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=2, sites=3)
     fed_toml = layout.federation_config
     fed_toml.write_text(fed_toml.read_text().replace("min_sites = 3", "min_sites = 2"))
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
@@ -46,12 +48,12 @@ def _ledger_kinds(site_toml: Path, rnd: int) -> list[str]:
 
 
 def test_coordinator_killed_mid_round_resumes_and_nothing_is_spent_twice_unseen(
-    tmp_path: Path, base_model_dir: Path
+    tmp_path: Path, federation_model_dir: Path
 ) -> None:
     """The coordinator dies while round 2 is being trained (a site has already reserved it in its
     ledger). Restarted with the same command, the run completes; round 1 is not re-run; the spend of the
     interrupted round stays in the sites' ledgers (fail closed), and the audit still verifies."""
-    layout, sites = make_layout(tmp_path, base_model_dir, rounds=3)
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=3)
     run_config = {"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)}
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
         fed.submit(run_config)

@@ -24,8 +24,8 @@ def _manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
-def test_federation_two_sites_two_rounds_completes_and_learns(tmp_path: Path, base_model_dir: Path) -> None:
-    layout, sites = make_layout(tmp_path, base_model_dir, rounds=2)
+def test_federation_two_sites_two_rounds_completes_and_learns(tmp_path: Path, federation_model_dir: Path) -> None:
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=2)
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
         run_id = fed.submit({"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)})
         manifest = follow_run(fed.connection, run_id, layout.run_dir, timeout=600, log=sys.stderr)
@@ -41,13 +41,17 @@ def test_federation_two_sites_two_rounds_completes_and_learns(tmp_path: Path, ba
     assert exact_holdout_loss(sites, layout.run_dir, 2) < exact_holdout_loss(sites, layout.run_dir, 0)
     assert rounds[2]["eval"]["eval_loss_noise_std"] > 0  # the answers were noised
     assert rounds[2]["eval"]["sites"] == 2
-    # Only the adapter crossed the wire: each site sent exactly the adapter's bytes.
+    # Only the adapter crossed the wire: each site sent its delta in fp16, exactly half the fp32 adapter's bytes.
     adapter = load_file(layout.run_dir / "final" / "adapter_model.safetensors")
     adapter_bytes = sum(t.numel() * t.element_size() for t in adapter.values())
-    assert all(s["bytes_up"] == adapter_bytes for s in rounds[1]["sites"])
+    assert rounds[1]["transport"] == {"wire_encoding": "fp16", "bytes_fp32_adapter": adapter_bytes}
+    assert all(s["bytes_up"] == adapter_bytes // 2 for s in rounds[1]["sites"])
+    assert rounds[1]["bytes_down_per_site"] == adapter_bytes // 2
     assert all(".lora_" in k for k in adapter)
     # The final adapter loads with PEFT onto the base model, with the saved values.
-    model = PeftModel.from_pretrained(load_base_model(str(base_model_dir), TaskConfig()), layout.run_dir / "final")
+    model = PeftModel.from_pretrained(
+        load_base_model(str(federation_model_dir), TaskConfig()), layout.run_dir / "final"
+    )
     loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert len(loaded) == len(adapter)
     key = next(iter(adapter))
@@ -55,8 +59,8 @@ def test_federation_two_sites_two_rounds_completes_and_learns(tmp_path: Path, ba
     assert torch.equal(param.detach(), adapter[key])
 
 
-def test_federation_resumes_after_coordinator_killed(tmp_path: Path, base_model_dir: Path) -> None:
-    layout, sites = make_layout(tmp_path, base_model_dir, rounds=3)
+def test_federation_resumes_after_coordinator_killed(tmp_path: Path, federation_model_dir: Path) -> None:
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=3)
     run_config = {"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)}
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
         fed.submit(run_config)

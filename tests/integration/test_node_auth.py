@@ -29,8 +29,8 @@ def _wait_exit(fed: LocalFederation, name: str, timeout: float = 90.0) -> int:
     return proc.popen.returncode
 
 
-def test_supernode_whose_key_is_not_registered_cannot_join(tmp_path: Path, base_model_dir: Path) -> None:
-    layout, sites = make_layout(tmp_path, base_model_dir, rounds=1, sites=2)
+def test_supernode_whose_key_is_not_registered_cannot_join(tmp_path: Path, federation_model_dir: Path) -> None:
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=1, sites=2)
     # site-1 holds a full kit from `silo keys` (the right CA, a SuperNode key, a signing key), but
     # the coordinator never registered its SuperNode key.
     (layout.keys / "coordinator" / "supernodes" / "site-1.pub").unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from silo.launch import FlowerConnection, flower_env, free_port, kill_children_of
+from common.manifest import read_manifest
+from silo.launch import FlowerConnection, LocalFederation, flower_env, free_port, kill_children_of
 from tests.integration.conftest import make_layout
 
 pytestmark = pytest.mark.integration
@@ -26,8 +28,8 @@ def _start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
         return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def test_coordinator_and_site_commands_run_tls_with_registered_keys(tmp_path: Path, base_model_dir: Path) -> None:
-    layout, sites = make_layout(tmp_path, base_model_dir, rounds=1, sites=1)
+def test_coordinator_and_site_commands_run_tls_with_registered_keys(tmp_path: Path, federation_model_dir: Path) -> None:
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=1, sites=1)
     port, fleet_port, site_port = free_port(), free_port(), free_port()
     env = flower_env(tmp_path / "flwr-home")
     coordinator = _start(
@@ -76,3 +78,56 @@ def test_coordinator_and_site_commands_run_tls_with_registered_keys(tmp_path: Pa
                     proc.wait(timeout=15)
         kill_children_of(port)
         kill_children_of(site_port)
+
+
+def _wait_text(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (shown := path.read_text(errors="replace")):
+        assert proc.poll() is None and time.monotonic() < deadline, shown
+        time.sleep(0.5)
+    return shown
+
+
+@pytest.mark.slow
+def test_federation_run_control_live_view_and_stop_on_interrupt(tmp_path: Path, federation_model_dir: Path) -> None:
+    """`silo federation run` shows each site's state and ε as replies arrive and both run ids; status, list
+    and logs answer over the Control API; Ctrl-C with --stop-on-interrupt stops the run at the SuperLink
+    (it would otherwise go on spending the sites' ε) and says so."""
+    # 5 rounds: the run must still be going after round 1's replies and three Control API calls (~25 s a round).
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=5, sites=2)
+    env = flower_env(tmp_path / "flwr-home")
+    with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
+        access = ["--superlink", fed.address, "--keys", str(layout.keys / "coordinator")]
+        run_dir = tmp_path / "runs" / "r1"
+        log = tmp_path / "federation-run.log"
+        run_args = ["--config", str(layout.federation_config), "--run-dir", str(run_dir), "--stop-on-interrupt"]
+        follow = _start([*SILO, "federation", "run", *run_args, *access], log, env)
+        try:
+            shown = _wait_text(log, "replied to train round 1; ε", follow)
+            flower_id = read_manifest(run_dir).flower_run_ids[-1]
+            assert re.search(rf"Silo run [0-9a-f]+ in {re.escape(str(run_dir))} is Flower run {flower_id}", shown)
+            assert "site-0 (node" in shown and "asked: train round 1" in shown
+
+            def silo(*argv: str) -> str:
+                command = [*SILO, "federation", *argv, *access]
+                out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+                assert out.returncode == 0, out.stderr
+                return out.stdout
+
+            status = silo("status", "--run-dir", str(run_dir))
+            assert f"Flower run {flower_id}: running" in status and "Silo run" in status
+            assert "manifest: running" in status
+            listed = silo("list", "--runs", str(run_dir.parent))
+            assert f"Flower run {flower_id}: running" in listed and f"in {run_dir}" in listed
+            assert "[silo]" in silo("logs", "--run-id", str(flower_id))
+
+            os.kill(follow.pid, signal.SIGINT)  # the operator's Ctrl-C
+            assert follow.wait(timeout=120) == 130
+            said = log.read_text()
+            assert f"stopped Flower run {flower_id} at the SuperLink" in said, said
+            status = fed.connection.run_status(flower_id)
+            assert status["status"] == "finished:stopped", status
+        finally:
+            if follow.poll() is None:
+                os.killpg(follow.pid, signal.SIGKILL)
+                follow.wait(timeout=30)

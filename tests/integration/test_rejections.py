@@ -34,10 +34,10 @@ def _wait_for_nodes(fed: LocalFederation, count: int, timeout: float = 60.0) -> 
     pytest.fail(f"{count} SuperNodes not online after {timeout:.0f}s: {out.stdout[-500:]} {out.stderr[-500:]}")
 
 
-def test_unregistered_site_is_rejected_and_the_round_goes_on(tmp_path: Path, base_model_dir: Path) -> None:
+def test_unregistered_site_is_rejected_and_the_round_goes_on(tmp_path: Path, federation_model_dir: Path) -> None:
     # All three sites hold keys from `silo keys` (so site-2 joins over TLS with SuperNode auth and
     # signs its update), but the coordinator's registry leaves site-2 out.
-    layout, sites = make_layout(tmp_path, base_model_dir, rounds=1, sites=3)
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=1, sites=3)
     registry = json.loads(layout.registry.read_text())
     del registry["sites"]["site-2"]
     (tmp_path / "registry.json").write_text(json.dumps(registry))
@@ -46,7 +46,7 @@ def test_unregistered_site_is_rejected_and_the_round_goes_on(tmp_path: Path, bas
     shutil.copy2(key, tmp_path / COORDINATOR_SIGNING_KEY)
     write_federation(
         layout,
-        base_model=str(base_model_dir),
+        base_model=str(federation_model_dir),
         rounds=1,
         min_sites=2,
         timeout_s=180,

@@ -15,9 +15,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_secagg_run_completes_and_the_coordinator_sees_only_masked_updates(
-    tmp_path: Path, base_model_dir: Path
+    tmp_path: Path, federation_model_dir: Path
 ) -> None:
-    layout, sites = make_layout(tmp_path, base_model_dir, rounds=2, sites=3)
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=2, sites=3)
     fed_toml = layout.federation_config
     fed_toml.write_text(fed_toml.read_text() + "\n[secagg]\nenabled = true\nclip = 1.0\n")
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import flwr
@@ -27,6 +28,7 @@ import httpx
 import pytest
 
 from client.runtime import flower_io
+from common.config import load_site_config
 from common.keys import generate_signing_key, save_private_key
 from common.pki import COORDINATOR_SIGNING_KEY, add_sites
 from silo.demo import DemoLayout, write_federation
@@ -62,6 +64,13 @@ def test_flower_internals_the_executor_uses_are_the_pinned_ones():
         "sub_status",
         "details",
     ]
+    # The SuperNode's loop sleeps through the `time` module it imported: what `run_supernode` caps.
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.cli import flower_supernode
+
+    source = inspect.getsource(start_client_internal)
+    assert start_client_internal.time is __import__("time") and "time.sleep(3)" in source
+    assert callable(flower_supernode)
     # The SuperNode still offers the isolation mode in which it starts no app process.
     out = subprocess.run([str(BIN / "flower-supernode"), "--help"], capture_output=True, text=True, check=True)
     assert "--isolation" in out.stdout and "process" in out.stdout
@@ -135,9 +144,8 @@ def ledger_state(layout, site_ids) -> dict[str, bytes]:
 
 
 def pin_app(site_toml: Path, sha256: str) -> None:
-    lines = site_toml.read_text().splitlines()
-    lines.insert(lines.index("[site]") + 1, f'app = "sha256:{sha256}"')
-    site_toml.write_text("\n".join(lines) + "\n")
+    cfg = load_site_config(str(site_toml))
+    site_toml.write_text(replace(cfg, site=replace(cfg.site, app=f"sha256:{sha256}")).to_toml(defaults=True))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """What the auditor reads off ledgers alone: restarts an operator made after losing a ledger."""
 
-from client.ledger import Ledger, read_ledger, restart_ledger
+from client.ledger import Ledger, restart_ledger
 from common.keys import generate_signing_key
+from common.ledger.verify import read_ledger
 from server.audit_ledgers import LedgerFile, ledger_restarts
 
 

@@ -157,7 +157,10 @@ def test_audit_verify_voids_identical_updates_across_three_federations(make_audi
 
 def test_audit_verify_voids_entries_written_before_noise_was_recorded(audit_run, capsys):
     """Format-1 entries record no noise source: their ε claims are void, though signed and chained."""
-    audit_run.rewrite_ledger("bank-c", lambda e: {**{k: v for k, v in e.items() if k != "noise_source"}, "format": 1})
+    audit_run.rewrite_ledger(
+        "bank-c",
+        lambda e: {**{k: v for k, v in e.items() if k not in ("noise_source", "phase", "distributed")}, "format": 1},
+    )
     code, out = verify(audit_run, capsys)
     assert code == VerificationFailed.exit_code
     assert f"fresh noise: {VOID}" in out.err

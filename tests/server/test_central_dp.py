@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from common.accounting import compute_epsilon, compute_epsilon_dp_accounting
+from common.arrays import clip_delta
 from common.config import CentralDPSection, FederationConfig, FederationSection, LoraSettings, ModelConfig, TaskConfig
 from common.errors import ConfigError
-from server.central_dp import CentralDP, clip_delta, noise_std
+from server.central_dp import CentralDP, noise_std
 
 GLOBAL = {"w": np.zeros(200_000, np.float32)}
 

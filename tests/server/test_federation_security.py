@@ -22,12 +22,14 @@ from common.config import (
     ModelConfig,
     SecuritySection,
     TaskConfig,
+    WireEncoding,
 )
 from common.errors import FederationFailed
 from common.keys import generate_signing_key
 from common.manifest import read_manifest
 from common.run_request import HANDSHAKE_MESSAGE_TYPE, read_run_request
 from common.run_request import RECORD as RUN_REQUEST
+from common.transport import encode_global, encode_update, received_global
 from server.checkpoint import RunDirectory
 from server.federation import run_federation
 from server.ledger_heads import LEDGER_HEADS
@@ -89,9 +91,11 @@ class FakeGrid:
         if msg.metadata.message_type == HANDSHAKE_MESSAGE_TYPE:
             return _handshake_reply(msg, site_id, key, node)
         config = msg.content["config"]
-        global_arrays = state_to_numpy(arrays_to_state(msg.content["arrays"]))
+        # As a real site: train from the global adapter as it arrived, send the delta in the encoding asked for.
+        arrived = arrays_to_state(msg.content["arrays"])
+        global_arrays = state_to_numpy(arrived)  # the bytes received: the seal binds to their hash
         shift = 0.01 * node * (1e6 if how == "scaled" else 1.0)
-        arrays = {k: (v + shift).astype(v.dtype) for k, v in global_arrays.items()}
+        arrays = fake_site_wire(arrived, shift, str(config.get("wire-encoding", "fp32")))
         rnd = int(config["server-round"]) - (1 if how == "replay" else 0)
         index = 0 if how == "stale-ledger" else self.ledger_base.get(site_id, 0) + rnd
         reply = _reply(
@@ -109,6 +113,13 @@ class FakeGrid:
             sig[0] ^= 1
             reply.content["site"]["seal-signature"] = bytes(sig)
         return reply
+
+
+def fake_site_wire(arrived, shift: float, encoding: str) -> dict:
+    """What a site whose adapter is the global one plus `shift` everywhere sends (common/transport.py)."""
+    received = received_global(arrived)
+    trained = {k: v + shift for k, v in received.items()}
+    return state_to_numpy(encode_update(trained, received, WireEncoding(encoding)))
 
 
 def _handshake_reply(msg, site_id: str, key, node: int):
@@ -220,11 +231,13 @@ def test_manifest_records_the_hash_the_coordinator_computed(tmp_path, base_model
     run_federation(grid, _config(base_model_dir, min_sites=2), str(tmp_path / "run"))
 
     run = RunDirectory(tmp_path / "run", _manifest(tmp_path / "run"))
+    fed = _config(base_model_dir, min_sites=2).federation
     for n in (1, 2):
         sent, _ = run.load_round(n - 1)
+        arrived = numpy_to_state(encode_global(sent, fed.wire_encoding))
         for site in read_manifest(tmp_path / "run").round(n).sites:
-            received = {k: (v + 0.01 * site.node_id).astype(v.dtype) for k, v in sent.items()}
-            assert site.update_sha256 == hash_state(numpy_to_state(received))
+            wire = fake_site_wire(arrived, 0.01 * site.node_id, str(fed.wire_encoding))
+            assert site.update_sha256 == hash_state(numpy_to_state(wire))
 
 
 def test_a_site_that_never_answers_is_listed_as_rejected(tmp_path, base_model_dir):
@@ -252,7 +265,8 @@ def test_default_norm_bound_rejects_a_scaled_update_even_beside_one_honest_site(
         assert "exceeds 10 x the median norm of the round's other updates" in entry.rejected[0].reason
         before, _ = run.load_round(n - 1)
         after, _ = run.load_round(n)
-        assert all(np.allclose(after[k], before[k] + 0.01) for k in before)  # site a's update alone
+        # site a's update alone (its delta of 0.01 crossed the wire in fp16: rounding within 2^-11 of it)
+        assert all(np.allclose(after[k], before[k] + 0.01, rtol=0, atol=1e-5) for k in before)
         assert entry.records["security"]["norm_bound"].startswith("relative: 10 x")
 
 
@@ -267,7 +281,7 @@ def test_negative_examples_cannot_move_the_aggregate_under_a_fixed_bound(tmp_pat
     run = RunDirectory(tmp_path / "run", _manifest(tmp_path / "run"))
     before, _ = run.load_round(0)
     after, _ = run.load_round(1)
-    assert all(np.allclose(after[k], before[k] + 0.01) for k in before)
+    assert all(np.allclose(after[k], before[k] + 0.01, rtol=0, atol=1e-5) for k in before)  # fp16 delta
     assert read_manifest(tmp_path / "run").round(1).rejected[0].reason.startswith("`num-examples` must be a positive")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord, RecordDict
 
-from client.secagg import accept_shares, mask_update
+from client.secagg import accept_shares, mask_integers, mask_update
 from client.site import handle_secagg, seal_fields
 from common.adapter import arrays_to_state, hash_state, numpy_to_state, state_to_numpy
 from common.config import FederationConfig, SecAggSection, SecuritySection
@@ -24,6 +24,7 @@ from common.run_request import HANDSHAKE_MESSAGE_TYPE
 from server.checkpoint import RunDirectory
 from server.federation import run_federation
 from server.strategy import weighted_average
+from tests.fixtures.push_pull import PushPull
 from tests.server.test_federation_security import (  # noqa: F401 (_task_identity is a fixture)
     _config,
     _handshake_reply,
@@ -36,7 +37,19 @@ CLIP, RANGE = 1.0, 1 << 22
 STEP = 2 * CLIP / RANGE  # one quantisation step: the largest rounding error of one coordinate
 
 
-class SecAggGrid:
+# The global adapter travels to the sites in fp16 (the default wire encoding), so what a site trained on
+# differs from the coordinator's float32 global by up to one fp16 step, 2^-10 of the value: the error
+# beyond that is the aggregation's own.
+FP16_STEP = 2.0**-10
+
+
+def _beyond_fp16(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
+    return max(
+        float((np.abs(got[k].astype(np.float64) - expected[k]) - FP16_STEP * np.abs(expected[k])).max()) for k in got
+    )
+
+
+class SecAggGrid(PushPull):
     """Sites with their own `context.state`; SecAgg stages go to the real site handler, train messages
     get a delta of norm 0.05 * node, masked by the real `mask_update` and sealed by `seal_fields`.
 
@@ -49,6 +62,7 @@ class SecAggGrid:
         }
         self.plain: dict[int, dict[int, dict[str, np.ndarray]]] = {}  # round -> node -> adapter trained
         self.seen_train: list[RecordDict] = []
+        self.sent_updates: list[RecordDict] = []  # every train reply's content, as the coordinator receives it
         self.run = SimpleNamespace(fab_hash="f" * 64)  # the app bundle the run request names
 
     def get_node_ids(self) -> list[int]:
@@ -112,6 +126,7 @@ class SecAggGrid:
         content = RecordDict(
             {"arrays": ArrayRecord(numpy_to_state(masked)), "metrics": MetricRecord(metrics), "site": declarations}
         )
+        self.sent_updates.append(content)
         return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
 
 
@@ -140,7 +155,7 @@ def test_secagg_aggregate_equals_fedavg_within_quantisation_error(tmp_path, base
 
     for rnd in (1, 2):
         got, expected = _global(tmp_path / "run", rnd), _fedavg(grid, rnd, [1, 2, 3])
-        error = max(float(np.abs(got[k].astype(np.float64) - expected[k].astype(np.float64)).max()) for k in got)
+        error = _beyond_fp16(got, expected)
         # Rounding of each coordinate, plus float32 storage of the result.
         assert error <= STEP + 1e-6, error
     entry = _manifest(tmp_path / "run")["rounds"][1]
@@ -150,24 +165,28 @@ def test_secagg_aggregate_equals_fedavg_within_quantisation_error(tmp_path, base
     assert all(s.get("update_norm") is None and s["secagg"]["masked"] and s["masked_sha256"] for s in entry["sites"])
 
 
+def test_secagg_with_a_32_bit_modulus_sends_uint32_and_still_equals_fedavg(tmp_path, base_model_dir):
+    grid = SecAggGrid({"a": "ok", "b": "ok", "c": "ok"})
+    narrow = SecAggSection(enabled=True, clip=CLIP, quantization_range=1 << 16, modulus=1 << 32)
+    run_federation(grid, _config(base_model_dir, min_sites=2, secagg=narrow), str(tmp_path / "run"))
+
+    # 4 bytes a value on the wire where int64 takes 8 (the float32 adapter's own size).
+    sent = [np.asarray(v.numpy()) for content in grid.sent_updates for v in content["arrays"].values()]
+    assert sent and all(a.dtype == np.uint32 for a in sent)
+    for rnd in (1, 2):
+        got, expected = _global(tmp_path / "run", rnd), _fedavg(grid, rnd, [1, 2, 3])
+        error = _beyond_fp16(got, expected)
+        assert error <= 2 * CLIP / (1 << 16) + 1e-6, error
+
+
 def test_secagg_coordinator_never_receives_a_plain_update(tmp_path, base_model_dir):
     grid = SecAggGrid({"a": "ok", "b": "ok", "c": "ok"})
-    seen: list = []
-    original = grid.send_and_receive
-
-    def spy(messages, timeout):
-        replies = original(messages, timeout)
-        seen.extend(r for r in replies if "arrays" in r.content)
-        return replies
-
-    grid.send_and_receive = spy
     run_federation(grid, _secagg_config(base_model_dir), str(tmp_path / "run"))
 
-    sent = [r for r in seen if "site" in r.content]
-    assert len(sent) == 6
-    for reply in sent:
-        arrays = {k: v.numpy() for k, v in reply.content["arrays"].items()}
-        assert all(a.dtype == np.int64 for a in arrays.values())
+    assert len(grid.sent_updates) == 6
+    for content in grid.sent_updates:
+        arrays = {k: v.numpy() for k, v in content["arrays"].items()}
+        assert all(a.dtype == np.uint64 for a in arrays.values())  # the default modulus, 2^62
         plain = hash_state(numpy_to_state(arrays))
         assert plain not in {hash_state(numpy_to_state(p)) for r in grid.plain.values() for p in r.values()}
 
@@ -181,7 +200,7 @@ def test_secagg_site_dropping_after_key_sharing_gives_the_fedavg_of_the_rest(tmp
     assert any(len(c["secagg"]["srcs"]) == 3 and 2 in c["secagg"]["srcs"] for c in grid.seen_train)
     for rnd in (1, 2):
         got, expected = _global(tmp_path / "run", rnd), _fedavg(grid, rnd, [1, 3, 4])
-        error = max(float(np.abs(got[k].astype(np.float64) - expected[k].astype(np.float64)).max()) for k in got)
+        error = _beyond_fp16(got, expected)
         assert error <= STEP + 1e-6, error
     entry = _manifest(tmp_path / "run")["rounds"][1]
     assert entry["secagg"]["sites"] == [1, 3, 4]
@@ -197,7 +216,7 @@ def test_secagg_tampered_masked_vector_is_rejected_and_cancelled_like_a_drop(tmp
     assert [r["node_id"] for r in entry["rejected"]] == [3]
     assert "adapter differs" in entry["rejected"][0]["reason"]
     got, expected = _global(tmp_path / "run", 1), _fedavg(grid, 1, [1, 2, 4])
-    assert max(float(np.abs(got[k] - expected[k]).max()) for k in got) <= STEP + 1e-6
+    assert _beyond_fp16(got, expected) <= STEP + 1e-6
 
 
 def test_secagg_survivor_silent_at_unmask_is_covered_by_the_threshold(tmp_path, base_model_dir):
@@ -206,7 +225,7 @@ def test_secagg_survivor_silent_at_unmask_is_covered_by_the_threshold(tmp_path, 
     run_federation(grid, _secagg_config(base_model_dir), str(tmp_path / "run"))
 
     got, expected = _global(tmp_path / "run", 1), _fedavg(grid, 1, [1, 2, 3, 4])
-    assert max(float(np.abs(got[k] - expected[k]).max()) for k in got) <= STEP + 1e-6
+    assert _beyond_fp16(got, expected) <= STEP + 1e-6
 
 
 def test_secagg_fails_closed_below_the_threshold(tmp_path, base_model_dir):
@@ -244,3 +263,67 @@ def test_secagg_off_keeps_the_config_hash_of_existing_runs(base_model_dir):
     before = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
     on = _config(base_model_dir, min_sites=2, secagg=SecAggSection(enabled=True))
     assert off.config_hash() == before != on.config_hash()
+
+
+# ---- distributed noise: integer vectors, averaged unweighted, never unmasked below t -------------
+
+
+class QueryGrid:
+    """Only the SecAgg key stages, each to the real site handler with its own `context.state`."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.contexts = {
+            n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={}) for n in nodes
+        }
+        self.asked: list[str] = []
+
+    def send_and_receive(self, messages, timeout):
+        replies = []
+        for msg in messages:
+            self.asked.append(msg.content["secagg"]["stage"])
+            replies.append(handle_secagg(msg, self.contexts[msg.metadata.dst_node_id]))
+        return replies
+
+
+def _distributed_round(nodes: list[int], t: int):
+    from server.secagg import SecAggRound
+
+    grid = QueryGrid(nodes)
+    rnd = SecAggRound(cfg=SecAggSection(enabled=True, clip=CLIP, quantization_range=RANGE), run_id="run-d", round=1)
+    rnd.exchange_keys(grid, nodes, min_sites=2, timeout=5.0)
+    vectors, masked = {}, {}
+    shape = {"w": np.zeros((3, 2), np.float32)}
+    for n in nodes:
+        accept_shares(grid.contexts[n].state, rnd.train_record(n))
+        vectors[n] = {"w": (np.arange(6, dtype=np.int64).reshape(3, 2) - 2) * 1000 * n}
+        masked[n], declared = mask_integers(grid.contexts[n].state, integers=vectors[n], min_honest=t)
+        rnd.validate_masked(n, masked[n], shape, {"secagg": json.dumps(declared)}, num_examples=10 * n)
+    return grid, rnd, vectors, masked
+
+
+def test_distributed_sum_is_the_unweighted_mean_of_the_sites_integer_steps():
+    grid, rnd, vectors, masked = _distributed_round([1, 2, 3], t=3)
+    mean, record = rnd.unmask(grid, masked, {n: 10 * n for n in masked}, min_sites=2, timeout=5.0)
+    step = 2 * CLIP / RANGE  # the value of one integer
+    expected = sum(v["w"] for v in vectors.values()) * step / 3
+    assert np.allclose(mean["w"], expected, rtol=0, atol=1e-12)
+    assert record["noise"] == "distributed" and record["min_honest"] == 3 and record["total_weight"] == 3
+
+
+def test_distributed_round_with_fewer_survivors_than_t_asks_for_no_shares():
+    grid, rnd, _, masked = _distributed_round([1, 2, 3], t=3)
+    del masked[3]  # site 3's vector never arrived
+    with pytest.raises(FederationFailed, match="need 3"):
+        rnd.unmask(grid, masked, {1: 10, 2: 20}, min_sites=2, timeout=5.0)
+    assert "unmask" not in grid.asked
+
+
+def test_a_round_never_mixes_local_and_distributed_noise():
+    from common.errors import UpdateRejected
+
+    grid, rnd, _, masked = _distributed_round([1, 2, 3], t=2)
+    local = json.dumps(
+        {"clip": CLIP, "quantization_range": RANGE, "modulus": 1 << 62, "weight": 30, "masked_with": [1, 2]}
+    )
+    with pytest.raises(UpdateRejected, match="noise 'local' differs"):
+        rnd.validate_masked(3, masked[3], {"w": np.zeros((3, 2), np.float32)}, {"secagg": local}, num_examples=30)

@@ -40,6 +40,11 @@ def _site_arrays(shift: float = 0.5) -> dict[str, np.ndarray]:
     return {k: (v + shift).astype(np.float32) for k, v in GLOBAL.items()}
 
 
+def _wire(adapter: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a site sends for `adapter` at `wire_encoding = "fp32"`: its delta from GLOBAL (common/transport.py)."""
+    return {k: (v - GLOBAL[k]).astype(np.float32) for k, v in adapter.items()}
+
+
 def declaration(site_id: str, update_sha256: str, *, dataset_size: int = 10, **privacy) -> SiteDeclaration:
     """An honest site's declaration, as `client.site._site_record` builds it (shared with other tests)."""
     fields = {
@@ -83,7 +88,7 @@ def _reply(
     """A site's train reply, sealed by the site's own `seal_fields`; `site_fields` replace declaration
     fields as they travel (a hostile site signs whatever it likes), `privacy` changes the declaration."""
     global_arrays = GLOBAL if global_arrays is None else global_arrays
-    arrays = _site_arrays() if arrays is None else arrays
+    arrays = _wire(_site_arrays()) if arrays is None else arrays
     metrics = {"num-examples": 10, "train_seconds": 1.5} if metrics is None else metrics
     sha = declared_sha256 or hash_state(numpy_to_state(arrays))
     declarations = ConfigRecord(declaration(site_id, sha, **(privacy or {})).to_record() | (site_fields or {}))
@@ -169,7 +174,7 @@ def test_gate_accepts_a_registered_signed_update(registry):
     assert [u.site_id for u in accepted] == ["site-0", "site-1"]
     assert accepted[0].entry.signing_key_fingerprint
     assert accepted[0].entry.update_norm == pytest.approx(update_norm(_site_arrays(), GLOBAL))
-    assert accepted[0].entry.update_sha256 == hash_state(numpy_to_state(_site_arrays()))
+    assert accepted[0].entry.update_sha256 == hash_state(numpy_to_state(_wire(_site_arrays())))
     assert gate.verifier.identity == IDENTITY_REGISTRY
 
 
@@ -202,7 +207,7 @@ def test_gate_rejects_a_second_update_from_one_site_in_a_round(registry):
 
 
 def test_gate_rejects_arrays_changed_after_signing(registry):
-    assert "adapter differs" in _reason(_gate(registry), _reply("site-0", sign_arrays=_site_arrays(0.25)))
+    assert "adapter differs" in _reason(_gate(registry), _reply("site-0", sign_arrays=_wire(_site_arrays(0.25))))
 
 
 def test_gate_without_registry_pins_the_first_key(registry):

@@ -3,6 +3,7 @@ never a traceback, and nothing half-written."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import EXIT_CODES, ConfigError, DataError
-from silo.cli import main
+from silo.cli import build_parser, main
 from silo.demo import DemoLayout, write_federation, write_site
 
 
@@ -28,6 +29,25 @@ def test_silo_help_lists_every_exit_code() -> None:
     assert out.returncode == 0
     for code, text in EXIT_CODES.items():
         assert f"{code:>3}  {text}" in out.stdout
+
+
+def test_silo_help_lists_the_run_control_commands() -> None:
+    out = " ".join(_silo("--help").stdout.split())  # argparse wraps the help column
+    assert "federation run, follow, list and stop runs at a SuperLink (run | status | list | logs | stop)" in out
+
+
+def _commands(prefix: str, parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    children = [(f"{prefix} {name}", child) for a in subs for name, child in a.choices.items()]
+    return [leaf for name, child in children for leaf in _commands(name, child)] or [(prefix, parser)]
+
+
+def test_every_commands_help_shows_an_example_of_itself() -> None:
+    commands = _commands("silo", build_parser())
+    assert len(commands) >= 20
+    for name, parser in commands:
+        examples = parser.format_help().partition("examples:")[2]
+        assert f"{name} " in examples or examples.rstrip().endswith(name), f"`{name} --help` shows no example of itself"
 
 
 def test_site_check_bad_config_value_is_one_line_naming_field_and_value(tmp_path: Path) -> None:

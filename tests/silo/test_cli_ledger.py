@@ -79,8 +79,31 @@ def test_cli_ledger_export_writes_an_audit_directory(site, capsys):
 def test_cli_budget_shows_spent_and_remaining_per_run_and_round(site, capsys):
     assert main(["budget", "--ledger", site["ledger"], "--public-key", site["pub"]]) == 0
     out = capsys.readouterr().out
-    assert "run-a" in out and "run-b" in out and "remaining" in out
+    assert "run-a" in out and "run-b" in out and "eps added" in out and "left" in out
     assert "spent epsilon 1.2368 of budget 3.0000" in out
+    assert "rounds like the last that still fit: " in out
+
+
+def test_cli_budget_added_column_sums_to_the_total_and_rounds_that_fit_are_exact(site, capsys):
+    """Each row's increment adds up to the ledger's total (a round's own ε would overcount: composition is
+    sub-additive), and 'rounds that fit' is the largest k whose composition stays within the budget."""
+    from common.accounting import Accountant, EpsilonConversion, compute_epsilon
+
+    assert main(["budget", "--ledger", site["ledger"], "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows, spent = report["rounds"], report["spent"]
+    assert sum(r["epsilon_added"] for r in rows) == pytest.approx(spent["epsilon"])
+    assert sum(r["epsilon_round"] for r in rows) > spent["epsilon"] * 1.5  # what the old column invited
+    k = spent["rounds_that_fit"]
+    assert k > 0
+    event = (1.1, 0.01, 100)  # every round of the fixture
+
+    def total(n: int) -> float:
+        return compute_epsilon(
+            [event] * n, delta=1e-5, accountant=Accountant.RDP, conversion=EpsilonConversion.BALLE2020
+        )
+
+    assert total(len(rows) + k) <= 3.0 < total(len(rows) + k + 1)
 
 
 def test_cli_budget_json_is_strict_and_composes_runs(site, capsys):
@@ -115,9 +138,17 @@ def test_cli_budget_refuses_a_tampered_ledger(site, capsys):
     assert "INVALID at entry 2" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["budget", "--help"], ["ledger", "--help"], ["ledger", "verify", "--help"]])
-def test_cli_ledger_help_explains_usage(argv, capsys):
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["budget", "--help"], ("--ledger", "--public-key", "examples:")),
+        (["ledger", "--help"], ("verify", "export", "keygen", "restart", "examples:")),
+        (["ledger", "verify", "--help"], ("--ledger", "--public-key")),
+    ],
+)
+def test_cli_ledger_help_explains_usage(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 0
-    assert "--ledger" in capsys.readouterr().out or argv == ["ledger", "--help"]
+    out = capsys.readouterr().out
+    assert [word for word in expected if word not in out] == []

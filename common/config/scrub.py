@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from common.config_table import check_table
+from common.config.validate import check_table, enum_value
 from common.errors import ConfigError
 
 
@@ -16,9 +16,16 @@ class ScrubOperator(enum.StrEnum):
     REDACT = "redact"  # removed
 
 
+class ScrubProfile(enum.StrEnum):
+    STANDARD = "standard"  # identifiers found by pattern, context, vocabulary (and a site's NER model)
+    STRICT = "strict"  # also any remaining long digit run or mixed letter-digit code, and organisations
+
+
 @dataclass(frozen=True)
 class ScrubConfig:
     operator: ScrubOperator = ScrubOperator.REPLACE
+    # What is masked beyond the standard identifiers: "strict" trades some content for recall.
+    profile: ScrubProfile = ScrubProfile.STANDARD
     # Record fields to scrub; every other field is copied unchanged.
     fields: tuple[str, ...] = ("text",)
     # File holding the site's HMAC key (at least 16 bytes); required by the pseudonym operator.
@@ -31,11 +38,8 @@ class ScrubConfig:
     second_pass: bool = True
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "operator", ScrubOperator(self.operator))
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in ScrubOperator)
-            raise ConfigError(f"`scrub.operator` must be one of {allowed}, got {self.operator!r}.") from None
+        object.__setattr__(self, "operator", enum_value(ScrubOperator, self.operator, "scrub.operator"))
+        object.__setattr__(self, "profile", enum_value(ScrubProfile, self.profile, "scrub.profile"))
         if isinstance(self.fields, list):
             object.__setattr__(self, "fields", tuple(self.fields))
         if (
@@ -67,6 +71,7 @@ class ScrubConfig:
         """What the scrub report records about the configuration (no key material, no paths)."""
         return {
             "operator": self.operator.value,
+            "profile": self.profile.value,
             "fields": list(self.fields),
             "ner_model": self.ner_model is not None,
             "score_threshold": self.score_threshold,

@@ -29,10 +29,19 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
-from common.accounting import Accountant, DPEvent, EpsilonConversion, default_conversion, find_noise_multiplier
-from common.config_table import check_table
+from common.accounting import (
+    Accountant,
+    BudgetFigure,
+    DPEvent,
+    EpsilonConversion,
+    NoiseModel,
+    default_conversion,
+    find_distributed_noise_multiplier,
+    find_noise_multiplier,
+)
+from common.config.validate import check_table, enum_value, is_int, is_number, positive, probability
 from common.errors import ConfigError
 
 
@@ -74,19 +83,43 @@ class PrivacyConfig:
     # Per-record loss clip of evaluation answers (nats): above the losses a useful model has, so clipping
     # rarely bites; the noise on the mean loss grows with it.
     eval_loss_clip: float = 10.0
+    # "local": all of the DP noise is added here (DP-SGD). "distributed" (opt-in, needs [secagg] on the
+    # coordinator): each round is one DP-FedSGD step and this site adds only its share of the noise; the
+    # coordinator sees the sum over sites, which carries the full amount if `distributed_min_honest` (t)
+    # sites, this one included, add theirs. common/distributed_dp.py, README "Two trust models".
+    noise: NoiseModel = NoiseModel.LOCAL
+    distributed_min_honest: int = 2
+    # Which distributed ε the budget is enforced on: "sum" (against a coordinator that sees only the sum,
+    # assuming >= t honest sites) or "own-noise" (this site's share alone). Both are recorded either way.
+    distributed_budget: BudgetFigure = BudgetFigure.SUM
 
     def __post_init__(self) -> None:
         for name in ("enabled", "poisson_sampling"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"`{name}` must be true or false, got {getattr(self, name)!r}.")
-        object.__setattr__(self, "accountant", _enum(Accountant, "accountant", self.accountant))
-        object.__setattr__(self, "grad_sample_mode", _enum(GradSampleMode, "grad_sample_mode", self.grad_sample_mode))
-        _check_positive("max_grad_norm", self.max_grad_norm)
-        _check_positive("eval_noise_multiplier", self.eval_noise_multiplier)
-        _check_positive("eval_loss_clip", self.eval_loss_clip)
-        if not _in_range(self.budget_epsilon, 0, math.inf) and self.budget_epsilon != math.inf:
-            raise ConfigError(f"`budget_epsilon` must be > 0 (inf allowed), got {self.budget_epsilon!r}.")
-        _check_delta("budget_delta", self.budget_delta)
+        object.__setattr__(self, "accountant", enum_value(Accountant, self.accountant, "accountant"))
+        object.__setattr__(
+            self, "grad_sample_mode", enum_value(GradSampleMode, self.grad_sample_mode, "grad_sample_mode")
+        )
+        object.__setattr__(self, "noise", enum_value(NoiseModel, self.noise, "noise"))
+        object.__setattr__(
+            self, "distributed_budget", enum_value(BudgetFigure, self.distributed_budget, "distributed_budget")
+        )
+        t = self.distributed_min_honest
+        if not is_int(t) or t < 1:
+            raise ConfigError(f"`distributed_min_honest` must be an integer >= 1, got {t!r}.")
+        if self.noise is NoiseModel.DISTRIBUTED and (not self.enabled or self.accountant is not Accountant.RDP):
+            raise ConfigError(
+                '`noise = "distributed"` needs DP on and `accountant = "rdp"` (the Skellam analysis is an RDP '
+                f"bound), got enabled={self.enabled}, accountant={str(self.accountant)!r}."
+            )
+        positive("max_grad_norm", self.max_grad_norm)
+        positive("eval_noise_multiplier", self.eval_noise_multiplier)
+        positive("eval_loss_clip", self.eval_loss_clip)
+        budget = self.budget_epsilon
+        if not (is_number(budget) and 0 < budget <= math.inf):
+            raise ConfigError(f"`budget_epsilon` must be > 0 (inf allowed), got {budget!r}.")
+        probability("budget_delta", self.budget_delta)
 
         if not self.enabled:
             if self.budget_epsilon != math.inf:
@@ -120,7 +153,7 @@ class PrivacyConfig:
                 f"got noise_multiplier={self.noise_multiplier} and {given[0]}={target[given[0]]}."
             )
         if direct:
-            _check_positive("noise_multiplier", self.noise_multiplier)
+            positive("noise_multiplier", self.noise_multiplier)
             return
         missing = [name for name, value in target.items() if value is None]
         if missing:
@@ -128,8 +161,8 @@ class PrivacyConfig:
                 f"`noise_multiplier` is not set, so {', '.join(f'`{m}`' for m in missing)} must be; "
                 "give `noise_multiplier` directly or all of target_epsilon, target_delta, planned_rounds."
             )
-        _check_positive("target_epsilon", self.target_epsilon)
-        _check_delta("target_delta", self.target_delta)
+        positive("target_epsilon", self.target_epsilon)
+        probability("target_delta", self.target_delta)
         rounds = self.planned_rounds
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ConfigError(f"`planned_rounds` must be an integer >= 1, got {rounds!r}.")
@@ -184,6 +217,27 @@ class PrivacyConfig:
             extra_events=[self.eval_event] * (planned_rounds + 1),
         )
 
+    def resolve_distributed_noise_multiplier(
+        self, *, sample_rate: float, l2_sensitivity: float, l1_sensitivity: float
+    ) -> float:
+        """σ of a distributed round's counted noise, in units of its L2 sensitivity (integers): given, or
+        the smallest such that `planned_rounds` rounds (one step each) and `planned_rounds + 1`
+        evaluation answers spend `target_epsilon` on the figure `distributed_budget` names."""
+        if self.noise_multiplier is not None:
+            return float(self.noise_multiplier)
+        target_epsilon, planned_rounds = self.target_epsilon, self.planned_rounds
+        if target_epsilon is None or planned_rounds is None:  # unreachable: __post_init__ requires both
+            raise ConfigError("`noise_multiplier` or `target_epsilon` and `planned_rounds` must be set.")
+        return find_distributed_noise_multiplier(
+            target_epsilon=target_epsilon,
+            delta=self.delta,
+            sample_rate=sample_rate,
+            rounds=planned_rounds,
+            l2_sensitivity=l2_sensitivity,
+            l1_sensitivity=l1_sensitivity,
+            extra_events=[self.eval_event] * (planned_rounds + 1),
+        )
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> PrivacyConfig:
         """Build from the parsed `[privacy]` table; unknown keys are an error, not ignored."""
@@ -192,31 +246,3 @@ class PrivacyConfig:
             if name not in data:
                 raise ConfigError(f"[privacy] is missing required key `{name}`.")
         return cls(**dict(data))
-
-
-def _in_range(value: object, low: float, high: float) -> bool:
-    """`low < value < high` for a real number; False for bools, strings and NaN."""
-    return not isinstance(value, bool) and isinstance(value, int | float) and low < value < high
-
-
-def _check_positive(name: str, value: object) -> None:
-    if not _in_range(value, 0, math.inf):
-        raise ConfigError(f"`{name}` must be a finite number > 0, got {value!r}.")
-
-
-def _check_delta(name: str, value: object) -> None:
-    if not _in_range(value, 0, 1):
-        raise ConfigError(f"`{name}` must be in (0, 1), got {value!r}.")
-
-
-E = TypeVar("E", bound=StrEnum)
-
-
-def _enum(kind: type[E], name: str, value: object) -> E:
-    choices = ", ".join(f'"{member.value}"' for member in kind)
-    if isinstance(value, str):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    raise ConfigError(f"`{name}` must be one of {choices}, got {value!r}.")

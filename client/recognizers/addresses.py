@@ -1,0 +1,203 @@
+"""Places by pattern: street addresses (US, European and other forms), postcodes, PO boxes and military mail."""
+
+from __future__ import annotations
+
+import re
+
+from presidio_analyzer import EntityRecognizer
+
+from client.recognizers.pattern import RegexRecognizer
+from client.recognizers.vocabulary import is_rare
+
+# US states and territories: the unit above the ones Safe Harbor removes, and the anchor of "City, ST".
+US_STATE_CODES = frozenset(
+    [
+        "AL",
+        "AK",
+        "AZ",
+        "AR",
+        "CA",
+        "CO",
+        "CT",
+        "DE",
+        "DC",
+        "FL",
+        "GA",
+        "HI",
+        "ID",
+        "IL",
+        "IN",
+        "IA",
+        "KS",
+        "KY",
+        "LA",
+        "ME",
+        "MD",
+        "MA",
+        "MI",
+        "MN",
+        "MS",
+        "MO",
+        "MT",
+        "NE",
+        "NV",
+        "NH",
+        "NJ",
+        "NM",
+        "NY",
+        "NC",
+        "ND",
+        "OH",
+        "OK",
+        "OR",
+        "PA",
+        "RI",
+        "SC",
+        "SD",
+        "TN",
+        "TX",
+        "UT",
+        "VT",
+        "VA",
+        "WA",
+        "WV",
+        "WI",
+        "WY",
+        "PR",
+        "GU",
+        "VI",
+        "AS",
+        "MP",
+    ]
+)
+_STREET_SUFFIX = (
+    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
+    r"Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Trail|Trl|Crescent|Close|Row|Walk|Alley|Loop|Pike|"
+    r"Path|Run|Pass|Plaza|Crossing|Expressway|Freeway|Turnpike|Route|Rte|Green|Grove|Gardens?|Heights|"
+    r"Hills?|Park|Ridge|Valley|Views?|Village|Meadows?|Mills?|Springs?|Stravenue|Mountains?|Forks?|"
+    r"Harbou?rs?|Islands?|Lakes?|Landing|Manors?|Estates?|Points?|Ports?|Shores?|Squares?|Stations?|"
+    r"Streets|Summit|Tunnel|Union|Unions|Wells?|Junctions?|Knolls?|Locks?|Lodge|Mall|Motorway|Oval|"
+    r"Orchard|Overpass|Plains?|Prairie|Ramp|Ranch|Rapids?|Rest|Roads|Routes|Shoals?|Skyway|Spur|Tracks?|"
+    r"Trafficway|Underpass|Vista|Ways|Bypass|Camp|Canyon|Cape|Causeway|Centers?|Cliffs?|Club|Common|"
+    r"Corners?|Course|Courts|Coves?|Creek|Crest|Curve|Dale|Dam|Divide|Drives|Extensions?|Falls?|Ferry|"
+    r"Fields?|Flats?|Fords?|Forest|Forges?|Freeway|Glens?|Groves|Hollow|Inlet|Isle|Keys?|Light|Lights|"
+    r"Neck|Orchard|Pines|Radial|Ridges|River|Shoal|Throughway|Trace|Viaduct|Villages?|Ville|Branch|Bridge|"
+    r"Brooks?|Burgs?|Bluffs?|Bottom)"
+)
+_CAPWORD = r"[A-Z][\w'’\-]*"
+_UNIT = r"(?:,?\s+(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Fl\.?|Floor|Room|Rm\.?|#)\s*[\w\-]+)?"
+_EU_STREET_WORD = (
+    r"(?:stra(?:ss|ß)e|str\.|weg|gasse|platz|allee|damm|ufer|chaussee|straat|laan|plein|gracht|kade|"
+    r"singel|dijk|steeg|hof|boulevard|markt)"
+)
+_EU_STREET_PREFIX = (
+    r"(?:rue|avenue|av\.|boulevard|bd|place|chemin|allée|impasse|quai|route|cours|square|"
+    r"Calle|C/|Avenida|Avda\.?|Plaza|Paseo|Camino|Carrer|Ronda|Cuesta|Vía|Via|Viale|Piazza|Piazzale|Corso|"
+    r"Largo|Vicolo|Contrada|Borgo|Strada|Rotonda|Stretto|Canale|Incrocio|Callejón|Glorieta|Pasaje|Rambla|"
+    r"Travesía|Urbanización|Rua|Travessa|Praça|Alameda|ul\.|ulica|aleja|al\.)"
+)
+_NUMBER = r"\d{1,5}(?:[\-/]\d{1,4})?[A-Za-z]?"
+_PARTICLE = r"(?:de|del|de la|des|du|di|della|dos|da|do|das|la|le|les|los|las|y|e|van|von|der|den)"
+# One to four capitalised words, with name particles between them: "de la Paix", "Desiderio Valbuena".
+_EU_STREET_NAME = rf"(?:{_PARTICLE}\s+)*[A-Z][\w'’\-]*(?:\s+(?:{_PARTICLE}\s+)*[A-Z][\w'’\-]*){{0,3}}"
+
+
+# Street words of many languages, as a word or a word's ending: "Nørregade", "Ekvägen", "Pikk tee", "utca".
+_STREET_WORDS = """
+vej gade gaden allé alle stræde plads vænget gata gatan vägen väg gränd torget veien vei gata tee tänav
+utca út tér körút ulica ul aleja plac cesta ulice náměstí námestie trieda naselje katu kuja tie polku
+straße strasse str gasse weg platz allee ring damm laan straat pad plein dreef gracht kade singel dijk
+rue chemin allée impasse quai via viale vicolo piazza corso calle avenida camino paseo rua travessa
+drumul strada stradă bulevardul aleea jalan gang jl lorong soi street road avenue lane drive
+"""
+_STREET_ENDINGS = tuple(_STREET_WORDS.split())
+# A name, then a house number: "Nørregade 12", "Pikk tee 5", "Békésmelléki utca 202.", "Gang Laswi No. 706";
+# never a dose or a measure ("Sertraline 50 mg", "Ward 5" is an everyday word).
+_NAME_THEN_NUMBER = re.compile(
+    r"\b(?P<v>[A-ZÀ-Þa-zß-ÿ][^\W\d_]{2,}(?:[ \t][^\W\d_]{2,}){0,2}[ \t]+(?:No\.?[ \t]*|Nr\.?[ \t]*)?"
+    r"\d{1,4}[A-Za-z]?(?:/\d{1,4})?)\b\.?(?![/:.,\-]\d)"
+    r"(?![ \t]*(?:mg|mcg|µg|g|ml|mL|units?|iu|IU|%|mmHg|bpm|kg|lbs?|cm|mm|years?|yrs?|days?|weeks?|months?|"
+    r"hours?|hrs?|min|minutes|times|x|am|pm|AM|PM)\b)"
+)
+
+
+def _street_like(value: str) -> bool:
+    words = [w for w in re.findall(r"[^\W\d_]+", value) if w not in ("No", "Nr")]
+    if any(w[0].islower() and w.casefold() not in _STREET_ENDINGS for w in words[1:]):
+        return False  # "Okonkwo on 3": a lower-case word inside is a street word ("Pikk tee 5") or prose
+    if any(w.casefold().endswith(_STREET_ENDINGS) and len(w) > 2 for w in words):
+        return True
+    return bool(words) and words[0][0].isupper() and is_rare(words[0])
+
+
+# "my postcode is 4021", "ZIP: 1015 BS", "postal code H-3914": a postcode after its word, any country's form.
+_POSTCODE_CUE = re.compile(
+    r"(?i:\b(?:post(?:al)?[ \t]*code|postcode|zip(?:[ \t]*code)?|PLZ|CEP|CAP|code[ \t]+postal))"
+    r"[ \t]*(?:is|:|-|#)?[ \t]*(?P<v>(?=[A-Z\- ]{0,4}\d)[A-Z0-9]{1,4}(?:[ \-]?[A-Z0-9]{2,4}){0,2})(?![\w\-])"
+)
+# A postcode after an address's comma, before a town: "..., 114 28 Stockholm", "..., H-3914 Felsőmellékháza".
+_POSTCODE_BEFORE_TOWN = re.compile(
+    r"(?<=, )(?:[A-Z]{1,2}-)?\d{3,5}(?:[ \-]\d{2,3})?(?=[ \t]+[A-ZÀ-Þ][^\W\d_])|\b[A-Z]\d[A-Z] ?\d[A-Z]\d\b"
+)
+# Military and post-office boxes: "PSC 1234, Box 5678", "Unit 9995 Box 9893", "APO AE 09876", "USNS Aston".
+_MAIL_BOX = re.compile(
+    r"\b(?:P\.?[ \t]?O\.?[ \t]*Box[ \t]+\d{1,6}|(?:PSC|CMR|Unit)[ \t]+\d{1,5},?[ \t]+Box[ \t]+\d{1,5}|"
+    r"(?:APO|FPO|DPO)[ \t]+(?:AE|AA|AP)[ \t]+\d{5}|(?:USNS|USNV|USS|USCGC)[ \t]+[A-Z][a-z]+)",
+    re.IGNORECASE,
+)
+# A lower-case street address: "12 elm street", "4 rue de la paix" is left to the pattern above.
+_LOWER_STREET = re.compile(
+    r"\b\d{1,5}[a-z]?[ \t]+(?:[a-z][\w'’\-]*[ \t]+){1,3}(?:street|st|avenue|ave|road|rd|lane|ln|drive|dr|"
+    r"boulevard|blvd|court|ct|way|place|pl|terrace|crescent|close|square|highway|hwy|parkway|pkwy)\b\.?"
+)
+
+# The town (and state or country) after a street: "123 Maple Street, Springfield", "..., Anytown, USA".
+_TOWN_AFTER_STREET = re.compile(
+    rf"(?<=\d)[ \t][^\n,]{{2,60}}?\b{_STREET_SUFFIX}\.?,[ \t]+(?P<v>[A-Z][\w'’\-]+(?:[ \t][A-Z][\w'’\-]+)?"
+    r"(?:,[ \t]+[A-Z]{2,3}\b)?)"
+)
+
+
+def address_recognizers() -> list[EntityRecognizer]:
+    """Street addresses and postcodes."""
+    return [
+        RegexRecognizer(
+            "LOCATION",
+            [
+                (
+                    re.compile(
+                        rf"\b\d{{1,6}}[A-Za-z]?(?:\s+[NSEW]\.?)?(?:\s+{_CAPWORD}){{1,4}}\s+{_STREET_SUFFIX}\b\.?{_UNIT}"
+                    ),
+                    0.85,
+                ),
+                # A bounded word (compound street names are shorter): unbounded, a long hyphenated run is quadratic.
+                (re.compile(rf"\b[A-ZÄÖÜ][\w'’\-]{{0,48}}?(?i:{_EU_STREET_WORD})\s+{_NUMBER}\b"), 0.85),
+                (re.compile(rf"\b{_NUMBER},?\s+{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME}{_UNIT}"), 0.8),
+                (re.compile(rf"\b{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME},?\s+{_NUMBER}\b{_UNIT}"), 0.8),
+                # "ZIP 02139", "..., MA 02139-1234" (the state stays), UK and Dutch postcodes.
+                (re.compile(r"(?i:\bzip(?:\s*code)?)\s*:?\s*(?P<v>\d{5}(?:-\d{4})?)\b"), 0.9),
+                (
+                    re.compile(r"\b(?:" + "|".join(sorted(US_STATE_CODES)) + r")\s+(?P<v>\d{5}(?:-\d{4})?)\b"),
+                    0.9,
+                ),
+                (re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}\b"), 0.8),
+                # European postcodes before a town: ", 49522 Neuss", "3245 KK Piershil".
+                (
+                    re.compile(r"(?<=, )\d{5}(?=[ \t]+[A-Z][^\W\d_])|\b\d{4} ?[A-Z]{2}(?=[ \t]+[A-Z][^\W\d_])"),
+                    0.8,
+                ),
+            ],
+        ),
+        RegexRecognizer(
+            "LOCATION",
+            [
+                (_POSTCODE_CUE, 0.85),
+                (_POSTCODE_BEFORE_TOWN, 0.7),
+                (_MAIL_BOX, 0.85),
+                (_LOWER_STREET, 0.8),
+                (_TOWN_AFTER_STREET, 0.8),
+            ],
+            name="SiloPostcodeBox",
+        ),
+        RegexRecognizer("LOCATION", [(_NAME_THEN_NUMBER, 0.7)], validate=_street_like, name="SiloStreetAnyLocale"),
+    ]

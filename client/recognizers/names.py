@@ -1,0 +1,261 @@
+"""People and places without NER: capitalised runs scored by context, name lists, rarity, and propagation.
+
+`NamePlaceRecognizer` finds people and places from context (titles, "Patient:", salutations, signatures,
+relatives, "lives in", "City, ST 12345", postcodes), from name lists, and by propagating every name or place
+found to its other mentions in the same text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from presidio_analyzer import EntityRecognizer, RecognizerResult
+from presidio_analyzer.nlp_engine import NlpArtifacts
+
+from client.recognizers.addresses import US_STATE_CODES
+from client.recognizers.vocabulary import is_common, is_rare, name_tokens
+
+_WORD = re.compile(r"(?<!\w)[^\W\d_](?:[^\W\d_]|['’\-](?=[^\W\d_]))*")
+_PARTICLES = frozenset(
+    [
+        "van",
+        "von",
+        "der",
+        "den",
+        "de",
+        "del",
+        "della",
+        "di",
+        "da",
+        "dos",
+        "das",
+        "du",
+        "le",
+        "la",
+        "bin",
+        "bint",
+        "ibn",
+        "al",
+        "el",
+        "ben",
+        "ter",
+        "ten",
+        "zu",
+        "y",
+        "e",
+        "ó",
+        "ní",
+        "mac",
+    ]
+)
+_TITLE = r"(?:Dr|Mr|Mrs|Ms|Mx|Miss|Mister|Prof|Professor|Rev|Sir|Dame|Herr|Frau|Mme|Mlle|Sr|Sra|Srta)\.?"
+_STRONG_PERSON_BEFORE = re.compile(
+    rf"(?:\b{_TITLE}\s+|"
+    r"(?i:\b(?:patient|pt|name|patient\s+name|full\s+name|attending|prescriber|provider|physician|surgeon|"
+    r"applicant|customer|client|sender|recipient|beneficiary|payee|holder|account|kin|contact|guardian|caregiver|for|"
+    r"from|to|by|signed|cc|author|nurse|RN|technician|interpreter)\s*:\s*)|"
+    r"(?i:\b(?:dear|hi|hello|hey|thanks|thank\s+you|regards|sincerely|faithfully|best|cheers|yours|love)\b[ \t,]*\n?[ \t]*)|"
+    r"(?i:\b(?:daughter|son|wife|husband|mother|father|sister|brother|partner|spouse|fianc[ée]e?|grandson|"
+    r"granddaughter|grandmother|grandfather|niece|nephew|aunt|uncle|cousin|friend|neighbou?r|roommate|"
+    r"caregiver|sibling|parent|child)\s+)|"
+    r"(?i:\b(?:this\s+is|my\s+name\s+is|i\s+am|i'm|identified\s+as|spoke\s+with|seen\s+by|seeing|named|"
+    r"called|signed\s+by|dictated\s+by|read\s+by|referred\s+by|accompanied\s+by|met\s+with)\s+)|"
+    r"(?:^|\n)\s*(?:--|—)\s*)$"
+)
+_TITLE_BEFORE = re.compile(rf"\b{_TITLE}\s+$")
+_WEAK_PERSON_BEFORE = re.compile(r"(?i:\b(?:by|with|to|for|from|and|of|as|&)\s+)$")
+# "..., MD", "X is a 72-year-old", "X lives in", "X, aged 93": what only a person does.
+_STRONG_PERSON_AFTER = re.compile(
+    r"^(?:,?\s*(?:MD|M\.D\.|RN|DO|NP|PA-C|PA|PhD|DDS|DMD|FNP|LPN|CNA|MBBS|FRCP|Esq)\b|\s+(?:is|was)\s+an?\s+\d|"
+    r"\s+(?:lives|lived|resides|resided|works|worked|reports|reported|presents|presented|denies|denied|states|"
+    r"stated|complains|says|said|feels|felt|notes|noted|was\s+seen|was\s+admitted|was\s+treated)\b|"
+    r",\s+(?:a|an|aged?|born|DOB|d\.o\.b\.)\s)"
+)
+_STRONG_PLACE_BEFORE = re.compile(
+    r"(?i:\b(?:lives|living|live|lived|resides|residing|resident|moved|relocated|born|raised|located|based|"
+    r"grew\s+up|hometown|city\s+of|town\s+of|village\s+of|county\s+of|visiting|travell?ed)\s+"
+    r"(?:(?:in|at|to|of|near|from)\s+)?(?:the\s+)?)$"
+)
+# "seen at Stanford", "admitted to Cedars-Sinai": where a patient was cared for.
+_FACILITY_BEFORE = re.compile(
+    r"(?i:\b(?:seen|treated|admitted|presented|evaluated|visited|attended|transferred|referred|operated|"
+    r"diagnosed|followed|hospitali[sz]ed|discharged|scanned|imaged|delivered)(?:\s+on)?\s+(?:at|to|from|in)\s+"
+    r"(?:the\s+)?)$"
+)
+# What follows a cue-less name at a sentence start: "Halvorsen had moved", "Halvorsen, from ...".
+_PERSON_VERB_AFTER = re.compile(
+    r"^(?:,\s|\s+(?:had|has|was|is|will|would|could|can|did|does|said|says|told|called|wrote|asked|lives|"
+    r"lived|moved|works|worked|came|went|remains|stayed|agreed|declined|returned|arrived|left|joined|chaired|"
+    r"thanked|signed|sent|phoned|emailed)\b)"
+)
+_WEAK_PLACE_BEFORE = re.compile(r"(?i:\b(?:in|at|near|around|outside|towards?)\s+)$")
+# ", Boston" after an institution: the institution's town.
+_INSTITUTION_BEFORE = re.compile(
+    r"(?:Hospital|Medical\s+Center|Center|Centre|Clinic|Practice|Infirmary|Home|Hospice|University|Bank|"
+    r"Branch|Office)\s*,\s*$"
+)
+_STATE_AFTER = re.compile(
+    r"^,\s*(?:" + "|".join(sorted(US_STATE_CODES)) + r")(?:\s+\d{5}(?:-\d{4})?(?!\w)|\s*[.,;\n]|$)"
+)
+_POSTCODE_BEFORE = re.compile(r"(?:\b\d{5}|\b\d{4}\s?[A-Z]{2}|\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2})[ \t]+$")
+_PLACE_SUFFIX = frozenset(
+    [
+        "street",
+        "st",
+        "avenue",
+        "ave",
+        "road",
+        "rd",
+        "lane",
+        "drive",
+        "court",
+        "way",
+        "boulevard",
+        "blvd",
+        "hospital",
+        "center",
+        "centre",
+        "clinic",
+        "practice",
+        "home",
+        "hospice",
+        "university",
+        "bank",
+        "school",
+        "college",
+        "church",
+        "county",
+    ]
+)
+_LABEL_COMMA = re.compile(r"(?i:\b(?:patient|name|pt|patient\s+name)\s*:\s*)$")
+
+
+def _sentence_initial(text: str, start: int) -> bool:
+    i = start
+    while i > 0 and text[i - 1] in " \t":  # (not `text[:start].rstrip()`: that is quadratic over a text)
+        i -= 1
+    return i == 0 or text[i - 1] in '.!?:\n"(' or text[max(0, i - 2) : i] == "--"
+
+
+class NamePlaceRecognizer(EntityRecognizer):
+    """PERSON and LOCATION without NER: capitalised runs scored by context, name lists and propagation."""
+
+    def __init__(self) -> None:
+        self._names = name_tokens()
+        super().__init__(supported_entities=["PERSON", "LOCATION"], name="SiloNamePlace")
+
+    def load(self) -> None:
+        pass
+
+    def _runs(self, text: str) -> Iterable[list[re.Match[str]]]:
+        """Maximal runs of capitalised words (with name particles inside) separated by single spaces."""
+        run: list[re.Match[str]] = []
+        for m in _WORD.finditer(text):
+            word = m.group()
+            cap = word[0].isupper()
+            joined = bool(run) and text[run[-1].end() : m.start()] in (" ", "")
+            if run and joined and (cap or word.casefold() in _PARTICLES):
+                run.append(m)
+                continue
+            if run:
+                yield run
+            run = [m] if cap else []
+        if run:
+            yield run
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        found: list[tuple[str, int, int, float]] = []
+        for run in self._runs(text):
+            # Trailing particles are ordinary words ("Kato de" cannot end a name).
+            while run and run[-1].group()[0].islower():
+                run.pop()
+            while run and run[0].group().isupper() and len(run[0].group()) <= 3:  # "AQ Eijsden": codes first
+                run.pop(0)
+            hit = self._anchored(text, run) if run else None
+            if hit is None:
+                # Leading common words are not part of the name ("Daughter Ross", "Thanks Mary").
+                while run and is_common(run[0].group()) and run[0].group().casefold() not in self._names:
+                    run.pop(0)
+                hit = self._classify(text, run) if run else None
+            if hit:
+                found.append(hit)
+        found.extend(propagate_mentions(text, found))
+        return [RecognizerResult(t, s, e, score) for t, s, e, score in found]
+
+    def _anchored(self, text: str, run: list[re.Match[str]]) -> tuple[str, int, int, float] | None:
+        """Runs with an unambiguous anchor: the words may be ordinary ones ("Little Rock", "Dr. Will Rose")."""
+        start, end = run[0].start(), run[-1].end()
+        if all(m.group().isupper() and len(m.group()) <= 3 for m in run):  # "USD", "MRN": codes, not names
+            return None
+        before, after = text[max(0, start - 48) : start], text[end : end + 16]
+        if _TITLE_BEFORE.search(before) or _LABEL_COMMA.search(before):
+            return ("PERSON", start, self._extend_last_first(text, before, end), 0.85)
+        if _STRONG_PERSON_BEFORE.search(before):  # "Attending: Tao Xu, MD" is not in Maryland
+            return None
+        if _STATE_AFTER.match(after):  # the state goes with its town: "Springfield, IL" names one place
+            return ("LOCATION", start, end + re.match(r",\s*[A-Z]{2}", after).end(), 0.85)  # type: ignore[union-attr]
+        if _INSTITUTION_BEFORE.search(before) or _POSTCODE_BEFORE.search(before):
+            return ("LOCATION", start, end, 0.85)
+        return None
+
+    def _classify(self, text: str, run: list[re.Match[str]]) -> tuple[str, int, int, float] | None:
+        start, end = run[0].start(), run[-1].end()
+        words = [m.group() for m in run if m.group()[0].isupper()]
+        # Short all-capitals words are codes and states ("DE", "MRN"), never name evidence.
+        uncommon = [w for w in words if len(w) > 1 and not is_common(w) and not (w.isupper() and len(w) <= 3)]
+        if not uncommon or words[-1].casefold() in _PLACE_SUFFIX:
+            return None
+        listed = sum(w.casefold() in self._names for w in uncommon)
+        # Not a word of English at all (wordfreq): a name the lists do not know ("Halvorsen", "Vukić").
+        rare = sum(not w.isupper() and is_rare(w) for w in uncommon)
+        before, after = text[max(0, start - 48) : start], text[end : end + 24]
+        if _STRONG_PLACE_BEFORE.search(before) or _FACILITY_BEFORE.search(before):
+            return ("LOCATION", start, end, 0.85)
+        if _STRONG_PERSON_BEFORE.search(before) or _STRONG_PERSON_AFTER.match(after):
+            return ("PERSON", start, end, 0.85)
+        if _WEAK_PLACE_BEFORE.search(before) and not listed:
+            return ("LOCATION", start, end, 0.6)
+        if (listed or rare) and len(words) >= 2:
+            return ("PERSON", start, end, 0.8)
+        weak = bool(_WEAK_PERSON_BEFORE.search(before))
+        initial = _sentence_initial(text, start)
+        if (listed or rare) and (weak or not initial):
+            return ("PERSON", start, end, 0.7)
+        if rare and _PERSON_VERB_AFTER.match(after):
+            return ("PERSON", start, end, 0.6)
+        if len(uncommon) >= 2 and not initial:
+            return ("PERSON", start, end, 0.65 if weak else 0.55)
+        if listed:
+            return ("PERSON", start, end, 0.45)
+        return None
+
+    @staticmethod
+    def _extend_last_first(text: str, before: str, end: int) -> int:
+        """After "Name:" a comma can separate last and first name ("Nelson, Eleanor", "NELSON, ELEANOR")."""
+        if not _LABEL_COMMA.search(before):
+            return end
+        m = re.match(r", ?([A-Z][\w'’\-]*(?: [A-Z][a-z][\w'’\-]*)?)", text[end : end + 64])
+        if m and not is_common(m.group(1).split()[0]):
+            return end + m.end()
+        return end
+
+
+def propagate_mentions(text: str, found: list[tuple[str, int, int, float]]) -> list[tuple[str, int, int, float]]:
+    """Every other mention of a word already found as a name or place ("Ms. Nelson" ... "Nelson")."""
+    seen: dict[str, str] = {}
+    for etype, s, e, score in found:
+        if score < 0.6:
+            continue
+        for w in _WORD.findall(text[s:e]):
+            if len(w) > 2 and w[0].isupper() and not is_common(w):
+                seen.setdefault(w.casefold(), etype)
+    if not seen:
+        return []
+    return [
+        (seen[m.group().casefold()], m.start(), m.end(), 0.7)
+        for m in _WORD.finditer(text)
+        if m.group().casefold() in seen
+    ]

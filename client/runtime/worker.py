@@ -1,0 +1,152 @@
+"""The site runtime: the process that holds the warm site (client/warm.py) and serves its SuperNode's tasks.
+
+    python -m client.runtime.worker --site-config site.toml --runtime-api-address 127.0.0.1:9094 \
+        --secret-file FILE (--coordinator-key KEY | --no-coordinator-key)
+
+Started and watched by the node's supervisor (node.py), never by hand: it claims the SuperNode's tasks
+one at a time with the secret the supervisor shares with the SuperNode, hands each to one
+`SiteRuntime` (site_runtime.py) and keeps the base model, the scrubbed records and the tokenizer in
+memory between them. When it dies mid-task (a crash, the OOM killer, SIGKILL), its ledger reservation
+stays spent, the SuperNode answers that task with Flower's "ClientApp stopped responding" once its
+heartbeats stop, and the supervisor starts a fresh runtime for the next task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from client.runtime.flower_io import RuntimeLink, TaskInput, TaskSession
+from client.runtime.site_runtime import SiteRuntime
+from common.errors import SiloError
+
+log = logging.getLogger("silo.site")
+# Seconds between task polls: a round starts within POLL_S of the SuperNode receiving it while a run is
+# under way (a task in the last BUSY_S seconds); an idle node polls every IDLE_POLL_S.
+POLL_S = 0.05
+IDLE_POLL_S = 0.5
+BUSY_S = 120.0
+
+
+def pull_input(session: TaskSession, ready: queue.Queue[tuple[TaskSession, TaskInput]]) -> None:
+    """In a thread of its own: a message the SuperNode abandoned half-received (its run stopped) never
+    completes, and must not hold up the messages after it."""
+    try:
+        t0 = time.perf_counter()
+        task = session.pull()
+        log.debug("[silo] task %d: input pulled in %.2fs", session.claimed.task_id, time.perf_counter() - t0)
+        ready.put((session, task))
+    except Exception as err:  # noqa: BLE001 - a task that cannot be read fails alone; the node goes on
+        log.error("[silo] task %d: could not read its input: %s", session.claimed.task_id, type(err).__name__)
+        with contextlib.suppress(Exception):
+            session.finish(None, ok=False, details=f"could not read the task's input: {type(err).__name__}")
+        session.close()
+
+
+def serve_task(runtime: SiteRuntime, session: TaskSession, task: TaskInput) -> None:
+    """Let the runtime handle one task, push the reply and the task's outcome."""
+    try:
+        session.bind(task)
+        t0 = time.perf_counter()
+        outcome = runtime.handle(task)
+        t1 = time.perf_counter()
+        try:
+            session.reply(outcome.reply, outcome.context)
+        finally:
+            session.finish(outcome.context, ok=outcome.ok, details=outcome.details)
+        kind = task.message.metadata.message_type
+        log.info(
+            "[silo] %s message: handled in %.2fs, reply handed to the SuperNode in %.2fs",
+            kind,
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
+    except Exception as err:  # noqa: BLE001 - the SuperNode dropped the task (expired, run stopped): the node goes on
+        log.error("[silo] task %d: lost mid-task: %s", session.claimed.task_id, type(err).__name__)
+    finally:
+        session.close()
+
+
+def serve(runtime: SiteRuntime, link: RuntimeLink, stop: threading.Event, *, one_task: bool = False) -> None:
+    """Claim tasks and pull their inputs side by side; handle them one at a time, until `stop` is set.
+    `one_task`: claim one, serve it and return (`[site] warm_runtime = false`: a fresh process per
+    message, as Flower's own `flwr-clientapp` runs, for comparison)."""
+    ready: queue.Queue[tuple[TaskSession, TaskInput]] = queue.Queue()
+    claimed_one = False
+    last_task = float("-inf")
+    while not stop.is_set():
+        claimed = None
+        try:
+            if not (one_task and claimed_one):
+                claimed = link.acquire()
+        except httpx.HTTPError as err:
+            log.debug("[silo] Runtime API not reachable yet: %s", err)
+        if claimed is not None:
+            claimed_one = True
+            last_task = time.monotonic()
+            session = link.session(claimed)
+            threading.Thread(
+                target=pull_input, args=(session, ready), name=f"pull-{claimed.task_id}", daemon=True
+            ).start()
+        try:
+            busy = time.monotonic() - last_task < BUSY_S
+            session, task = ready.get(timeout=POLL_S if busy else IDLE_POLL_S)
+        except queue.Empty:
+            continue
+        serve_task(runtime, session, task)
+        if one_task:
+            return
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m client.runtime.worker", description=__doc__.split("\n\n")[0])
+    p.add_argument("--site-config", type=Path, required=True)
+    p.add_argument("--runtime-api-address", required=True)
+    p.add_argument("--secret-file", type=Path, required=True, help="the task-claim secret (0600, the supervisor's)")
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--coordinator-key", type=Path)
+    key.add_argument("--no-coordinator-key", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from client.runtime.node import setup_logging
+
+    setup_logging()
+    args = parser().parse_args(argv)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        runtime = SiteRuntime(args.site_config, None if args.no_coordinator_key else args.coordinator_key)
+        link = RuntimeLink(
+            args.runtime_api_address, args.secret_file.read_bytes(), prompt_pulls=runtime.cfg.site.warm_runtime
+        )
+    except SiloError as err:
+        print(f"silo: error: {err}", file=sys.stderr)
+        return err.exit_code
+    try:
+        serve(runtime, link, stop, one_task=not runtime.cfg.site.warm_runtime)
+    finally:
+        with contextlib.suppress(Exception):
+            link.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Issue 17's failure classes: identifiers in shapes no template of the project's generator has."""
+
+import pytest
+
+from client.scrub import build_scrubber
+from common.config.scrub import ScrubConfig
+
+
+@pytest.fixture(scope="module")
+def scrubber():
+    return build_scrubber(ScrubConfig())
+
+
+@pytest.fixture(scope="module")
+def strict():
+    return build_scrubber(ScrubConfig(profile="strict"))
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets"),
+    [
+        # names with no cue word, at a sentence start or after a comma, from outside the name lists
+        ("Halvorsen had moved to the coast before the admission.", ["Halvorsen"]),
+        ("Teodora Vukić, from the ethics board, chaired the meeting.", ["Teodora", "Vukić"]),
+        # street addresses in other locales' forms, military and PO-box mail, lower case
+        ("Please send it to Nørregade 12 in the spring.", ["Nørregade"]),
+        ("She lives at Pikk tee 5 with her son.", ["Pikk"]),
+        ("Ship to PSC 1234 Box 5678, APO AE 09876 please.", ["1234", "5678", "09876"]),
+        ("new address: 14 elm street, call when here", ["14 elm street"]),
+        # national phone formats without a cue
+        ("Numbers on file: 0612 345 67 89, and mobile 81 234 567.", ["345 67 89", "81 234 567"]),
+        # postcodes after a cue
+        ("my postcode is 4021 and the ZIP: 1015 BS", ["4021", "1015 BS"]),
+        # facilities and employers
+        ("Seen at Baystate Hospital, then admitted to St. Luke's on Friday.", ["Baystate", "Luke"]),
+        ("He works nights at Biggen Mühle KG.", ["Biggen"]),
+        ("SSN: 987-65-4321 on file.", ["987-65-4321"]),
+    ],
+)
+def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, secrets):
+    scrubbed, _ = scrubber.scrub_text(text)
+    for secret in secrets:
+        assert secret not in scrubbed, scrubbed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Metformin 500 mg twice daily; Sertraline 50 mg at night.",
+        "Referred to Mental Health and to General Hospital outpatients.",
+        "BP 142/88, HR 72, amount 1 200 000.00 EUR.",
+        "Room 12, Ward 5, Type 2 diabetes.",
+    ],
+)
+def test_scrub_text_clinical_and_everyday_content_is_kept(scrubber, text):
+    assert scrubber.scrub_text(text)[0] == text
+
+
+def test_strict_profile_masks_leftover_codes_the_standard_keeps(scrubber, strict):
+    text = "the voucher x7k2q9 went to emily_clark yesterday"
+    assert scrubber.scrub_text(text)[0] == text
+    scrubbed = strict.scrub_text(text)[0]
+    for secret in ("x7k2q9", "emily_clark"):
+        assert secret not in scrubbed
+    assert "70yo" in strict.scrub_text("A 70yo man on 40mg daily.")[0]  # a number with its unit is content
