@@ -1,81 +1,126 @@
-"""`silo`: one command for site operators, federation operators and auditors.
+"""`silo`: one command for site operators, federation operators and auditors, built on Typer (as Flower's
+own `flwr` is) with Rich for help, errors, tables and progress.
 
-Each subcommand lives in its own module under `silo/commands/` and exposes
-`register(subparsers) -> None`, which adds its parser and sets `func(args) -> int`.
-A `SiloError` becomes one line on stderr and its documented exit code; never a traceback.
+Each subcommand lives in its own module under `silo/commands/` and exposes `register(app: typer.Typer)`,
+which adds its command (or its group of commands) to `app`. Every command's `--help` ends with an example.
+A `SiloError` becomes one line on stderr and its documented exit code, never a traceback; a usage error
+exits 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import pkgutil
 import sys
+from typing import Annotated, Any
+
+import click
+import typer
 
 import silo.commands
 from common.errors import EXIT_CODES, INTERRUPTED, SiloError
 from common.version import CODE_VERSION
+from silo import console
+
+HELP = (
+    "Privacy-preserving federated LoRA fine-tuning: scrub PII at each site, train under a site-enforced DP "
+    "budget, aggregate adapters over Flower, verify everything afterwards."
+)
 
 
 def _exit_code_help() -> str:
-    lines = ["exit codes:"] + [f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items())]
-    return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="silo",
-        description="Privacy-preserving federated LoRA fine-tuning: scrub PII at each site, train under "
-        "a site-enforced DP budget, aggregate adapters over Flower, verify everything afterwards.",
-        epilog=_exit_code_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return "\n\n".join(
+        ["exit codes:", *(f"{code:>3}  {console.help_text(text)}" for code, text in sorted(EXIT_CODES.items()))]
     )
-    parser.add_argument("--version", action="version", version=f"silo {CODE_VERSION}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.say(f"silo {CODE_VERSION}")
+        raise typer.Exit(0)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="silo",
+        help=HELP,
+        epilog=_exit_code_help(),
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode="rich",
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+    )
+
+    @app.callback()
+    def _root(
+        version: Annotated[
+            bool, typer.Option("--version", callback=_version, is_eager=True, help="print silo's version and exit")
+        ] = False,
+    ) -> None:
+        """Privacy-preserving federated LoRA fine-tuning."""
+
     for info in sorted(pkgutil.iter_modules(silo.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"silo.commands.{info.name}")
-        module.register(sub)
-    for name, command in _subparsers(parser):
-        _share_examples(f"silo {name}", command)
-    return parser
+        if _is_argparse(module.register):
+            _bridge(app, module)
+        else:
+            module.register(app)
+    return app
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
-    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return [(name, child) for a in actions for name, child in a.choices.items()]
+def _is_argparse(register: Any) -> bool:
+    return "argparse" in str(next(iter(inspect.signature(register).parameters.values())).annotation)
 
 
-def _share_examples(prog: str, group: argparse.ArgumentParser) -> None:
-    """Give each action of a command group (`silo audit verify`) the lines of the group's `examples:`
-    that run it, so every command's --help shows an example; an action with its own keeps its own."""
-    lines = (group.epilog or "").partition("examples:\n")[2].splitlines()
-    for name, action in _subparsers(group):
-        if "examples:" in (action.epilog or ""):
-            continue
-        mine, keep = [], False
-        for line in lines:
-            keep = line.strip().startswith(f"{prog} {name} ") or (keep and line.startswith("      "))
-            if keep:
-                mine.append(line)
-        if mine:
-            action.epilog = "examples:\n" + "\n".join(mine)
-            action.formatter_class = argparse.RawDescriptionHelpFormatter
+def _bridge(app: typer.Typer, module: Any) -> None:
+    """A module not yet moved to Typer: its argparse parser behind a Typer command of the same name."""
+    parser = argparse.ArgumentParser(prog="silo")
+    sub = parser.add_subparsers(dest="command")
+    module.register(sub)
+    for name, child in sub.choices.items():
+        app.command(
+            name,
+            help=console.help_text(child.description or ""),
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+            add_help_option=False,
+        )(_bridged(name, child))
+
+
+def _bridged(name: str, parser: argparse.ArgumentParser) -> Any:
+    def call(ctx: typer.Context) -> int:
+        args = parser.parse_args(ctx.args)
+        args.command = name
+        return int(args.func(args) or 0)
+
+    return call
+
+
+def _command_name(argv: list[str]) -> str:
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_name(argv)
     try:
-        return int(args.func(args) or 0)
+        result = build_app()(args=argv, prog_name="silo", standalone_mode=False)
     except SiloError as err:
-        print(f"silo {args.command}: error: {err}", file=sys.stderr)
+        console.error(command, str(err))
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"silo {args.command}: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.say(f"silo {command}: interrupted", err=True)
         return INTERRUPTED
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except SystemExit as done:  # argparse inside a bridged command: usage errors and --help
+        return int(done.code or 0) if not isinstance(done.code, str) else 2
+    return int(result or 0) if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

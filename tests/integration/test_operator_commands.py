@@ -93,8 +93,10 @@ def test_federation_run_control_live_view_and_stop_on_interrupt(tmp_path: Path, 
     """`silo federation run` shows each site's state and ε as replies arrive and both run ids; status, list
     and logs answer over the Control API; Ctrl-C with --stop-on-interrupt stops the run at the SuperLink
     (it would otherwise go on spending the sites' ε) and says so."""
-    # 5 rounds: the run must still be going after round 1's replies and three Control API calls (~25 s a round).
-    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=5, sites=2)
+    # The run must still be going after round 1's replies and three Control API calls: a warm round takes
+    # 5-25 s, so 5 rounds could end first; 20 planned rounds (noise calibrated so that all 20 fit the budget)
+    # cannot, and Ctrl-C stops them.
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=20, sites=2)
     env = flower_env(tmp_path / "flwr-home")
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
         access = ["--superlink", fed.address, "--keys", str(layout.keys / "coordinator")]
@@ -122,8 +124,9 @@ def test_federation_run_control_live_view_and_stop_on_interrupt(tmp_path: Path, 
             assert "[silo]" in silo("logs", "--run-id", str(flower_id))
 
             os.kill(follow.pid, signal.SIGINT)  # the operator's Ctrl-C
-            assert follow.wait(timeout=120) == 130
+            code = follow.wait(timeout=120)
             said = log.read_text()
+            assert code == 130, said
             assert f"stopped Flower run {flower_id} at the SuperLink" in said, said
             status = fed.connection.run_status(flower_id)
             assert status["status"] == "finished:stopped", status
