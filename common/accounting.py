@@ -228,19 +228,31 @@ def find_noise_multiplier(
         return compute_epsilon(events, delta=delta, accountant=accountant, conversion=conversion)
 
     where = f"at delta={delta}, sample_rate={sample_rate}, steps={steps}"
-    return _smallest_sigma(spend, target_epsilon=target_epsilon, tolerance=epsilon_tolerance, where=where)
+    return _smallest_sigma(
+        spend, target_epsilon=target_epsilon, tolerance=epsilon_tolerance, where=where, releases=len(extra_events)
+    )
 
 
-def _smallest_sigma(spend: Callable[[float], float], *, target_epsilon: float, tolerance: float, where: str) -> float:
-    """Bisection in σ on `spend` (ε, decreasing in σ): the smallest σ found with spend <= target."""
+def _smallest_sigma(
+    spend: Callable[[float], float], *, target_epsilon: float, tolerance: float, where: str, releases: int = 0
+) -> float:
+    """Bisection in σ on `spend` (ε, decreasing in σ): the smallest σ found with spend <= target.
+    `releases`: how many fixed releases `spend` composes beside training (named when they alone exceed it)."""
     sigma_low, sigma_high = 0.0, 1.0
     eps_high = spend(sigma_high)
     while eps_high > target_epsilon:
         sigma_low, sigma_high = sigma_high, 2 * sigma_high
         if sigma_high > MAX_NOISE_MULTIPLIER:
+            beside = (
+                f"; the {releases} releases planned beside training (evaluation answers at "
+                "`eval_noise_multiplier`) spend about that on their own: plan fewer rounds, or raise "
+                "`eval_noise_multiplier` or the target"
+                if releases
+                else ""
+            )
             raise ConfigError(
                 f"`target_epsilon` {target_epsilon} is unreachable {where}: even "
-                f"noise_multiplier={MAX_NOISE_MULTIPLIER:g} spends more."
+                f"noise_multiplier={MAX_NOISE_MULTIPLIER:g} spends {spend(sigma_high):.2f}{beside}."
             )
         eps_high = spend(sigma_high)
     # Stop on ε tolerance, or when σ is pinned to 1e-6 relative (ε can be flat in σ at the bottom).
@@ -495,4 +507,6 @@ def find_distributed_noise_multiplier(
         return compute_epsilon_distributed(list(extra_events), [event], delta=delta)
 
     where = f"with distributed noise at delta={delta}, sample_rate={sample_rate}, rounds={rounds}"
-    return _smallest_sigma(spend, target_epsilon=target_epsilon, tolerance=epsilon_tolerance, where=where)
+    return _smallest_sigma(
+        spend, target_epsilon=target_epsilon, tolerance=epsilon_tolerance, where=where, releases=len(extra_events)
+    )

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from common.accounting import (
     Accountant,
+    DPEvent,
     EpsilonConversion,
     SkellamEvent,
     compute_epsilon,
@@ -176,6 +177,14 @@ def test_find_noise_multiplier_prv_never_overshoots():
 def test_find_noise_multiplier_rejects_unreachable_target():
     with pytest.raises(ConfigError, match="unreachable"):
         find_noise_multiplier(target_epsilon=1e-9, delta=DELTA, sample_rate=1.0, steps=1000)
+
+
+def test_a_target_the_planned_evaluations_alone_exceed_names_them_not_the_training_noise():
+    # 11 evaluation answers at σ=2 spend ε ≈ 8.55 at δ=1e-5 whatever the training noise: the site operator
+    # must be told to plan fewer rounds or noisier answers, not that σ=10000 is too little.
+    evaluations = [DPEvent(2.0, 1.0, 1)] * 11
+    with pytest.raises(ConfigError, match=r"spends 8\.5\d; the 11 releases planned beside training"):
+        find_noise_multiplier(target_epsilon=8.0, delta=DELTA, sample_rate=1 / 6, steps=60, extra_events=evaluations)
 
 
 # ---- distributed noise (Skellam under SecAgg) -----------------------------------------------------
