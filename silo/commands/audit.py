@@ -2,115 +2,52 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
 
 from common.errors import ConfigError
 from server.audit_ledgers import LedgerFile
+from silo import console
 
-_EPILOG = """\
-An auditor needs only the coordinator's run directory, each site's exported ledger
-(`silo ledger export`, a directory or its ledger.jsonl) and each site's public key, obtained from
-the site itself. Nothing secret and no records are read; nothing is written except under --out.
+_ABOUT = (
+    "An auditor needs only the coordinator's run directory, each site's exported ledger "
+    "(`silo ledger export`, a directory or its ledger.jsonl) and each site's public key, obtained from "
+    "the site itself. Nothing secret and no records are read; nothing is written except under --out."
+)
 
-examples:
-  silo audit report runs/2026-11 --ledger audit/hospital-a --ledger audit/bank-c --out audit/report \
-      --public-key keys/sites/hospital-a/site_signing.pub --public-key keys/sites/bank-c/site_signing.pub
-  silo audit verify runs/2026-11 --ledger audit/hospital-a --public-key keys/sites/hospital-a/site_signing.pub \
-      --ledger audit/bank-c --public-key keys/sites/bank-c/site_signing.pub
-  silo audit canaries --out audit/canaries            # DP on, then the same run with DP off
-"""
+REPORT_EXAMPLES = (
+    "silo audit report runs/2026-11 --ledger audit/hospital-a --ledger audit/bank-c --out audit/report "
+    "--public-key keys/sites/hospital-a/site_signing.pub --public-key keys/sites/bank-c/site_signing.pub",
+)
+VERIFY_EXAMPLES = (
+    "silo audit verify runs/2026-11 --ledger audit/hospital-a --public-key keys/sites/hospital-a/site_signing.pub "
+    "--ledger audit/bank-c --public-key keys/sites/bank-c/site_signing.pub",
+)
+CANARIES_EXAMPLES = ("silo audit canaries --out audit/canaries            # DP on, then the same run with DP off",)
+
+_RUN_HELP = "the coordinator's run directory"
+_LEDGER_HELP = "a site's exported ledger (directory or JSONL); repeat per site"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "audit",
-        help="report on, verify, or empirically audit a run's privacy",
-        description="The auditor's view of a federation run.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        help=console.help_text(
+            "report on, verify, or empirically audit a run's privacy\n\n"
+            "The auditor's view of a federation run.\n\n" + _ABOUT
+        ),
+        epilog=console.examples(*REPORT_EXAMPLES, *VERIFY_EXAMPLES, *CANARIES_EXAMPLES),
+        no_args_is_help=True,
+        rich_markup_mode="rich",
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-
-    report = actions.add_parser(
-        "report",
-        help="write report.html (self-contained), report.json and summary.md",
-        description="Build the audit report of RUN: ε per site against its budget, DP settings, sites per "
-        "round, scrub counts, rejected updates, method (accountant, conversion, δ, sampling, SecAgg, "
-        "central DP), code version, config hash and each round's adapter hash.",
-    )
-    report.add_argument("run", metavar="RUN", help="the coordinator's run directory")
-    report.add_argument(
-        "--ledger",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a site's exported ledger (directory or JSONL); repeat per site",
-    )
-    report.add_argument(
-        "--public-key",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a site's Ed25519 public key (PEM), from the site; repeat per site. With them the report is verified "
-        "first (as `silo audit verify`) and its first line says the outcome; without, it says NOT VERIFIED",
-    )
-    report.add_argument("--out", default=None, metavar="DIR", help="output directory (default RUN/audit)")
-    report.set_defaults(func=run_report)
-
-    verify = actions.add_parser(
-        "verify",
-        help="recompute every ε independently; check chains, signatures, adapter and update hashes",
-        description="Exit 0 only when every check ran and passed: every site that took part needs its "
-        "exported ledger and its public key. Exit 9 naming the first discrepancy (a void ε claim, from "
-        "noise that was not fresh, is one); exit 10 naming what was not checked, unless --partial.",
-    )
-    verify.add_argument("run", metavar="RUN", help="the coordinator's run directory")
-    verify.add_argument(
-        "--ledger",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a site's exported ledger (directory or JSONL); repeat per site",
-    )
-    verify.add_argument(
-        "--public-key",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a site's Ed25519 public key (PEM), from the site; repeat per site",
-    )
-    verify.add_argument(
-        "--partial",
-        action="store_true",
-        help="accept what could not be checked (exit 0 listing it) instead of exit 10",
-    )
-    verify.add_argument("--json", action="store_true", help="print every check as JSON")
-    verify.set_defaults(func=run_verify)
-
-    canaries = actions.add_parser(
-        "canaries",
-        help="plant canaries at a site, train for real with and without DP, measure exposure",
-        description="Empirical privacy audit (Carlini et al. 2019 exposure; Steinke et al. 2023 one-run "
-        "ε lower bound) of the site's real DP training path, reported next to the claimed ε.",
-    )
-    canaries.add_argument("--out", required=True, metavar="DIR", help="work and output directory")
-    canaries.add_argument("--base-model", metavar="DIR", help="base model directory (default: build a small one)")
-    canaries.add_argument(
-        "--canaries", type=int, default=None, metavar="N", help="canaries planted (and as many held out)"
-    )
-    canaries.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        metavar="K",
-        help="copies of each canary in the DP-off run (DP-on plants each once)",
-    )
-    canaries.add_argument("--rounds", type=int, default=None, metavar="N", help="training rounds per run")
-    canaries.add_argument("--only", choices=("dp", "no-dp"), default=None, help="run one side only")
-    canaries.set_defaults(func=run_canaries)
+    group.command("report", epilog=console.examples(*REPORT_EXAMPLES))(run_report)
+    group.command("verify", epilog=console.examples(*VERIFY_EXAMPLES))(run_verify)
+    group.command("canaries", epilog=console.examples(*CANARIES_EXAMPLES))(run_canaries)
+    app.add_typer(group, name="audit")
 
 
 def _ledger_paths(values: list[str]) -> list[str | Path]:
@@ -123,23 +60,42 @@ def _ledger_paths(values: list[str]) -> list[str | Path]:
     return paths
 
 
-def run_report(args: argparse.Namespace) -> int:
+def run_report(
+    run: Annotated[str, typer.Argument(metavar="RUN", help=_RUN_HELP, show_default=False)],
+    ledger: Annotated[list[str] | None, typer.Option("--ledger", metavar="FILE", help=_LEDGER_HELP)] = None,
+    public_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--public-key",
+            metavar="FILE",
+            help="a site's Ed25519 public key (PEM), from the site; repeat per site. With them the report is "
+            "verified first (as `silo audit verify`) and its first line says the outcome; without, it says "
+            "NOT VERIFIED",
+        ),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", metavar="DIR", help="output directory (default RUN/audit)")
+    ] = None,
+) -> int:
+    """write report.html (self-contained), report.json and summary.md
+
+    Build the audit report of RUN: ε per site against its budget, DP settings, sites per round, scrub counts, rejected updates, method (accountant, conversion, δ, sampling, SecAgg, central DP), code version, config hash and each round's adapter hash.
+    """
     from common.ledger.verify import read_ledger
     from server.audit import write_report
 
-    paths_in = _ledger_paths(args.ledger)
+    public_keys = public_key or []
+    paths_in = _ledger_paths(ledger or [])
     ledgers = [LedgerFile(Path(p), read_ledger(p)) for p in paths_in]
     verdict = None
-    if args.public_key:
+    if public_keys:
         from server.audit_verify import verify_run
         from server.report_verdict import verdict_of
 
-        result = verify_run(args.run, paths_in, args.public_key)
-        verdict = verdict_of(
-            result, public_keys=[Path(k) for k in args.public_key], ledgers=[Path(p) for p in paths_in]
-        )
-    out = Path(args.out) if args.out else Path(args.run) / "audit"
-    paths = write_report(args.run, out, ledgers, verdict)
+        result = verify_run(run, paths_in, public_keys)
+        verdict = verdict_of(result, public_keys=[Path(k) for k in public_keys], ledgers=[Path(p) for p in paths_in])
+    out_dir = Path(out) if out else Path(run) / "audit"
+    paths = write_report(run, out_dir, ledgers, verdict)
     for kind, path in paths.items():
         print(f"wrote {path} ({kind})")
     print(json.loads(paths["json"].read_text())["verification"]["line"])
@@ -149,36 +105,75 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_verify(args: argparse.Namespace) -> int:
+def run_verify(
+    run: Annotated[str, typer.Argument(metavar="RUN", help=_RUN_HELP, show_default=False)],
+    ledger: Annotated[list[str] | None, typer.Option("--ledger", metavar="FILE", help=_LEDGER_HELP)] = None,
+    public_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--public-key", metavar="FILE", help="a site's Ed25519 public key (PEM), from the site; repeat per site"
+        ),
+    ] = None,
+    partial: Annotated[
+        bool,
+        typer.Option("--partial", help="accept what could not be checked (exit 0 listing it) instead of exit 10"),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print every check as JSON")] = False,
+) -> int:
+    """recompute every ε independently; check chains, signatures, adapter and update hashes
+
+    Exit 0 only when every check ran and passed: every site that took part needs its exported ledger and its public key. Exit 9 naming the first discrepancy (a void ε claim, from noise that was not fresh, is one); exit 10 naming what was not checked, unless --partial.
+    """
     from server.audit_verify import verify_run
 
-    result = verify_run(args.run, _ledger_paths(args.ledger), args.public_key)
-    if args.json:
-        print(json.dumps({"run": args.run, **result.as_dict()}, indent=2))
+    result = verify_run(run, _ledger_paths(ledger or []), public_key or [])
+    if as_json:
+        print(json.dumps({"run": run, **result.as_dict()}, indent=2))
     else:
         for check in result.checks:
             print(f"{'OK  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
         for item in result.unchecked:
             print(f"NOT CHECKED {item}")
-    result.raise_for_failure(partial=args.partial)
-    if not args.json:
-        passed = f"verified {args.run}: {len(result.checks)} checks passed"
+    result.raise_for_failure(partial=partial)
+    if not as_json:
+        passed = f"verified {run}: {len(result.checks)} checks passed"
         gaps = f"; PARTIAL: {len(result.unchecked)} item(s) not checked (listed above)" if result.unchecked else ""
         print(passed + gaps)
     return 0
 
 
-def run_canaries(args: argparse.Namespace) -> int:
+def run_canaries(
+    out: Annotated[str, typer.Option("--out", metavar="DIR", help="work and output directory")],
+    base_model: Annotated[
+        str | None,
+        typer.Option("--base-model", metavar="DIR", help="base model directory (default: build a small one)"),
+    ] = None,
+    canaries: Annotated[
+        int | None, typer.Option("--canaries", metavar="N", help="canaries planted (and as many held out)")
+    ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option("--repeats", metavar="K", help="copies of each canary in the DP-off run (DP-on plants each once)"),
+    ] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", metavar="N", help="training rounds per run")] = None,
+    only: Annotated[
+        str | None, typer.Option("--only", click_type=click.Choice(["dp", "no-dp"]), help="run one side only")
+    ] = None,
+) -> int:
+    """plant canaries at a site, train for real with and without DP, measure exposure
+
+    Empirical privacy audit (Carlini et al. 2019 exposure; Steinke et al. 2023 one-run ε lower bound) of the site's real DP training path, reported next to the claimed ε.
+    """
     from silo.canaries import CanaryAuditConfig, format_audit, run_canary_audit
 
     defaults = CanaryAuditConfig()
     config = CanaryAuditConfig(
-        canaries=args.canaries or defaults.canaries,
-        repeats_without_dp=args.repeats or defaults.repeats_without_dp,
-        rounds=args.rounds or defaults.rounds,
+        canaries=canaries or defaults.canaries,
+        repeats_without_dp=repeats or defaults.repeats_without_dp,
+        rounds=rounds or defaults.rounds,
     )
-    sides = {"dp": (True,), "no-dp": (False,), None: (True, False)}[args.only]
-    result = run_canary_audit(Path(args.out), config=config, base_model=args.base_model, dp_sides=sides,
+    sides = {"dp": (True,), "no-dp": (False,), None: (True, False)}[only]
+    result = run_canary_audit(Path(out), config=config, base_model=base_model, dp_sides=sides,
                               log=lambda line: print(line, file=sys.stderr))  # fmt: skip
     print(format_audit(result))
     return 0
