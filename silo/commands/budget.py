@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from common import keys
 from common.accounting import Accountant, EpsilonConversion, SkellamEvent, compute_epsilon
@@ -14,21 +15,21 @@ from common.errors import LedgerError
 from common.ledger.entry import event_of
 from common.ledger.verify import iter_rounds, read_ledger, verify_ledger
 from common.schema import strict_json
+from silo import console
 
-_EPILOG = """\
-Epsilon is cumulative over EVERY spend in the ledger (all runs, restarts included): each total is
-the privacy accountant's composition of all recorded DP events. "added" is what that spend added to
-the total; the column adds up to the total (a round's ε on its own would not: composition is
-sub-additive). A round that was reserved but never completed (the site stopped mid-round) still
-counts as spent. "left" is the site's budget_epsilon minus the total. "rounds that fit" composes the
-whole history with more rounds like the last one (its training and its evaluation answers) until the
-budget would be passed. The ledger is verified first (against --public-key, or else the key it names)
-and an invalid ledger is refused.
-
-examples:
-  silo budget --ledger site/ledger.jsonl
-  silo budget --ledger site/ledger.jsonl --public-key site/keys/ledger.pem.pub --json
-"""
+_EXPLAINED = (
+    "Epsilon is cumulative over EVERY spend in the ledger (all runs, restarts included): each total is the privacy "
+    'accountant\'s composition of all recorded DP events. "added" is what that spend added to the total; the '
+    "column adds up to the total (a round's ε on its own would not: composition is sub-additive). A round that was "
+    'reserved but never completed (the site stopped mid-round) still counts as spent. "left" is the site\'s '
+    'budget_epsilon minus the total. "rounds that fit" composes the whole history with more rounds like the last '
+    "one (its training and its evaluation answers) until the budget would be passed. The ledger is verified first "
+    "(against --public-key, or else the key it names) and an invalid ledger is refused."
+)
+EXAMPLES = (
+    "silo budget --ledger site/ledger.jsonl",
+    "silo budget --ledger site/ledger.jsonl --public-key site/keys/ledger.pem.pub --json",
+)
 
 _COLUMNS = (
     ("entry", "{index}"),
@@ -47,33 +48,34 @@ _COLUMNS = (
 MAX_ROUNDS_AHEAD = 10_000
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "budget",
-        help="show a site's privacy budget: spent and remaining per run and round",
-        description="Read a site's privacy ledger and show epsilon spent and remaining per run and round.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def register(app: typer.Typer) -> None:
+    help_text = (
+        "Show a site's privacy budget: spent and remaining per run and round.\n\n"
+        "Read a site's privacy ledger and show epsilon spent and remaining per run and round.\n\n" + _EXPLAINED
     )
-    parser.add_argument("--ledger", required=True, metavar="FILE", help="the site's ledger (JSONL)")
-    parser.add_argument(
-        "--public-key", metavar="FILE", help="the site's Ed25519 public key (PEM) to verify signatures against"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(func=run)
+    app.command("budget", help=console.help_text(help_text), epilog=console.examples(*EXAMPLES))(run)
 
 
-def run(args: argparse.Namespace) -> int:
-    public_key = keys.load_public_key(args.public_key) if args.public_key else None
-    result = verify_ledger(args.ledger, public_key)
+def run(
+    ledger: Annotated[str, typer.Option("--ledger", metavar="FILE", help="the site's ledger (JSONL)")],
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--public-key", metavar="FILE", help="the site's Ed25519 public key (PEM) to verify signatures against"
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> int:
+    key = keys.load_public_key(public_key) if public_key else None
+    result = verify_ledger(ledger, key)
     if not result.ok:
-        raise LedgerError(f"{args.ledger}: {result} Not showing a budget from it (see `silo ledger verify`).")
-    report = budget_report(Path(args.ledger))
-    report["verified_against"] = "--public-key" if public_key else "the key named in the ledger"
-    if args.json:
+        raise LedgerError(f"{ledger}: {result} Not showing a budget from it (see `silo ledger verify`).")
+    report = budget_report(Path(ledger))
+    report["verified_against"] = "--public-key" if key else "the key named in the ledger"
+    if as_json:
         print(json.dumps(strict_json(report), indent=2, allow_nan=False))
     else:
-        print(format_report(report))
+        print_report(report)
     return 0
 
 
@@ -162,21 +164,20 @@ def rounds_that_fit(rows: list[dict[str, Any]], last: dict[str, Any]) -> int | N
     return low
 
 
-def format_report(report: dict[str, Any]) -> str:
+def print_report(report: dict[str, Any]) -> None:
+    """The report for a person: a table of every spend, each run's share, and what is left."""
     spent = report["spent"]
     if not report["rounds"]:
-        return f"{report['ledger']}: no rounds recorded; nothing spent."
-    rows = [[title for title, _ in _COLUMNS]]
+        console.say(f"{report['ledger']}: no rounds recorded; nothing spent.")
+        return
+    rows = []
     for r in report["rounds"]:
         values = {k: (_num(v) if k in ("epsilon_added", "epsilon_total", "budget_epsilon", "remaining") else v)
                   for k, v in r.items()}  # fmt: skip
         values = {k: ("-" if v is None else v) for k, v in values.items()}
         rows.append([fmt.format(**values) for _, fmt in _COLUMNS])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("")
-    lines.append("per run (epsilon of the run alone; total = whole ledger after its last round):")
+    console.print_table(None, [title for title, _ in _COLUMNS], rows)
+    lines = ["", "per run (epsilon of the run alone; total = whole ledger after its last round):"]
     for run in report["runs"]:
         lines.append(
             f"  {run['run_id']}: rounds {run['rounds']}, epsilon {_num(run['epsilon_run'])}, "
@@ -190,7 +191,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"{spent['delta']} ({spent['method']}); left {_num(spent['remaining'])}; rounds like the last that "
         f"still fit: {more}. Signatures verified against {report.get('verified_against', '?')}."
     )
-    return "\n".join(lines)
+    for line in lines:
+        console.say(line)
 
 
 def _method(entry: dict[str, Any]) -> str:

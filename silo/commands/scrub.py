@@ -2,82 +2,65 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
-import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import click
+import typer
 
 from common.config import DataConfig
 from common.config.scrub import ScrubConfig, ScrubOperator
 from common.declaration import sum_scrub_reports
 from common.errors import ConfigError, DataError
+from silo import console
 
 if TYPE_CHECKING:
     from client.scrub import Scrubber
 
-# Progress is redrawn at most this often (seconds), so printing never costs more than scrubbing.
-PROGRESS_INTERVAL_S = 0.5
+# Off a terminal (a log file, a pipe), progress is one line this often (seconds): a log shows the work
+# going on without the printing ever costing more than the scrubbing.
+PROGRESS_LOG_INTERVAL_S = 5.0
 
-_EPILOG = """\
-Each input file is written to DIR under the same name with the same fields; every field named by
---field (default: text) is scrubbed and the others are copied. Records that cannot be scrubbed
-(missing or non-text field, or an identifier still visible on a second pass) are quarantined: they
-are left out of the output and counted in DIR/report.json, which never contains a raw value.
-Output appears all at once: it is written to a temporary directory and renamed into place; on an
-error, Ctrl-C or SIGTERM (exit 130) the temporary directory is removed and nothing is left behind.
-A record longer than [data] max_record_chars of --config (default 1,000,000 characters) is an error.
+_EXPLAINED = (
+    "Each input file is written to DIR under the same name with the same fields; every field named by --field "
+    "(default: text) is scrubbed and the others are copied. Records that cannot be scrubbed (missing or non-text "
+    "field, or an identifier still visible on a second pass) are quarantined: they are left out of the output and "
+    "counted in DIR/report.json, which never contains a raw value.\n\n"
+    "Output appears all at once: it is written to a temporary directory and renamed into place; on an error, "
+    "Ctrl-C or SIGTERM (exit 130) the temporary directory is removed and nothing is left behind. A record longer "
+    "than [data] max_record_chars of --config (default 1,000,000 characters) is an error."
+)
+EXAMPLES = (
+    "silo scrub --in site/notes.jsonl --out site/scrubbed",
+    "silo scrub --in site/raw/ --out site/scrubbed --config site.toml",
+    "silo scrub --in messages.csv --out out/ --field subject --field body --operator pseudonym --config site.toml",
+)
 
-examples:
-  silo scrub --in site/notes.jsonl --out site/scrubbed
-  silo scrub --in site/raw/ --out site/scrubbed --config site.toml
-  silo scrub --in messages.csv --out out/ --field subject --field body --operator pseudonym --config site.toml
-"""
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "scrub",
-        help="scrub PII from site records (JSONL/CSV) into a directory, with a report",
-        description="Remove personal data (HIPAA Safe Harbor and bank identifiers) from a JSONL or CSV "
-        "file, or a directory of them, so a site can inspect exactly what training will see.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def register(app: typer.Typer) -> None:
+    help_text = (
+        "Scrub PII from site records (JSONL/CSV) into a directory, with a report.\n\n"
+        "Remove personal data (HIPAA Safe Harbor and bank identifiers) from a JSONL or CSV file, or a directory of "
+        "them, so a site can inspect exactly what training will see.\n\n" + _EXPLAINED
     )
-    parser.add_argument(
-        "--in", dest="inp", required=True, metavar="PATH", help="a .jsonl or .csv file, or a directory of them"
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist, or be empty)")
-    parser.add_argument(
-        "--field",
-        action="append",
-        metavar="NAME",
-        help="field to scrub (repeatable; default: from config, else 'text')",
-    )
-    parser.add_argument("--config", metavar="SITE_TOML", help="site TOML whose [scrub] section configures scrubbing")
-    parser.add_argument(
-        "--operator",
-        choices=[op.value for op in ScrubOperator],
-        help="replace with <TYPE> (default), keyed pseudonym <TYPE_hhhhhhhh>, or redact",
-    )
-    parser.set_defaults(func=run)
+    app.command("scrub", help=console.help_text(help_text), epilog=console.examples(*EXAMPLES))(run)
 
 
-def _load_config(args: argparse.Namespace) -> tuple[ScrubConfig, int]:
+def _load_config(config: str | None, fields: list[str] | None, operator: str | None) -> tuple[ScrubConfig, int]:
     """The `[scrub]` configuration and `[data] max_record_chars` (default when no --config)."""
     section: dict[str, Any] = {}
     max_record_chars = DataConfig.max_record_chars
-    if args.config:
-        path = Path(args.config)
+    if config:
+        path = Path(config)
         try:
             with path.open("rb") as f:
                 doc = tomllib.load(f)
@@ -92,10 +75,10 @@ def _load_config(args: argparse.Namespace) -> tuple[ScrubConfig, int]:
         key = section.get("pseudonym_key_file")
         if isinstance(key, str) and key and not Path(key).is_absolute():
             section["pseudonym_key_file"] = str(path.parent / key)  # relative to the TOML's own directory
-    if args.field:
-        section["fields"] = tuple(args.field)
-    if args.operator:
-        section["operator"] = args.operator
+    if fields:
+        section["fields"] = tuple(fields)
+    if operator:
+        section["operator"] = operator
     return ScrubConfig.from_mapping(section), max_record_chars
 
 
@@ -123,38 +106,19 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class _Progress:
-    """A counter with a rate on stderr: redrawn in place on a terminal, a line now and then otherwise."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.start = self.last = time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self.n = 0
-
-    def __call__(self, n: int) -> None:
-        self.n = n
-        now = time.monotonic()
-        if now - self.last >= (PROGRESS_INTERVAL_S if self.tty else 10 * PROGRESS_INTERVAL_S):
-            self.last = now
-            self._draw(now, end="\r" if self.tty else "\n")
-
-    def _draw(self, now: float, end: str) -> None:
-        rate = self.n / max(now - self.start, 1e-9)
-        print(f"silo scrub: {self.label}: {self.n:,} records ({rate:,.0f}/s)", end=end, file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        self._draw(time.monotonic(), end="\n")
-
-
 def _scrub_file(path: Path, dest: Path, scrubber: Scrubber, max_record_chars: int) -> dict[str, Any]:
     from client.ingest import csv_header, read_record_file
     from client.scrub import scrub_records
 
     records = [record for _, record in read_record_file(path, max_record_chars=max_record_chars)]
     header = csv_header(path, max_record_chars=max_record_chars) if path.suffix == ".csv" else []
-    progress = _Progress(path.name)
-    result = scrub_records(records, scrubber, progress=progress)
+    progress = console.Counter(path.name, unit="records", every_s=PROGRESS_LOG_INTERVAL_S, prefix="silo scrub")
+    try:
+        result = scrub_records(records, scrubber, progress=progress)
+    except BaseException:
+        if console.stderr.is_terminal:
+            progress.done()  # ends the live line, so the error or "interrupted" starts on a line of its own
+        raise
     progress.done()
     with dest.open("w", encoding="utf-8", newline="") as f:
         if header:
@@ -173,17 +137,39 @@ def _total(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return total | {key: dict(sorted(total[key].items())) for key in tallies}
 
 
-def run(args: argparse.Namespace) -> int:
+def run(
+    inp: Annotated[Path, typer.Option("--in", metavar="PATH", help="a .jsonl or .csv file, or a directory of them")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="output directory (must not exist, or be empty)")],
+    field: Annotated[
+        list[str] | None,
+        typer.Option("--field", metavar="NAME", help="field to scrub (repeatable; default: from config, else 'text')"),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            metavar="SITE_TOML",
+            help=console.help_text("site TOML whose [scrub] section configures scrubbing"),
+        ),
+    ] = None,
+    operator: Annotated[
+        str | None,
+        typer.Option(
+            "--operator",
+            click_type=click.Choice([op.value for op in ScrubOperator]),
+            help="replace with <TYPE> (default), keyed pseudonym <TYPE_hhhhhhhh>, or redact",
+        ),
+    ] = None,
+) -> int:
     # Imported here: Presidio takes a second to import, and `silo --help` should not wait for it.
     from client.ingest import list_record_files
     from client.scrub import build_scrubber
 
-    config, max_record_chars = _load_config(args)
-    files = list_record_files(Path(args.inp))
-    out = Path(args.out)
+    scrub_config, max_record_chars = _load_config(config, field, operator)
+    files = list_record_files(inp)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"--out {out} exists and is not an empty directory; choose a new one.")
-    scrubber = build_scrubber(config)
+    scrubber = build_scrubber(scrub_config)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging: Path | None = None
     with _terminate_as_interrupt():
@@ -191,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
             reports = {p.name: _scrub_file(p, staging / p.name, scrubber, max_record_chars) for p in files}
             total = _total(reports)
-            report = {"config": config.summary(), "total": total, "files": reports}
+            report = {"config": scrub_config.summary(), "total": total, "files": reports}
             (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             if out.exists():
                 out.rmdir()  # empty, checked above
@@ -201,9 +187,9 @@ def run(args: argparse.Namespace) -> int:
                 if staging is not None:
                     shutil.rmtree(staging, ignore_errors=True)
             raise
-    print(
+    console.say(
         f"silo scrub: {total['records_out']:,} of {total['records_in']:,} records written to {out}; "
         f"{total['quarantined']:,} quarantined; report: {out / 'report.json'}",
-        file=sys.stderr,
+        err=True,
     )
     return 0
