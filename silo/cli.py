@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_name(argv)
     try:
-        result = build_app()(args=argv, prog_name="silo", standalone_mode=False)
+        # Click's own invocation, not Typer's `app()`: that turns Ctrl-C into a silent exit 130, and the
+        # operator must read what was interrupted.
+        group = typer.main.get_command(build_app())
+        with group.make_context("silo", argv) as ctx:
+            result = group.invoke(ctx)
     except SiloError as err:
         console.error(command, str(err))
         return err.exit_code

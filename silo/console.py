@@ -8,6 +8,7 @@ Rich markup.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -52,8 +53,9 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
         table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(*(escape(str(cell)) for cell in row))
-    width = None if console.is_terminal else NON_TERMINAL_WIDTH
-    console.print(table, width=width)
+    if not console.is_terminal:  # print(width=) is capped at the console's own width, 80 off a terminal
+        console = Console(file=sys.stderr if err else sys.stdout, width=NON_TERMINAL_WIDTH, highlight=False)
+    console.print(table)
 
 
 class Counter:
@@ -89,6 +91,11 @@ class Counter:
     def _line(self, now: float) -> None:
         rate = self.n / max(now - self.start, 1e-9)
         say(f"{self.prefix}: {self.label}: {self.n:,} {self.unit} ({rate:,.0f}/s)", err=True)
+
+    def close(self) -> None:
+        """Stop a live line without a last count (an error or Ctrl-C is what the operator should read)."""
+        if self._progress is not None:
+            self._progress.stop()
 
     def done(self) -> None:
         now = time.monotonic()

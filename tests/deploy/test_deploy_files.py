@@ -3,21 +3,21 @@ the real CLI accepts, with TLS and authentication on (no Docker, kubectl or syst
 
 from __future__ import annotations
 
-import argparse
 import configparser
 import re
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from common.config import load_federation_config, load_site_config
 from common.pki import KeyLayout
 from silo import proxy
-from silo.cli import build_parser
 from silo.launch import is_loopback
+from tests.fixtures import cli
 
 yaml = pytest.importorskip("yaml")
 
@@ -26,9 +26,9 @@ DOCKER = DEPLOY / "docker"
 SITES = ("hospital-a", "hospital-b", "bank-c")
 
 
-def _parse_silo(args: list[str]) -> object:
-    """The arguments as `silo` would parse them (SystemExit on an unknown flag or command)."""
-    return build_parser().parse_args(args)
+def _parse_silo(args: list[str]) -> SimpleNamespace:
+    """The arguments as `silo` would parse them (click.UsageError on an unknown flag or command)."""
+    return cli.parse(args)
 
 
 def _secure(args: list[str]) -> None:
@@ -36,7 +36,7 @@ def _secure(args: list[str]) -> None:
     assert "--keys" in args, args
 
 
-def _coordinator_behind_the_proxy(args: argparse.Namespace) -> None:
+def _coordinator_behind_the_proxy(args: SimpleNamespace) -> None:
     """The SuperLink on loopback, never exposed; the Fleet proxy is how sites get in."""
     assert is_loopback(args.host) and not args.expose_control_plane
     assert args.port == 9093

@@ -16,7 +16,7 @@ import pytest
 
 from common.manifest import read_manifest
 from silo.launch import FlowerConnection, LocalFederation, flower_env, free_port, kill_children_of
-from tests.integration.conftest import make_layout
+from tests.integration.conftest import RECORDS, make_layout
 
 pytestmark = pytest.mark.integration
 
@@ -93,10 +93,11 @@ def test_federation_run_control_live_view_and_stop_on_interrupt(tmp_path: Path, 
     """`silo federation run` shows each site's state and ε as replies arrive and both run ids; status, list
     and logs answer over the Control API; Ctrl-C with --stop-on-interrupt stops the run at the SuperLink
     (it would otherwise go on spending the sites' ε) and says so."""
-    # The run must still be going after round 1's replies and three Control API calls: a warm round takes
-    # 5-25 s, so 5 rounds could end first; 20 planned rounds (noise calibrated so that all 20 fit the budget)
-    # cannot, and Ctrl-C stops them.
-    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=20, sites=2)
+    # The run must still be going after round 1's replies and three Control API calls (~30 s on 2 cores): 5
+    # rounds of the default 120 records end ~25 s after round 1 on a quiet machine. 8 rounds of 480 records a
+    # site (~4x the training a round) cannot; 8 is about the most a demo site's ε=8 covers, its evaluation
+    # answers included.
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=8, sites=2, records=4 * RECORDS)
     env = flower_env(tmp_path / "flwr-home")
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
         access = ["--superlink", fed.address, "--keys", str(layout.keys / "coordinator")]
