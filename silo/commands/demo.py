@@ -11,7 +11,6 @@ import click
 import typer
 
 from silo import console
-from silo.demo import prepare_demo, run_local_federation
 
 EXAMPLES = (
     "silo demo --out silo-demo",
@@ -65,6 +64,10 @@ def run(
     if insecure:
         print("silo: WARNING: --insecure: plain-text sockets, any SuperNode may join, updates checked only "
               "against keys pinned on first use", file=sys.stderr)  # fmt: skip
+    # Imported here: silo.demo brings Presidio, transformers and torch (~5 s), which every other `silo`
+    # command (and `silo --help`) would otherwise wait for.
+    from silo.demo import prepare_demo, run_local_federation
+
     layout = prepare_demo(
         out,
         base_model=base_model,
