@@ -9,12 +9,10 @@ exits 2; Ctrl-C exits 130.
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import inspect
 import pkgutil
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import click
 import typer
@@ -64,38 +62,8 @@ def build_app() -> typer.Typer:
 
     for info in sorted(pkgutil.iter_modules(silo.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"silo.commands.{info.name}")
-        if _is_argparse(module.register):
-            _bridge(app, module)
-        else:
-            module.register(app)
+        module.register(app)
     return app
-
-
-def _is_argparse(register: Any) -> bool:
-    return "argparse" in str(next(iter(inspect.signature(register).parameters.values())).annotation)
-
-
-def _bridge(app: typer.Typer, module: Any) -> None:
-    """A module not yet moved to Typer: its argparse parser behind a Typer command of the same name."""
-    parser = argparse.ArgumentParser(prog="silo")
-    sub = parser.add_subparsers(dest="command")
-    module.register(sub)
-    for name, child in sub.choices.items():
-        app.command(
-            name,
-            help=console.help_text(child.description or ""),
-            context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
-            add_help_option=False,
-        )(_bridged(name, child))
-
-
-def _bridged(name: str, parser: argparse.ArgumentParser) -> Any:
-    def call(ctx: typer.Context) -> int:
-        args = parser.parse_args(ctx.args)
-        args.command = name
-        return int(args.func(args) or 0)
-
-    return call
 
 
 def _command_name(argv: list[str]) -> str:
@@ -122,8 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as err:
         err.show()
         return err.exit_code
-    except SystemExit as done:  # argparse inside a bridged command: usage errors and --help
-        return int(done.code or 0) if not isinstance(done.code, str) else 2
     return int(result or 0) if isinstance(result, int) else 0
 
 
