@@ -29,8 +29,8 @@ from server.checkpoint import RunDirectory
 from server.federation import run_federation
 from silo.demo import DemoLayout, demo_site_config, write_site
 from silo.synthetic import make_clinical_notes
+from tests.fixtures.coordinator import federation_config, manifest_json
 from tests.fixtures.push_pull import PushPull
-from tests.server.test_federation_security import _config, _manifest
 
 RUN, RND = "run-test", 1
 PARAMS = {"run-id": RUN, "round": RND, "threshold": 2, "clip": 1.0, "quantization-range": 1 << 22, "modulus": 1 << 62}
@@ -199,12 +199,12 @@ def test_real_sites_secagg_round_equals_fedavg_of_their_updates_with_one_droppin
         return real_mask(state, update=update, global_arrays=global_arrays, weight=weight)
 
     monkeypatch.setattr(site_module, "mask_update", recording_mask)
-    cfg = _config(base_model_dir, min_sites=2, secagg=SecAggSection(enabled=True, clip=1.0))
+    cfg = federation_config(base_model_dir, min_sites=2, secagg=SecAggSection(enabled=True, clip=1.0))
     cfg = dataclasses.replace(cfg, federation=dataclasses.replace(cfg.federation, rounds=1))
 
     run_federation(SiteGrid(configs), cfg, str(tmp_path / "run"))
 
-    manifest = _manifest(tmp_path / "run")
+    manifest = manifest_json(tmp_path / "run")
     entry = manifest["rounds"][1]
     assert entry["secagg"]["sites"] == [1, 2]
     assert [d["node_id"] for d in entry["secagg"]["dropped"]] == [3]
@@ -345,12 +345,12 @@ def test_real_distributed_sites_federate_and_every_figure_recomputes(
     distributed = {"noise": "distributed", "distributed_min_honest": 3}
     configs = {n: _real_site(tmp_path, base_model_dir, name, 50.0, **distributed) for n, name in enumerate("abc", 1)}
     fine = SecAggSection(enabled=True, clip=1.0, quantization_range=1 << 28)  # the grid the README advises
-    cfg = _config(base_model_dir, min_sites=3, secagg=fine)
+    cfg = federation_config(base_model_dir, min_sites=3, secagg=fine)
     cfg = dataclasses.replace(cfg, federation=dataclasses.replace(cfg.federation, rounds=2))
 
     run_federation(SiteGrid(configs), cfg, str(tmp_path / "run"))
 
-    manifest = _manifest(tmp_path / "run")
+    manifest = manifest_json(tmp_path / "run")
     for rnd in (1, 2):
         record = manifest["rounds"][rnd]["secagg"]
         assert record["noise"] == "distributed" and record["min_honest"] == 3 and record["sites"] == [1, 2, 3]

@@ -3,46 +3,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import MessageType, MetricRecord, RecordDict
 
-from client.site import seal_fields
 from common.accounting import compute_epsilon
 from common.adapter import arrays_to_state, hash_state, numpy_to_state, state_to_numpy
-from common.config import (
-    CentralDPSection,
-    FederationConfig,
-    FederationSection,
-    LoraSettings,
-    ModelConfig,
-    SecuritySection,
-    TaskConfig,
-    WireEncoding,
-)
+from common.config import CentralDPSection, SecuritySection, WireEncoding
 from common.errors import FederationFailed
 from common.keys import generate_signing_key
 from common.manifest import read_manifest
-from common.run_request import HANDSHAKE_MESSAGE_TYPE, read_run_request
-from common.run_request import RECORD as RUN_REQUEST
+from common.run_request import HANDSHAKE_MESSAGE_TYPE
 from common.transport import encode_global, encode_update, received_global
 from server.checkpoint import RunDirectory
 from server.federation import run_federation
 from server.ledger_heads import LEDGER_HEADS
-from tests.server.test_verify import _reply
-
-LORA = LoraSettings(target_modules=("q_proj", "v_proj"))
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> None:
-    # Set by Flower in a real ServerApp process; building messages reads it.
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-
+from tests.fixtures.coordinator import federation_config, manifest_json
+from tests.fixtures.site_replies import handshake_reply, train_reply
 
 # Hostile sites, each signing what it sends: how its reply differs from an honest one.
 HOSTILE = {
@@ -89,7 +68,7 @@ class FakeGrid:
         if how == "silent":
             return None
         if msg.metadata.message_type == HANDSHAKE_MESSAGE_TYPE:
-            return _handshake_reply(msg, site_id, key, node)
+            return handshake_reply(msg, site_id, key, node)
         config = msg.content["config"]
         # As a real site: train from the global adapter as it arrived, send the delta in the encoding asked for.
         arrived = arrays_to_state(msg.content["arrays"])
@@ -98,7 +77,7 @@ class FakeGrid:
         arrays = fake_site_wire(arrived, shift, str(config.get("wire-encoding", "fp32")))
         rnd = int(config["server-round"]) - (1 if how == "replay" else 0)
         index = 0 if how == "stale-ledger" else self.ledger_base.get(site_id, 0) + rnd
-        reply = _reply(
+        reply = train_reply(
             site_id,
             run_id=str(config["run-id"]),
             rnd=rnd,
@@ -122,41 +101,12 @@ def fake_site_wire(arrived, shift: float, encoding: str) -> dict:
     return state_to_numpy(encode_update(trained, received, WireEncoding(encoding)))
 
 
-def _handshake_reply(msg, site_id: str, key, node: int):
-    """Every fake site agrees to the run (round 0), sealing the request's digest with its key."""
-    request, _ = read_run_request(msg.content.config_records[RUN_REQUEST])
-    site = ConfigRecord({"site-id": site_id, "handshake": "accepted"})
-    digest = request.digest()
-    binding = {"run_id": request.run_id, "round": 0, "update_sha256": digest, "global_sha256": digest}
-    site.update(seal_fields(key, site_id=site_id, metrics={}, declarations=site, **binding))
-    return SimpleNamespace(
-        content=RecordDict({"site": site}),
-        metadata=SimpleNamespace(src_node_id=node),
-        has_error=lambda: False,
-        has_content=lambda: True,
-    )
-
-
-def _config(base_model_dir: Path, *, min_sites: int, **sections) -> FederationConfig:
-    return FederationConfig(
-        federation=FederationSection(rounds=2, min_sites=min_sites, round_timeout_s=5),
-        model=ModelConfig(base=str(base_model_dir)),
-        lora=LORA,
-        task=TaskConfig(),
-        **sections,
-    )
-
-
-def _manifest(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())
-
-
 def test_tampered_and_replayed_updates_are_rejected_and_the_round_goes_on(tmp_path, base_model_dir):
     grid = FakeGrid({"a": "ok", "b": "tampered", "c": "ok", "d": "replay"})
 
-    run_federation(grid, _config(base_model_dir, min_sites=2), str(tmp_path / "run"))
+    run_federation(grid, federation_config(base_model_dir, min_sites=2), str(tmp_path / "run"))
 
-    manifest = _manifest(tmp_path / "run")
+    manifest = manifest_json(tmp_path / "run")
     assert manifest["status"] == "completed"
     for entry in manifest["rounds"][1:]:
         assert {s["site_id"] for s in entry["sites"]} == {"a", "c"}
@@ -170,20 +120,20 @@ def test_round_fails_cleanly_when_too_few_updates_verify(tmp_path, base_model_di
     grid = FakeGrid({"a": "ok", "b": "tampered"})
 
     with pytest.raises(FederationFailed, match="1 usable update.*bad signature"):
-        run_federation(grid, _config(base_model_dir, min_sites=2), str(tmp_path / "run"))
+        run_federation(grid, federation_config(base_model_dir, min_sites=2), str(tmp_path / "run"))
 
-    manifest = _manifest(tmp_path / "run")
+    manifest = manifest_json(tmp_path / "run")
     assert manifest["status"] == "failed" and manifest["completed_rounds"] == 0
 
 
 def test_central_dp_is_applied_and_recorded_per_round(tmp_path, base_model_dir):
-    cfg = _config(
+    cfg = federation_config(
         base_model_dir, min_sites=2, central_dp=CentralDPSection(enabled=True, noise_multiplier=1.0, clip=0.5)
     )
 
     run_federation(FakeGrid({"a": "ok", "b": "ok", "c": "ok"}), cfg, str(tmp_path / "run"))
 
-    rounds = _manifest(tmp_path / "run")["rounds"]
+    rounds = manifest_json(tmp_path / "run")["rounds"]
     records = [r["central_dp"] for r in rounds[1:]]
     assert [r["sites"] for r in records] == [3, 3]
     assert records[0]["noise_std"] == pytest.approx(1.0 * 0.5 / 3)
@@ -192,11 +142,13 @@ def test_central_dp_is_applied_and_recorded_per_round(tmp_path, base_model_dir):
 
 
 def test_trimmed_mean_is_named_in_the_round_record(tmp_path, base_model_dir):
-    cfg = _config(base_model_dir, min_sites=2, security=SecuritySection(aggregator="trimmed_mean", trim_fraction=0.25))
+    cfg = federation_config(
+        base_model_dir, min_sites=2, security=SecuritySection(aggregator="trimmed_mean", trim_fraction=0.25)
+    )
 
     run_federation(FakeGrid({"a": "ok", "b": "ok", "c": "ok", "d": "ok"}), cfg, str(tmp_path / "run"))
 
-    entry = _manifest(tmp_path / "run")["rounds"][1]
+    entry = manifest_json(tmp_path / "run")["rounds"][1]
     assert entry["security"]["aggregator"] == "trimmed_mean" and entry["security"]["trimmed_per_side"] == 1
     assert np.isfinite(entry["train"]["train_seconds"])
 
@@ -205,7 +157,7 @@ def test_trimmed_mean_is_named_in_the_round_record(tmp_path, base_model_dir):
 def test_every_malformed_reply_is_rejected_with_its_reason_and_the_run_completes(tmp_path, base_model_dir):
     grid = FakeGrid({"a": "ok", "b": "ok", **{name: name for name in HOSTILE}})
 
-    run_federation(grid, _config(base_model_dir, min_sites=2), str(tmp_path / "run"))
+    run_federation(grid, federation_config(base_model_dir, min_sites=2), str(tmp_path / "run"))
 
     manifest = read_manifest(tmp_path / "run")
     assert manifest.status == "completed" and manifest.completed_rounds == 2
@@ -228,10 +180,10 @@ def test_every_malformed_reply_is_rejected_with_its_reason_and_the_run_completes
 def test_manifest_records_the_hash_the_coordinator_computed(tmp_path, base_model_dir):
     grid = FakeGrid({"a": "ok", "b": "ok"})
 
-    run_federation(grid, _config(base_model_dir, min_sites=2), str(tmp_path / "run"))
+    run_federation(grid, federation_config(base_model_dir, min_sites=2), str(tmp_path / "run"))
 
-    run = RunDirectory(tmp_path / "run", _manifest(tmp_path / "run"))
-    fed = _config(base_model_dir, min_sites=2).federation
+    run = RunDirectory(tmp_path / "run", manifest_json(tmp_path / "run"))
+    fed = federation_config(base_model_dir, min_sites=2).federation
     for n in (1, 2):
         sent, _ = run.load_round(n - 1)
         arrived = numpy_to_state(encode_global(sent, fed.wire_encoding))
@@ -243,7 +195,7 @@ def test_manifest_records_the_hash_the_coordinator_computed(tmp_path, base_model
 def test_a_site_that_never_answers_is_listed_as_rejected(tmp_path, base_model_dir):
     grid = FakeGrid({"a": "ok", "b": "ok", "quiet": "silent"})
 
-    run_federation(grid, _config(base_model_dir, min_sites=2), str(tmp_path / "run"))
+    run_federation(grid, federation_config(base_model_dir, min_sites=2), str(tmp_path / "run"))
 
     for entry in read_manifest(tmp_path / "run").rounds[1:]:
         assert [r.to_dict() for r in entry.rejected] == [{"node_id": 3, "reason": "no reply within the round timeout"}]
@@ -251,13 +203,13 @@ def test_a_site_that_never_answers_is_listed_as_rejected(tmp_path, base_model_di
 
 def test_default_norm_bound_rejects_a_scaled_update_even_beside_one_honest_site(tmp_path, base_model_dir):
     grid = FakeGrid({"a": "ok", "big": "scaled"})
-    cfg = _config(base_model_dir, min_sites=1)
+    cfg = federation_config(base_model_dir, min_sites=1)
     assert cfg.security.max_update_norm == 0  # the default: the relative bound
 
     run_federation(grid, cfg, str(tmp_path / "run"))
 
     manifest = read_manifest(tmp_path / "run")
-    run = RunDirectory(tmp_path / "run", _manifest(tmp_path / "run"))
+    run = RunDirectory(tmp_path / "run", manifest_json(tmp_path / "run"))
     for n in (1, 2):
         entry = manifest.round(n)
         assert [s.site_id for s in entry.sites] == ["a"]
@@ -274,11 +226,11 @@ def test_negative_examples_cannot_move_the_aggregate_under_a_fixed_bound(tmp_pat
     # The reproduction: with max_update_norm 2.0, a signed num-examples of -99 next to an honest 100
     # once extrapolated the mean far past both sites. Now it is rejected and the honest update stands.
     grid = FakeGrid({"a": "ok", "neg": "negative-examples"})
-    cfg = _config(base_model_dir, min_sites=1, security=SecuritySection(max_update_norm=2.0))
+    cfg = federation_config(base_model_dir, min_sites=1, security=SecuritySection(max_update_norm=2.0))
 
     run_federation(grid, cfg, str(tmp_path / "run"))
 
-    run = RunDirectory(tmp_path / "run", _manifest(tmp_path / "run"))
+    run = RunDirectory(tmp_path / "run", manifest_json(tmp_path / "run"))
     before, _ = run.load_round(0)
     after, _ = run.load_round(1)
     assert all(np.allclose(after[k], before[k] + 0.01, rtol=0, atol=1e-5) for k in before)  # fp16 delta
@@ -287,7 +239,7 @@ def test_negative_examples_cannot_move_the_aggregate_under_a_fixed_bound(tmp_pat
 
 # ---- ledger heads across runs -----------------------------------------------------------------------
 def test_a_site_whose_ledger_went_backwards_is_flagged_in_the_manifest(tmp_path, base_model_dir, caplog):
-    cfg = _config(base_model_dir, min_sites=2)
+    cfg = federation_config(base_model_dir, min_sites=2)
     run_federation(FakeGrid({"a": "ok", "b": "ok"}, ledger_base={"a": 10, "b": 10}), cfg, str(tmp_path / "run-1"))
     heads = json.loads((tmp_path / LEDGER_HEADS).read_text())["sites"]
     assert heads["a"]["ledger_index"] == 12 and heads["b"]["ledger_index"] == 12
@@ -315,7 +267,7 @@ def test_a_site_whose_ledger_went_backwards_is_flagged_in_the_manifest(tmp_path,
 
 def test_a_ledger_index_that_repeats_within_a_run_is_flagged(tmp_path, base_model_dir):
     run_federation(
-        FakeGrid({"a": "ok", "b": "stale-ledger"}), _config(base_model_dir, min_sites=2), str(tmp_path / "r")
+        FakeGrid({"a": "ok", "b": "stale-ledger"}), federation_config(base_model_dir, min_sites=2), str(tmp_path / "r")
     )
 
     manifest = read_manifest(tmp_path / "r")

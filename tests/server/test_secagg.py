@@ -23,14 +23,9 @@ from common.keys import generate_signing_key
 from common.run_request import HANDSHAKE_MESSAGE_TYPE
 from server.checkpoint import RunDirectory
 from server.federation import run_federation
+from tests.fixtures.coordinator import federation_config, manifest_json
 from tests.fixtures.push_pull import PushPull
-from tests.server.test_federation_security import (  # noqa: F401 (_task_identity is a fixture)
-    _config,
-    _handshake_reply,
-    _manifest,
-    _task_identity,
-)
-from tests.server.test_verify import declaration as site_declaration
+from tests.fixtures.site_replies import handshake_reply, site_declaration
 
 CLIP, RANGE = 1.0, 1 << 22
 STEP = 2 * CLIP / RANGE  # one quantisation step: the largest rounding error of one coordinate
@@ -88,7 +83,7 @@ class SecAggGrid(PushPull):
         context = self.contexts[node]
         kind = msg.metadata.message_type
         if kind == HANDSHAKE_MESSAGE_TYPE:
-            return _handshake_reply(msg, site_id, key, node)
+            return handshake_reply(msg, site_id, key, node)
         if kind.startswith(MessageType.QUERY):
             if how == "silent-unmask" and msg.content["secagg"]["stage"] == "unmask":
                 return None
@@ -142,7 +137,7 @@ class SecAggGrid(PushPull):
 
 
 def _secagg_config(base_model_dir: Path, *, min_sites: int = 2, **secagg) -> FederationConfig:
-    return _config(
+    return federation_config(
         base_model_dir,
         min_sites=min_sites,
         secagg=SecAggSection(enabled=True, clip=CLIP, quantization_range=RANGE, **secagg),
@@ -150,7 +145,7 @@ def _secagg_config(base_model_dir: Path, *, min_sites: int = 2, **secagg) -> Fed
 
 
 def _global(run_dir: Path, rnd: int) -> dict[str, np.ndarray]:
-    arrays, _ = RunDirectory(run_dir, _manifest(run_dir)).load_round(rnd)
+    arrays, _ = RunDirectory(run_dir, manifest_json(run_dir)).load_round(rnd)
     return arrays
 
 
@@ -163,7 +158,7 @@ def test_secagg_aggregate_equals_fedavg_within_quantisation_error(tmp_path, base
         error = _aggregation_error(tmp_path / "run", rnd, grid, [1, 2, 3])
         # Rounding of each coordinate, plus float32 storage of the result.
         assert error <= STEP + FLOAT32_SLACK, error
-    entry = _manifest(tmp_path / "run")["rounds"][1]
+    entry = manifest_json(tmp_path / "run")["rounds"][1]
     assert entry["secagg"]["sites"] == [1, 2, 3] and entry["secagg"]["dropped"] == []
     assert entry["secagg"]["clip"] == CLIP and entry["secagg"]["quantization"]["range"] == RANGE
     assert entry["security"]["secagg"] is True and entry["security"]["max_update_norm"] is None
@@ -173,7 +168,7 @@ def test_secagg_aggregate_equals_fedavg_within_quantisation_error(tmp_path, base
 def test_secagg_with_a_32_bit_modulus_sends_uint32_and_still_equals_fedavg(tmp_path, base_model_dir):
     grid = SecAggGrid({"a": "ok", "b": "ok", "c": "ok"})
     narrow = SecAggSection(enabled=True, clip=CLIP, quantization_range=1 << 16, modulus=1 << 32)
-    run_federation(grid, _config(base_model_dir, min_sites=2, secagg=narrow), str(tmp_path / "run"))
+    run_federation(grid, federation_config(base_model_dir, min_sites=2, secagg=narrow), str(tmp_path / "run"))
 
     # 4 bytes a value on the wire where int64 takes 8 (the float32 adapter's own size).
     sent = [np.asarray(v.numpy()) for content in grid.sent_updates for v in content["arrays"].values()]
@@ -205,7 +200,7 @@ def test_secagg_site_dropping_after_key_sharing_gives_the_fedavg_of_the_rest(tmp
     for rnd in (1, 2):
         error = _aggregation_error(tmp_path / "run", rnd, grid, [1, 3, 4])
         assert error <= STEP + FLOAT32_SLACK, error
-    entry = _manifest(tmp_path / "run")["rounds"][1]
+    entry = manifest_json(tmp_path / "run")["rounds"][1]
     assert entry["secagg"]["sites"] == [1, 3, 4]
     assert [d["node_id"] for d in entry["secagg"]["dropped"]] == [2]
 
@@ -215,7 +210,7 @@ def test_secagg_tampered_masked_vector_is_rejected_and_cancelled_like_a_drop(tmp
 
     run_federation(grid, _secagg_config(base_model_dir), str(tmp_path / "run"))
 
-    entry = _manifest(tmp_path / "run")["rounds"][1]
+    entry = manifest_json(tmp_path / "run")["rounds"][1]
     assert [r["node_id"] for r in entry["rejected"]] == [3]
     assert "adapter differs" in entry["rejected"][0]["reason"]
     assert _aggregation_error(tmp_path / "run", 1, grid, [1, 2, 4]) <= STEP + FLOAT32_SLACK
@@ -236,13 +231,13 @@ def test_secagg_fails_closed_below_the_threshold(tmp_path, base_model_dir):
     with pytest.raises(FederationFailed, match="need 3"):
         run_federation(grid, _secagg_config(base_model_dir), str(tmp_path / "run"))
 
-    manifest = _manifest(tmp_path / "run")
+    manifest = manifest_json(tmp_path / "run")
     assert manifest["status"] == "failed" and manifest["completed_rounds"] == 0
 
 
 def test_secagg_config_refuses_robust_aggregators_and_central_dp(base_model_dir):
     with pytest.raises(ConfigError, match="aggregator"):
-        _config(
+        federation_config(
             base_model_dir,
             min_sites=2,
             security=SecuritySection(aggregator="median"),
@@ -255,14 +250,14 @@ def test_secagg_config_refuses_robust_aggregators_and_central_dp(base_model_dir)
 
 
 def test_secagg_off_keeps_the_config_hash_of_existing_runs(base_model_dir):
-    off = _config(base_model_dir, min_sites=2)
+    off = federation_config(base_model_dir, min_sites=2)
     # The hash as it was computed before `[secagg]` existed: the same body without the section.
     plain = dataclasses.asdict(off)
     for name in ("root", "secagg", "security", "central_dp"):
         plain.pop(name)
     plain["federation"].pop("round_timeout_s")
     before = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
-    on = _config(base_model_dir, min_sites=2, secagg=SecAggSection(enabled=True))
+    on = federation_config(base_model_dir, min_sites=2, secagg=SecAggSection(enabled=True))
     assert off.config_hash() == before != on.config_hash()
 
 

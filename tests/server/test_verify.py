@@ -7,14 +7,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import MetricRecord
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.site import seal_fields
 from common.adapter import hash_state, numpy_to_state
 from common.config import SecuritySection
-from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration
 from common.errors import ConfigError, UpdateRejected
 from common.keys import generate_signing_key, save_public_key
 from server.gate import RoundGate, collect_updates
@@ -31,84 +29,7 @@ from server.verify import (
     validate_update,
     write_registry,
 )
-
-GLOBAL = {"a.lora_A.weight": np.zeros((2, 3), np.float32), "a.lora_B.weight": np.ones((3, 2), np.float32)}
-KEYS = {"site-0": generate_signing_key(), "site-1": generate_signing_key()}
-
-
-def _site_arrays(shift: float = 0.5) -> dict[str, np.ndarray]:
-    return {k: (v + shift).astype(np.float32) for k, v in GLOBAL.items()}
-
-
-def _wire(adapter: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What a site sends for `adapter` at `wire_encoding = "fp32"`: its delta from GLOBAL (common/transport.py)."""
-    return {k: (v - GLOBAL[k]).astype(np.float32) for k, v in adapter.items()}
-
-
-def declaration(site_id: str, update_sha256: str, *, dataset_size: int = 10, **privacy) -> SiteDeclaration:
-    """An honest site's declaration, as `client.site._site_record` builds it (shared with other tests)."""
-    fields = {
-        "dp_enabled": True,
-        "noise_multiplier": 1.0,
-        "sample_rate": 0.5,
-        "steps": 2,
-        "max_grad_norm": 1.0,
-        "delta": 1e-5,
-        "accountant": "rdp",
-        "conversion": "balle2020",
-        "epsilon_round": 0.5,
-        "epsilon_total": 0.5,
-        "budget_epsilon": 10.0,
-        "dataset_size": dataset_size,
-    }
-    return SiteDeclaration(
-        site_id=site_id,
-        update_sha256=update_sha256,
-        scrub_report=ScrubReport(records_in=12, quarantined=0, entities={"PERSON": 1}),
-        privacy=PrivacyDeclaration(**(fields | privacy)),
-    )
-
-
-def _reply(
-    site_id: str,
-    *,
-    run_id: str = "run-1",
-    rnd: int = 1,
-    arrays=None,
-    key=None,
-    node: int = 7,
-    metrics=None,
-    signed: bool = True,
-    sign_arrays=None,
-    global_arrays=None,
-    site_fields=None,
-    privacy=None,
-    declared_sha256=None,
-):
-    """A site's train reply, sealed by the site's own `seal_fields`; `site_fields` replace declaration
-    fields as they travel (a hostile site signs whatever it likes), `privacy` changes the declaration."""
-    global_arrays = GLOBAL if global_arrays is None else global_arrays
-    arrays = _wire(_site_arrays()) if arrays is None else arrays
-    metrics = {"num-examples": 10, "train_seconds": 1.5} if metrics is None else metrics
-    sha = declared_sha256 or hash_state(numpy_to_state(arrays))
-    declarations = ConfigRecord(declaration(site_id, sha, **(privacy or {})).to_record() | (site_fields or {}))
-    if signed:
-        declarations.update(
-            seal_fields(
-                key or KEYS[site_id],
-                run_id=run_id,
-                round=rnd,
-                site_id=site_id,
-                update_sha256=hash_state(numpy_to_state(sign_arrays if sign_arrays is not None else arrays)),
-                global_sha256=hash_state(numpy_to_state(global_arrays)),
-                metrics=metrics,
-                declarations=declarations,
-            )
-        )
-    content = RecordDict(
-        {"arrays": ArrayRecord(numpy_to_state(arrays)), "metrics": MetricRecord(metrics), "site": declarations}
-    )
-    return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
+from tests.fixtures.site_replies import GLOBAL, KEYS, site_arrays, train_reply, wire
 
 
 @pytest.fixture
@@ -168,68 +89,68 @@ def test_load_registry_rejects_malformed_files(tmp_path, body):
 # ---- signatures ----------------------------------------------------------------------------
 def test_gate_accepts_a_registered_signed_update(registry):
     gate = _gate(registry)
-    accepted, rejected = collect_updates([_reply("site-0"), _reply("site-1", node=8)], gate)
+    accepted, rejected = collect_updates([train_reply("site-0"), train_reply("site-1", node=8)], gate)
 
     assert rejected == []
     assert [u.site_id for u in accepted] == ["site-0", "site-1"]
     assert accepted[0].entry.signing_key_fingerprint
-    assert accepted[0].entry.update_norm == pytest.approx(update_norm(_site_arrays(), GLOBAL))
-    assert accepted[0].entry.update_sha256 == hash_state(numpy_to_state(_wire(_site_arrays())))
+    assert accepted[0].entry.update_norm == pytest.approx(update_norm(site_arrays(), GLOBAL))
+    assert accepted[0].entry.update_sha256 == hash_state(numpy_to_state(wire(site_arrays())))
     assert gate.verifier.identity == IDENTITY_REGISTRY
 
 
 def test_gate_rejects_a_site_not_in_the_registry(registry):
     assert "not in the coordinator's key registry" in _reason(
-        _gate(registry), _reply("site-9", key=generate_signing_key())
+        _gate(registry), train_reply("site-9", key=generate_signing_key())
     )
 
 
 def test_gate_rejects_a_registered_name_signed_with_another_key(registry):
-    assert "bad signature" in _reason(_gate(registry), _reply("site-0", key=KEYS["site-1"]))
+    assert "bad signature" in _reason(_gate(registry), train_reply("site-0", key=KEYS["site-1"]))
 
 
 def test_gate_rejects_an_unsigned_update(registry):
-    assert "unsigned update" in _reason(_gate(registry), _reply("site-0", signed=False))
+    assert "unsigned update" in _reason(_gate(registry), train_reply("site-0", signed=False))
 
 
 def test_gate_rejects_a_replay_from_another_round(registry):
-    assert "another round" in _reason(_gate(registry, rnd=2), _reply("site-0", rnd=1))
+    assert "another round" in _reason(_gate(registry, rnd=2), train_reply("site-0", rnd=1))
 
 
 def test_gate_rejects_a_replay_from_another_run(registry):
-    assert "another run" in _reason(_gate(registry), _reply("site-0", run_id="run-0"))
+    assert "another run" in _reason(_gate(registry), train_reply("site-0", run_id="run-0"))
 
 
 def test_gate_rejects_a_second_update_from_one_site_in_a_round(registry):
-    _accepted, rejected = collect_updates([_reply("site-0"), _reply("site-0", node=9)], _gate(registry))
+    _accepted, rejected = collect_updates([train_reply("site-0"), train_reply("site-0", node=9)], _gate(registry))
 
     assert [r.reason for r in rejected] == ["a second update from site 'site-0' in round 1"]
 
 
 def test_gate_rejects_arrays_changed_after_signing(registry):
-    assert "adapter differs" in _reason(_gate(registry), _reply("site-0", sign_arrays=_wire(_site_arrays(0.25))))
+    assert "adapter differs" in _reason(_gate(registry), train_reply("site-0", sign_arrays=wire(site_arrays(0.25))))
 
 
 def test_gate_without_registry_pins_the_first_key(registry):
     gate = _gate(None)
-    accepted, _ = collect_updates([_reply("site-0")], gate)
+    accepted, _ = collect_updates([train_reply("site-0")], gate)
     assert accepted and gate.verifier.identity == IDENTITY_PINNED
 
     gate2 = RoundGate(gate.verifier, SecuritySection(), "run-1", 2, GLOBAL)
-    reason = _reason(gate2, _reply("site-0", rnd=2, key=generate_signing_key()))
+    reason = _reason(gate2, train_reply("site-0", rnd=2, key=generate_signing_key()))
 
     assert "pinned" in reason
 
 
 def test_gate_may_accept_unsigned_updates_only_when_told():
-    accepted, rejected = collect_updates([_reply("site-0", signed=False)], _gate(None, require_signatures=False))
+    accepted, rejected = collect_updates([train_reply("site-0", signed=False)], _gate(None, require_signatures=False))
 
     assert rejected == [] and accepted[0].entry.signing_key_fingerprint is None
 
 
 # ---- validation ----------------------------------------------------------------------------
 def _bad(**change):
-    arrays = {**_site_arrays(), **change}
+    arrays = {**site_arrays(), **change}
     return arrays
 
 
@@ -251,10 +172,10 @@ def test_validate_update_rejects_with_reason(arrays, reason):
 
 def test_validate_update_norm_bound():
     # Every one of the 12 coordinates moved by 0.5: norm sqrt(12 * 0.25) = sqrt(3).
-    assert validate_update(_site_arrays(), GLOBAL) == pytest.approx(np.sqrt(3))
-    validate_update(_site_arrays(), GLOBAL, max_update_norm=1.74)
+    assert validate_update(site_arrays(), GLOBAL) == pytest.approx(np.sqrt(3))
+    validate_update(site_arrays(), GLOBAL, max_update_norm=1.74)
     with pytest.raises(UpdateRejected, match=r"update norm 1.732 exceeds `security.max_update_norm` 1.7"):
-        validate_update(_site_arrays(), GLOBAL, max_update_norm=1.7)
+        validate_update(site_arrays(), GLOBAL, max_update_norm=1.7)
 
 
 def test_check_payload_size_default_is_adapter_plus_allowance():
@@ -268,10 +189,10 @@ def test_check_payload_size_default_is_adapter_plus_allowance():
 
 def test_gate_records_validation_reasons(registry):
     assert "NaN or Inf" in _reason(
-        _gate(registry), _reply("site-0", arrays=_bad(**{"a.lora_B.weight": np.full((3, 2), np.nan, np.float32)}))
+        _gate(registry), train_reply("site-0", arrays=_bad(**{"a.lora_B.weight": np.full((3, 2), np.nan, np.float32)}))
     )
-    assert "exceeds" in _reason(_gate(registry, max_update_norm=0.1), _reply("site-0"))
-    assert "oversized" in _reason(_gate(registry, max_update_bytes=64), _reply("site-0"))
+    assert "exceeds" in _reason(_gate(registry, max_update_norm=0.1), train_reply("site-0"))
+    assert "oversized" in _reason(_gate(registry, max_update_bytes=64), train_reply("site-0"))
 
 
 def test_gate_passes_error_replies_through_with_their_reason(registry):
@@ -299,38 +220,38 @@ def test_gate_passes_error_replies_through_with_their_reason(registry):
     ],
 )
 def test_gate_rejects_a_signed_bad_example_count(registry, metrics, reason):
-    assert _reason(_gate(registry), _reply("site-0", metrics=metrics)) == reason
+    assert _reason(_gate(registry), train_reply("site-0", metrics=metrics)) == reason
 
 
 def test_gate_keeps_unknown_metrics_as_data_and_leaves_non_finite_ones_out(registry):
     metrics = {"num-examples": 10.0, "eval_noisy_accuracy": 0.7, "odd": float("nan")}
-    accepted, rejected = collect_updates([_reply("site-0", metrics=metrics)], _gate(registry))
+    accepted, rejected = collect_updates([train_reply("site-0", metrics=metrics)], _gate(registry))
 
     assert rejected == [] and accepted[0].num_examples == 10
     assert accepted[0].entry.metrics == {"num-examples": 10.0, "eval_noisy_accuracy": 0.7}
 
 
 def test_gate_requires_a_declared_dataset_size_to_bound_the_weight(registry):
-    reason = _reason(_gate(registry), _reply("site-0", privacy={"dataset_size": None}))
+    reason = _reason(_gate(registry), train_reply("site-0", privacy={"dataset_size": None}))
 
     assert reason == "privacy declaration has no `dataset_size` to bound `num-examples`"
 
 
 def test_gate_rejects_a_declared_hash_that_is_not_the_arrays(registry):
-    reason = _reason(_gate(registry), _reply("site-0", declared_sha256="ab" * 32))
+    reason = _reason(_gate(registry), train_reply("site-0", declared_sha256="ab" * 32))
 
     assert reason.startswith("declared update-sha256 abababababab is not the hash of the arrays received")
 
 
 def test_gate_turns_records_of_the_wrong_kind_into_a_rejection(registry):
-    reply = _reply("site-0")
+    reply = train_reply("site-0")
     reply.content["site"] = MetricRecord({"x": 1.0})
 
     assert _reason(_gate(registry), reply).startswith("malformed reply: needs arrays, metrics and site records")
 
 
 def test_gate_turns_an_unforeseen_failure_into_a_rejection(registry):
-    reply = _reply("site-0")
+    reply = train_reply("site-0")
     reply.content = None  # anything a check trips over is a malformed reply, not the end of the round
 
     assert _reason(_gate(registry), reply) == "malformed reply: AttributeError"
