@@ -1,8 +1,10 @@
 """The site's privacy ledger writer: plans and records rounds in its signed, hash-chained JSONL file.
 
-The format, the signed head and the verifier live in `common/ledger/` (the auditor reads the same
-code); this module is what only the site does: check the budget, append entries, sign them, keep the
-head, and hold the lock.
+One concept: the site's open, locked ledger and the entries it appends (its four kinds below), each
+after the checks that entry needs. The format, the signed head, a new entry's layout and the verifier
+live in `common/ledger/` (the auditor reads the same code); what only the site does besides lives
+beside this module: the budget arithmetic (`ledger_budget.py`), the lock and the bytes on disk
+(`ledger_file.py`), the plan a reserved round carries to its record (`ledger_plan.py`).
 
 - `plan_round` writes a `reserve` entry BEFORE training, once the budget check passed; it counts as
   spent from then on. `record_round` completes it after training, before the update leaves the site.
@@ -23,24 +25,20 @@ cannot interleave their plans. Hold it across the whole round: open -> plan -> t
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import math
-import os
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.ledger_budget import afford
+from client.ledger_file import acquire_lock, append_line, create_empty, release_lock
+from client.ledger_plan import RoundPlan, check_trained_within
 from common import keys
 from common.accounting import (
     Accountant,
-    BudgetFigure,
     DPEvent,
     EpsilonConversion,
     SkellamEvent,
@@ -48,14 +46,11 @@ from common.accounting import (
     default_conversion,
 )
 from common.distributed_dp import DistributedRound
-from common.errors import BudgetExhausted, ConfigError, LedgerError
+from common.errors import ConfigError, LedgerError
 from common.ledger.entry import (
-    EPSILON_FIELDS,
     EVENT_FIELDS,
-    LEDGER_FORMAT,
     PHASES,
     SHA256_HEX,
-    SPENDING_KINDS,
     BadEntry,
     EntryKind,
     Sampling,
@@ -63,40 +58,11 @@ from common.ledger.entry import (
     check_noise_source,
     conversion_of,
     decoded,
-    encode_epsilon,
-    event_of,
-    format_epsilon,
-    method_name,
 )
 from common.ledger.head import check_head, head_path, lost_ledger_message, read_head, write_head
+from common.ledger.new_entry import distributed_record, new_entry
 from common.ledger.verify import ChainState, read_lines, walk
 from common.schema import decode_epsilon
-from common.version import CODE_VERSION
-
-LOCK_POLL_SECONDS = 0.05
-"""How often a waiting `Ledger.open` retries the lock."""
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """A reserved round: what `plan_round` checked and wrote; hand it to `record_round`."""
-
-    reservation_index: int
-    reservation_sha256: str
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    accountant: Accountant
-    conversion: EpsilonConversion | None
-    dp_enabled: bool
-    epsilon_round: float
-    epsilon_total_before: float
-    epsilon_total_after: float
-    budget_epsilon: float
-    budget_delta: float
-    noise_source: str
-    distributed: dict[str, Any] | None = None  # the entry's `distributed` object (both ε figures)
 
 
 class Ledger:
@@ -123,26 +89,26 @@ class Ledger:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = _acquire_lock(path, timeout=lock_timeout)
+        lock_fd = acquire_lock(path, timeout=lock_timeout)
         public_hex = keys.public_key_raw(signing_key).hex()
         try:
             if not path.exists():
                 if not create or head_path(path).exists():
                     raise LedgerError(lost_ledger_message(path, "is missing"))
-                _create_empty(path)
+                create_empty(path)
             state = walk(read_lines(path), public_hex, check_epsilon=False)
             check_head(path, state.lines, public_hex)
         except BadEntry as err:
-            _release_lock(lock_fd)
+            release_lock(lock_fd)
             raise LedgerError(f"{path}: {err} Refusing to plan rounds on a ledger that fails verification.") from None
         except BaseException:
-            _release_lock(lock_fd)
+            release_lock(lock_fd)
             raise
         return cls(path, signing_key=signing_key, lock_fd=lock_fd, state=state)
 
     def close(self) -> None:
         if self._lock_fd is not None:
-            _release_lock(self._lock_fd)
+            release_lock(self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self) -> Ledger:
@@ -235,9 +201,10 @@ class Ledger:
                 )
             event = distributed.event(distributed.budget_figure)
             noise_multiplier = distributed.noise_multiplier
-            record = self._distributed_record(distributed, delta=delta)
+            record = distributed_record(distributed, self._state.entries, delta=delta)
         also = list(also_fits)
-        before, after, epsilon_round = self._afford(
+        before, after, epsilon_round = afford(
+            self._state.events,
             event,
             also,
             delta=delta,
@@ -292,27 +259,6 @@ class Ledger:
             distributed=record,
         )
 
-    def _distributed_record(self, distributed: DistributedRound, *, delta: float) -> dict[str, Any]:
-        """The entry's `distributed` object: the mechanism and both ε figures, round and total."""
-        spent = [e for e in self._state.entries if EntryKind(e["kind"]) in SPENDING_KINDS]
-        record: dict[str, Any] = {
-            "trust_model": "distributed",
-            "min_honest": distributed.min_honest,
-            "budget_figure": str(distributed.budget_figure),
-            "share_variance": distributed.share_variance,
-            "l2_sensitivity": distributed.l2_sensitivity,
-            "l1_sensitivity": distributed.l1_sensitivity,
-            "l2_clip": distributed.l2_clip,
-            "dim": distributed.dim,
-            "grid_step": distributed.grid_step,
-        }
-        for figure, suffix in ((BudgetFigure.SUM, "sum"), (BudgetFigure.OWN_NOISE, "own")):
-            this = distributed.event(figure)
-            history = [*(event_of(e, figure) for e in spent), this]
-            record[f"epsilon_round_{suffix}"] = encode_epsilon(compute_epsilon([this], delta=delta))
-            record[f"epsilon_total_{suffix}"] = encode_epsilon(compute_epsilon(history, delta=delta))
-        return record
-
     def record_round(
         self,
         plan: RoundPlan,
@@ -347,7 +293,7 @@ class Ledger:
         if hashlib.sha256(self._state.lines[index]).hexdigest() != plan.reservation_sha256:
             raise LedgerError(f"{self.path}: plan does not match reservation entry {index}.")
         if accountant_history is not None:
-            _check_trained_within(plan, list(accountant_history), index)
+            check_trained_within(plan, list(accountant_history), index)
         if not SHA256_HEX.fullmatch(update_sha256):
             raise LedgerError(f"`update_sha256` must be 64 lowercase hex digits, got {update_sha256!r}.")
         for name, value in (("run_id", run_id), ("round", round), ("site_id", site_id)):
@@ -387,7 +333,8 @@ class Ledger:
         self._check_open()
         first, *rest = list[DPEvent | SkellamEvent](events)
         accountant = Accountant(accountant)
-        self._afford(
+        afford(
+            self._state.events,
             first,
             rest,
             delta=delta,
@@ -397,37 +344,6 @@ class Ledger:
             what=what,
             nothing="evaluated, trained",
         )
-
-    def _afford(
-        self,
-        event: DPEvent | SkellamEvent,
-        also: list[DPEvent | SkellamEvent],
-        *,
-        delta: float,
-        accountant: Accountant,
-        conversion: EpsilonConversion | None,
-        budget_epsilon: float,
-        what: str,
-        nothing: str,
-    ) -> tuple[float, float, float]:
-        """(ε before, ε after `event`, ε of `event` alone), or `BudgetExhausted` when the history composed
-        with `event` and then `also` would pass `budget_epsilon`."""
-
-        def epsilon_of(events: list[DPEvent | SkellamEvent]) -> float:
-            return compute_epsilon(events, delta=delta, accountant=accountant, conversion=conversion)
-
-        before = epsilon_of(self._state.events)
-        after = epsilon_of([*self._state.events, event])
-        with_also = epsilon_of([*self._state.events, event, *also]) if also else after
-        epsilon_event = epsilon_of([event])
-        if with_also > budget_epsilon:
-            spent, cost = format_epsilon(before), format_epsilon(epsilon_event)
-            raise BudgetExhausted(
-                f"privacy budget would be exceeded: spent epsilon={spent} (delta={delta}, "
-                f"{method_name(accountant, conversion)}) so far; {what} (epsilon={cost}) would bring it to "
-                f"{format_epsilon(with_also)} > budget {format_epsilon(budget_epsilon)}. Nothing {nothing} or sent."
-            )
-        return before, after, epsilon_event
 
     def charge_evaluation(
         self,
@@ -463,7 +379,8 @@ class Ledger:
         if not 0 < delta <= budget_delta < 1:
             raise ConfigError(f"`delta` must be in (0, budget_delta={budget_delta}], got {delta}.")
         also = list(also_fits)
-        _, after, epsilon_round = self._afford(
+        _, after, epsilon_round = afford(
+            self._state.events,
             event,
             also,
             delta=delta,
@@ -500,23 +417,11 @@ class Ledger:
 
     def _append(self, *, new_event: DPEvent | SkellamEvent | None, **fields: Any) -> dict[str, Any]:
         state = self._state
-        entry: dict[str, Any] = {
-            "phase": None,  # training entries name theirs; evaluation and restart entries have none
-            "distributed": None,  # a distributed-noise round's mechanism and figures; null otherwise
-            **fields,
-            "format": LEDGER_FORMAT,
-            "index": len(state.entries),
-            "kind": EntryKind(fields["kind"]).value,
-            "timestamp": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-            "code_version": CODE_VERSION,
-            "site_public_key": self._public_hex,
-            "prev_sha256": state.last_sha256,
-        }
-        for name in EPSILON_FIELDS:
-            entry[name] = encode_epsilon(entry[name])
-        entry["signature"] = keys.sign(self._key, canonical(entry)).hex()
+        entry = new_entry(
+            self._key, self._public_hex, index=len(state.entries), prev_sha256=state.last_sha256, **fields
+        )
         line = canonical(entry) + b"\n"
-        _append_line(self.path, line)
+        append_line(self.path, line)
         state.add(entry, line[:-1], new_event)
         write_head(self.path, self._key, entries=len(state.entries), last_sha256=state.last_sha256)
         return dict(entry)
@@ -526,89 +431,13 @@ class Ledger:
             raise LedgerError(f"{self.path}: ledger is closed.")
 
 
-def _check_trained_within(plan: RoundPlan, history: list[tuple[float, float, int]], index: int) -> None:
-    steps = sum(int(n) for _, _, n in history)
-    for noise_multiplier, sample_rate, _ in history:
-        if not (
-            math.isclose(noise_multiplier, plan.noise_multiplier, rel_tol=1e-12)
-            and math.isclose(sample_rate, plan.sample_rate, rel_tol=1e-12)
-        ):
-            raise LedgerError(
-                f"trained with noise_multiplier={noise_multiplier}, sample_rate={sample_rate} but reserved "
-                f"{plan.noise_multiplier}, {plan.sample_rate} (entry {index}): the ledger would misstate the "
-                "privacy spent; do not send this update."
-            )
-    if steps > plan.steps:
-        raise LedgerError(
-            f"trained {steps} steps but reserved {plan.steps} (entry {index}): the ledger would understate "
-            "the privacy spent; do not send this update."
-        )
-
-
-# ---- bytes on disk ------------------------------------------------------------------------------
-
-
-def _append_line(path: Path, line: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        written = os.write(fd, line)
-        if written != len(line):
-            raise LedgerError(f"{path}: short write ({written} of {len(line)} bytes); disk full?")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _create_empty(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    os.close(fd)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the new file's directory entry survives a crash
-    finally:
-        os.close(dir_fd)
-
-
-def _lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
-
-
-def _acquire_lock(path: Path, *, timeout: float) -> int:
-    lock_path = _lock_path(path)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise LedgerError(
-                    f"ledger {path} is locked by another run ({holder}); waited {timeout:g} s. "
-                    "Two runs may not train on one site's budget at once."
-                ) from None
-            time.sleep(LOCK_POLL_SECONDS)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}".encode(), 0)
-    return fd
-
-
-def _release_lock(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-
-
 def restart_ledger(path: str | Path, *, signing_key: Ed25519PrivateKey) -> dict[str, Any]:
     """Start a new ledger at `path` whose entry 0 records a deliberate restart (and the lost ledger's
     last head, when its head file survives); the old ledger and head, if any, are kept beside it.
     For an operator who has lost a ledger: the budget starts again from 0, visibly to any auditor."""
     path = Path(path)
     public_hex = keys.public_key_raw(signing_key).hex()
-    lock_fd = _acquire_lock(path, timeout=0.0)
+    lock_fd = acquire_lock(path, timeout=0.0)
     try:
         try:
             head = read_head(path, public_hex)
@@ -618,7 +447,7 @@ def restart_ledger(path: str | Path, *, signing_key: Ed25519PrivateKey) -> dict[
         for old in (path, head_path(path)):
             if old.exists():
                 old.rename(old.with_name(f"{old.name}.lost-{stamp}"))
-        _create_empty(path)
+        create_empty(path)
         ledger = Ledger(path, signing_key=signing_key, lock_fd=lock_fd, state=ChainState())
         return ledger._append(
             kind=EntryKind.RESTART,
@@ -645,4 +474,4 @@ def restart_ledger(path: str | Path, *, signing_key: Ed25519PrivateKey) -> dict[
             new_event=None,
         )
     finally:
-        _release_lock(lock_fd)
+        release_lock(lock_fd)

@@ -29,7 +29,8 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 
 from client.distributed_dp import distributed_step, plan_site_round
 from client.ingest import load_site_records, split_records
-from client.ledger import Ledger, RoundPlan
+from client.ledger import Ledger
+from client.ledger_plan import RoundPlan
 from client.prefix_cache import PrefixCache, PrefixCaches
 from client.prepare import encode_records
 from client.privacy import EvalRelease, make_private, release_evaluation

@@ -1,5 +1,5 @@
 """The privacy ledger's format, its signed head and its verifier: what the site that writes a ledger and
-the auditor who checks it both read (the writer and its lock stay at the site, `client/ledger.py`).
+the auditor who checks it both read (the writer and its lock stay at the site, `client/ledger.py` and beside it).
 
 A ledger is an append-only, hash-chained, signed JSONL file. One line per entry, each the canonical
 JSON (sorted keys, no spaces, ASCII) of one entry. Every entry holds `prev_sha256`, the sha256 of the
