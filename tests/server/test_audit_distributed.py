@@ -114,7 +114,8 @@ def test_declared_distributed_round_is_recomputed_and_a_forged_figure_named(tmp_
 
 
 def test_report_rows_show_the_trust_model_and_both_figures(tmp_path):
-    from server.audit import PRIVACY_HEADERS, _trust_model
+    from server.audit import _trust_model
+    from server.audit_render import PRIVACY_HEADERS
 
     entry = _ledger(tmp_path / "l.jsonl", BudgetFigure.OWN_NOISE)[-1]
     row = _trust_model(entry["distributed"])
