@@ -219,13 +219,14 @@ def run_federation_here(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the federation; returns (manifest, final global adapter as numpy arrays).
 
-    processes=True: SuperLink + one SuperNode per site as separate processes (silo.launch, as `silo demo`).
+    processes=True: SuperLink + one SuperNode per site as separate processes (silo.local_federation, as `silo demo`).
     processes=False: the same coordinator loop and site handlers in this process (`InProcessGrid`)."""
     from server.checkpoint import RunDirectory
 
     run_dir = work / "run"
     if processes:
-        from silo.launch import LocalFederation, follow_run
+        from silo.local_federation import LocalFederation
+        from silo.run_progress import follow_run
 
         with LocalFederation(work / "processes", list(site_configs)) as fed:
             run_id = fed.submit({"silo-config": str(federation_config), "run-dir": str(run_dir)})

@@ -34,7 +34,8 @@ from common.config import (
 from common.errors import ConfigError, FederationFailed
 from common.pki import create_keys
 from silo.basemodel import build_base_model
-from silo.launch import LocalFederation, follow_run
+from silo.local_federation import LocalFederation
+from silo.run_progress import follow_run
 from silo.synthetic import make_bank_messages, make_clinical_notes
 
 # (site id, record maker, seed): two hospitals and a bank, so the sites' data differ (non-IID).

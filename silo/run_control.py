@@ -19,7 +19,7 @@ from typing import Any
 from common.errors import ConfigError, FederationFailed
 from common.manifest import Manifest, read_manifest
 from common.pki import KeyLayout
-from silo.launch import FlowerConnection
+from silo.flower_connection import FlowerConnection
 
 # Seconds one `flwr` call may take before the SuperLink is called unreachable.
 FLWR_TIMEOUT_S = 60.0

@@ -1,7 +1,7 @@
 """`silo site start`'s foreground: the site's node as a child, its output in a log file, and on the
 operator's screen only what matters to them.
 
-The node (Silo's executor with `flower-supernode` as its child, silo/launch.py `site_node_argv`) writes
+The node (Silo's executor with `flower-supernode` as its child, silo/flower_processes.py `site_node_argv`) writes
 Flower's INFO lines, retries and library warnings; all of them go to the log file. The operator sees:
 
 - one line when the SuperNode has connected, with the site id, the SuperNode's node id, the

@@ -17,7 +17,7 @@ both (0600, in a private directory). `flower-supernode` itself runs with its fix
   after start stops the node instead (`MAX_QUICK_DEATHS`).
 - The supervisor dies, even by SIGKILL: the kernel stops both children (PR_SET_PDEATHSIG).
 
-`silo site start` and the local launcher (silo/launch.py) start exactly this.
+`silo site start` and the local federation (silo/local_federation.py) start exactly this.
 """
 
 from __future__ import annotations

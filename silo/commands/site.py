@@ -13,7 +13,14 @@ from common.config import load_site_config
 from common.errors import ConfigError
 from common.pki import SiteKit
 from silo import console
-from silo.launch import RUNTIME_HOST, check_port_free, flower_env, kit_coordinator_key, site_node_argv, supernode_argv
+from silo.flower_processes import (
+    RUNTIME_HOST,
+    check_port_free,
+    flower_env,
+    kit_coordinator_key,
+    site_node_argv,
+    supernode_argv,
+)
 from silo.site_watch import SiteNode, run_site_node
 
 CHECK_EXAMPLES = ("silo site check --config site.toml",)

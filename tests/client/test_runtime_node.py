@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from silo.launch import free_port
+from silo.flower_processes import free_port
 
 
 def node(site_toml: Path, *child: str) -> subprocess.Popen[str]:

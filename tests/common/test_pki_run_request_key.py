@@ -13,7 +13,7 @@ import pytest
 from common.errors import ConfigError
 from common.keys import load_private_key, load_public_key
 from common.pki import add_coordinator_key, add_sites, create_keys
-from silo.launch import kit_coordinator_key
+from silo.flower_processes import kit_coordinator_key
 
 
 def test_create_keys_gives_every_kit_the_coordinators_run_request_key(tmp_path: Path):

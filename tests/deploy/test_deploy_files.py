@@ -16,7 +16,7 @@ import pytest
 from common.config import load_federation_config, load_site_config
 from common.pki import KeyLayout
 from silo import proxy
-from silo.launch import is_loopback
+from silo.flower_processes import is_loopback
 from tests.fixtures import cli
 
 yaml = pytest.importorskip("yaml")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from silo.cli import main
-from silo.launch import LocalFederation, follow_run
+from silo.local_federation import LocalFederation
+from silo.run_progress import follow_run
 from tests.integration.conftest import make_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from common.config import TaskConfig
 from common.model import load_base_model
-from silo.launch import LocalFederation, follow_run
+from silo.local_federation import LocalFederation
+from silo.run_progress import follow_run
 from tests.integration.conftest import exact_holdout_loss, make_layout
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from silo.launch import LocalFederation, free_port, supernode_argv
+from silo.flower_processes import free_port, supernode_argv
+from silo.local_federation import LocalFederation
 from tests.integration.conftest import make_layout
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from common.manifest import read_manifest
-from silo.launch import FlowerConnection, LocalFederation, flower_env, free_port, kill_children_of
+from silo.flower_connection import FlowerConnection
+from silo.flower_processes import flower_env, free_port, kill_children_of
+from silo.local_federation import LocalFederation
 from tests.integration.conftest import RECORDS, make_layout
 
 pytestmark = pytest.mark.integration

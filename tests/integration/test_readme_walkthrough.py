@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from silo.demo import DemoLayout, write_federation, write_site
-from silo.launch import flower_env, free_port, kill_children_of
+from silo.flower_processes import flower_env, free_port, kill_children_of
 from silo.synthetic import make_bank_messages, make_clinical_notes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -13,7 +13,8 @@ import pytest
 
 from common.pki import COORDINATOR_SIGNING_KEY
 from silo.demo import write_federation
-from silo.launch import LocalFederation, follow_run
+from silo.local_federation import LocalFederation
+from silo.run_progress import follow_run
 from tests.integration.conftest import make_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

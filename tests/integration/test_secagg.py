@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from silo.launch import LocalFederation, follow_run
+from silo.local_federation import LocalFederation
+from silo.run_progress import follow_run
 from tests.integration.conftest import exact_holdout_loss, make_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -21,7 +21,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from common.pki import openssh_public_key
-from silo.launch import APP_DIR, FlowerConnection, LocalFederation, follow_run
+from silo.flower_connection import APP_DIR, FlowerConnection
+from silo.local_federation import LocalFederation
+from silo.run_progress import follow_run
 from tests.integration.conftest import make_layout
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from common.pki import create_keys
-from silo.launch import flower_env, free_port
+from silo.flower_processes import flower_env, free_port
 
 pytestmark = pytest.mark.integration
 

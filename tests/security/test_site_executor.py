@@ -32,7 +32,10 @@ from common.config import load_site_config
 from common.keys import generate_signing_key, save_private_key
 from common.pki import COORDINATOR_SIGNING_KEY, add_sites
 from silo.demo import DemoLayout, write_federation
-from silo.launch import APP_DIR, BIN, LocalFederation, follow_run
+from silo.flower_connection import APP_DIR
+from silo.flower_processes import BIN
+from silo.local_federation import LocalFederation
+from silo.run_progress import follow_run
 from tests.integration.conftest import make_layout
 
 # The files `flwr build` bundles (pyproject's `fab-include`): what a copy of the app needs.

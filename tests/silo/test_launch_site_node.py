@@ -1,4 +1,4 @@
-"""How a site's node is started (silo/launch.py): Silo's executor in front of an isolated SuperNode."""
+"""How a site's node is started (silo/flower_processes.py): Silo's executor in front of an isolated SuperNode."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import ConfigError
 from common.pki import create_keys
-from silo.launch import kit_coordinator_key, site_node_argv, supernode_argv
+from silo.flower_processes import kit_coordinator_key, site_node_argv, supernode_argv
 
 
 def test_site_node_is_the_executor_with_a_supernode_that_runs_no_app(tmp_path: Path):

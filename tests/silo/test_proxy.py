@@ -1,4 +1,4 @@
-"""The Fleet proxy's configuration (silo/proxy.py) and the loopback rule for the SuperLink (silo/launch.py)."""
+"""The Fleet proxy's configuration (silo/proxy.py) and the loopback rule for the SuperLink (silo/flower_processes.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from flwr.supernode import fleet_http_client
 from common.errors import ConfigError
 from common.pki import KeyLayout, create_keys
 from silo import proxy
-from silo.launch import is_loopback, prepare_database, superlink_argv, superlink_env
+from silo.flower_processes import is_loopback, prepare_database, superlink_argv, superlink_env
 
 
 @pytest.fixture(scope="module")
