@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 import sys
 from typing import Annotated
 
@@ -66,6 +67,17 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _reflow_help(command: click.Command) -> None:
+    """Help text as the terminal's width allows: Rich keeps a docstring's line breaks, so a description
+    wrapped at 110 columns in the source came out ragged at 80. Lines within a paragraph are joined;
+    indented lines (a layout, a table) keep their own."""
+    if command.help:
+        paragraphs = [re.sub(r"\n(?![ \t])", " ", p) for p in command.help.split("\n\n")]
+        command.help = "\n\n".join(paragraphs)
+    for child in getattr(command, "commands", {}).values():
+        _reflow_help(child)
+
+
 def _command_name(argv: list[str]) -> str:
     return next((a for a in argv if not a.startswith("-")), "")
 
@@ -77,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         # Click's own invocation, not Typer's `app()`: that turns Ctrl-C into a silent exit 130, and the
         # operator must read what was interrupted.
         group = typer.main.get_command(build_app())
+        _reflow_help(group)
         with group.make_context("silo", argv) as ctx:
             result = group.invoke(ctx)
     except SiloError as err:
