@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import format_table, git_commit, machine  # noqa: E402
 from client.secagg import accept_shares, mask_update  # noqa: E402
 from client.site import handle_secagg, seal_fields  # noqa: E402
-from common.adapter import hash_state, numpy_to_state  # noqa: E402
+from common.adapter import arrays_to_state, hash_state, numpy_to_state, state_to_arrays  # noqa: E402
 from common.arrays import Arrays  # noqa: E402
 from common.config import SecAggSection, SecuritySection  # noqa: E402
 from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration  # noqa: E402
@@ -162,7 +162,7 @@ def reply_of(site: Site, sent: Arrays, declarations: Any, metrics: dict[str, Any
     """The train reply as the coordinator receives it (built outside the timers: that is messaging)."""
 
     content = RecordDict(
-        {"arrays": ArrayRecord(numpy_to_state(sent)), "metrics": MetricRecord(metrics), "site": declarations}
+        {"arrays": state_to_arrays(numpy_to_state(sent)), "metrics": MetricRecord(metrics), "site": declarations}
     )
     return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=site.node), has_error=lambda: False)
 
@@ -232,7 +232,7 @@ def plain_round(replies: list[SimpleNamespace], global_arrays: Arrays) -> tuple[
             SiteUpdate(
                 node_id=r.metadata.src_node_id,
                 site_id=str(r.content["site"]["site-id"]),
-                arrays={k: v.numpy() for k, v in r.content.array_records["arrays"].items()},
+                arrays={k: v.numpy() for k, v in arrays_to_state(r.content.array_records["arrays"]).items()},
                 num_examples=int(r.content.metric_records["metrics"]["num-examples"]),
             )
             for r in replies

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 from common.errors import UpdateRejected
+from common.packing import pack, unpack
 
 StateDict = dict[str, torch.Tensor]
 
@@ -50,11 +51,13 @@ def check_compatible(state: StateDict, spec: dict[str, tuple[tuple[int, ...], to
 
 
 def state_to_arrays(state: StateDict) -> ArrayRecord:
-    return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    """The tensors as they travel: one packed record of two arrays (common/packing.py)."""
+    return pack(state)
 
 
 def arrays_to_state(arrays: ArrayRecord) -> StateDict:
-    return {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
+    """The tensors of a record `state_to_arrays` made; UpdateRejected for anything else."""
+    return unpack(arrays)
 
 
 def state_to_numpy(state: StateDict) -> dict[str, np.ndarray]:
@@ -79,7 +82,7 @@ def hash_state(state: StateDict) -> str:
         h.update(key.encode())
         h.update(str(t.dtype).encode())
         h.update(json.dumps(list(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

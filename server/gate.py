@@ -24,7 +24,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from common.adapter import hash_state, numpy_to_state
+from common.adapter import arrays_to_state, hash_state, numpy_to_state
 from common.config import SecuritySection, WireEncoding
 from common.declaration import SITE_ID, SiteDeclaration
 from common.errors import UpdateRejected
@@ -59,8 +59,9 @@ def _records(msg: Message) -> tuple[ArrayRecord, MetricRecord, ConfigRecord]:
 
 def _arrays(record: ArrayRecord) -> tuple[Arrays, str]:
     """The reply's arrays and their `hash_state`, or UpdateRejected when they do not parse."""
+    state = arrays_to_state(record)  # UpdateRejected unless exactly the packed form
     try:
-        arrays = {str(k): v.numpy() for k, v in record.items()}
+        arrays = {k: v.numpy() for k, v in state.items()}
         return arrays, hash_state(numpy_to_state(arrays))
     except (TypeError, ValueError, RuntimeError) as err:
         raise UpdateRejected(f"malformed arrays: {type(err).__name__}") from None

@@ -19,7 +19,7 @@ from client import site as site_module
 from client.handshake import handle_handshake
 from client.secagg import STATE, accept_shares, mask_update, reveal_shares, setup, share_keys
 from client.site import handle_evaluate, handle_secagg, handle_train
-from common.adapter import hash_state, numpy_to_state
+from common.adapter import arrays_to_state, hash_state, numpy_to_state
 from common.config import PrivacyConfig, SecAggSection
 from common.declaration import PrivacyDeclaration
 from common.errors import BudgetExhausted
@@ -250,7 +250,7 @@ def test_handle_train_with_secagg_records_the_adapter_then_sends_it_masked(
     reply = handle_train(_secagg_train_message(train_message(RND), 1, relayed[1]), context)
 
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    sent = {k: v.numpy() for k, v in arrays_to_state(reply.content["arrays"]).items()}
     assert all(a.dtype == np.uint64 for a in sent.values())  # the narrowest type for the modulus 2^62
     site = reply.content["site"]
     declared = json.loads(site["secagg"])
@@ -297,7 +297,7 @@ def test_distributed_round_records_both_figures_and_sends_only_a_masked_integer_
     reply = handle_train(_secagg_train_message(train_message(RND), 1, relayed[1]), context)
 
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    sent = {k: v.numpy() for k, v in arrays_to_state(reply.content["arrays"]).items()}
     assert all(a.dtype == np.uint64 for a in sent.values())
     declared = json.loads(reply.content["site"]["secagg"])
     assert declared["noise"] == "distributed" and declared["min_honest"] == 3 and declared["weight"] == 1

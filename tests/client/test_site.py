@@ -10,7 +10,7 @@ import pytest
 from flwr.app import ArrayRecord, Message, MessageType
 
 from client.site import handle_evaluate, handle_train
-from common.adapter import adapter_state, hash_state
+from common.adapter import adapter_state, arrays_to_state, hash_state
 from common.config import LoraSettings, PrivacyConfig, TaskConfig
 from common.errors import BudgetExhausted, LedgerError
 from common.keys import load_public_key
@@ -41,7 +41,7 @@ def test_handle_train_records_the_sent_update_then_refuses_when_spent(
     first = handle_train(train_message(1), site_context(cfg))
     assert not first.has_error(), first.error.reason if first.has_error() else ""
 
-    sent = {k: v for k, v in ArrayRecord.to_torch_state_dict(first.content["arrays"]).items()}
+    sent = {k: v for k, v in arrays_to_state(first.content["arrays"]).items()}
     rounds = [e for e in site_ledger(cfg) if e.get("kind") == "round"]
     assert len(rounds) == 1
     assert rounds[0]["update_sha256"] == hash_state(sent)  # the ledger names exactly what left the site
@@ -66,7 +66,7 @@ def test_handle_train_reply_carries_no_raw_identifier(
     planted = {s.entity_value for r in notes for s in r.spans if len(s.entity_value) >= 6}
     assert planted, "the synthetic notes must carry identifiers for this test to mean anything"
     assert [v for v in planted if v in declared] == []
-    assert set(reply.content["arrays"].keys()) == set(
+    assert set(arrays_to_state(reply.content["arrays"]).keys()) == set(
         adapter_state(
             load_lora_model(str(base_model_dir), LoraSettings(target_modules=("q_proj", "v_proj")), TaskConfig())
         ).keys()
@@ -98,7 +98,7 @@ def test_two_rounds_with_identical_inputs_send_different_updates(
         for rnd in (1, 2):
             reply = handle_train(train_message(rnd), site_context(cfg))
             assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-            hashes.append(hash_state(ArrayRecord.to_torch_state_dict(reply.content["arrays"])))
+            hashes.append(hash_state(arrays_to_state(reply.content["arrays"])))
         rounds = [e for e in site_ledger(cfg) if e["kind"] == "round"]
         assert [e["noise_source"] for e in rounds] == ["os-seeded", "os-seeded"]
     assert len(set(hashes)) == 4
