@@ -101,6 +101,8 @@ def build_report(
         last = site["rounds"][-1] if site["rounds"] else {}
         site["epsilon_total"] = last.get("epsilon_total")
         site["budget_epsilon"] = last.get("budget_epsilon")
+        if ledger:
+            _total_after_run(site, ledger, run_id)
     for ledger in ledgers:  # a ledger whose site never reached the manifest (all updates rejected)
         if ledger.site_id and ledger.site_id not in sites:
             sites[ledger.site_id] = {
@@ -114,6 +116,7 @@ def build_report(
             last = sites[ledger.site_id]["rounds"][-1] if sites[ledger.site_id]["rounds"] else {}
             sites[ledger.site_id]["epsilon_total"] = last.get("epsilon_total")
             sites[ledger.site_id]["budget_epsilon"] = last.get("budget_epsilon")
+            _total_after_run(sites[ledger.site_id], ledger, run_id)
 
     # A failed run's last round has no entry (nothing was aggregated); its rejections are kept beside.
     failed_round = manifest.get("failed_round")
@@ -223,6 +226,16 @@ def _overlay_ledger(site: dict[str, Any], ledger: LedgerFile, run_id: str | None
             "source": "ledger",
         })  # fmt: skip
     site["rounds"] = [rows[n] for n in sorted(rows)]
+
+
+def _total_after_run(site: dict[str, Any], ledger: LedgerFile, run_id: str | None) -> None:
+    """The site's total ε after its last ledger entry of this run, whatever its kind: the evaluation
+    answers a site gives after its last training round are spent too (a round's own figure would leave
+    the final evaluation out and show more budget left than the ledger does)."""
+    spent = [e for e in ledger.entries if e.get("run_id") == run_id and e.get("epsilon_total") is not None]
+    if spent:
+        site["epsilon_total"] = spent[-1]["epsilon_total"]
+        site["budget_epsilon"] = spent[-1].get("budget_epsilon", site.get("budget_epsilon"))
 
 
 def _epsilon_before_run(ledger: LedgerFile, run_id: str | None) -> float:

@@ -77,3 +77,40 @@ def test_report_renders_in_chromium_with_every_plot_and_no_console_error(audit_r
     assert "Silo audit report" in dom.stdout and "Rounds and adapter hashes" in dom.stdout
     os.makedirs(os.environ.get("SILO_SCREENSHOT_DIR", tmp_path), exist_ok=True)
     shutil.copyfile(shot, os.path.join(os.environ.get("SILO_SCREENSHOT_DIR", tmp_path), "audit-report.png"))
+
+
+def test_a_sites_total_counts_the_evaluation_answers_after_its_last_round(audit_run, tmp_path):
+    """A site answers the final evaluation after its last training round and spends ε on it: the report's
+    total and what is left are the ledger's after that answer, not the last round's figure."""
+    from client.ledger import Ledger
+    from client.ledger_export import export_ledger
+    from common.accounting import Accountant, DPEvent
+    from server.audit import build_report
+
+    run_id = audit_run.manifest()["run_id"]
+    site = audit_run.sites[0]
+    with Ledger.open(audit_run.ledgers[site], signing_key=audit_run.signing_keys[site]) as ledger:
+        ledger.charge_evaluation(
+            DPEvent(2.0, 1.0, 1),
+            delta=1e-5,
+            accountant=Accountant.RDP,
+            budget_epsilon=10.0,
+            budget_delta=1e-5,
+            dataset_size=24,
+            evaluated_sha256="ab" * 32,
+            noise_source="os-seeded",
+            run_id=run_id,
+            round=2,
+            site_id=site,
+        )
+    shutil.rmtree(audit_run.exports[site])
+    export_ledger(audit_run.ledgers[site], audit_run.exports[site])
+    entries = read_ledger(audit_run.exported_ledger(site))
+    assert entries[-1]["kind"] == "evaluation"
+    rounds = [e for e in entries if e.get("kind") == "round"]
+    assert entries[-1]["epsilon_total"] > rounds[-1]["epsilon_total"]  # the answer spent something
+
+    ledgers = [LedgerFile(p, read_ledger(p)) for p in map(audit_run.exported_ledger, audit_run.sites)]
+    shown = build_report(audit_run.run_dir, ledgers)["sites"][site]
+    assert shown["epsilon_total"] == pytest.approx(entries[-1]["epsilon_total"], rel=1e-12)
+    assert shown["rounds"][-1]["epsilon_total"] == pytest.approx(rounds[-1]["epsilon_total"], rel=1e-12)
