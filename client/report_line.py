@@ -65,3 +65,18 @@ def round_line(
         f"ε +{_eps(added)} this round (training and its evaluation answer), total {_eps(total)} of "
         f"{_eps(budget)}, {left}; sent update sha256 {update_sha256[:SHORT]}"
     )
+
+
+def evaluation_line(rid: RoundId, ledger: Path, msg: Message) -> str:
+    """The line for an evaluation answer just charged as the last entry of `ledger` (the final evaluation
+    after the last round spends ε too: without this line the site's screen would stop short of its total)."""
+    entries = read_ledger(ledger)
+    entry = entries[-1]
+    total, budget = float(entry["epsilon_total"]), float(entry["budget_epsilon"])
+    before = float(entries[-2]["epsilon_total"]) if len(entries) > 1 else 0.0
+    added = 0.0 if math.isinf(before) else total - before
+    left = "unlimited" if math.isinf(budget) else f"{_eps(budget - total)} left"
+    return (
+        f"evaluation answer for round {rid.round} of run {rid.run_id} (Flower run {msg.metadata.run_id}, "
+        f"app {_app(msg)}): ε +{_eps(added)}, total {_eps(total)} of {_eps(budget)}, {left}"
+    )

@@ -34,7 +34,7 @@ from client.ledger_plan import RoundPlan
 from client.prefix_cache import PrefixCache, PrefixCaches
 from client.prepare import encode_records
 from client.privacy import EvalRelease, make_private, release_evaluation
-from client.report_line import round_line
+from client.report_line import evaluation_line, round_line
 from client.round_plan import DPPlan, RoundId, plan_dp_round
 from client.scrub import ScrubbedRecords, build_scrubber, scrub_records
 from client.secagg import (
@@ -507,6 +507,10 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         return error_reply(msg, err)
     finally:
         WARM.end_message()
+    try:  # the operator's line; the answer is charged and goes out whether or not it can be shown
+        log.info("[silo] %s", evaluation_line(rid, ledger_path(cfg), msg))
+    except (SiloError, OSError, KeyError, ValueError) as err:
+        log.warning("[silo] could not show the evaluation's ε line: %s", type(err).__name__)
     return Message(content=RecordDict({"metrics": MetricRecord(release.metrics())}), reply_to=msg)
 
 

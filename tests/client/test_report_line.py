@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.ledger import Ledger
-from client.report_line import round_increment, round_line
+from client.report_line import evaluation_line, round_increment, round_line
 from client.round_plan import RoundId
 from common import keys
 from common.ledger.verify import read_ledger
@@ -64,3 +64,29 @@ def test_round_line_names_the_round_run_app_counts_and_budget(tmp_path: Path) ->
     assert re.search(r"ε \+0\.\d\d this round", line)
     assert line.endswith(f"sent update sha256 {'ab' * 6}")
     assert "PERSON" not in line  # counts only
+
+
+def test_the_final_evaluation_answer_gets_a_line_with_what_it_spent(tmp_path: Path) -> None:
+    from common.accounting import Accountant, DPEvent
+
+    with Ledger.open(tmp_path / "b.jsonl", signing_key=keys.generate_signing_key(), create=True) as ledger:
+        ledger.charge_evaluation(
+            DPEvent(2.0, 1.0, 1),
+            delta=1e-5,
+            accountant=Accountant.RDP,
+            budget_epsilon=10.0,
+            budget_delta=1e-5,
+            dataset_size=24,
+            evaluated_sha256="cd" * 32,
+            noise_source="os-seeded",
+            run_id="run-b",
+            round=2,
+            site_id="s",
+        )
+    signed = make_run_request(None, run_id="run-b", config_hash="c" * 64, app_sha256=APP, rounds=2, sites=None)
+    msg = Message(RecordDict({RECORD: ConfigRecord(signed.record())}), dst_node_id=7, message_type=MessageType.EVALUATE)
+    line = evaluation_line(RoundId("run-b", 2, "s"), tmp_path / "b.jsonl", msg)
+    total = read_ledger(tmp_path / "b.jsonl")[-1]["epsilon_total"]
+    assert total > 0
+    assert line.startswith(f"evaluation answer for round 2 of run run-b (Flower run {msg.metadata.run_id}, app ")
+    assert line.endswith(f"ε +{total:.2f}, total {total:.2f} of 10.00, {10 - total:.2f} left")
