@@ -97,7 +97,9 @@ class LiveStatus:
             s.state, s.detail, s.epsilon_total, s.budget_epsilon = "replied", None, None, None
             self._read_site_record(s, msg.content)
         self._changed(s)
-        self.write()
+        # Every reply is written at once (a few a round): throttled, the last replies of a run were never
+        # written, and the operator's screen ended with a site still "asked".
+        self.write(force=True)
 
     @staticmethod
     def _read_site_record(s: SiteState, content: RecordDict) -> None:

@@ -89,3 +89,19 @@ def test_live_view_shows_every_change_even_between_two_looks(tmp_path: Path) -> 
     assert "replied to train round 1; ε 2.00 of 10.00 spent" in shown
     assert shown.rstrip().endswith("hospital-a (node 11): replied to train round 2")  # no stale ε
     assert shown.index("replied to train round 1") < shown.index("asked: train round 2")
+
+
+def test_the_last_replies_of_a_run_reach_the_screen_without_another_write(tmp_path: Path) -> None:
+    # Found capturing the operator's screens: the final evaluation's second reply came 0.1 s after the first,
+    # inside the write throttle, and nothing was written after it: the screen ended with that site "asked".
+    status, out = LiveStatus(tmp_path), io.StringIO()
+    screen = LiveScreen(tmp_path, out, t0=0.0)
+    screen.stale_before = 0.0
+    asks = [_train(11), _train(12)]
+    for msg in asks:
+        status.asked(msg)
+    status.on_reply(_reply(asks[0], epsilon=7.61))
+    status.on_reply(_reply(asks[1], epsilon=7.61))  # no status.write(force=True) after this: the run ends here
+    screen()
+    shown = out.getvalue()
+    assert "(node 11): replied to train round 1" in shown and "(node 12): replied to train round 1" in shown
