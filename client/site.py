@@ -66,6 +66,7 @@ from common.errors import BudgetExhausted, ScrubFailed, SiloError, UpdateRejecte
 from common.keys import generate_signing_key, load_private_key, public_key_raw, save_private_key, save_public_key
 from common.model import load_lora_model, load_tokenizer, resolve_device
 from common.pki import SiteKit, install_site_signing_key
+from common.schema import strict_json
 from common.sealing import UpdateBinding, seal_update
 from common.secagg import RECORD as SECAGG_RECORD
 from common.secagg import STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK, SecAggFailed
@@ -503,6 +504,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
             )
             site = load_for_round(msg, context)
             release = answer_evaluation(site, ledger, rid)
+            charged = ledger.entries()[-1]
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         return error_reply(msg, err)
     finally:
@@ -511,7 +513,11 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         log.info("[silo] %s", evaluation_line(rid, ledger_path(cfg), msg))
     except (SiloError, OSError, KeyError, ValueError) as err:
         log.warning("[silo] could not show the evaluation's ε line: %s", type(err).__name__)
-    return Message(content=RecordDict({"metrics": MetricRecord(release.metrics())}), reply_to=msg)
+    # The site's total after this answer, as a training reply declares it (the coordinator's live view shows
+    # it): a number the site already sends every round, never a record or a statistic of one.
+    spent = {"epsilon_total": charged["epsilon_total"], "budget_epsilon": charged["budget_epsilon"]}
+    site_record = ConfigRecord({"site-id": cfg.site.id, "privacy": json.dumps(strict_json(spent))})
+    return Message(content=RecordDict({"metrics": MetricRecord(release.metrics()), "site": site_record}), reply_to=msg)
 
 
 def answer_evaluation(

@@ -114,7 +114,7 @@ def test_evaluation_answers_are_charged_and_refused_once_the_budget_is_spent(
     )
     cfg, _ = make_site(privacy=privacy)
     evaluate = Message(train_message(1).content, dst_node_id=7, message_type=MessageType.EVALUATE)
-    answered, refused = 0, 0
+    answered, refused, declared = 0, 0, []
     for _ in range(1000):
         reply = handle_evaluate(evaluate, site_context(cfg))
         if reply.has_error():
@@ -122,9 +122,14 @@ def test_evaluation_answers_are_charged_and_refused_once_the_budget_is_spent(
             refused += 1
         else:
             assert set(reply.content["metrics"].keys()) >= {"eval_loss", "eval_loss_noise_std", "num-examples"}
+            # The site's total after the answer, for the coordinator's live view; nothing else rides along.
+            site = reply.content.config_records["site"]
+            assert set(site.keys()) == {"site-id", "privacy"}
+            declared.append(json.loads(site["privacy"]))
             answered += 1
     evaluations = [e for e in site_ledger(cfg) if e["kind"] == "evaluation"]
     assert 1 <= answered == len(evaluations) < 20 and refused == 1000 - answered
+    assert declared == [{"epsilon_total": e["epsilon_total"], "budget_epsilon": 3.0} for e in evaluations]
     assert all(e["noise_source"] == "os-seeded" and e["noise_multiplier"] == 5.0 for e in evaluations)
     result = verify_ledger(
         cfg.parent / "state" / "privacy_ledger.jsonl", load_public_key(cfg.parent / "state" / "site_signing.pub")
