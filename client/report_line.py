@@ -67,10 +67,10 @@ def round_line(
     )
 
 
-def evaluation_line(rid: RoundId, ledger: Path, msg: Message) -> str:
-    """The line for an evaluation answer just charged as the last entry of `ledger` (the final evaluation
-    after the last round spends ε too: without this line the site's screen would stop short of its total)."""
-    entries = read_ledger(ledger)
+def evaluation_line(rid: RoundId, entries: list[dict[str, Any]], msg: Message) -> str:
+    """The line for an evaluation answer just charged as the last of the ledger's `entries` (the final
+    evaluation after the last round spends ε too: without this line the site's screen would stop short of
+    its total)."""
     entry = entries[-1]
     total, budget = float(entry["epsilon_total"]), float(entry["budget_epsilon"])
     before = float(entries[-2]["epsilon_total"]) if len(entries) > 1 else 0.0

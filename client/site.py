@@ -504,18 +504,15 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
             )
             site = load_for_round(msg, context)
             release = answer_evaluation(site, ledger, rid)
-            charged = ledger.entries()[-1]
+            entries = ledger.entries()
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         return error_reply(msg, err)
     finally:
         WARM.end_message()
-    try:  # the operator's line; the answer is charged and goes out whether or not it can be shown
-        log.info("[silo] %s", evaluation_line(rid, ledger_path(cfg), msg))
-    except (SiloError, OSError, KeyError, ValueError) as err:
-        log.warning("[silo] could not show the evaluation's ε line: %s", type(err).__name__)
+    log.info("[silo] %s", evaluation_line(rid, entries, msg))
     # The site's total after this answer, as a training reply declares it (the coordinator's live view shows
     # it): a number the site already sends every round, never a record or a statistic of one.
-    spent = {"epsilon_total": charged["epsilon_total"], "budget_epsilon": charged["budget_epsilon"]}
+    spent = {"epsilon_total": entries[-1]["epsilon_total"], "budget_epsilon": entries[-1]["budget_epsilon"]}
     site_record = ConfigRecord({"site-id": cfg.site.id, "privacy": json.dumps(strict_json(spent))})
     return Message(content=RecordDict({"metrics": MetricRecord(release.metrics()), "site": site_record}), reply_to=msg)
 

@@ -106,10 +106,7 @@ def show_status(
     root_certificates: RootCertificates = None,
     insecure: Insecure = False,
 ) -> int:
-    """one run's state at the SuperLink and in its manifest, with Silo's and Flower's run ids
-
-    One run's state at the SuperLink and in its manifest, with Silo's and Flower's run ids.
-    """
+    """One run's state at the SuperLink and in its manifest, with Silo's and Flower's run ids."""
     _one_run(run_dir, run_id)
     for line in run_control.run_status(_access(superlink, keys, root_certificates, insecure), run_dir, run_id):
         print(line)
@@ -125,10 +122,7 @@ def list_runs(
     root_certificates: RootCertificates = None,
     insecure: Insecure = False,
 ) -> int:
-    """every run the SuperLink knows, with the Silo run directory of each (--runs)
-
-    Every run the SuperLink knows, with the Silo run directory of each (--runs).
-    """
+    """Every run the SuperLink knows, with the Silo run directory of each (--runs)."""
     lines = run_control.list_runs(_access(superlink, keys, root_certificates, insecure), runs)
     print("\n".join(lines) if lines else f"the SuperLink at {superlink} knows no runs")
     return 0
@@ -142,10 +136,7 @@ def show_logs(
     root_certificates: RootCertificates = None,
     insecure: Insecure = False,
 ) -> int:
-    """the ServerApp's log of one run, as the SuperLink kept it
-
-    The ServerApp's log of one run, as the SuperLink kept it.
-    """
+    """The ServerApp's log of one run, as the SuperLink kept it."""
     _one_run(run_dir, run_id)
     sys.stdout.write(run_control.run_logs(_access(superlink, keys, root_certificates, insecure), run_dir, run_id))
     return 0
@@ -159,10 +150,7 @@ def stop_run(
     root_certificates: RootCertificates = None,
     insecure: Insecure = False,
 ) -> int:
-    """stop one run at the SuperLink: its sites receive no further messages of it
-
-    Stop one run at the SuperLink: its sites receive no further messages of it.
-    """
+    """Stop one run at the SuperLink: its sites receive no further messages of it."""
     _one_run(run_dir, run_id)
     fid, _ = run_control.flower_run_id(run_dir, run_id)
     print(run_control.stop_run(_access(superlink, keys, root_certificates, insecure), fid))

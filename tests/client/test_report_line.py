@@ -85,7 +85,7 @@ def test_the_final_evaluation_answer_gets_a_line_with_what_it_spent(tmp_path: Pa
         )
     signed = make_run_request(None, run_id="run-b", config_hash="c" * 64, app_sha256=APP, rounds=2, sites=None)
     msg = Message(RecordDict({RECORD: ConfigRecord(signed.record())}), dst_node_id=7, message_type=MessageType.EVALUATE)
-    line = evaluation_line(RoundId("run-b", 2, "s"), tmp_path / "b.jsonl", msg)
+    line = evaluation_line(RoundId("run-b", 2, "s"), read_ledger(tmp_path / "b.jsonl"), msg)
     total = read_ledger(tmp_path / "b.jsonl")[-1]["epsilon_total"]
     assert total > 0
     assert line.startswith(f"evaluation answer for round 2 of run run-b (Flower run {msg.metadata.run_id}, app ")
