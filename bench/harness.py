@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -163,54 +164,94 @@ class InProcessGrid:
 # ---- site and federation TOMLs, a run, its final adapter -----------------------------------------------------
 
 
-def privacy_toml(epsilon: float | None, *, rounds: int, delta: float = 1e-5, max_grad_norm: float = 1.0) -> str:
-    """`[privacy]`: DP-SGD with sigma derived from (epsilon, delta) over `rounds`, or DP off (epsilon None)."""
+def privacy_config(epsilon: float | None, *, rounds: int, delta: float = 1e-5, max_grad_norm: float = 1.0) -> Any:
+    """`[privacy]` (a PrivacyConfig): DP-SGD with sigma derived from (epsilon, delta) over `rounds`, or DP off
+    (epsilon None)."""
+    import math
+    import warnings
+
+    from common.config import PrivacyConfig
+
     if epsilon is None:
-        # DP off must be acknowledged with an infinite budget (the ledger records epsilon = inf).
-        return "[privacy]\nenabled = false\nmax_grad_norm = 1.0\nbudget_epsilon = inf\nbudget_delta = 1e-5\n"
-    return (
-        f"[privacy]\nmax_grad_norm = {max_grad_norm}\ntarget_epsilon = {epsilon}\ntarget_delta = {delta}\n"
-        f"planned_rounds = {rounds}\nbudget_epsilon = {epsilon}\nbudget_delta = {delta}\n"
+        # DP off must be acknowledged with an infinite budget (the ledger records epsilon = inf). The site
+        # warns when it loads its TOML; building the config here is not that moment.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return PrivacyConfig(enabled=False, max_grad_norm=1.0, budget_epsilon=math.inf, budget_delta=1e-5)
+    return PrivacyConfig(
+        max_grad_norm=max_grad_norm,
+        target_epsilon=epsilon,
+        target_delta=delta,
+        planned_rounds=rounds,
+        budget_epsilon=epsilon,
+        budget_delta=delta,
     )
 
 
-def model_toml(
-    *, base: str | Path, max_length: int, task: str, lora_r: int, lora_alpha: int, targets: Sequence[str]
-) -> str:
-    """`[model] [lora] [task]`, identical in the site and federation TOMLs."""
-    return (
-        f"[model]\nbase = {_q(str(base))}\nmax_length = {max_length}\n\n"
-        f"[lora]\nr = {lora_r}\nalpha = {lora_alpha}\ndropout = 0.0\ntarget_modules = {_list(targets)}\n\n"
-        f"{task}\n"
+@dataclass(frozen=True)
+class ModelSections:
+    """`[model] [lora] [task]`, identical in the site and federation TOMLs (ModelConfig, LoraSettings,
+    TaskConfig)."""
+
+    model: Any
+    lora: Any
+    task: Any
+
+
+def model_sections(
+    *, base: str | Path, max_length: int, lora_r: int, lora_alpha: int, targets: Sequence[str], task: Any = None
+) -> ModelSections:
+    """The base model, LoRA on `targets`, and `task` (a TaskConfig; None: causal LM)."""
+    from common.config import LoraSettings, ModelConfig, TaskConfig
+
+    return ModelSections(
+        model=ModelConfig(base=str(base), max_length=max_length),
+        lora=LoraSettings(r=lora_r, alpha=lora_alpha, dropout=0.0, target_modules=tuple(targets)),
+        task=TaskConfig() if task is None else task,
     )
 
 
-def classification_task(labels: Sequence[str], *, pooling: str = "model", head_init: str = "random") -> str:
-    return (
-        f'[task]\ntype = "classification"\nlabels = {_list(labels)}\n'
-        f"pooling = {_q(pooling)}\nhead_init = {_q(head_init)}\n"
+def classification_task(labels: Sequence[str], *, pooling: str = "model", head_init: str = "random") -> Any:
+    """`[task]` (a TaskConfig) of a classifier over `labels`."""
+    from common.config import HeadInit, Pooling, TaskConfig, TaskType
+
+    return TaskConfig(
+        type=TaskType.CLASSIFICATION, labels=tuple(labels), pooling=Pooling(pooling), head_init=HeadInit(head_init)
     )
 
 
-CAUSAL_LM_TASK = '[task]\ntype = "causal_lm"\n'
+def write_site_toml(
+    site_dir: Path, site_id: str, *, model: ModelSections, data: Any = None, training: Any, privacy: Any
+) -> Path:
+    """`site_dir/site.toml`; its records go in `site_dir/data/`, its ledger and key in `site_dir/state/`.
+    `data` (a DataConfig; None: the defaults), `training` (a TrainingConfig), `privacy` (privacy_config)."""
+    from common.config import DataConfig, SiteConfig, SiteSection
 
-
-def write_site_toml(site_dir: Path, site_id: str, *, model: str, data: str = "", training: str, privacy: str) -> Path:
-    """`site_dir/site.toml`; its records go in `site_dir/data/`, its ledger and key in `site_dir/state/`."""
     site_dir.mkdir(parents=True, exist_ok=True)
     path = site_dir / "site.toml"
-    path.write_text(
-        f'[site]\nid = "{site_id}"\nstate_dir = "state"\n\n[data]\ndir = "data"\n{data}\n'
-        f"{model}\n[training]\n{training}\n{privacy}"
+    config = SiteConfig(
+        site=SiteSection(id=site_id, state_dir="state"),
+        data=DataConfig(dir="data") if data is None else data,
+        task=model.task,
+        model=model.model,
+        lora=model.lora,
+        training=training,
+        privacy=privacy,
     )
+    path.write_text(config.to_toml())
     return path
 
 
-def write_federation_toml(path: Path, *, model: str, rounds: int, min_sites: int, timeout_s: float = 3600.0) -> Path:
-    path.write_text(
-        f'[federation]\nrounds = {rounds}\nmin_sites = {min_sites}\nstrategy = "fedavg"\n'
-        f"round_timeout_s = {timeout_s}\n\n{model}"
+def write_federation_toml(
+    path: Path, *, model: ModelSections, rounds: int, min_sites: int, timeout_s: float = 3600.0
+) -> Path:
+    from common.config import FederationConfig, FederationSection, StrategyName
+
+    federation = FederationSection(
+        rounds=rounds, min_sites=min_sites, strategy=StrategyName.FEDAVG, round_timeout_s=timeout_s
     )
+    config = FederationConfig(federation=federation, model=model.model, lora=model.lora, task=model.task)
+    path.write_text(config.to_toml())
     return path
 
 
@@ -250,16 +291,6 @@ def spent_epsilon(manifest: dict[str, Any]) -> tuple[float, float]:
     eps = max(float(p.get("epsilon_total") or 0.0) for p in privacy) if privacy else float("nan")
     sigma = max(float(p.get("noise_multiplier") or 0.0) for p in privacy) if privacy else float("nan")
     return eps, sigma
-
-
-def _q(s: str) -> str:
-    import json
-
-    return json.dumps(s)
-
-
-def _list(items: Sequence[str]) -> str:
-    return "[" + ", ".join(_q(x) for x in items) + "]"
 
 
 def evaluate_adapter(

@@ -42,14 +42,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (  # noqa: E402
-    CAUSAL_LM_TASK,
     SHARED_DATA,
     evaluate_adapter,
     format_table,
     git_commit,
     machine,
-    model_toml,
-    privacy_toml,
+    model_sections,
+    privacy_config,
     run_federation_here,
     spent_epsilon,
     write_federation_toml,
@@ -138,13 +137,17 @@ def run_config(
     processes: bool,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     d = work / key
-    model = model_toml(
-        base=base, max_length=s.max_length, task=CAUSAL_LM_TASK, lora_r=8, lora_alpha=16, targets=LORA_TARGETS
+    from common.config import TrainingConfig
+
+    model = model_sections(base=base, max_length=s.max_length, lora_r=8, lora_alpha=16, targets=LORA_TARGETS)
+    training = TrainingConfig(
+        epochs=s.local_epochs,
+        batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        physical_batch_size=s.physical_batch_size,
+        threads=1,  # see bench/utility_banking77.py
+        seed=0,
     )
-    training = (
-        f"epochs = {s.local_epochs}\nbatch_size = {s.batch_size}\nlearning_rate = {s.learning_rate}\n"
-        f"physical_batch_size = {s.physical_batch_size}\nthreads = 1\nseed = 0\n"
-    )  # 1 thread: see bench/utility_banking77.py
     configs = []
     for site_id, recs in sites:
         site_dir = d / "sites" / site_id
@@ -157,7 +160,7 @@ def run_config(
                 site_id,
                 model=model,
                 training=training,
-                privacy=privacy_toml(epsilon, rounds=s.rounds, delta=DELTA),
+                privacy=privacy_config(epsilon, rounds=s.rounds, delta=DELTA),
             )
         )
     fed = write_federation_toml(d / "federation.toml", model=model, rounds=s.rounds, min_sites=len(configs))

@@ -63,8 +63,8 @@ from bench.harness import (  # noqa: E402
     format_table,
     git_commit,
     machine,
-    model_toml,
-    privacy_toml,
+    model_sections,
+    privacy_config,
     run_federation_here,
     spent_epsilon,
     write_federation_toml,
@@ -208,7 +208,9 @@ def run_config(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One configuration: write its sites and federation, run it; (manifest, final adapter arrays)."""
     d = work / name
-    model = model_toml(
+    from common.config import DataConfig, TrainingConfig
+
+    model = model_sections(
         base=encoder,
         max_length=s.max_length,
         task=classification_task(labels, pooling="mean", head_init="label_names"),
@@ -219,16 +221,21 @@ def run_config(
     # One torch thread per site: on a small shared machine 2 threads ran 3-6x SLOWER per step than 1
     # (measured here: MiniLM LoRA step, batch 32, 0.5-0.8 s with 1 thread, 2.5-4.6 s with 2, under load).
     threads = 1
-    training = (
-        f"epochs = {s.local_epochs}\nbatch_size = {s.batch_size}\nlearning_rate = {s.learning_rate}\n"
-        f"physical_batch_size = {s.physical_batch_size}\nprobe_rounds = {s.probe_rounds}\n"
-        f"prefix_cache = {str(s.prefix_cache).lower()}\n"
-        f'threads = {threads}\ndevice = "auto"\nseed = 0\n'
-        + (f"dropout = {s.dropout}\n" if s.dropout is not None else "")
+    training = TrainingConfig(
+        epochs=s.local_epochs,
+        batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        physical_batch_size=s.physical_batch_size,
+        probe_rounds=s.probe_rounds,
+        prefix_cache=s.prefix_cache,
+        threads=threads,
+        device="auto",
+        seed=0,
+        dropout=s.dropout,
     )
-    privacy = privacy_toml(epsilon, rounds=s.rounds, delta=DELTA)
+    privacy = privacy_config(epsilon, rounds=s.rounds, delta=DELTA)
     if epsilon is not None:
-        privacy += f"eval_noise_multiplier = {s.eval_noise_multiplier}\n"
+        privacy = replace(privacy, eval_noise_multiplier=s.eval_noise_multiplier)
     configs = []
     for i, recs in enumerate(site_records):
         site_dir = d / "sites" / f"site-{i}"
@@ -238,7 +245,7 @@ def run_config(
                 site_dir,
                 f"site-{i}",
                 model=model,
-                data='label_field = "category"\n',
+                data=DataConfig(label_field="category"),
                 training=training,
                 privacy=privacy,
             )
