@@ -9,7 +9,6 @@ of what it writes gives the same config back.
 from __future__ import annotations
 
 import enum
-import json
 import math
 import tomllib
 from collections.abc import Callable, Iterable
@@ -72,7 +71,7 @@ def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, enum.Enum):
-        return json.dumps(str(value.value))
+        return _basic_string(str(value.value))
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
@@ -80,12 +79,33 @@ def toml_value(value: Any) -> str:
             raise ConfigError("a config value is NaN; TOML could hold it, but no Silo setting may be NaN.")
         return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
     if isinstance(value, str | Path):
-        return json.dumps(str(value))  # JSON's string escapes are valid in a TOML basic string
+        return _basic_string(str(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if is_dataclass(value):
         raise ConfigError(f"a nested section ({type(value).__name__}) is written with section_toml, not inline.")
     raise ConfigError(f"cannot write a {type(value).__name__} to TOML.")
+
+
+# A basic string's escapes, as JSON writes them; every other character outside printable ASCII is \uXXXX,
+# or \UXXXXXXXX beyond U+FFFF (where JSON writes a surrogate pair, which TOML rejects).
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _basic_string(text: str) -> str:
+    """`text` as a TOML basic string in ASCII (the same characters `json.dumps` writes for text within U+FFFF)."""
+    out = []
+    for c in text:
+        code = ord(c)
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif " " <= c <= "~":
+            out.append(c)
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ConfigError(f"a config string holds a lone surrogate (U+{code:04X}), which no TOML file can.")
+        else:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
 
 
 def _same(value: Any, default: Any) -> bool:
