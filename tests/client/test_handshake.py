@@ -17,7 +17,17 @@ from safetensors.torch import load_file, save_file
 
 from client.handshake import ACCEPTED, handle_handshake
 from client.site import site_signing_key
-from common.config import load_site_config
+from common.config import (
+    DataConfig,
+    LoraSettings,
+    ModelConfig,
+    PrivacyConfig,
+    SiteConfig,
+    SiteSection,
+    TaskConfig,
+    TrainingConfig,
+    load_site_config,
+)
 from common.errors import RunRefused
 from common.keys import generate_signing_key
 from common.model_pin import model_fingerprint
@@ -33,20 +43,31 @@ def _task_identity() -> None:
 
 
 def _site(tmp_path: Path, model: Path) -> Path:
-    path = tmp_path / "site.toml"
-    path.write_text(
-        f'[site]\nid = "s-a"\n\n[model]\nbase = "{model}"\n\n'
-        "[privacy]\nnoise_multiplier = 1.0\nmax_grad_norm = 1.0\nbudget_epsilon = 10.0\nbudget_delta = 1e-5\n"
+    config = SiteConfig(
+        site=SiteSection(id="s-a"),
+        data=DataConfig(),
+        task=TaskConfig(),
+        model=ModelConfig(base=str(model)),
+        lora=LoraSettings(),
+        training=TrainingConfig(),
+        privacy=PrivacyConfig(noise_multiplier=1.0, max_grad_norm=1.0, budget_epsilon=10.0, budget_delta=1e-5),
     )
+    path = tmp_path / "site.toml"
+    path.write_text(config.to_toml())
     site_signing_key(load_site_config(path))  # the site's key and its (empty) ledger, as a site has them
     return path
 
 
 def _handshake(site_toml: Path, pinned: str | None) -> Message:
     signed = make_run_request(
-        COORDINATOR, run_id="run-1", config_hash="c" * 64, app_sha256="a" * 64, rounds=2, sites=["s-a"],
+        COORDINATOR,
+        run_id="run-1",
+        config_hash="c" * 64,
+        app_sha256="a" * 64,
+        rounds=2,
+        sites=["s-a"],
         base_model_sha256=pinned,
-    )  # fmt: skip
+    )
     msg = Message(
         RecordDict({RECORD: ConfigRecord(signed.record())}), dst_node_id=7, message_type=HANDSHAKE_MESSAGE_TYPE
     )

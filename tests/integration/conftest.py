@@ -31,12 +31,14 @@ def make_layout(
     *,
     rounds: int,
     sites: int = 2,
+    min_sites: int | None = None,
     strategy: str = "fedavg",
     keys: bool = True,
     records: int = RECORDS,
 ) -> tuple[DemoLayout, list[Path]]:
-    """Sites, a federation TOML and (unless `keys=False`) the federation's keys in `layout.keys`, whose
-    registry the federation TOML names: start with `LocalFederation(..., keys=layout.keys)`."""
+    """Sites, a federation TOML (a round waits for `min_sites`, default all of them) and (unless `keys=False`)
+    the federation's keys in `layout.keys`, whose registry the federation TOML names: start with
+    `LocalFederation(..., keys=layout.keys)`."""
     layout = DemoLayout(root)
     makers = [(make_clinical_notes, 21), (make_bank_messages, 22), (make_clinical_notes, 23)]
     configs = []
@@ -52,7 +54,7 @@ def make_layout(
         layout,
         base_model=str(base_model),
         rounds=rounds,
-        min_sites=sites,
+        min_sites=sites if min_sites is None else min_sites,
         strategy=strategy,
         timeout_s=180,
         registry=registry,

@@ -57,9 +57,8 @@ def test_ten_sites_complete_and_each_scrubs_its_records_once(tmp_path: Path, fed
 def test_a_runtime_killed_mid_round_keeps_its_reservation_and_the_next_round_gets_a_fresh_one(
     tmp_path: Path, federation_model_dir: Path
 ) -> None:
-    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=2, sites=2)
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=2, sites=2, min_sites=1)
     fed_toml = layout.federation_config
-    fed_toml.write_text(fed_toml.read_text().replace("min_sites = 2", "min_sites = 1"))
     victim_toml = sites[0]
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
         run_id = fed.submit({"silo-config": str(fed_toml), "run-dir": str(layout.run_dir)})
