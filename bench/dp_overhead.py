@@ -60,9 +60,14 @@ def build(mode: str, seq_len: int, device_name: str) -> Callable[[], None]:
     device = torch.device(device_name)
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-        intermediate_size=512, vocab_size=VOCAB, max_position_embeddings=max(seq_len, 128),
-    )  # fmt: skip
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=512,
+        vocab_size=VOCAB,
+        max_position_embeddings=max(seq_len, 128),
+    )
     base = LlamaForCausalLM(config).to(device)  # to the device before LoRA (Opacus issue 820)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     model: Any = get_peft_model(base, lora)
@@ -73,9 +78,13 @@ def build(mode: str, seq_len: int, device_name: str) -> Callable[[], None]:
     reduce: Callable[[Any], Any] = torch.mean
     if mode != "plain":
         privacy = PrivacyConfig(
-            max_grad_norm=1.0, budget_epsilon=10.0, budget_delta=1e-5, noise_multiplier=1.0,
-            grad_sample_mode=mode, poisson_sampling=False,
-        )  # fmt: skip
+            max_grad_norm=1.0,
+            budget_epsilon=10.0,
+            budget_delta=1e-5,
+            noise_multiplier=1.0,
+            grad_sample_mode=mode,
+            poisson_sampling=False,
+        )
         private = make_private(model, optimizer, loader, config=privacy, noise_multiplier=1.0, max_grad_norm=1.0)
         model, optimizer, loader, reduce = private.model, private.optimizer, private.data_loader, private.reduce_loss
     input_ids, attention, labels = (t.to(device) for t in next(iter(loader)))
@@ -193,11 +202,9 @@ def main() -> int:
         for mode, timing in time_modes(seq_len, args.rounds, args.device).items():
             results[(mode, seq_len)] = dict(timing)
         for mode in MODES:
-            out = subprocess.run(
-                [sys.executable, __file__, "--memory-worker", mode, str(seq_len), "--device", args.device,
-                 "--threads", str(args.threads)],
-                capture_output=True, text=True, check=False, cwd=REPO,
-            )  # fmt: skip
+            worker = [sys.executable, __file__, "--memory-worker", mode, str(seq_len)]
+            worker += ["--device", args.device, "--threads", str(args.threads)]
+            out = subprocess.run(worker, capture_output=True, text=True, check=False, cwd=REPO)
             if out.returncode != 0:
                 print(f"memory {mode} seq {seq_len}: FAILED\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue

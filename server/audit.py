@@ -71,24 +71,26 @@ def build_report(
         for s in r.get("sites", []):
             site = sites.setdefault(s["site_id"], {"site_id": s["site_id"], "rounds": [], "scrub": None})
             privacy = s.get("privacy") or {}
-            site["rounds"].append({
-                "round": r["round"],
-                "epsilon_round": _float_or_inf(privacy.get("epsilon_round")),
-                "epsilon_total": _float_or_inf(privacy.get("epsilon_total")),
-                "budget_epsilon": _float_or_inf(privacy.get("budget_epsilon")),
-                "noise_multiplier": privacy.get("noise_multiplier"),
-                "sample_rate": privacy.get("sample_rate"),
-                "steps": privacy.get("steps"),
-                "max_grad_norm": privacy.get("max_grad_norm"),
-                "delta": privacy.get("delta"),
-                "accountant": privacy.get("accountant"),
-                "conversion": privacy.get("conversion"),
-                "dp_enabled": privacy.get("dp_enabled"),
-                "update_sha256": s.get("update_sha256"),
-                "num_examples": s.get("num_examples"),
-                **_trust_model(privacy.get("distributed")),
-                "source": "manifest (declared by the site)",
-            })  # fmt: skip
+            site["rounds"].append(
+                {
+                    "round": r["round"],
+                    "epsilon_round": _float_or_inf(privacy.get("epsilon_round")),
+                    "epsilon_total": _float_or_inf(privacy.get("epsilon_total")),
+                    "budget_epsilon": _float_or_inf(privacy.get("budget_epsilon")),
+                    "noise_multiplier": privacy.get("noise_multiplier"),
+                    "sample_rate": privacy.get("sample_rate"),
+                    "steps": privacy.get("steps"),
+                    "max_grad_norm": privacy.get("max_grad_norm"),
+                    "delta": privacy.get("delta"),
+                    "accountant": privacy.get("accountant"),
+                    "conversion": privacy.get("conversion"),
+                    "dp_enabled": privacy.get("dp_enabled"),
+                    "update_sha256": s.get("update_sha256"),
+                    "num_examples": s.get("num_examples"),
+                    **_trust_model(privacy.get("distributed")),
+                    "source": "manifest (declared by the site)",
+                }
+            )
             if s.get("scrub"):
                 site["scrub"] = s["scrub"]  # every round re-scrubs the same records: keep the latest
     run_id = manifest.get("run_id")
@@ -160,7 +162,7 @@ def build_report(
                 "eval_loss": _finite_or_none((r.get("eval") or {}).get("eval_loss")),
             }
             for r in rounds
-        ],  # fmt: skip
+        ],
         "sites": dict(sorted(sites.items())),
         "scrub_totals": _scrub_totals(sites),
         "rejected": rejected,
@@ -173,7 +175,7 @@ def build_report(
                 "public_key_sha256": _key_fingerprint(x.public_key_hex),
             }
             for x in ledgers
-        ],  # fmt: skip
+        ],
     }
     return strict_json(report)
 
@@ -207,24 +209,26 @@ def _overlay_ledger(site: dict[str, Any], ledger: LedgerFile, run_id: str | None
     rows = {row["round"]: row for row in site["rounds"]}
     for n, entry in sorted(recorded.items()):
         row = rows.setdefault(n, {"round": n, "update_sha256": None, "num_examples": entry.get("dataset_size")})
-        row.update({
-            "epsilon_round": entry["epsilon_round"],
-            "epsilon_total": entry["epsilon_total"],
-            "budget_epsilon": entry["budget_epsilon"],
-            "noise_multiplier": entry["noise_multiplier"],
-            "sample_rate": entry["sample_rate"],
-            "steps": entry["steps"],
-            "max_grad_norm": entry["max_grad_norm"],
-            "delta": entry["delta"],
-            "accountant": entry["accountant"],
-            "conversion": entry["epsilon_conversion"],
-            "dp_enabled": entry["dp_enabled"],
-            "sampling": entry["sampling"],
-            "ledger_update_sha256": entry["update_sha256"],
-            "ledger_index": entry["index"],
-            **_trust_model(entry.get("distributed")),
-            "source": "ledger",
-        })  # fmt: skip
+        row.update(
+            {
+                "epsilon_round": entry["epsilon_round"],
+                "epsilon_total": entry["epsilon_total"],
+                "budget_epsilon": entry["budget_epsilon"],
+                "noise_multiplier": entry["noise_multiplier"],
+                "sample_rate": entry["sample_rate"],
+                "steps": entry["steps"],
+                "max_grad_norm": entry["max_grad_norm"],
+                "delta": entry["delta"],
+                "accountant": entry["accountant"],
+                "conversion": entry["epsilon_conversion"],
+                "dp_enabled": entry["dp_enabled"],
+                "sampling": entry["sampling"],
+                "ledger_update_sha256": entry["update_sha256"],
+                "ledger_index": entry["index"],
+                **_trust_model(entry.get("distributed")),
+                "source": "ledger",
+            }
+        )
     site["rounds"] = [rows[n] for n in sorted(rows)]
 
 
@@ -272,7 +276,7 @@ def _method(manifest: dict[str, Any], sites: dict[str, Any], ledgers: list[Ledge
             {"enabled": True, **{k: v for k, v in central.items() if k != "enabled"}}
             if central.get("enabled")
             else "off"
-        ),  # fmt: skip
+        ),
         "epsilon_source": "ledger entries where a site's ledger is given, else the site's declaration in the manifest",
     }
 

@@ -23,13 +23,20 @@ def num(value: Any) -> float:
 def build_figures(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """name -> (caption, base64 PNG). Matplotlib's object API (no pyplot state, no display needed)."""
     figures = {
-        "epsilon": ("Cumulative ε per site over rounds (solid) against the site's budget (dashed).", _fig_epsilon(report)),
-        "dp_parameters": ("DP-SGD settings per site and round: noise multiplier σ, sampling rate q, clipping norm C.",
-                          _fig_dp_parameters(report)),
+        "epsilon": (
+            "Cumulative ε per site over rounds (solid) against the site's budget (dashed).",
+            _fig_epsilon(report),
+        ),
+        "dp_parameters": (
+            "DP-SGD settings per site and round: noise multiplier σ, sampling rate q, clipping norm C.",
+            _fig_dp_parameters(report),
+        ),
         "sites_per_round": ("Sites per round: updates aggregated and updates rejected.", _fig_sites_per_round(report)),
-        "scrub": ("PII found and replaced before training, by entity type and site (latest round's scrub).",
-                  _fig_scrub(report)),
-    }  # fmt: skip
+        "scrub": (
+            "PII found and replaced before training, by entity type and site (latest round's scrub).",
+            _fig_scrub(report),
+        ),
+    }
     return {name: (caption, _png(fig)) for name, (caption, fig) in figures.items()}
 
 
@@ -57,9 +64,15 @@ def _styles(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     values (the same DP settings) stay visible on top of one another instead of hiding each other."""
     markers = "osD^vP*X"
     n = len(report["sites"])
-    return {site: {"color": color, "marker": markers[i % len(markers)], "linewidth": 1.2 + 1.6 * (n - 1 - i),
-                   "markersize": 5 + 3 * (n - 1 - i)}
-            for i, (site, color) in enumerate(_colors(report).items())}  # fmt: skip
+    return {
+        site: {
+            "color": color,
+            "marker": markers[i % len(markers)],
+            "linewidth": 1.2 + 1.6 * (n - 1 - i),
+            "markersize": 5 + 3 * (n - 1 - i),
+        }
+        for i, (site, color) in enumerate(_colors(report).items())
+    }
 
 
 def _fig_epsilon(report: dict[str, Any]) -> Any:
@@ -90,12 +103,19 @@ def _fig_epsilon(report: dict[str, Any]) -> Any:
     return fig
 
 
+# The DP-SGD settings plotted side by side: (key in a site's round row, axis label).
+_DP_PARAMETERS = (
+    ("noise_multiplier", "noise multiplier σ"),
+    ("sample_rate", "sampling rate q"),
+    ("max_grad_norm", "clipping norm C"),
+)
+
+
 def _fig_dp_parameters(report: dict[str, Any]) -> Any:
     fig, axes = _figure(2.8, ncols=3)
     styles = _styles(report)
     ticks = sorted({r["round"] for r in report["rounds"] if r["kind"] == "train"})
-    for ax, (name, label) in zip(axes, (("noise_multiplier", "noise multiplier σ"), ("sample_rate", "sampling rate q"),
-                                        ("max_grad_norm", "clipping norm C")), strict=True):  # fmt: skip
+    for ax, (name, label) in zip(axes, _DP_PARAMETERS, strict=True):
         for site_id, site in report["sites"].items():
             xs = [row["round"] for row in site["rounds"]]
             ys = [num(row.get(name)) for row in site["rounds"]]

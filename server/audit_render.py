@@ -39,8 +39,10 @@ def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | No
 
     def fig(name: str) -> str:
         caption, data = figures[name]
-        return (f'<figure id="fig-{name}"><img class="plot" alt="{e(caption)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{e(caption)}</figcaption></figure>")  # fmt: skip
+        return (
+            f'<figure id="fig-{name}"><img class="plot" alt="{e(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{e(caption)}</figcaption></figure>"
+        )
 
     def table(headers: list[str], rows: list[list[Any]]) -> str:
         head = "".join(f"<th>{e(h)}</th>" for h in headers)
@@ -62,19 +64,57 @@ def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | No
         ("Base model sha256", run["base_model_sha256"] or "not recorded (a run from before the pin)"),
         ("Flower run ids", ", ".join(map(str, run["flower_run_ids"])) or "not recorded"),
     ]
-    site_rows = [[sid, s.get("epsilon_before_run"), s.get("epsilon_total"), s.get("budget_epsilon"),
-                  _remaining(s), s.get("ledger") or "not given (manifest declaration only)"]
-                 for sid, s in report["sites"].items()]  # fmt: skip
-    privacy_rows = [[sid, row["round"], row.get("noise_multiplier"), row.get("sample_rate"), row.get("steps"),
-                     row.get("max_grad_norm"), row.get("delta"), row.get("epsilon_round"), row.get("epsilon_total"),
-                     row.get("trust_model", "local"), row.get("epsilon_total_sum"), row.get("epsilon_total_own"),
-                     row.get("source")] for sid, s in report["sites"].items() for row in s["rounds"]]  # fmt: skip
-    round_rows = [[r["round"], r["kind"], ", ".join(r["sites"]) or "-", r["rejected"], r["train_loss"], r["eval_loss"],
-                   _Markup(f'<span class="hash">{e(str(r["adapter_sha256"]))}</span>')] for r in report["rounds"]]  # fmt: skip
+    site_rows = [
+        [
+            sid,
+            s.get("epsilon_before_run"),
+            s.get("epsilon_total"),
+            s.get("budget_epsilon"),
+            _remaining(s),
+            s.get("ledger") or "not given (manifest declaration only)",
+        ]
+        for sid, s in report["sites"].items()
+    ]
+    privacy_rows = [
+        [
+            sid,
+            row["round"],
+            row.get("noise_multiplier"),
+            row.get("sample_rate"),
+            row.get("steps"),
+            row.get("max_grad_norm"),
+            row.get("delta"),
+            row.get("epsilon_round"),
+            row.get("epsilon_total"),
+            row.get("trust_model", "local"),
+            row.get("epsilon_total_sum"),
+            row.get("epsilon_total_own"),
+            row.get("source"),
+        ]
+        for sid, s in report["sites"].items()
+        for row in s["rounds"]
+    ]
+    round_rows = [
+        [
+            r["round"],
+            r["kind"],
+            ", ".join(r["sites"]) or "-",
+            r["rejected"],
+            r["train_loss"],
+            r["eval_loss"],
+            _Markup(f'<span class="hash">{e(str(r["adapter_sha256"]))}</span>'),
+        ]
+        for r in report["rounds"]
+    ]
     rejected = report["rejected"]
-    rejected_html = (table(["round", "site", "node", "reason"],
-                           [[x["round"], x["site_id"] or "?", x["node_id"], x["reason"]] for x in rejected])
-                     if rejected else '<p class="ok">No update was rejected.</p>')  # fmt: skip
+    rejected_html = (
+        table(
+            ["round", "site", "node", "reason"],
+            [[x["round"], x["site_id"] or "?", x["node_id"], x["reason"]] for x in rejected],
+        )
+        if rejected
+        else '<p class="ok">No update was rejected.</p>'
+    )
     scrub = report["scrub_totals"]
     scrub_rows = [[t, n] for t, n in scrub["entities"].items()]
     findings_html = _findings_html(report["findings"], table)
@@ -185,8 +225,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for sid, s in report["sites"].items():
         source = "ledger" if s.get("ledger") else "manifest"
-        lines.append(f"| {sid} | {_text(s.get('epsilon_total'))} | {_text(s.get('budget_epsilon'))} | "
-                     f"{_text(_remaining(s))} | {source} |")  # fmt: skip
+        lines.append(
+            f"| {sid} | {_text(s.get('epsilon_total'))} | {_text(s.get('budget_epsilon'))} | "
+            f"{_text(_remaining(s))} | {source} |"
+        )
     lines += ["", "| round | adapter sha256 |", "|---|---|"]
     lines += [f"| {r['round']} | `{r['adapter_sha256']}` |" for r in report["rounds"]]
     return "\n".join(lines) + "\n"

@@ -100,8 +100,11 @@ def run_report(
         print(f"wrote {path} ({kind})")
     print(json.loads(paths["json"].read_text())["verification"]["line"])
     if not ledgers:
-        print("note: no --ledger given: ε is as the sites declared it in the manifest; run `silo audit verify` "
-              "with the sites' exported ledgers to check it", file=sys.stderr)  # fmt: skip
+        print(
+            "note: no --ledger given: ε is as the sites declared it in the manifest; run `silo audit verify` "
+            "with the sites' exported ledgers to check it",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -173,7 +176,8 @@ def run_canaries(
         rounds=rounds or defaults.rounds,
     )
     sides = {"dp": (True,), "no-dp": (False,), None: (True, False)}[only]
-    result = run_canary_audit(Path(out), config=config, base_model=base_model, dp_sides=sides,
-                              log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    result = run_canary_audit(
+        Path(out), config=config, base_model=base_model, dp_sides=sides, log=lambda line: print(line, file=sys.stderr)
+    )
     print(format_audit(result))
     return 0

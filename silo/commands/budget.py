@@ -44,6 +44,24 @@ _COLUMNS = (
     ("budget", "{budget_epsilon}"),
     ("left", "{remaining}"),
 )
+# The ledger entry's fields a budget row carries as they are (status, distributed, remaining are added).
+_ROW_FIELDS = (
+    "index",
+    "run_id",
+    "round",
+    "site_id",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "epsilon_round",
+    "epsilon_total",
+    "budget_epsilon",
+    "delta",
+    "accountant",
+    "epsilon_conversion",
+    "dp_enabled",
+    "timestamp",
+)
 # Most further rounds `rounds_that_fit` looks for; past it a budget is as good as unlimited.
 MAX_ROUNDS_AHEAD = 10_000
 
@@ -84,10 +102,7 @@ def budget_report(path: Path) -> dict[str, Any]:
     entries = read_ledger(path)
     rounds: list[dict[str, Any]] = []
     for entry, status in iter_rounds(entries):
-        row = {name: entry[name] for name in ("index", "run_id", "round", "site_id", "noise_multiplier",
-                                                "sample_rate", "steps", "epsilon_round", "epsilon_total",
-                                                "budget_epsilon", "delta", "accountant", "epsilon_conversion",
-                                                "dp_enabled", "timestamp")}  # fmt: skip
+        row = {name: entry[name] for name in _ROW_FIELDS}
         row["status"] = status
         row["distributed"] = entry.get("distributed")  # a distributed round: its Skellam event (event_of)
         row["remaining"] = _remaining(entry)
@@ -119,13 +134,17 @@ def _runs(entries: list[dict[str, Any]], rounds: list[dict[str, Any]], last: dic
     out = []
     for run_id, rows in runs.items():
         events = [_event(r) for r in rows]
-        out.append({
-            "run_id": run_id,
-            "rounds": sum(r["status"] != "evaluation" for r in rows),  # evaluation answers are spends, not rounds
-            "epsilon_run": compute_epsilon(events, delta=last["delta"], accountant=accountant, conversion=conversion),
-            "epsilon_total_after": rows[-1]["epsilon_total"],
-            "remaining_after": rows[-1]["remaining"],
-        })  # fmt: skip
+        out.append(
+            {
+                "run_id": run_id,
+                "rounds": sum(r["status"] != "evaluation" for r in rows),  # evaluation answers are spends, not rounds
+                "epsilon_run": compute_epsilon(
+                    events, delta=last["delta"], accountant=accountant, conversion=conversion
+                ),
+                "epsilon_total_after": rows[-1]["epsilon_total"],
+                "remaining_after": rows[-1]["remaining"],
+            }
+        )
     return out
 
 
@@ -172,8 +191,10 @@ def print_report(report: dict[str, Any]) -> None:
         return
     rows = []
     for r in report["rounds"]:
-        values = {k: (_num(v) if k in ("epsilon_added", "epsilon_total", "budget_epsilon", "remaining") else v)
-                  for k, v in r.items()}  # fmt: skip
+        values = {
+            k: (_num(v) if k in ("epsilon_added", "epsilon_total", "budget_epsilon", "remaining") else v)
+            for k, v in r.items()
+        }
         values = {k: ("-" if v is None else v) for k, v in values.items()}
         rows.append([fmt.format(**values) for _, fmt in _COLUMNS])
     console.print_table(None, [title for title, _ in _COLUMNS], rows)

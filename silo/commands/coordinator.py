@@ -196,8 +196,8 @@ def start_coordinator(
     if at_rest_key_file is not None:
         env[encryption.ENV_KEY_FILE] = str(at_rest_key_file.resolve())
     at_rest = encryption.key_from_env(env)
-    print(f"silo: checkpoints {'encrypted at rest (key id ' + encryption.key_id(at_rest) + ')' if at_rest else 'NOT encrypted at rest'}",
-          file=sys.stderr)  # fmt: skip
+    checkpoints = f"encrypted at rest (key id {encryption.key_id(at_rest)})" if at_rest else "NOT encrypted at rest"
+    print(f"silo: checkpoints {checkpoints}", file=sys.stderr)
     # Each in a process group of its own, signalled as a group: nginx's worker outlives a killed master.
     # The SuperLink's own lines (two `list-runs` lines every 2 s while a run is followed) go to its log.
     with superlink_log.open("ab") as out:
@@ -227,9 +227,11 @@ def start_coordinator(
             nginx_proc = subprocess.Popen(proxy.nginx_argv(nginx_bin, conf), start_new_session=True)
             procs.append(nginx_proc)
             proxy.wait_ready(
-                proxy_settings.address, ca_cert=layout.ca_cert, alive=lambda: nginx_proc.poll() is None,
+                proxy_settings.address,
+                ca_cert=layout.ca_cert,
+                alive=lambda: nginx_proc.poll() is None,
                 log=proxy_settings.state_dir / "logs" / "error.log",
-            )  # fmt: skip
+            )
             print(
                 f"silo: Fleet proxy (nginx) on {fleet_host}:{fleet_port} forwards SuperNodes' Fleet API calls "
                 f"only; the Control API stays on {address} (config {conf})",

@@ -62,8 +62,11 @@ def run(
     """
     t0 = time.monotonic()
     if insecure:
-        print("silo: WARNING: --insecure: plain-text sockets, any SuperNode may join, updates checked only "
-              "against keys pinned on first use", file=sys.stderr)  # fmt: skip
+        print(
+            "silo: WARNING: --insecure: plain-text sockets, any SuperNode may join, updates checked only "
+            "against keys pinned on first use",
+            file=sys.stderr,
+        )
     # Imported here: silo.demo brings Presidio, transformers and torch (~5 s), which every other `silo`
     # command (and `silo --help`) would otherwise wait for.
     from silo.demo import prepare_demo, run_local_federation
@@ -94,8 +97,10 @@ def run(
         f"held-out loss {first:.3f} -> {last:.3f}"
     )
     if encrypt_at_rest:
-        print(f"final adapter: {layout.run_dir / 'final'}  (encrypted; `silo at-rest decrypt --key-file "
-              f"{layout.at_rest_key} --in {layout.run_dir / 'final'} --out DIR` for a PEFT directory)")  # fmt: skip
+        print(
+            f"final adapter: {layout.run_dir / 'final'}  (encrypted; `silo at-rest decrypt --key-file "
+            f"{layout.at_rest_key} --in {layout.run_dir / 'final'} --out DIR` for a PEFT directory)"
+        )
     else:
         print(f"final adapter: {layout.run_dir / 'final'}  (PeftModel.from_pretrained(base, that_dir))")
     print(f"manifest:      {layout.run_dir / 'manifest.json'}")

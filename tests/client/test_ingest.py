@@ -244,19 +244,47 @@ def _malformed(kind: str, secret: str) -> tuple[str, str | bytes, TaskConfig, st
     many_digits = (digits * 5_000)[:5_000]  # past Python's 4,300-digit limit on reading an integer
     deep = "[" * 5_000 + f'"{secret}"' + "]" * 5_000  # past the recursion limit, within `max_record_chars`
     cases: dict[str, tuple[str, str | bytes, TaskConfig, str]] = {
-        "number-text": ("r.jsonl", good_jsonl + f'{{"text": {digits}, "note": "{secret}"}}\n', CAUSAL_LM, "field 'text'"),
+        "number-text": (
+            "r.jsonl",
+            good_jsonl + f'{{"text": {digits}, "note": "{secret}"}}\n',
+            CAUSAL_LM,
+            "field 'text'",
+        ),
         "list-text": ("r.jsonl", good_jsonl + _jsonl({"text": [secret]}), CAUSAL_LM, "field 'text'"),
         "object-text": ("r.jsonl", good_jsonl + _jsonl({"text": {secret: secret}}), CAUSAL_LM, "field 'text'"),
         "missing-text": ("r.jsonl", good_jsonl + _jsonl({"body": secret}), CAUSAL_LM, "field 'text'"),
         "missing-response": ("r.jsonl", good_jsonl + _jsonl({"prompt": secret}), CAUSAL_LM, "field 'response'"),
-        "bad-label": ("r.jsonl", good_jsonl + _jsonl({"text": secret, "label": secret}), CLASSIFICATION, "field 'label'"),
-        "list-label": ("r.jsonl", good_jsonl + _jsonl({"text": secret, "label": [secret]}), CLASSIFICATION, "field 'label'"),
-        "csv-bad-label": ("r.csv", good_csv + f"{secret},{secret}\n", CLASSIFICATION, "field 'label'"),
-        "csv-ragged": ("r.csv", good_csv + f"{secret},routine,{secret}\n", CLASSIFICATION, "different number of fields"),
-        "not-utf8": (
-            "r.jsonl", good_jsonl.encode() + f'{{"text": "{secret}'.encode() + b'\xe9\xff"}\n', CAUSAL_LM, "not UTF-8",
+        "bad-label": (
+            "r.jsonl",
+            good_jsonl + _jsonl({"text": secret, "label": secret}),
+            CLASSIFICATION,
+            "field 'label'",
         ),
-        "csv-not-utf8": ("r.csv", good_csv.encode() + secret.encode() + b"\xc3\x28,routine\n", CLASSIFICATION, "not UTF-8"),
+        "list-label": (
+            "r.jsonl",
+            good_jsonl + _jsonl({"text": secret, "label": [secret]}),
+            CLASSIFICATION,
+            "field 'label'",
+        ),
+        "csv-bad-label": ("r.csv", good_csv + f"{secret},{secret}\n", CLASSIFICATION, "field 'label'"),
+        "csv-ragged": (
+            "r.csv",
+            good_csv + f"{secret},routine,{secret}\n",
+            CLASSIFICATION,
+            "different number of fields",
+        ),
+        "not-utf8": (
+            "r.jsonl",
+            good_jsonl.encode() + f'{{"text": "{secret}'.encode() + b'\xe9\xff"}\n',
+            CAUSAL_LM,
+            "not UTF-8",
+        ),
+        "csv-not-utf8": (
+            "r.csv",
+            good_csv.encode() + secret.encode() + b"\xc3\x28,routine\n",
+            CLASSIFICATION,
+            "not UTF-8",
+        ),
         "huge-field": ("r.csv", good_csv + f'"{secret * 3_000}",routine\n', CLASSIFICATION, "max_record_chars"),
         "huge-line": ("r.jsonl", good_jsonl + _jsonl({"text": secret * 3_000}), CAUSAL_LM, "max_record_chars"),
         "huge-number": ("r.jsonl", good_jsonl + f'{{"text": {many_digits}}}\n', CAUSAL_LM, "a number too long"),
@@ -264,18 +292,33 @@ def _malformed(kind: str, secret: str) -> tuple[str, str | bytes, TaskConfig, st
         "invalid-json": ("r.jsonl", good_jsonl + f'{{"text": @{secret}}}\n', CAUSAL_LM, "invalid JSON"),
         "unterminated": ("r.jsonl", good_jsonl + f'{{"text": "{secret}\n', CAUSAL_LM, "invalid JSON"),
         "not-an-object": ("r.jsonl", good_jsonl + json.dumps([secret]) + "\n", CAUSAL_LM, "expected a JSON object"),
-    }  # fmt: skip
+    }
     return cases[kind]
 
 
 @pytest.mark.parametrize(
     "kind",
     [
-        "number-text", "list-text", "object-text", "missing-text", "missing-response", "bad-label", "list-label",
-        "csv-bad-label", "csv-ragged", "not-utf8", "csv-not-utf8", "huge-field", "huge-line", "huge-number",
-        "nested", "invalid-json", "unterminated", "not-an-object",
+        "number-text",
+        "list-text",
+        "object-text",
+        "missing-text",
+        "missing-response",
+        "bad-label",
+        "list-label",
+        "csv-bad-label",
+        "csv-ragged",
+        "not-utf8",
+        "csv-not-utf8",
+        "huge-field",
+        "huge-line",
+        "huge-number",
+        "nested",
+        "invalid-json",
+        "unterminated",
+        "not-an-object",
     ],
-)  # fmt: skip
+)
 @settings(max_examples=5, deadline=None)
 @given(secret=st.text(alphabet=_SECRET_ALPHABET, min_size=8, max_size=16))
 def test_malformed_record_errors_never_contain_record_text(tmp_path_factory, kind, secret):

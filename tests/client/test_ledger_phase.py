@@ -67,9 +67,15 @@ def test_verify_refuses_a_phase_the_entries_kind_and_reservation_do_not_allow(tm
     write(path, key, ["probe"])
     with Ledger.open(path, signing_key=key) as ledger:
         ledger.charge_evaluation(
-            DPEvent(20.0, 1.0, 1), delta=DELTA, accountant=Accountant.RDP, budget_epsilon=100.0,
-            budget_delta=DELTA, dataset_size=40, evaluated_sha256="c" * 64, noise_source="os-seeded",
-        )  # fmt: skip
+            DPEvent(20.0, 1.0, 1),
+            delta=DELTA,
+            accountant=Accountant.RDP,
+            budget_epsilon=100.0,
+            budget_delta=DELTA,
+            dataset_size=40,
+            evaluated_sha256="c" * 64,
+            noise_source="os-seeded",
+        )
     rows = [json.loads(line) for line in path.read_bytes().splitlines()]
     rows[index]["phase"] = phase
     out = [resign(rows[0], key)]

@@ -30,9 +30,15 @@ VOCAB, SEQ = 100, 12
 def tiny_bert_classifier(lora: LoraSettings = TOP_VALUE, *, seed: int = 0):
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = attach_lora(MeanPooledClassifier(BertModel(config), len(LABELS)), lora, TASK, seed=seed)
     with torch.no_grad():  # B starts at 0; a nonzero B makes the top layer's LoRA matter to every gradient
         for name, param in model.named_parameters():
@@ -79,9 +85,14 @@ def _noisy_dp(seed: int):
 
     def wrap(model, optimizer, loader):
         return make_private(
-            model, optimizer, loader, config=config, noise_multiplier=1.0, max_grad_norm=0.5,
+            model,
+            optimizer,
+            loader,
+            config=config,
+            noise_multiplier=1.0,
+            max_grad_norm=0.5,
             generator=torch.Generator().manual_seed(seed),
-        )  # fmt: skip
+        )
 
     return wrap
 
@@ -133,7 +144,7 @@ def test_head_only_training_caches_the_last_layers_states():
     assert cache is not None and cache.split == 3 and len(cache.top.layers) == 0
     torch.testing.assert_close(
         cache.top(*cache.dataset.tensors[:2]).logits, model.eval()(*records().tensors[:2]).logits, rtol=1e-5, atol=1e-6
-    )  # fmt: skip
+    )
 
 
 def test_no_cache_when_a_parameter_below_the_layers_trains_or_the_layout_is_unknown():
@@ -142,9 +153,14 @@ def test_no_cache_when_a_parameter_below_the_layers_trains_or_the_layout_is_unkn
     assert trainable_split(model) is None and build_prefix_cache(model, records(4), device=CPU) is None
 
     config = LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, intermediate_size=64,
-        vocab_size=VOCAB, max_position_embeddings=64,
-    )  # fmt: skip
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=64,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+    )
     lora = LoraSettings(r=2, alpha=4, target_modules=("layers.1.self_attn.v_proj",))
     llama = attach_lora(MeanPooledClassifier(LlamaModel(config), len(LABELS)), lora, TASK)
     assert trainable_split(llama) is None and build_prefix_cache(llama, records(4), device=CPU) is None

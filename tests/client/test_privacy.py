@@ -26,10 +26,16 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def tiny_lora_llama(task, *, device="cpu", seed=0):
     torch.manual_seed(seed)
     config = LlamaConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-        intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64, pad_token_id=0,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=128,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        pad_token_id=0,
         num_labels=NUM_LABELS,
-    )  # fmt: skip
+    )
     if task == "causal_lm":
         base, peft_task = LlamaForCausalLM(config), TaskType.CAUSAL_LM
     elif task == "seq_cls_mean":  # `task.pooling = "mean"`: our head on the bare model's mean-pooled states
@@ -38,9 +44,12 @@ def tiny_lora_llama(task, *, device="cpu", seed=0):
         base, peft_task = LlamaForSequenceClassification(config), TaskType.SEQ_CLS
     base = base.to(device)  # before get_peft_model (Opacus issue 820)
     lora = LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         task_type=peft_task,
-    )  # fmt: skip
+    )
     return get_peft_model(base, lora)
 
 
@@ -64,9 +73,13 @@ def privacy_config(*, mode=GradSampleMode.HOOKS, poisson=True):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # poisson_sampling = false warns, on purpose
         return PrivacyConfig(
-            max_grad_norm=1.0, budget_epsilon=10.0, budget_delta=1e-5, noise_multiplier=1.0,
-            grad_sample_mode=mode, poisson_sampling=poisson,
-        )  # fmt: skip
+            max_grad_norm=1.0,
+            budget_epsilon=10.0,
+            budget_delta=1e-5,
+            noise_multiplier=1.0,
+            grad_sample_mode=mode,
+            poisson_sampling=poisson,
+        )
 
 
 def sgd(model):
@@ -106,9 +119,13 @@ def test_make_private_without_noise_and_clipping_equals_plain_training(task, mod
     loader = DataLoader(data, batch_size=4, shuffle=False)  # fixed batches: the same four as above
     with pytest.warns(UserWarning, match="NO privacy"):
         private = make_private(
-            private_model, sgd(private_model), loader, config=privacy_config(mode=mode, poisson=False),
-            noise_multiplier=0.0, max_grad_norm=1e6,
-        )  # fmt: skip
+            private_model,
+            sgd(private_model),
+            loader,
+            config=privacy_config(mode=mode, poisson=False),
+            noise_multiplier=0.0,
+            max_grad_norm=1e6,
+        )
     train_private(private, task)
 
     expected, got = snapshot(plain), snapshot(private_model)
@@ -125,9 +142,13 @@ def test_make_private_changes_only_and_all_lora_tensors(task, device):
     model = tiny_lora_llama(task, device=device)
     before = snapshot(model)
     private = make_private(
-        model, sgd(model), DataLoader(dataset(task), batch_size=4), config=privacy_config(),
-        noise_multiplier=1.0, max_grad_norm=1.0,
-    )  # fmt: skip
+        model,
+        sgd(model),
+        DataLoader(dataset(task), batch_size=4),
+        config=privacy_config(),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+    )
     train_private(private, task, device=device)
     after = snapshot(model)
 
@@ -146,9 +167,13 @@ def test_make_private_turns_empty_poisson_batches_into_noise_only_steps(mode):
     model = tiny_lora_llama("causal_lm")
     # 8 records, batch 1: sample rate 1/8, so a step draws no record with probability (7/8)^8 = 0.34.
     private = make_private(
-        model, sgd(model), DataLoader(dataset("causal_lm", size=8), batch_size=1), config=privacy_config(mode=mode),
-        noise_multiplier=1.0, max_grad_norm=1.0,
-    )  # fmt: skip
+        model,
+        sgd(model),
+        DataLoader(dataset("causal_lm", size=8), batch_size=1),
+        config=privacy_config(mode=mode),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+    )
     torch.manual_seed(3)
     seen = 0
     for _epoch in range(3):
@@ -170,9 +195,13 @@ def test_make_private_turns_empty_poisson_batches_into_noise_only_steps(mode):
 def test_make_private_records_sample_rate_and_accountant():
     model = tiny_lora_llama("causal_lm")
     private = make_private(
-        model, sgd(model), DataLoader(dataset("causal_lm"), batch_size=4), config=privacy_config(),
-        noise_multiplier=1.3, max_grad_norm=0.5,
-    )  # fmt: skip
+        model,
+        sgd(model),
+        DataLoader(dataset("causal_lm"), batch_size=4),
+        config=privacy_config(),
+        noise_multiplier=1.3,
+        max_grad_norm=0.5,
+    )
     assert private.sample_rate == 0.25 == planned_sample_rate(dataset_size=16, batch_size=4)
     assert planned_sample_rate(dataset_size=10, batch_size=4) == 1 / 3  # 3 batches, the last one short
     assert private.privacy_engine.accountant.mechanism() == "rdp"
@@ -183,8 +212,9 @@ def test_make_private_refuses_disabled_privacy():
     with pytest.warns(UserWarning, match="WITHOUT differential privacy"):
         config = PrivacyConfig(max_grad_norm=1.0, budget_epsilon=float("inf"), budget_delta=1e-5, enabled=False)
     with pytest.raises(ConfigError, match="enabled = false"):
-        make_private(model, sgd(model), DataLoader(dataset("causal_lm")), config=config, noise_multiplier=1.0,
-                     max_grad_norm=1.0)  # fmt: skip
+        make_private(
+            model, sgd(model), DataLoader(dataset("causal_lm")), config=config, noise_multiplier=1.0, max_grad_norm=1.0
+        )
 
 
 def test_make_private_refuses_a_model_without_trainable_parameters():
@@ -193,8 +223,14 @@ def test_make_private_refuses_a_model_without_trainable_parameters():
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(ConfigError, match="no trainable parameters"):
-        make_private(model, optimizer, DataLoader(dataset("causal_lm")), config=privacy_config(),
-                     noise_multiplier=1.0, max_grad_norm=1.0)  # fmt: skip
+        make_private(
+            model,
+            optimizer,
+            DataLoader(dataset("causal_lm")),
+            config=privacy_config(),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+        )
 
 
 def test_make_private_round_fits_its_ledger_reservation(tmp_path):
@@ -209,19 +245,34 @@ def test_make_private_round_fits_its_ledger_reservation(tmp_path):
     steps = epochs * round(1 / sample_rate)
     with Ledger.open(tmp_path / "ledger.jsonl", signing_key=key, create=True) as ledger:
         round_plan = ledger.plan_round(
-            noise_multiplier=1.0, sample_rate=sample_rate, steps=steps, delta=config.delta,
-            accountant=config.accountant, budget_epsilon=config.budget_epsilon, budget_delta=config.budget_delta,
-        )  # fmt: skip
+            noise_multiplier=1.0,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=config.delta,
+            accountant=config.accountant,
+            budget_epsilon=config.budget_epsilon,
+            budget_delta=config.budget_delta,
+        )
         model = tiny_lora_llama("causal_lm")
         private = make_private(
-            model, sgd(model), DataLoader(data, batch_size=batch_size), config=config, noise_multiplier=1.0,
+            model,
+            sgd(model),
+            DataLoader(data, batch_size=batch_size),
+            config=config,
+            noise_multiplier=1.0,
             max_grad_norm=config.max_grad_norm,
-        )  # fmt: skip
+        )
         for _ in range(epochs):
             train_private(private, "causal_lm")
         ledger.record_round(
-            round_plan, run_id="r", round=0, site_id="s", max_grad_norm=1.0, dataset_size=len(data),
-            update_sha256="ab" * 32, accountant_history=private.history(),
-        )  # fmt: skip
+            round_plan,
+            run_id="r",
+            round=0,
+            site_id="s",
+            max_grad_norm=1.0,
+            dataset_size=len(data),
+            update_sha256="ab" * 32,
+            accountant_history=private.history(),
+        )
     assert private.history() == [(1.0, sample_rate, steps)]
     assert verify_ledger(tmp_path / "ledger.jsonl", key.public_key()).ok

@@ -111,14 +111,16 @@ _PLANTED = {
     "ROUTING_NUMBER": _num(8).map(_aba),
     "CREDIT_CARD": _num(14).map(lambda b: _luhn("4" + b)),
     "IBAN_CODE": _num(18).map(_iban),
-    "SWIFT_CODE": st.tuples(st.text(string.ascii_uppercase, min_size=4, max_size=4), st.sampled_from(["DE", "FR", "GB", "US"]), _num(2)).map("".join),
+    "SWIFT_CODE": st.tuples(
+        st.text(string.ascii_uppercase, min_size=4, max_size=4), st.sampled_from(["DE", "FR", "GB", "US"]), _num(2)
+    ).map("".join),
     "LICENSE_NUMBER": st.tuples(st.sampled_from("ABDS"), _num(7)).map("".join),
     "VEHICLE_ID": _vin,
     "DEVICE_ID": st.tuples(st.text(string.ascii_uppercase, min_size=2, max_size=2), _num(6)).map("-".join),
     "URL": _name_word.map(lambda w: f"https://portal.example.com/u/{w.lower()}"),
     "IP_ADDRESS": st.ip_addresses(v=4).map(str),
     "LOCATION": st.tuples(st.integers(1, 9999), _name_word).map(lambda t: f"{t[0]} {t[1]} Street"),
-}  # fmt: skip
+}
 
 
 def _note(v: dict[str, str]) -> str:
@@ -163,8 +165,18 @@ def test_scrub_text_names_from_held_out_locales_are_scrubbed(scrubber):
         "thank you for seeing Ngọc Đặng, who lives in Piershil.\nKind regards,\nBabatunji Makinde"
     )
     scrubbed, _ = scrubber.scrub_text(text)
-    for value in ("Adesua", "Ogunbamigbe", "Nokulunga", "Mnyoni", "Gunndórsdóttir", "Ngọc", "Đặng", "Piershil",
-                  "Babatunji", "Makinde"):  # fmt: skip
+    for value in (
+        "Adesua",
+        "Ogunbamigbe",
+        "Nokulunga",
+        "Mnyoni",
+        "Gunndórsdóttir",
+        "Ngọc",
+        "Đặng",
+        "Piershil",
+        "Babatunji",
+        "Makinde",
+    ):
         assert not _survives(value, scrubbed), scrubbed
 
 
@@ -243,8 +255,11 @@ def test_scrub_records_quarantines_what_cannot_be_scrubbed(scrubber):
     assert result.records[0]["text"] == "Patient: <PERSON>, MRN <MEDICAL_RECORD_NUMBER>."
     assert result.quarantined == 4
     assert result.report["quarantine_reasons"] == {
-        "missing_field": 1, "not_a_record": 1, "not_text": 1, "residual_identifier": 1,
-    }  # fmt: skip
+        "missing_field": 1,
+        "not_a_record": 1,
+        "not_text": 1,
+        "residual_identifier": 1,
+    }
     assert result.report["records_in"] == 6 and result.report["records_out"] == 2
     assert seen == [1, 2, 3, 4, 5, 6]
     with pytest.raises(TypeError):

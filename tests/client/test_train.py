@@ -321,9 +321,14 @@ def _dp_noise_free(generator_seed: int):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "NO privacy": noise 0 on purpose
             return make_private(
-                model, optimizer, loader, config=config, noise_multiplier=0.0, max_grad_norm=1e6,
+                model,
+                optimizer,
+                loader,
+                config=config,
+                noise_multiplier=0.0,
+                max_grad_norm=1e6,
                 generator=torch.Generator().manual_seed(generator_seed),
-            )  # fmt: skip
+            )
 
     return wrap
 
@@ -349,8 +354,10 @@ def test_physical_batches_take_the_same_steps_as_one_logical_batch(base_model_di
     assert max(seen[1]) <= 3 < max(seen[0])  # the split run never passed more than 3 records at once
     assert sum(seen[0]) == sum(seen[1])  # the same records, in passes
     assert results[0].steps == results[1].steps
-    assert not all(torch.equal(states[0][k], v) for k, v in adapter_state(
-        load_lora_model(str(base_model_dir), LORA, CAUSAL_LM, seed=0)).items())  # fmt: skip
+    assert not all(
+        torch.equal(states[0][k], v)
+        for k, v in adapter_state(load_lora_model(str(base_model_dir), LORA, CAUSAL_LM, seed=0)).items()
+    )
     for key, value in states[0].items():
         # float32 sums in another order, which Adam's g / sqrt(v) magnifies where a gradient is near 0
         # (measured: 4.5e-6 at most): 2e-5 is 1/500 of one step's change (lr 0.01), so a wrong split fails.

@@ -129,8 +129,12 @@ def test_compose_runs_a_coordinator_and_three_sites_with_tls_and_authentication(
         gpus = svc["deploy"]["resources"]["reservations"]["devices"]
         assert gpus[0]["driver"] == "nvidia" and "gpu" in gpus[0]["capabilities"]
         assert svc["depends_on"]["coordinator"]["condition"] == "service_healthy"
-    assert all(v.split(":")[0].lstrip("./").split("/")[0] in {"keys", "config", "data", "models", "proxy"}
-               for s in services.values() for v in s["volumes"] if v.startswith("./"))  # fmt: skip
+    assert all(
+        v.split(":")[0].lstrip("./").split("/")[0] in {"keys", "config", "data", "models", "proxy"}
+        for s in services.values()
+        for v in s["volumes"]
+        if v.startswith("./")
+    )
 
 
 def test_compose_configs_load_and_name_the_registry_and_the_gpu():
@@ -286,8 +290,17 @@ def test_systemd_site_template_unit_uses_the_instance_kit():
 
 def test_deploy_docs_exist_and_cover_gpus_and_threats():
     readme = (DEPLOY / "README.md").read_text()
-    for needle in ("silo keys", "compose.yaml", "kubectl apply -k", "systemctl", "[training] device", "precision",
-                   "bitsandbytes", "SILO_AT_REST_KEY_FILE", "THREAT_MODEL.md"):  # fmt: skip
+    for needle in (
+        "silo keys",
+        "compose.yaml",
+        "kubectl apply -k",
+        "systemctl",
+        "[training] device",
+        "precision",
+        "bitsandbytes",
+        "SILO_AT_REST_KEY_FILE",
+        "THREAT_MODEL.md",
+    ):
         assert needle in readme, needle
     threats = (DEPLOY / "THREAT_MODEL.md").read_text()
     for needle in ("honest-but-curious", "malicious site", "network attacker", "TLS", "SecAgg", "ledger"):
@@ -299,8 +312,13 @@ def test_compose_file_matches_the_compose_spec_schema():
     tool = shutil.which("check-jsonschema")
     if tool is None:
         pytest.skip("check-jsonschema not installed")
-    out = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(DOCKER / "compose.yaml")],
-                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    out = subprocess.run(
+        [tool, "--builtin-schema", "vendor.compose-spec", str(DOCKER / "compose.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -311,6 +329,7 @@ def test_k8s_manifests_match_the_kubernetes_schemas(kind_dir):
         pytest.skip("kubernetes-validate not installed")
     kustomization = yaml.safe_load((DEPLOY / "k8s" / kind_dir / "kustomization.yaml").read_text())
     files = [str(DEPLOY / "k8s" / kind_dir / r) for r in kustomization["resources"]]
-    out = subprocess.run([tool, "--strict", "-k", "1.31.0", *files], capture_output=True, text=True, timeout=120,
-                         check=False)  # fmt: skip
+    out = subprocess.run(
+        [tool, "--strict", "-k", "1.31.0", *files], capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -34,11 +34,10 @@ def test_coordinator_and_site_commands_run_tls_with_registered_keys(tmp_path: Pa
     layout, sites = make_layout(tmp_path, federation_model_dir, rounds=1, sites=1)
     port, fleet_port, site_port = free_port(), free_port(), free_port()
     env = flower_env(tmp_path / "flwr-home")
-    coordinator = _start(
-        [*SILO, "coordinator", "start", "--port", str(port), "--keys", str(layout.keys / "coordinator"),
-         "--database", str(tmp_path / "superlink.db"), "--fleet-host", "127.0.0.1", "--fleet-port", str(fleet_port)],
-        tmp_path / "coordinator.log", env,
-    )  # fmt: skip
+    argv = [*SILO, "coordinator", "start", "--port", str(port), "--keys", str(layout.keys / "coordinator")]
+    argv += ["--database", str(tmp_path / "superlink.db")]
+    argv += ["--fleet-host", "127.0.0.1", "--fleet-port", str(fleet_port)]
+    coordinator = _start(argv, tmp_path / "coordinator.log", env)
     site = None
     try:
         deadline = time.monotonic() + 90
@@ -52,13 +51,15 @@ def test_coordinator_and_site_commands_run_tls_with_registered_keys(tmp_path: Pa
         state = layout.site_dir("site-0") / "state"
         assert not (state / "site_signing.key").exists()
 
-        site = _start(
-            [*SILO, "site", "start", "--config", str(sites[0]), "--superlink", f"127.0.0.1:{fleet_port}",
-             "--keys", str(layout.keys / "sites" / "site-0"), "--port", str(site_port)],
-            tmp_path / "site.log", env,
-        )  # fmt: skip
-        conn = FlowerConnection(tmp_path / "cli", f"127.0.0.1:{port}", insecure=False,
-                                root_certificates=layout.keys / "coordinator" / "ca.pem")  # fmt: skip
+        site_argv = [*SILO, "site", "start", "--config", str(sites[0]), "--superlink", f"127.0.0.1:{fleet_port}"]
+        site_argv += ["--keys", str(layout.keys / "sites" / "site-0"), "--port", str(site_port)]
+        site = _start(site_argv, tmp_path / "site.log", env)
+        conn = FlowerConnection(
+            tmp_path / "cli",
+            f"127.0.0.1:{port}",
+            insecure=False,
+            root_certificates=layout.keys / "coordinator" / "ca.pem",
+        )
         nodes: list[dict] = []
         while time.monotonic() < deadline + 60:
             nodes = json.loads(conn.flwr("supernode", "list", "--format", "json").stdout).get("nodes", [])

@@ -16,8 +16,9 @@ ADAPTER_CONFIG_DICT = {"peft_type": "LORA", "r": 4}
 
 
 def _open(path, key=KEY) -> RunDirectory:
-    return RunDirectory.open_or_create(path, config_hash="h", config={}, base_model="m", code_version="0",
-                                       rounds_planned=3, at_rest_key=key)  # fmt: skip
+    return RunDirectory.open_or_create(
+        path, config_hash="h", config={}, base_model="m", code_version="0", rounds_planned=3, at_rest_key=key
+    )
 
 
 def _arrays(value: float) -> dict[str, np.ndarray]:
@@ -103,8 +104,9 @@ def test_key_comes_from_the_environment_by_default(tmp_path, monkeypatch):
     key_file = tmp_path / "at_rest.key"
     key = encryption.write_key_file(key_file)
     monkeypatch.setenv("SILO_AT_REST_KEY_FILE", str(key_file))
-    run = RunDirectory.open_or_create(tmp_path / "run", config_hash="h", config={}, base_model="m", code_version="0",
-                                      rounds_planned=1)  # fmt: skip
+    run = RunDirectory.open_or_create(
+        tmp_path / "run", config_hash="h", config={}, base_model="m", code_version="0", rounds_planned=1
+    )
     assert run.at_rest_key == key
     _save(run, 0)
     assert (tmp_path / "run" / "rounds" / "0" / (ADAPTER_FILE + ".enc")).exists()

@@ -20,11 +20,26 @@ def site(tmp_path):
         for run_id in ("run-a", "run-b"):
             for r in range(2):
                 plan = ledger.plan_round(
-                    noise_multiplier=1.1, sample_rate=0.01, steps=100, delta=1e-5, accountant="rdp",
-                    budget_epsilon=3.0, budget_delta=1e-5, run_id=run_id, round=r, site_id="site-a",
-                )  # fmt: skip
-                ledger.record_round(plan, run_id=run_id, round=r, site_id="site-a", max_grad_norm=1.0,
-                                    dataset_size=1000, update_sha256="cd" * 32)  # fmt: skip
+                    noise_multiplier=1.1,
+                    sample_rate=0.01,
+                    steps=100,
+                    delta=1e-5,
+                    accountant="rdp",
+                    budget_epsilon=3.0,
+                    budget_delta=1e-5,
+                    run_id=run_id,
+                    round=r,
+                    site_id="site-a",
+                )
+                ledger.record_round(
+                    plan,
+                    run_id=run_id,
+                    round=r,
+                    site_id="site-a",
+                    max_grad_norm=1.0,
+                    dataset_size=1000,
+                    update_sha256="cd" * 32,
+                )
     return {"dir": tmp_path, "ledger": str(ledger_path), "pub": str(tmp_path / "site.pem.pub")}
 
 
@@ -93,9 +108,11 @@ def test_cli_budget_shows_spent_and_remaining_per_run_and_round(site, capsys):
     assert _cells(lines[header]) == BUDGET_COLUMNS  # every column, in order, on one line
     rows = [dict(zip(BUDGET_COLUMNS, _cells(line), strict=True)) for line in lines[header + 2 : header + 6]]
     assert [(r["entry"], r["run"], r["round"], r["status"]) for r in rows] == [
-        ("1", "run-a", "0", "recorded"), ("3", "run-a", "1", "recorded"),
-        ("5", "run-b", "0", "recorded"), ("7", "run-b", "1", "recorded"),
-    ]  # fmt: skip
+        ("1", "run-a", "0", "recorded"),
+        ("3", "run-a", "1", "recorded"),
+        ("5", "run-b", "0", "recorded"),
+        ("7", "run-b", "1", "recorded"),
+    ]
     assert all((r["sigma"], r["q"], r["steps"], r["budget"]) == ("1.1", "0.01", "100", "3.0000") for r in rows)
     assert (rows[-1]["eps total"], rows[-1]["left"]) == ("1.2368", "1.7632")
     assert sum(float(r["eps added"]) for r in rows) == pytest.approx(1.2368, abs=5e-4)
@@ -145,11 +162,18 @@ def test_cli_budget_shows_a_site_without_dp_as_infinite(tmp_path, capsys):
     key = keys.generate_signing_key()
     with Ledger.open(tmp_path / "ledger.jsonl", signing_key=key, create=True) as ledger:
         plan = ledger.plan_round(
-            noise_multiplier=0.0, sample_rate=0.01, steps=100, delta=1e-5, accountant="rdp",
-            budget_epsilon=math.inf, budget_delta=1e-5, dp_enabled=False,
-        )  # fmt: skip
-        ledger.record_round(plan, run_id="r", round=0, site_id="s", max_grad_norm=None, dataset_size=10,
-                            update_sha256="ef" * 32)  # fmt: skip
+            noise_multiplier=0.0,
+            sample_rate=0.01,
+            steps=100,
+            delta=1e-5,
+            accountant="rdp",
+            budget_epsilon=math.inf,
+            budget_delta=1e-5,
+            dp_enabled=False,
+        )
+        ledger.record_round(
+            plan, run_id="r", round=0, site_id="s", max_grad_norm=None, dataset_size=10, update_sha256="ef" * 32
+        )
     assert main(["budget", "--ledger", str(tmp_path / "ledger.jsonl"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["spent"]["epsilon"] == "inf" and report["rounds"][0]["dp_enabled"] is False
