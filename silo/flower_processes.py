@@ -163,12 +163,12 @@ def superlink_argv(
         return [*argv, "--insecure"]
     return [
         *argv,
-        "--ssl-ca-certfile", str(keys.ca_cert.resolve()),
-        "--ssl-certfile", str(keys.superlink_cert.resolve()),
-        "--ssl-keyfile", str(keys.superlink_key.resolve()),
+        *("--ssl-ca-certfile", str(keys.ca_cert.resolve())),
+        *("--ssl-certfile", str(keys.superlink_cert.resolve())),
+        *("--ssl-keyfile", str(keys.superlink_key.resolve())),
         # Only SuperNodes whose public key the operator registered may join (TLS alone admits anyone).
         "--enable-supernode-auth",
-    ]  # fmt: skip
+    ]
 
 
 def supernode_argv(
@@ -185,10 +185,8 @@ def supernode_argv(
 
     `--isolation process`: the SuperNode starts no app process and installs no app bundle; Silo's
     executor serves it (`site_node_argv`). Its Runtime API listens on loopback `port` only."""
-    argv = [
-        str(BIN / "flower-supernode"), "--superlink", superlink, "--port", str(port), "--host", RUNTIME_HOST,
-        "--isolation", "process", "--node-config", f"site-config='{Path(site_config).resolve()}'",
-    ]  # fmt: skip
+    argv = [str(BIN / "flower-supernode"), "--superlink", superlink, "--port", str(port), "--host", RUNTIME_HOST]
+    argv += ["--isolation", "process", "--node-config", f"site-config='{Path(site_config).resolve()}'"]
     if kit is not None:
         kit.check()
         ca_cert, auth_key = kit.ca_cert, kit.auth_key

@@ -94,12 +94,15 @@ def keys(
     hosts = pki.certificate_hosts(pki.load_certificate(layout.superlink_cert))
     registry = pki.read_registry(layout.registry)
     if as_json:
-        print(json.dumps({
+        written = {
             "coordinator": str(layout.coordinator),
             "superlink_hosts": hosts,
             "registry": str(layout.registry),
-            "sites": {s: {"dir": str(layout.site(s).root), "fingerprint": registry[s]["fingerprint"]} for s in site_ids},
-        }, indent=2))  # fmt: skip
+            "sites": {
+                s: {"dir": str(layout.site(s).root), "fingerprint": registry[s]["fingerprint"]} for s in site_ids
+            },
+        }
+        print(json.dumps(written, indent=2))
         return 0
     print(f"coordinator: {layout.coordinator}  (SuperLink certificate for {', '.join(hosts)})")
     for s in site_ids:

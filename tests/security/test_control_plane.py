@@ -86,11 +86,10 @@ def test_control_api_is_refused_through_the_fleet_proxy_while_a_round_runs(
             assert "/v1/control/" in _refused(out), name
 
         # An operator who points `silo federation run` at the proxy is told where the Control API is.
-        out = subprocess.run(
-            [sys.executable, "-m", "silo", "federation", "run", "--config", str(layout.federation_config),
-             "--run-dir", str(tmp_path / "wrong-run"), "--superlink", fed.fleet_address, "--root-certificates", str(ca)],
-            capture_output=True, text=True, env=attacker.env, timeout=180, check=False,
-        )  # fmt: skip
+        argv = [sys.executable, "-m", "silo", "federation", "run", "--config", str(layout.federation_config)]
+        argv += ["--run-dir", str(tmp_path / "wrong-run"), "--superlink", fed.fleet_address]
+        argv += ["--root-certificates", str(ca)]
+        out = subprocess.run(argv, capture_output=True, text=True, env=attacker.env, timeout=180, check=False)
         assert out.returncode == 8 and out.stderr.strip().splitlines() == [
             f"silo federation: error: {fed.fleet_address} refused the Control API (403): that is the Fleet proxy sites "
             "use; give the SuperLink's loopback address on the coordinator host (127.0.0.1:9093), through an SSH "

@@ -33,12 +33,12 @@ def _status(url: str, ca: Path) -> int:
 
 
 def _start(tmp_path: Path, port: int, fleet_port: int, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "silo", "coordinator", "start", "--keys", str(tmp_path / "keys" / "coordinator"),
-            "--port", str(port), "--fleet-host", "127.0.0.1", "--fleet-port", str(fleet_port),
-            "--database", str(tmp_path / "state" / "superlink.db")]  # fmt: skip
+    argv = [sys.executable, "-m", "silo", "coordinator", "start", "--keys", str(tmp_path / "keys" / "coordinator")]
+    argv += ["--port", str(port), "--fleet-host", "127.0.0.1", "--fleet-port", str(fleet_port)]
+    argv += ["--database", str(tmp_path / "state" / "superlink.db")]
+    env = flower_env(tmp_path / "home")
     with log.open("wb") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=flower_env(tmp_path / "home"),
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 120
     while READY not in log.read_text(errors="replace"):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")

@@ -39,8 +39,8 @@ def test_keys_open_to_others_are_refused_by_every_command_that_loads_them(tmp_pa
         target.chmod(mode)
         cases[name] = (target, [arg.replace("{root}", str(root)) for arg in command])
 
-    start = ["coordinator", "start", "--keys", "{root}/keys/coordinator", "--port", "1", "--fleet-port", "2",
-             "--database", "{root}/state/superlink.db"]  # fmt: skip
+    start = ["coordinator", "start", "--keys", "{root}/keys/coordinator", "--port", "1", "--fleet-port", "2"]
+    start += ["--database", "{root}/state/superlink.db"]
     site = [
         "site",
         "start",
@@ -54,8 +54,8 @@ def test_keys_open_to_others_are_refused_by_every_command_that_loads_them(tmp_pa
     case("superlink-key", "keys/coordinator/superlink.key", 0o644, start)
     case("ca-key", "keys/coordinator/ca.key", 0o640, start)
     case("at-rest-coordinator", "at_rest.key", 0o604, [*start, "--at-rest-key-file", "{root}/at_rest.key"])
-    case("at-rest-decrypt", "at_rest.key", 0o644,
-         ["at-rest", "decrypt", "--key-file", "{root}/at_rest.key", "--in", "{root}", "--out", "{root}/plain"])  # fmt: skip
+    decrypt = ["at-rest", "decrypt", "--key-file", "{root}/at_rest.key", "--in", "{root}", "--out", "{root}/plain"]
+    case("at-rest-decrypt", "at_rest.key", 0o644, decrypt)
     case("supernode-auth-key", "keys/sites/site-0/supernode_auth.key", 0o644, site)
     case("site-signing-key", "keys/sites/site-0/site_signing.key", 0o660, site)
 
@@ -84,11 +84,11 @@ def test_a_private_key_given_as_a_public_key_is_refused(tmp_path: Path, private:
     # The auditor's command, and the coordinator's SuperNode registry (it would upload the key to the SuperLink).
     layout.supernode_public_key("site-0").unlink()
     shutil.copy2(key, layout.supernode_public_key("site-0"))
+    start = ["coordinator", "start", "--keys", str(layout.coordinator), "--port", "1", "--fleet-port", "2"]
     outs = [
         _silo("ledger", "verify", "--ledger", str(tmp_path / "ledger.jsonl"), "--public-key", str(key), cwd=tmp_path),
-        _silo("coordinator", "start", "--keys", str(layout.coordinator), "--port", "1", "--fleet-port", "2",
-              "--nginx", "/bin/true", cwd=tmp_path),
-    ]  # fmt: skip
+        _silo(*start, "--nginx", "/bin/true", cwd=tmp_path),
+    ]
     for out, named in zip(outs, [key, layout.supernode_public_key("site-0")], strict=True):
         assert out.returncode == 2, out.stderr
         assert out.stderr.strip().splitlines() == [

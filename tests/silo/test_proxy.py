@@ -72,9 +72,19 @@ def test_proxy_state_dir_open_to_others_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True), ("localhost", True),
-     ("0.0.0.0", False), ("::", False), ("", False), ("10.0.0.5", False), ("coord.example", False)],
-)  # fmt: skip
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.0.0.5", False),
+        ("coord.example", False),
+    ],
+)
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
@@ -102,9 +112,7 @@ def test_superlink_database_is_created_owner_only_in_an_owner_only_dir(tmp_path:
 
 
 def test_coordinator_proxy_config_command_prints_what_start_generates(keys: KeyLayout, tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "silo", "coordinator", "proxy-config", "--keys", str(keys.coordinator),
-         "--state-dir", str(tmp_path / "proxy"), "--fleet-host", "127.0.0.1"],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "silo", "coordinator", "proxy-config", "--keys", str(keys.coordinator)]
+    argv += ["--state-dir", str(tmp_path / "proxy"), "--fleet-host", "127.0.0.1"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout == proxy.nginx_config(_settings(keys, tmp_path / "proxy"))
