@@ -56,7 +56,7 @@ def write_key_file(path: str | Path, key: bytes | None = None) -> bytes:
     """Write a new key (or `key`) as base64 text, mode 0600; refuses to overwrite. Returns the key."""
     key = generate_key() if key is None else _check_key(key, str(path))
     # common.keys' writer: O_EXCL (never overwrite) and the mode set at creation.
-    keys._write_new(Path(path), base64.b64encode(key) + b"\n", mode=keys.PRIVATE_KEY_MODE)
+    keys.write_new_file(Path(path), base64.b64encode(key) + b"\n", mode=keys.PRIVATE_KEY_MODE)
     return key
 
 

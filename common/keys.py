@@ -21,6 +21,8 @@ from common.errors import ConfigError
 
 PRIVATE_KEY_MODE = 0o600
 """Owner read/write only: the key file's permissions are its only protection."""
+PUBLIC_KEY_MODE = 0o644
+"""Readable by all: a public key or certificate is no secret, only its integrity matters."""
 # Any of these bits lets a user other than the owner read (or replace) a private key.
 OTHERS_BITS = 0o077
 # Every PEM or OpenSSH private key's armour line holds this; no public key's does.
@@ -56,14 +58,14 @@ def save_private_key(key: Ed25519PrivateKey, path: str | Path) -> Path:
     """Write `key` as PEM with mode 0600; refuse to overwrite an existing file."""
     path = Path(path)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write_new(path, pem, mode=PRIVATE_KEY_MODE)
+    write_new_file(path, pem, mode=PRIVATE_KEY_MODE)
     return path
 
 
 def save_public_key(key: Ed25519PublicKey | Ed25519PrivateKey, path: str | Path) -> Path:
     """Write the public half as PEM; refuse to overwrite an existing file."""
     path = Path(path)
-    _write_new(path, public_key_pem(key), mode=0o644)
+    write_new_file(path, public_key_pem(key), mode=PUBLIC_KEY_MODE)
     return path
 
 
@@ -137,8 +139,10 @@ def _read(path: Path) -> bytes:
         raise ConfigError(f"cannot read key file {path}: {err.strerror}") from None
 
 
-def _write_new(path: Path, data: bytes, *, mode: int) -> None:
-    # O_EXCL: refuse to overwrite; the mode applies at creation, so the key is never world-readable.
+def write_new_file(path: Path, data: bytes, *, mode: int) -> None:
+    """Create `path` with `data` and `mode`; an existing file is refused, never overwritten.
+
+    O_EXCL refuses to overwrite; the mode applies at creation, so a key is never world-readable."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:

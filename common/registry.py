@@ -2,7 +2,7 @@
 
     {"sites": {"<site_id>": {"signing_public_key": "<PEM>", "fingerprint": "<sha256 hex>"}}}
 
-`silo keys` writes it (common/pki.py), the coordinator reads it (server/verify.py): one reader and one
+`silo keys` writes it (silo/keygen.py), the coordinator reads it (server/verify.py): one reader and one
 writer here, so the two cannot drift apart.
 """
 

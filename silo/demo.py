@@ -32,8 +32,8 @@ from common.config import (
     TrainingConfig,
 )
 from common.errors import ConfigError, FederationFailed
-from common.pki import create_keys
 from silo.basemodel import build_base_model
+from silo.keygen import create_keys
 from silo.local_federation import LocalFederation
 from silo.run_progress import follow_run
 from silo.synthetic import make_bank_messages, make_clinical_notes

@@ -1,7 +1,7 @@
 """Flower's processes as Silo starts them: the `flower-superlink`, `flower-supernode` and site-node
 command lines, their environment, their ports, the SuperLink's health, and stopping what they started.
 
-Secure by default: with a key directory from `silo keys` (common/pki.py) the SuperLink serves TLS
+Secure by default: with a key directory from `silo keys` (layout: common/pki.py) the SuperLink serves TLS
 and admits only SuperNodes whose public key was registered with it (`flwr supernode register`);
 each SuperNode checks the SuperLink's certificate and signs its requests with its site's key.
 Plain-text mode exists for tests and only when asked for (`keys=None`, `--insecure`).

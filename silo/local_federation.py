@@ -17,7 +17,7 @@ from typing import Any
 from common import encryption
 from common.config import load_site_config
 from common.errors import ConfigError
-from common.pki import KeyLayout, SiteKit, add_sites, create_keys
+from common.pki import KeyLayout, SiteKit
 from silo import proxy
 from silo.flower_connection import FlowerConnection, register_sites
 from silo.flower_processes import (
@@ -30,6 +30,7 @@ from silo.flower_processes import (
     supernode_argv,
     wait_healthy,
 )
+from silo.keygen import add_sites, create_keys
 
 
 @dataclass

@@ -9,8 +9,9 @@ from typing import Annotated
 import click
 import typer
 
-from common import pki
-from silo import console
+from common.pki import COORDINATOR_SIGNING_PUB
+from common.registry import load_registry
+from silo import console, keygen
 
 _LAYOUT = """\
 Layout (private keys mode 0600; nothing is ever overwritten):
@@ -71,28 +72,28 @@ def keys(
             "--superlink-host",
             metavar="HOST",
             help="DNS name or IP address the sites use to reach the SuperLink; repeat for several "
-            f"(default: {', '.join(pki.DEFAULT_HOSTS)})",
+            f"(default: {', '.join(keygen.DEFAULT_HOSTS)})",
         ),
     ] = None,
-    days: Annotated[int, typer.Option("--days", help="certificate validity in days")] = pki.DEFAULT_VALIDITY_DAYS,
+    days: Annotated[int, typer.Option("--days", help="certificate validity in days")] = keygen.DEFAULT_VALIDITY_DAYS,
     as_json: Annotated[bool, typer.Option("--json", help="print the files written as JSON")] = False,
 ) -> int:
     if sum((sites is not None, add_sites is not None, add_coordinator_key)) != 1:
         raise click.UsageError("give exactly one of --sites, --add-sites, --add-coordinator-key")
     if sites is not None:
         site_ids = sites.split(",")
-        layout = pki.create_keys(out, site_ids, hosts=superlink_host or pki.DEFAULT_HOSTS, days=days)
+        layout = keygen.create_keys(out, site_ids, hosts=superlink_host or keygen.DEFAULT_HOSTS, days=days)
     elif add_sites is not None:
         site_ids = add_sites.split(",")
-        layout = pki.add_sites(out, site_ids)
+        layout = keygen.add_sites(out, site_ids)
     else:
-        layout = pki.add_coordinator_key(out)
+        layout = keygen.add_coordinator_key(out)
         print(f"coordinator run-request key: {layout.coordinator_signing_key}; give each site its")
-        print(f"  {pki.COORDINATOR_SIGNING_PUB} from DIR/sites/<id>/ (public; its integrity matters)")
+        print(f"  {COORDINATOR_SIGNING_PUB} from DIR/sites/<id>/ (public; its integrity matters)")
         return 0
     site_ids = [s.strip() for s in site_ids if s.strip()]
-    hosts = pki.certificate_hosts(pki.load_certificate(layout.superlink_cert))
-    registry = pki.read_registry(layout.registry)
+    hosts = keygen.certificate_hosts(keygen.load_certificate(layout.superlink_cert))
+    registry = load_registry(layout.registry).entries
     if as_json:
         written = {
             "coordinator": str(layout.coordinator),

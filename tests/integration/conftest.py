@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from common.pki import create_keys
 from silo.basemodel import build_base_model
 from silo.demo import DemoLayout, write_federation, write_site
+from silo.keygen import create_keys
 from silo.synthetic import make_bank_messages, make_clinical_notes
 
 # Small enough for a 2-core CI machine: ~0.2M-parameter model, 120 records a site.

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from common.pki import openssh_public_key
 from silo.flower_connection import APP_DIR, FlowerConnection
+from silo.keygen import openssh_public_key
 from silo.local_federation import LocalFederation
 from silo.run_progress import follow_run
 from tests.integration.conftest import make_layout

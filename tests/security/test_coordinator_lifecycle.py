@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from common.pki import create_keys
 from silo.flower_processes import flower_env, free_port
+from silo.keygen import create_keys
 
 pytestmark = pytest.mark.integration
 

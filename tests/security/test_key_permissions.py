@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common import encryption
-from common.pki import create_keys
+from silo.keygen import create_keys
 from tests.integration.conftest import make_layout
 
 SILO = [sys.executable, "-m", "silo"]

@@ -30,10 +30,11 @@ import pytest
 from client.runtime import flower_io
 from common.config import load_site_config
 from common.keys import generate_signing_key, save_private_key
-from common.pki import COORDINATOR_SIGNING_KEY, add_sites
+from common.pki import COORDINATOR_SIGNING_KEY
 from silo.demo import DemoLayout, write_federation
 from silo.flower_connection import APP_DIR
 from silo.flower_processes import BIN
+from silo.keygen import add_sites
 from silo.local_federation import LocalFederation
 from silo.run_progress import follow_run
 from tests.integration.conftest import make_layout

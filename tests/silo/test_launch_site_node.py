@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from common.pki import create_keys
 from silo.flower_processes import kit_coordinator_key, site_node_argv, supernode_argv
+from silo.keygen import create_keys
 
 
 def test_site_node_is_the_executor_with_a_supernode_that_runs_no_app(tmp_path: Path):

@@ -13,9 +13,10 @@ import pytest
 from flwr.supernode import fleet_http_client
 
 from common.errors import ConfigError
-from common.pki import KeyLayout, create_keys
+from common.pki import KeyLayout
 from silo import proxy
 from silo.flower_processes import is_loopback, prepare_database, superlink_argv, superlink_env
+from silo.keygen import create_keys
 
 
 @pytest.fixture(scope="module")

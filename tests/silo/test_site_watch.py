@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError, FederationFailed
-from common.pki import issue_server_certificate, make_ca, pem_certificate, pem_private_key
 from silo.cli import main
 from silo.flower_processes import check_port_free, free_port
+from silo.keygen import issue_server_certificate, make_ca, pem_certificate, pem_private_key
 from silo.site_watch import SiteNode, probe_superlink, run_site_node
 
 
