@@ -18,8 +18,6 @@ from peft import TaskType as PeftTaskType
 from common.config import HeadInit, LoraSettings, Pooling, TaskConfig, TaskType
 from common.errors import ConfigError
 
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
 
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks the first CUDA GPU when there is one, else the CPU."""
@@ -37,6 +35,8 @@ def quiet_transformers() -> None:
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
+    # PEFT still asks a model `is_gradient_checkpointing`, which transformers deprecates on every call.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     disable_progress_bars()
     hf_logging.disable_progress_bar()
     if "TRANSFORMERS_VERBOSITY" not in os.environ:
@@ -186,6 +186,7 @@ def attach_lora(model: torch.nn.Module, lora: LoraSettings, task: TaskConfig, *,
     later draw (dropout, anything a library takes from it) becomes predictable from the config.
     `lora.ffa`: the A matrices are frozen (FFA-LoRA): they keep the value the global adapter gives them,
     the same at every site, and only B (and a classification head) train."""
+    quiet_transformers()  # `model` may come from elsewhere than load_base_model
     try:
         # fork_rng's default forks the CPU and every CUDA generator; manual_seed seeds them all, so all
         # must be restored afterwards (`devices=[]` would leave a GPU site's CUDA generator seeded).
