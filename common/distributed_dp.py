@@ -6,7 +6,8 @@ the update on the SecAgg grid (`grid_step`, the value of one integer), rounds it
 conditional randomised rounding (Kairouz, Liu and Steinke 2021: redrawn until its L2 norm is within
 `rounded_l2_bound`, so one record moves the integer sum by at most Δ2 in L2 and Δ1 in L1), sums the
 records and adds a Skellam noise share (Agarwal, Kairouz and Liu 2021). Secure aggregation then adds
-the sites' vectors mod M; only the sum is unmasked. The accounting is in common/accounting.py.
+the sites' vectors mod M; only the sum is unmasked. The mechanism's RDP is in common/skellam.py, the
+accounting in common/accounting.py.
 
 Modular wrap. The sum is reduced mod M; that is post-processing of the noisy sum, so it never costs
 privacy, only correctness. A site refuses to send a vector with a coordinate at or beyond M / (2 n)
@@ -25,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from common.accounting import BudgetFigure, SkellamEvent, rounded_l1_bound, rounded_l2_bound
+from common.accounting import BudgetFigure, SkellamEvent
 from common.errors import ConfigError
 from common.secagg import SecAggFailed
+from common.skellam import rounded_l1_bound, rounded_l2_bound
 
 ROUNDING_BETA = 1e-5
 """Chance that one randomised rounding draw exceeds the conditional bound (it is then redrawn)."""
