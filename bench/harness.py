@@ -135,14 +135,14 @@ class InProcessGrid:
     def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
         from flwr.app import MessageType
 
-        import client.site
+        import client.warm
         from client.handshake import handle_handshake
         from client.site import handle_evaluate, handle_train
         from common.run_request import HANDSHAKE_MESSAGE_TYPE
 
         replies = []
         for msg in messages:
-            client.site.WARM = self.warm[msg.metadata.dst_node_id]  # this site's node state, as in its process
+            client.warm.WARM = self.warm[msg.metadata.dst_node_id]  # this site's node state, as in its process
             handler = handle_train if msg.metadata.message_type == MessageType.TRAIN else handle_evaluate
             handler = handle_handshake if msg.metadata.message_type == HANDSHAKE_MESSAGE_TYPE else handler
             replies.append(handler(msg, self.contexts[msg.metadata.dst_node_id]))

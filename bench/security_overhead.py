@@ -8,7 +8,7 @@ one process, on the same site updates:
   plain    the coordinator reads each reply's arrays out of its ArrayRecord and takes FedAvg's
            example-weighted mean (`server.strategy.FedAvg.aggregate`). No checks at all: Flower's FedAvg.
   +sign    each site runs what `client.site.handle_train` runs after training: `common.adapter.hash_state`
-           of its adapter (declared, and in the ledger), then `client.site.seal_fields` (hash of the
+           of its adapter (declared, and in the ledger), then `client.replies.seal_fields` (hash of the
            adapter sent and of the global one, Ed25519 over `common.sealing`'s payload). The coordinator
            admits every reply through its real gate, `server.federation.RoundGate.admit` (size limit,
            hash, `server.verify.UpdateVerifier` against a key registry, `validate_update` with the
@@ -60,8 +60,9 @@ from flwr.supercore.task_identity import TaskIdentity
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import format_table, git_commit, machine  # noqa: E402
+from client.replies import seal_fields  # noqa: E402
 from client.secagg import accept_shares, mask_update  # noqa: E402
-from client.site import handle_secagg, seal_fields  # noqa: E402
+from client.site import handle_secagg  # noqa: E402
 from common.adapter import arrays_to_state, hash_state, numpy_to_state, state_to_arrays  # noqa: E402
 from common.arrays import Arrays  # noqa: E402
 from common.config import SecAggSection, SecuritySection  # noqa: E402
@@ -143,7 +144,7 @@ def metrics_of(site: Site, rnd: int) -> dict[str, Any]:
 
 
 def declared(site: Site, **extra: str) -> ConfigRecord:
-    """The site's declaration as `client.site._site_record` builds it (common/declaration.py), with a
+    """The site's declaration as `client.replies.declaration_record` builds it (common/declaration.py), with a
     plausible DP round; the gate checks its schema and that `num-examples` fits `dataset_size`."""
     dp_round = {"dp_enabled": True, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10, "max_grad_norm": 1.0}
     spent = {"delta": 1e-5, "accountant": "rdp", "conversion": "balle2020", "epsilon_round": 1.0}

@@ -42,7 +42,7 @@ def demo_run(work: Path, encoding: str) -> float:
     """Final exact held-out loss (mean over the demo sites' hold-out records)."""
     from safetensors.torch import load_file  # noqa: F401  (transformers' loader needs it present)
 
-    from client.site import load_site_data
+    from client.site_data import load_site_data
     from client.train import evaluate
     from common.adapter import load_adapter_state, numpy_to_state
     from common.config import load_site_config

@@ -18,7 +18,9 @@ import logging
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 
-from client.site import ERROR_CODE_BASE, error_reply, seal_fields, site_config, site_signing_key
+from client.replies import ERROR_CODE_BASE, error_reply, seal_fields
+from client.site_data import site_config
+from client.site_state import site_signing_key
 from common.config import SiteConfig
 from common.errors import RunRefused, SiloError
 from common.model_pin import model_fingerprint

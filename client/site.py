@@ -1,42 +1,33 @@
-"""What a site does when the coordinator asks it to train or evaluate the global adapter.
+"""What a site does when the coordinator asks it to train or evaluate the global adapter, or to take a
+step of secure aggregation: the Flower handlers, each a page.
 
-records → ingest → split → scrub → tokenize → LoRA training → seal (sign) → adapter update back to Flower.
-Failures become error replies with a reason code and a fixed message (`error_reply`): an exception's text
-can carry record content, so it stays in the site's own log; when any stage fails, signing included,
-nothing is sent.
+records → ingest → split → scrub → tokenize (client/site_data.py) → LoRA training → seal (sign,
+client/replies.py) → adapter update back to Flower. Failures become error replies with a fixed reason
+(client/replies.py `error_reply`); when any stage fails, signing included, nothing is sent.
 
-Every answer about the site's records is paid for in its ledger before it leaves: the training round
-(DP-SGD, fresh OS-seeded noise) and every evaluation answer (a Gaussian release about the hold-out
-records, client/privacy.py `release_evaluation`), composed into one total against `budget_epsilon`.
-
-Records are scrubbed on every round, in this process, from the raw files: tokenization accepts only
-`ScrubbedRecords`, which only the scrubber can make, so no path reaches training around it.
+Every answer about the site's records is paid for in its ledger (client/site_state.py) before it leaves:
+the training round (DP-SGD, fresh OS-seeded noise) and every evaluation answer (a Gaussian release about
+the hold-out records, client/privacy.py `release_evaluation`), composed into one total against
+`budget_epsilon`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client import warm
 from client.distributed_dp import distributed_step, plan_site_round
-from client.ingest import load_site_records, split_records
 from client.ledger import Ledger
 from client.ledger_plan import RoundPlan
-from client.prefix_cache import PrefixCache, PrefixCaches
-from client.prepare import encode_records
 from client.privacy import EvalRelease, make_private, release_evaluation
+from client.replies import declaration_record, error_reply, seal_round
 from client.report_line import evaluation_line, round_line
 from client.round_plan import DPPlan, RoundId, plan_dp_round
-from client.scrub import ScrubbedRecords, build_scrubber, scrub_records
 from client.secagg import (
     accept_shares,
     grid_step,
@@ -47,171 +38,21 @@ from client.secagg import (
     setup,
     share_keys,
 )
+from client.site_data import Loaded, config_number, load_for_round, prefix_cache, site_config, wire_encoding
+from client.site_state import LEDGER_LOCK_TIMEOUT_S, ledger_path, site_signing_key
 from client.train import Phase, PrivacyWrapper, per_record_outcomes, round_phase, train_round, training_phase
-from client.warm import WARM, data_version, model_key, release_private
+from client.warm import release_private
 from common.accounting import DPEvent, NoiseModel, SkellamEvent
-from common.adapter import (
-    adapter_state,
-    arrays_to_state,
-    hash_state,
-    load_adapter_state,
-    numpy_to_state,
-    state_to_arrays,
-    state_to_numpy,
-)
-from common.config import SiteConfig, TaskType, WireEncoding, load_site_config
-from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration, sum_scrub_reports
+from common.adapter import adapter_state, hash_state, numpy_to_state, state_to_arrays, state_to_numpy
+from common.config import SiteConfig
 from common.distributed_dp import fresh_numpy_generator
-from common.errors import BudgetExhausted, ScrubFailed, SiloError, UpdateRejected
-from common.keys import generate_signing_key, load_private_key, public_key_raw, save_private_key, save_public_key
-from common.model import load_lora_model, load_tokenizer, resolve_device
-from common.pki import SiteKit, install_site_signing_key
+from common.errors import SiloError
 from common.schema import strict_json
-from common.sealing import UpdateBinding, seal_update
 from common.secagg import RECORD as SECAGG_RECORD
 from common.secagg import STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK, SecAggFailed
-from common.transport import encode_update, received_global
-
-# Error-reply codes the coordinator records with the reason (Flower reserves small codes).
-ERROR_CODE_BASE = 1000
+from common.transport import encode_update
 
 log = logging.getLogger("silo.site")
-
-
-def site_config(context: Context) -> SiteConfig:
-    path = context.node_config.get("site-config")
-    if not path:
-        raise SiloError("this SuperNode has no `site-config` in its --node-config")
-    return load_site_config(str(path))
-
-
-def configure_threads(cfg: SiteConfig) -> None:
-    """Small machines run several sites: one intra-op thread each unless the site says otherwise."""
-    os.environ["OMP_NUM_THREADS"] = str(cfg.training.threads)
-    torch.set_num_threads(cfg.training.threads)
-
-
-@dataclass(frozen=True)
-class SiteData:
-    train: torch.utils.data.TensorDataset
-    holdout: torch.utils.data.TensorDataset
-    scrub_report: dict[str, Any]
-
-
-def scrub_fields(cfg: SiteConfig, records: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The text fields training reads (text, or prompt and response), plus any the site's `[scrub]`
-    names that the records have; never the label. A record lacking one of them is quarantined."""
-    d = cfg.data
-    prompted = cfg.task.type is TaskType.CAUSAL_LM and any(d.prompt_field in r for r in records)
-    used = (d.prompt_field, d.response_field) if prompted else (d.text_field,)
-    extra = tuple(f for f in cfg.scrub.fields if any(f in r for r in records))
-    return tuple(dict.fromkeys((*used, *extra)))
-
-
-def load_site_data(cfg: SiteConfig, tokenizer: Any) -> SiteData:
-    records = load_site_records(cfg.data_dir, cfg.data, cfg.task)
-    split = split_records(records, holdout_fraction=cfg.data.holdout_fraction, seed=cfg.data.seed)
-    scrubber = build_scrubber(replace(cfg.scrub, fields=scrub_fields(cfg, records)))
-    train, holdout = scrub_records(split.train, scrubber), scrub_records(split.holdout, scrubber)
-    if not len(train.records) or not len(holdout.records):
-        raise ScrubFailed(
-            f"every record of a split was quarantined by scrubbing ({train.quarantined} train, "
-            f"{holdout.quarantined} hold-out); see `silo scrub` to inspect"
-        )
-
-    def encode(recs: ScrubbedRecords) -> torch.utils.data.TensorDataset:
-        return encode_records(recs, tokenizer, data=cfg.data, task=cfg.task, max_length=cfg.model.max_length)
-
-    report = sum_scrub_reports(
-        (train.report, holdout.report), numbers=("records_in", "quarantined"), tallies=("entities",)
-    )
-    return SiteData(train=encode(train.records), holdout=encode(holdout.records), scrub_report=report)
-
-
-@dataclass
-class Loaded:
-    cfg: SiteConfig
-    device: torch.device
-    data: SiteData
-    model: Any
-    global_state: dict[str, torch.Tensor]  # the global adapter as received, in fp32: training starts here
-    received_sha256: str  # hash of the global adapter's bytes as they arrived: the seal binds to it
-
-
-Number = TypeVar("Number", int, float)
-
-
-def config_number(config: ConfigRecord, key: str, kind: type[Number], default: Number | None = None) -> Number:
-    """A number the coordinator sent in the round's config, type-checked: a wrong one ends the round."""
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UpdateRejected(f"round config `{key}` must be a number, got {value!r}")
-    return kind(value)
-
-
-def wire_encoding(config: ConfigRecord) -> WireEncoding:
-    """The encoding the coordinator asked for (fp32 when it names none); anything else ends the round."""
-    value = config.get("wire-encoding", WireEncoding.FP32.value)
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return WireEncoding(value)
-    except ValueError:
-        raise UpdateRejected(f"round config `wire-encoding` must be one of fp32, fp16, int8, got {value!r}") from None
-
-
-def load_for_round(msg: Message, context: Context) -> Loaded:
-    """Config, data and the model carrying the coordinator's global adapter: the records, the model and
-    the tokenizer from the node's warm cache when nothing they were made from changed (client/warm.py)."""
-    cfg = site_config(context)
-    WARM.start_message(cfg)
-    configure_threads(cfg)
-    device = resolve_device(cfg.training.device)
-    received = arrays_to_state(msg.content.array_records["arrays"])
-    global_state = received_global(received)
-    source = cfg.model_source()
-    tokenizer = WARM.get("tokenizer", source, lambda: load_tokenizer(source))
-    data = WARM.get("records", data_version(cfg), lambda: load_site_data(cfg, tokenizer))
-    model = WARM.get(
-        "model", model_key(cfg, device), lambda: load_lora_model(source, cfg.lora, cfg.task, device=device)
-    )
-    load_adapter_state(model, global_state)
-    return Loaded(cfg, device, data, model, global_state, hash_state(received))
-
-
-def site_signing_key(cfg: SiteConfig) -> Any:
-    """The site's Ed25519 key that signs its ledger (made on first use, 0600, beside the ledger).
-    Auditors verify with `<state_dir>/site_signing.pub` or `silo ledger export`.
-
-    A key made here starts the site's ledger with it; from then on a missing ledger is refused
-    (client/ledger.py): losing the ledger must not restart the budget."""
-    path = cfg.state_dir / "site_signing.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = generate_signing_key()
-        save_private_key(key, path)
-        save_public_key(key, path.with_suffix(".pub"))
-        Ledger.open(ledger_path(cfg), signing_key=key, create=True).close()
-    return load_private_key(path)
-
-
-def install_kit_signing_key(kit: SiteKit, cfg: SiteConfig) -> None:
-    """Install the signing key of the site's kit (`silo keys`) into its `state_dir`. A key that was not
-    there yet starts the site's ledger; a key already there keeps its ledger, which must exist (a
-    lost ledger is refused at the next round, never silently restarted)."""
-    new = not (cfg.state_dir / kit.signing_key.name).exists()
-    installed = install_site_signing_key(kit, cfg.state_dir)
-    path = ledger_path(cfg)
-    if new and not path.exists() and not path.with_name(path.name + ".head").exists():
-        Ledger.open(path, signing_key=load_private_key(installed), create=True).close()
-
-
-def ledger_path(cfg: SiteConfig) -> Path:
-    return cfg.state_dir / "privacy_ledger.jsonl"
-
-
-# Seconds to wait for the ledger lock held by another round or run at this site before refusing.
-LEDGER_LOCK_TIMEOUT_S = 30.0
 
 
 def handle_train(msg: Message, context: Context) -> Message:
@@ -295,7 +136,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             **{f"global_{k}": v for k, v in before.metrics().items() if k != "num-examples"},
             "holdout-examples": before.num_examples,
         }
-        declarations = _site_record(cfg, update_sha, site.data.scrub_report, reserved, entry)
+        declarations = declaration_record(cfg, update_sha, site.data.scrub_report, reserved, entry)
         sent = wire
         if secagg is not None:
             masked, secagg_declaration = mask_update(
@@ -309,12 +150,12 @@ def handle_train(msg: Message, context: Context) -> Message:
         metrics["site_seconds"] = time.perf_counter() - t0
         seal_round(signing_key, rid, site, sent, metrics, declarations)
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
-        WARM.drop("model")  # a round that failed half-way may leave the model anywhere: load it afresh
+        warm.WARM.drop("model")  # a round that failed half-way may leave the model anywhere: load it afresh
         return error_reply(msg, err)
     finally:
         if site is not None:
             release_private(private, site.model)
-        WARM.end_message()
+        warm.WARM.end_message()
     content = RecordDict({"arrays": state_to_arrays(sent), "metrics": MetricRecord(metrics)})
     content["site"] = declarations
     return Message(content=content, reply_to=msg)
@@ -374,43 +215,13 @@ def train_distributed(msg: Message, context: Context, site: Loaded, rid: RoundId
         "holdout-examples": before.num_examples,
     }
     log.info("[silo] round %s: one distributed step over %d sampled records (kept at the site)", rid.round, taken)
-    declarations = _site_record(cfg, update_sha, site.data.scrub_report, reserved, entry)
+    declarations = declaration_record(cfg, update_sha, site.data.scrub_report, reserved, entry)
     declarations["secagg"] = json.dumps(secagg_declaration, sort_keys=True)
     sent = numpy_to_state(masked)
     seal_round(signing_key, rid, site, sent, metrics, declarations)
     content = RecordDict({"arrays": state_to_arrays(sent), "metrics": MetricRecord(metrics)})
     content["site"] = declarations
     return Message(content=content, reply_to=msg)
-
-
-def seal_round(
-    key: Any,
-    rid: RoundId,
-    site: Loaded,
-    sent: dict[str, torch.Tensor],
-    metrics: dict[str, Any],
-    declarations: ConfigRecord,
-) -> None:
-    """Add the seal over what is sent (`seal_fields`) to the round's declarations."""
-    declarations.update(
-        seal_fields(
-            key,
-            **rid.fields(),
-            update_sha256=hash_state(sent),
-            global_sha256=site.received_sha256,
-            metrics=metrics,
-            declarations=declarations,
-        )
-    )
-
-
-def prefix_cache(site: Loaded, dataset: torch.utils.data.TensorDataset, role: str) -> PrefixCache | None:
-    """`dataset`'s states below the model's trained layers (client/prefix_cache.py), kept in the node's
-    warm state while valid; None with `[training] prefix_cache = false` or when no layer splits them."""
-    if not site.cfg.training.prefix_cache:
-        return None
-    caches = WARM.get("prefix_caches", model_key(site.cfg, site.device), PrefixCaches)
-    return caches.get(site.model, dataset, device=site.device, role=role)
 
 
 def reserve_round(ledger: Ledger, cfg: SiteConfig, plan: DPPlan, rid: RoundId, phase: Phase = Phase.LORA) -> RoundPlan:
@@ -469,20 +280,6 @@ def handle_secagg(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({SECAGG_RECORD: reply}), reply_to=msg)
 
 
-def seal_fields(key: Any, *, declarations: ConfigRecord, **binding: Any) -> dict[str, bytes]:
-    """The signed seal over the update (common/sealing.py), as fields of the reply's "site" record.
-
-    Any failure to sign becomes `UpdateRejected` at the site: the round replies with an error and
-    sends no update. The public key travels too, for coordinators without a key registry."""
-    try:
-        plain = {k: str(v) for k, v in declarations.items()}
-        sealed = seal_update(key, UpdateBinding(declarations=plain, **binding))
-        public = public_key_raw(key)
-    except Exception as err:  # noqa: BLE001 - whatever breaks signing, nothing unsigned may leave
-        raise UpdateRejected(f"could not sign the update at the site: {type(err).__name__}: {err}") from None
-    return {"seal-payload": sealed.payload, "seal-signature": sealed.signature, "signing-public-key": public}
-
-
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """One DP answer about the hold-out records for the adapter sent, charged to the ledger first.
 
@@ -508,7 +305,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         return error_reply(msg, err)
     finally:
-        WARM.end_message()
+        warm.WARM.end_message()
     log.info("[silo] %s", evaluation_line(rid, entries, msg))
     # The site's total after this answer, as a training reply declares it (the coordinator's live view shows
     # it): a number the site already sends every round, never a record or a statistic of one.
@@ -543,68 +340,3 @@ def answer_evaluation(
         also_fits=[then] if then is not None else (),
     )
     return release
-
-
-def _site_record(
-    cfg: SiteConfig, update_sha: str, scrub_report: dict[str, Any], plan: Any, entry: dict[str, Any]
-) -> ConfigRecord:
-    """What the site declares with its update (common/declaration.py): identity, the update's hash,
-    its scrub counts (by entity type only, never a raw value) and the privacy this round spent, as
-    its ledger entry for the round says (with the entry's index and the training split's size)."""
-    privacy = PrivacyDeclaration(
-        dp_enabled=plan.dp_enabled,
-        noise_multiplier=plan.noise_multiplier,
-        sample_rate=plan.sample_rate,
-        steps=plan.steps,
-        max_grad_norm=cfg.privacy.max_grad_norm,
-        delta=plan.delta,
-        accountant=str(plan.accountant),
-        conversion=str(plan.conversion) if plan.conversion else None,
-        epsilon_round=plan.epsilon_round,
-        epsilon_total=plan.epsilon_total_after,
-        budget_epsilon=plan.budget_epsilon,
-        ledger_entry_sha256=hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest(),
-        dataset_size=int(entry["dataset_size"]),
-        ledger_index=int(entry["index"]),
-        noise_source=entry.get("noise_source"),
-        distributed=entry.get("distributed"),
-    )
-    declaration = SiteDeclaration(
-        site_id=cfg.site.id,
-        update_sha256=update_sha,
-        scrub_report=ScrubReport(
-            records_in=scrub_report["records_in"],
-            quarantined=scrub_report["quarantined"],
-            entities=scrub_report["entities"],
-        ),
-        privacy=privacy,
-    )
-    return ConfigRecord(declaration.to_record())
-
-
-ERROR_REASONS: dict[int, str] = {
-    2: "the site's configuration was refused; the site operator sees why in the site's log",
-    3: "a record or data file at the site failed validation; the site's log names the file, line and field",
-    4: "scrubbing failed at the site; nothing was trained or sent",
-    6: "the site's privacy ledger refused the round; the site operator sees why in the site's log",
-    7: "the site refused the request or could not seal its update; the site's log says why",
-    8: "secure aggregation failed at the site (too few shares, or a malformed protocol message); nothing sent",
-}
-"""Fixed reasons by exit code: what crosses the wire about a failure, never the exception's own text."""
-
-INTERNAL_ERROR_REASON = "internal error at the site; nothing was trained or sent (see the site's log)"
-
-
-def error_reply(msg: Message, err: Exception) -> Message:
-    """Failures cross the network as error replies with a reason code and a fixed message, never as raw
-    exceptions, their text (which can quote a record) or partial updates. The full error goes to the
-    site's own log. Only a budget refusal says more: its text is built from ε figures and the site id."""
-    if isinstance(err, SiloError):
-        code, name = ERROR_CODE_BASE + err.exit_code, type(err).__name__
-        fixed = (
-            str(err) if isinstance(err, BudgetExhausted) else ERROR_REASONS.get(err.exit_code, INTERNAL_ERROR_REASON)
-        )
-    else:
-        code, name, fixed = ERROR_CODE_BASE + SiloError.exit_code, "SiloError", INTERNAL_ERROR_REASON
-    log.error("[silo] %s refused: %s: %s", msg.metadata.message_type, type(err).__name__, err)
-    return Message(Error(code=code, reason=f"{name}: {fixed}"), reply_to=msg)

@@ -8,7 +8,7 @@
     secagg          JSON, only with secure aggregation (checked by server/secagg.py)
     seal-payload, seal-signature, signing-public-key   the seal (common/sealing.py), bytes
 
-One definition for the writer (`client.site._site_record`), the coordinator's gate, the manifest
+One definition for the writer (`client.replies.declaration_record`), the coordinator's gate, the manifest
 (which stores the parsed scrub report and privacy declaration) and the tests. Parsing a reply raises
 `UpdateRejected` naming the field; parsing a manifest raises the manifest reader's error.
 """

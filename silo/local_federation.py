@@ -185,7 +185,7 @@ class LocalFederation:
         port = self.site_ports.setdefault(index, free_port())
         kit = self.site_kit(index)
         if kit is not None:
-            from client.site import install_kit_signing_key  # torch and Flower: only when a site starts
+            from client.site_state import install_kit_signing_key  # torch and Flower: only when a site starts
 
             install_kit_signing_key(kit, load_site_config(cfg))
         supernode = supernode_argv(superlink=self.fleet_address, port=port, site_config=cfg, kit=kit)

@@ -121,7 +121,7 @@ def start_site(
     elif keys is not None:
         kit = SiteKit(keys)
         kit.check()
-        from client.site import install_kit_signing_key  # torch and Flower: only when a site starts
+        from client.site_state import install_kit_signing_key  # torch and Flower: only when a site starts
 
         install_kit_signing_key(kit, cfg)
     elif root_certificates is not None and auth_key is not None:

@@ -16,7 +16,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file, save_file
 
 from client.handshake import ACCEPTED, handle_handshake
-from client.site import site_signing_key
+from client.site_state import site_signing_key
 from common.config import (
     DataConfig,
     LoraSettings,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from client import site as site_module
+from client import replies
 from client.site import handle_train
 from common.adapter import arrays_to_state, state_to_numpy
 from common.config import SecuritySection
@@ -43,7 +43,7 @@ def test_handle_train_when_signing_fails_sends_nothing(monkeypatch, make_site, t
     def broken(*_args, **_kwargs):
         raise ValueError("HSM unavailable")
 
-    monkeypatch.setattr(site_module, "seal_update", broken)
+    monkeypatch.setattr(replies, "seal_update", broken)
     reply = handle_train(train_message(1), site_context(cfg))
 
     assert reply.has_error()

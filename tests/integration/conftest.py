@@ -68,7 +68,7 @@ def exact_holdout_loss(site_configs: list[Path], run_dir: Path, round_number: in
     hold-out records); whether a run learned is asserted on this exact figure instead."""
     from safetensors.torch import load_file
 
-    from client.site import load_site_data
+    from client.site_data import load_site_data
     from client.train import evaluate
     from common.adapter import load_adapter_state
     from common.config import load_site_config

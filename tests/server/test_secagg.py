@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, MessageType, MetricRecord, RecordDict
 
+from client.replies import seal_fields
 from client.secagg import accept_shares, mask_integers, mask_update
-from client.site import handle_secagg, seal_fields
+from client.site import handle_secagg
 from common.adapter import arrays_to_state, hash_state, numpy_to_state, state_to_arrays, state_to_numpy
 from common.config import FederationConfig, SecAggSection, SecuritySection
 from common.errors import ConfigError, FederationFailed
