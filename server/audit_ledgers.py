@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.errors import ConfigError
+
 EXPORTED_LEDGER = "ledger.jsonl"
 """The ledger's name inside a `silo ledger export` directory."""
 
@@ -61,9 +63,13 @@ class LedgerFile:
 
 
 def ledger_file_path(path: str | Path) -> Path:
-    """A ledger JSONL file, or the `ledger.jsonl` inside a `silo ledger export` directory."""
+    """A ledger JSONL file, or the `ledger.jsonl` inside a `silo ledger export` directory. Neither there
+    is the auditor's mistake, not the run's: ConfigError naming the path."""
     p = Path(path)
-    return p / EXPORTED_LEDGER if p.is_dir() else p
+    file = p / EXPORTED_LEDGER if p.is_dir() else p
+    if not file.is_file():
+        raise ConfigError(f"ledger {file} does not exist (pass a `silo ledger export` directory or its ledger.jsonl)")
+    return file
 
 
 @dataclass(frozen=True)

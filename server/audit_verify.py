@@ -24,6 +24,10 @@ taken on trust:
 Every check that fails is a discrepancy (exit 9). What could not be checked (a site that took part
 without its ledger, a ledger without its site's public key, an adapter encrypted at rest) is listed
 as unchecked: the audit is incomplete (exit 10) unless the auditor accepts the gaps (`--partial`).
+A file the auditor names that is not there (the run directory, a ledger, a public key) is the
+auditor's mistake, not the run's: `ConfigError` (exit 2), so a script can tell a typo from tampering.
+
+One concept over ~400 lines: the auditor's verification, checks 1 to 6 in this order, top to bottom.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from server.audit_epsilon import (
     declared_total_problem,
     ledger_epsilon_problem,
 )
-from server.audit_ledgers import VOID_EPSILON, LedgerFile, ledger_restarts, void_epsilon_entries
+from server.audit_ledgers import VOID_EPSILON, LedgerFile, ledger_file_path, ledger_restarts, void_epsilon_entries
 
 ADAPTER_FILE = "adapter_model.safetensors"
 """server.checkpoint.ADAPTER_FILE: the file each round's sha256 covers."""
@@ -255,9 +259,10 @@ def _hash_check(name: str, directory: Path, expected: str, report: VerifyReport)
 
 
 def _read_ledgers(paths: list[str | Path], report: VerifyReport) -> tuple[list[LedgerFile], set[str]]:
-    """The ledgers that parse, and the site ids of every given ledger (unreadable ones fail here)."""
+    """The ledgers that parse, and the site ids of every given ledger (unreadable ones fail here; a
+    missing one is a ConfigError)."""
     ledgers = []
-    for path in map(Path, paths):
+    for path in map(ledger_file_path, paths):
         try:
             ledgers.append(LedgerFile(path, read_ledger(path)))
         except SiloError as err:

@@ -10,7 +10,6 @@ from typing import Annotated
 import click
 import typer
 
-from common.errors import ConfigError
 from server.audit_ledgers import LedgerFile
 from silo import console
 
@@ -53,11 +52,7 @@ def register(app: typer.Typer) -> None:
 def _ledger_paths(values: list[str]) -> list[str | Path]:
     from server.audit_ledgers import ledger_file_path
 
-    paths: list[str | Path] = [ledger_file_path(v) for v in values]
-    for p in paths:
-        if not Path(p).is_file():
-            raise ConfigError(f"ledger {p} does not exist (pass a `silo ledger export` directory or its ledger.jsonl)")
-    return paths
+    return [ledger_file_path(v) for v in values]
 
 
 def run_report(

@@ -10,6 +10,7 @@ import pytest
 from common.errors import AuditIncomplete, ConfigError, VerificationFailed
 from server.audit_epsilon import ledger_epsilon_problem
 from server.audit_ledgers import VOID_EPSILON
+from server.audit_verify import verify_run
 from silo.cli import main
 
 VOID = VOID_EPSILON
@@ -267,6 +268,21 @@ def test_audit_verify_missing_inputs_are_configuration_errors(audit_run, capsys,
     assert main(["audit", "verify", str(audit_run.run_dir), "--ledger", str(tmp_path / "none.jsonl")]) == 2
     out = capsys.readouterr()
     assert one_line_error(out) and "none.jsonl does not exist" in out.err
+
+
+def test_audit_verify_a_missing_public_key_is_a_configuration_error(audit_run, capsys, tmp_path):
+    code = main(
+        ["audit", "verify", str(audit_run.run_dir), *audit_run.ledger_args(), "--public-key", str(tmp_path / "x.pub")]
+    )
+    out = capsys.readouterr()
+    assert code == ConfigError.exit_code and one_line_error(out)
+    assert "x.pub" in out.err
+
+
+def test_verify_run_a_missing_ledger_is_a_configuration_error_not_a_discrepancy(audit_run, tmp_path):
+    # Called without the CLI too: an auditor's script tells a typo (ConfigError) from tampering.
+    with pytest.raises(ConfigError, match=r"none\.jsonl does not exist"):
+        verify_run(audit_run.run_dir, [tmp_path / "none.jsonl"], list(audit_run.public_keys.values()))
 
 
 # ---- what was not given: incomplete (10), or accepted with --partial -------------------------------
