@@ -28,9 +28,9 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from common.files import write_atomic
+from server.grid_wrapper import GridWrapper
 
 LIVE_FILE = "live.json"
 # Seconds between writes of live.json while replies stream in (the last state is always written).
@@ -129,24 +129,12 @@ class LiveStatus:
             log(WARNING, "[silo] live view not written: %s", err)
 
 
-class LiveGrid(Grid):
+class LiveGrid(GridWrapper):
     """The run's Grid, telling `status` which nodes are connected and what each was asked."""
 
     def __init__(self, grid: Grid, status: LiveStatus) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.status = status
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         nodes = list(self.grid.get_node_ids())
@@ -159,9 +147,6 @@ class LiveGrid(Grid):
             self.status.asked(msg)
         self.status.write(force=True)
         return self.grid.push_messages(out)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         out = list(messages)
