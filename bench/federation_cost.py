@@ -39,7 +39,6 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.config import WireEncoding, load_federation_config, load_site_config  # noqa: E402
-from common.pki import create_keys  # noqa: E402
 from silo.basemodel import build_base_model  # noqa: E402
 from silo.demo import (  # noqa: E402
     DEMO_HIDDEN_SIZE,
@@ -49,6 +48,7 @@ from silo.demo import (  # noqa: E402
     write_federation,
     write_site,
 )
+from silo.keygen import create_keys  # noqa: E402
 from silo.synthetic import make_bank_messages, make_clinical_notes  # noqa: E402
 
 STAGES = (

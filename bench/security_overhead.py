@@ -10,7 +10,7 @@ one process, on the same site updates:
   +sign    each site runs what `client.site.handle_train` runs after training: `common.adapter.hash_state`
            of its adapter (declared, and in the ledger), then `client.replies.seal_fields` (hash of the
            adapter sent and of the global one, Ed25519 over `common.sealing`'s payload). The coordinator
-           admits every reply through its real gate, `server.federation.RoundGate.admit` (size limit,
+           admits every reply through its real gate, `server.gate.RoundGate.admit` (size limit,
            hash, `server.verify.UpdateVerifier` against a key registry, `validate_update` with the
            update's norm), then FedAvg.
   +secagg  +sign with SecAgg+ on the complete graph, driven as tests/server/test_secagg.py drives it:
@@ -68,7 +68,7 @@ from common.arrays import Arrays  # noqa: E402
 from common.config import SecAggSection, SecuritySection  # noqa: E402
 from common.declaration import PrivacyDeclaration, ScrubReport, SiteDeclaration  # noqa: E402
 from common.keys import generate_signing_key  # noqa: E402
-from server.federation import RoundGate  # noqa: E402
+from server.gate import RoundGate  # noqa: E402
 from server.secagg import SecAggRound  # noqa: E402
 from server.strategy import FedAvg, SiteUpdate  # noqa: E402
 from server.verify import Registry, UpdateVerifier  # noqa: E402

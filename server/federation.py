@@ -17,45 +17,44 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from common.adapter import adapter_state, numpy_to_state, state_to_arrays, state_to_numpy
-from common.config import FederationConfig, WireEncoding
-from common.errors import FederationFailed, UpdateRejected
-from common.manifest import LedgerRegression, Rejection
+from common.adapter import adapter_state, state_to_numpy
+from common.config import FederationConfig
+from common.errors import FederationFailed
+from common.manifest import LedgerRegression
 from common.model import load_lora_model
 from common.model_pin import model_fingerprint
 from common.transport import encode_global, wire_bytes
 from common.version import CODE_VERSION
 from server.central_dp import CentralDP
 from server.checkpoint import ADAPTER_CONFIG, RunDirectory
-from server.exchange import PromptGrid
+from server.exchange import (
+    PromptGrid,
+    evaluate_round,
+    secure_train_replies,
+    train_round_replies,
+    wait_for_sites,
+)
 from server.gate import (
-    NO_REPLY,
-    NUM_EXAMPLES,
     RoundGate,
     apply_norm_bound,
-    collect_updates,
-    example_count,
-    finite_metrics,
     previous_norms,
 )
 from server.handshake import agree_on_run
 from server.ledger_heads import LedgerHeads
+from server.round_record import eval_from_train_replies, round_timings, security_record
 from server.secagg import SecAggRound
-from server.strategy import Arrays, FedAvg, SiteUpdate, average_metrics, make_strategy, trimmed_per_side
+from server.strategy import Arrays, FedAvg, SiteUpdate, average_metrics, make_strategy
 from server.verify import IDENTITY_NONE, NORM_BOUND_MULTIPLE, UpdateVerifier, load_registry
-
-# How often to look for connected SuperNodes while waiting for `min_sites` of them.
-NODE_POLL_S = 1.0
 
 
 def initial_adapter(cfg: FederationConfig) -> tuple[Arrays, dict[str, Any]]:
@@ -64,74 +63,6 @@ def initial_adapter(cfg: FederationConfig) -> tuple[Arrays, dict[str, Any]]:
     peft_cfg = model.peft_config["default"]
     peft_cfg.base_model_name_or_path = cfg.model.base
     return state_to_numpy(adapter_state(model)), peft_cfg.to_dict()
-
-
-def wait_for_sites(grid: Grid, *, minimum: int, timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= minimum:
-            return nodes
-        if time.monotonic() > deadline:
-            raise FederationFailed(
-                f"only {len(nodes)} site(s) connected after {timeout_s:.0f}s; `min_sites` is {minimum}"
-            )
-        time.sleep(NODE_POLL_S)
-
-
-def global_record(arrays: Arrays, encoding: WireEncoding) -> ArrayRecord:
-    """The global adapter as it goes down to the sites (common/transport.py)."""
-    return state_to_arrays(numpy_to_state(encode_global(arrays, encoding)))
-
-
-def _messages(
-    nodes: Iterable[int],
-    arrays: Arrays,
-    config: dict[str, Any],
-    message_type: str,
-    rnd: int,
-    encoding: WireEncoding = WireEncoding.FP32,
-) -> list[Message]:
-    record = RecordDict({"arrays": global_record(arrays, encoding), "config": ConfigRecord(config)})
-    return [Message(content=record, dst_node_id=n, message_type=message_type, group_id=str(rnd)) for n in nodes]
-
-
-def _reply_error(msg: Message) -> str:
-    return msg.error.reason or f"error code {msg.error.code}"
-
-
-def evaluate_round(
-    grid: Grid,
-    nodes: list[int],
-    arrays: Arrays,
-    rnd: int,
-    timeout: float,
-    encoding: WireEncoding = WireEncoding.FP32,
-    run_id: str | None = None,
-) -> dict[str, Any]:
-    # The run id names the run in the site's ledger entry for the answer (without it: "unknown").
-    config: dict[str, Any] = {"server-round": rnd} if run_id is None else {"server-round": rnd, "run-id": run_id}
-    messages = _messages(nodes, arrays, config, MessageType.EVALUATE, rnd, encoding)
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    per_site, failed = [], []
-    for msg in replies:
-        if msg.has_error():
-            failed.append({"node_id": msg.metadata.src_node_id, "reason": _reply_error(msg)})
-            continue
-        try:
-            metrics = msg.content["metrics"]
-            n = example_count(metrics, NUM_EXAMPLES)
-            if not isinstance(metrics, MetricRecord) or n is None or n < 0:
-                raise UpdateRejected(f"malformed reply: needs a metrics record with `{NUM_EXAMPLES}` >= 0")
-        except (UpdateRejected, KeyError, TypeError) as err:
-            failed.append({"node_id": msg.metadata.src_node_id, "reason": str(err)})
-            continue
-        per_site.append((n, finite_metrics(metrics)))
-    out: dict[str, Any] = average_metrics(per_site) if per_site else {}
-    out["sites"] = len(per_site)
-    if failed:
-        out["failed"] = failed
-    return out
 
 
 def make_verifier(cfg: FederationConfig, run: RunDirectory) -> UpdateVerifier:
@@ -188,85 +119,6 @@ def run_federation(
         run.path / "final",
     )
     return run
-
-
-# Flower's error for a SuperNode that is registered but not connected (restarting, backing off).
-NODE_UNAVAILABLE = "Node Unavailable"
-# Pause before asking unavailable sites again; their reconnect back-off is a few seconds to ~20 s.
-RETRY_PAUSE_S = 3.0
-
-
-def train_round_replies(
-    grid: Grid,
-    nodes: list[int],
-    arrays: Arrays,
-    config: dict[str, Any],
-    rnd: int,
-    gate: RoundGate,
-    min_sites: int,
-    timeout: float,
-    encoding: WireEncoding = WireEncoding.FP32,
-) -> tuple[list[SiteUpdate], list[Rejection]]:
-    """Send the round to every site; while too few updates are in, ask the sites that were merely
-    unreachable again (they trained nothing) until the round's timeout. Every site asked ends up
-    accepted or rejected: one that never answered is rejected with `NO_REPLY`."""
-    deadline = time.monotonic() + timeout
-    accepted: list[SiteUpdate] = []
-    outcome: dict[int, Rejection | None] = {}  # node -> its latest rejection, None once it replied usefully
-    pending = list(nodes)
-    while True:
-        replies = list(
-            grid.send_and_receive(
-                _messages(pending, arrays, config, MessageType.TRAIN, rnd, encoding),
-                timeout=max(deadline - time.monotonic(), 1.0),
-            )
-        )
-        new, rejected = collect_updates(replies, gate)
-        accepted += new
-        outcome.update({u.node_id: None for u in new})
-        outcome.update({r.node_id: r for r in rejected})
-        for node in pending:
-            outcome.setdefault(node, Rejection(node_id=node, reason=NO_REPLY))
-        unavailable = [r for r in rejected if NODE_UNAVAILABLE in r.reason]
-        if len(accepted) >= min_sites or not unavailable or time.monotonic() + RETRY_PAUSE_S > deadline:
-            return accepted, [r for r in outcome.values() if r is not None]
-        log(WARNING, "[silo] round %d: %d site(s) unreachable, asking again", rnd, len(unavailable))
-        time.sleep(RETRY_PAUSE_S)
-        pending = [r.node_id for r in unavailable] + [
-            n for n in grid.get_node_ids() if n not in pending and n not in {u.node_id for u in accepted}
-        ]
-
-
-def secure_train_replies(
-    grid: Grid, secagg: SecAggRound, arrays: Arrays, config: dict[str, Any], rnd: int, gate: RoundGate, timeout: float
-) -> tuple[list[SiteUpdate], list[Rejection]]:
-    """The train message to each site that shared keys, with the shares addressed to it; no second
-    ask: a site that misses this message has dropped, and its masks are cancelled at unmasking."""
-    sent = global_record(arrays, gate.encoding)
-    messages = [
-        Message(
-            content=RecordDict({"arrays": sent, "config": ConfigRecord(config), "secagg": secagg.train_record(n)}),
-            dst_node_id=n,
-            message_type=MessageType.TRAIN,
-            group_id=str(rnd),
-        )
-        for n in secagg.sharing
-    ]
-    accepted, rejected = collect_updates(grid.send_and_receive(messages, timeout=timeout), gate)
-    answered = {u.node_id for u in accepted} | {r.node_id for r in rejected}
-    return accepted, rejected + [Rejection(node_id=n, reason=NO_REPLY) for n in secagg.sharing if n not in answered]
-
-
-def eval_from_train_replies(updates: list[SiteUpdate]) -> dict[str, Any]:
-    """The sites' hold-out metrics of the adapter they received, weighted by hold-out size."""
-    pairs = []
-    for u in updates:
-        m = {k.removeprefix("global_"): v for k, v in u.metrics.items() if k.startswith("global_")}
-        if m:
-            pairs.append((int(u.metrics.get("holdout-examples", 0)), m))
-    out: dict[str, Any] = average_metrics(pairs) if pairs else {}
-    out["sites"] = len(pairs)
-    return out
 
 
 def _flower_run_id(grid: Grid) -> int | None:
@@ -350,7 +202,7 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
         record: dict[str, Any] = {
             "kind": "train",
             "strategy": str(fed.strategy),
-            "security": _security_record(cfg, verifier, strategy, len(accepted)),
+            "security": security_record(cfg, verifier, strategy, len(accepted)),
             "train": average_metrics(accepted),
             "sites": [u.entry.to_dict() for u in accepted if u.entry is not None],
             "rejected": [r.to_dict() for r in rejected],
@@ -362,7 +214,7 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             },
             "round_seconds": time.perf_counter() - t0,
             "slowest_site_train_seconds": max(u.metrics.get("train_seconds", 0.0) for u in accepted),
-            "timings": _round_timings(accepted, exchanged - t0, time.perf_counter() - exchanged),
+            "timings": round_timings(accepted, exchanged - t0, time.perf_counter() - exchanged),
         }
         if secagg_record is not None:
             record["secagg"] = secagg_record
@@ -408,25 +260,6 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
     _log_eval(run.completed_rounds, fed.rounds, run)
 
 
-def _round_timings(accepted: list[SiteUpdate], exchange_s: float, coordinator_s: float) -> dict[str, float]:
-    """Where a round's time went: at the slowest site (preparing: config, records, model; the hold-out
-    answer; training; the rest: ledger, encoding, sealing), on the wire (the exchange minus that site's
-    work), and at the coordinator after the replies (heads, aggregation; checkpointing comes after)."""
-    slowest = max(accepted, key=lambda u: u.metrics.get("site_seconds", 0.0))
-    m = slowest.metrics
-    site_s = float(m.get("site_seconds", 0.0))
-    parts = {k: float(m.get(k, 0.0)) for k in ("prepare_seconds", "eval_seconds", "train_seconds")}
-    return {
-        "slowest_site_seconds": site_s,
-        "site_prepare_seconds": parts["prepare_seconds"],
-        "site_eval_seconds": parts["eval_seconds"],
-        "site_train_seconds": parts["train_seconds"],
-        "site_other_seconds": max(site_s - sum(parts.values()), 0.0),
-        "messaging_seconds": max(exchange_s - site_s, 0.0),
-        "coordinator_seconds": coordinator_s,
-    }
-
-
 def _check_ledger_heads(
     heads: LedgerHeads, accepted: list[SiteUpdate], run_id: str, rnd: int
 ) -> tuple[list[SiteUpdate], list[LedgerRegression]]:
@@ -454,33 +287,6 @@ def _log_eval(rnd: int, planned: int, run: RunDirectory) -> None:
         entry["eval"].get("eval_loss", float("nan")),
         entry["eval"].get("sites", 0),
     )
-
-
-def _security_record(cfg: FederationConfig, verifier: UpdateVerifier, strategy: FedAvg, sites: int) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "site_identity": verifier.identity,
-        "registry_sha256": verifier.registry.sha256 if verifier.registry is not None else None,
-        "max_update_norm": cfg.security.max_update_norm or None,
-        "norm_bound": (
-            f"fixed: {cfg.security.max_update_norm:g}"
-            if cfg.security.max_update_norm
-            else f"relative: {NORM_BOUND_MULTIPLE:g} x the upper median norm of the other updates and last round's"
-        ),
-        "update_hash": "declared update-sha256 checked against the arrays received",
-        "aggregator": str(strategy.aggregator),
-    }
-    if cfg.secagg.enabled:
-        out["max_update_norm"] = None
-        out["norm_bound"] = f"sites clip to {cfg.secagg.clip:g} before masking"
-        out["update_hash"] = "masked: the declared update-sha256 is checked by the site's ledger, not here"
-        out["secagg"] = True
-        out["update_validation"] = (
-            "masked: each update's seal, form and secagg declaration only; norms are bounded by the "
-            f"sites' own clipping to {cfg.secagg.clip:g} before masking"
-        )
-    if str(strategy.aggregator) == "trimmed_mean":
-        out["trimmed_per_side"] = trimmed_per_side(sites, strategy.trim_fraction)
-    return out
 
 
 def _config_dict(cfg: FederationConfig) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from common.config import FederationConfig
 from common.errors import FederationFailed, UpdateRejected
@@ -34,12 +33,9 @@ from common.manifest import Rejection
 from common.model_pin import model_fingerprint
 from common.pki import COORDINATOR_SIGNING_KEY
 from common.run_request import HANDSHAKE_MESSAGE_TYPE, RECORD, SignedRunRequest, make_run_request
+from server.exchange import NODE_UNAVAILABLE, RETRY_PAUSE_S
+from server.grid_wrapper import GridWrapper
 from server.verify import UpdateVerifier
-
-# Flower's error for a SuperNode that is registered but not connected (restarting, backing off).
-NODE_UNAVAILABLE = "Node Unavailable"
-# Pause before asking unavailable sites again; their reconnect back-off is a few seconds to ~20 s.
-RETRY_PAUSE_S = 3.0
 
 
 def coordinator_signing_key(cfg: FederationConfig) -> Ed25519PrivateKey | None:
@@ -71,12 +67,12 @@ def sign_run_request(grid: Grid, cfg: FederationConfig, run_id: str, verifier: U
     )
 
 
-class AgreedGrid(Grid):
+class AgreedGrid(GridWrapper):
     """The run's Grid, with the signed run request added to every message it sends, and the sites
     that did not agree to the run left out of `get_node_ids`."""
 
     def __init__(self, grid: Grid, signed: SignedRunRequest, refused: Iterable[Rejection] = ()) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.signed = signed
         self.refused = list(refused)
         self._left_out = {r.node_id for r in self.refused}
@@ -88,26 +84,11 @@ class AgreedGrid(Grid):
                 msg.content[RECORD] = ConfigRecord(self.signed.record())
         return out
 
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.grid.get_node_ids() if n not in self._left_out]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.grid.push_messages(self._with_request(messages))
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.grid.send_and_receive(self._with_request(messages), timeout=timeout)

@@ -12,7 +12,7 @@ from client.site import handle_train
 from common.adapter import arrays_to_state, state_to_numpy
 from common.config import SecuritySection
 from common.errors import UpdateRejected
-from server.federation import RoundGate, collect_updates
+from server.gate import RoundGate, collect_updates
 from server.verify import UpdateVerifier, load_registry, write_registry
 
 pytestmark = pytest.mark.usefixtures("flower_task")
