@@ -1,5 +1,6 @@
 """Empirical privacy audit with canaries: plant random secrets at a site, train through the site's
-real round handler, and measure how much the trained adapter gives them away.
+real round handler, and measure how much the trained adapter gives them away. One concept, the canary
+audit: planting, the two measures and the run that produces them.
 
 Two measures, reported next to the ε the site's ledger claims:
 

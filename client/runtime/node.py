@@ -81,10 +81,8 @@ def run_node(args: argparse.Namespace) -> int:
         write_secret(secret_file)
         command = [*supernode_command(args.supernode), SECRET_FLAG, str(secret_file)]
         supernode = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: S603 (the operator's command)
-        worker = [
-            sys.executable, "-m", "client.runtime.worker", "--site-config", str(args.site_config),
-            "--runtime-api-address", args.runtime_api_address, "--secret-file", str(secret_file), *key_args,
-        ]  # fmt: skip
+        worker = [sys.executable, "-m", "client.runtime.worker", "--site-config", str(args.site_config)]
+        worker += ["--runtime-api-address", args.runtime_api_address, "--secret-file", str(secret_file), *key_args]
         return Supervisor(supernode, worker).run()
 
 
