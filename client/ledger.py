@@ -202,43 +202,29 @@ class Ledger:
             event = distributed.event(distributed.budget_figure)
             noise_multiplier = distributed.noise_multiplier
             record = distributed_record(distributed, self._state.entries, delta=delta)
-        also = list(also_fits)
-        before, after, epsilon_round = afford(
-            self._state.events,
+        entry, before, after, epsilon_round = self._spend(
+            EntryKind.RESERVE,
             event,
-            also,
+            also_fits,
             delta=delta,
             accountant=accountant,
             conversion=conversion,
             budget_epsilon=budget_epsilon,
-            what=f"site {site_id or '?'}: this round" + (", with its evaluation," if also else ""),
+            budget_delta=budget_delta,
+            what=("this round", ", with its evaluation,"),
             nothing="trained",
-        )
-        entry = self._append(
-            kind=EntryKind.RESERVE,
-            reservation=None,
             run_id=run_id,
             round=round,
             site_id=site_id,
             dp_enabled=dp_enabled,
             noise_multiplier=float(noise_multiplier),
-            sample_rate=event.sample_rate,
             steps=steps,
             sampling=(Sampling.POISSON if poisson_sampling else Sampling.SHUFFLE).value,
-            max_grad_norm=None,
             dataset_size=None,
-            accountant=accountant.value,
-            epsilon_conversion=conversion.value if conversion else None,
-            delta=float(delta),
-            epsilon_round=epsilon_round,
-            epsilon_total=after,
-            budget_epsilon=budget_epsilon,
-            budget_delta=float(budget_delta),
             update_sha256=None,
             noise_source=noise_source,
             phase=phase,
             distributed=record,
-            new_event=event,
         )
         return RoundPlan(
             reservation_index=entry["index"],
@@ -378,8 +364,50 @@ class Ledger:
             raise LedgerError(f"`evaluated_sha256` must be 64 lowercase hex digits, got {evaluated_sha256!r}.")
         if not 0 < delta <= budget_delta < 1:
             raise ConfigError(f"`delta` must be in (0, budget_delta={budget_delta}], got {delta}.")
+        entry, _, _, _ = self._spend(
+            EntryKind.EVALUATION,
+            event,
+            also_fits,
+            delta=delta,
+            accountant=accountant,
+            conversion=conversion,
+            budget_epsilon=budget_epsilon,
+            budget_delta=budget_delta,
+            what=("this evaluation", " and the training after it"),
+            nothing="evaluated",
+            run_id=run_id,
+            round=round,
+            site_id=site_id,
+            dp_enabled=dp_enabled,
+            noise_multiplier=float(event.noise_multiplier),
+            steps=1,
+            sampling=Sampling.POISSON.value,  # q = 1: every hold-out record, no sampling to assume
+            dataset_size=dataset_size,
+            update_sha256=evaluated_sha256,
+            noise_source=check_noise_source(noise_source, dp_enabled=dp_enabled),
+        )
+        return entry
+
+    def _spend(
+        self,
+        kind: EntryKind,
+        event: DPEvent | SkellamEvent,
+        also_fits: Iterable[DPEvent | SkellamEvent],
+        *,
+        delta: float,
+        accountant: Accountant,
+        conversion: EpsilonConversion | None,
+        budget_epsilon: float,
+        budget_delta: float,
+        what: tuple[str, str],
+        nothing: str,
+        **fields: Any,
+    ) -> tuple[dict[str, Any], float, float, float]:
+        """Append a `kind` entry that spends `event`, once `event` and then `also_fits` fit the budget
+        (`BudgetExhausted`, nothing written, otherwise): (the entry, ε before, ε after, ε of `event`).
+        `what`: the release, and what the refusal adds when `also_fits` is not empty."""
         also = list(also_fits)
-        _, after, epsilon_round = afford(
+        before, after, epsilon_round = afford(
             self._state.events,
             event,
             also,
@@ -387,22 +415,14 @@ class Ledger:
             accountant=accountant,
             conversion=conversion,
             budget_epsilon=budget_epsilon,
-            what=f"site {site_id or '?'}: this evaluation" + (" and the training after it" if also else ""),
-            nothing="evaluated",
+            what=f"site {fields['site_id'] or '?'}: {what[0]}" + (what[1] if also else ""),
+            nothing=nothing,
         )
-        return self._append(
-            kind=EntryKind.EVALUATION,
+        entry = self._append(
+            kind=kind,
             reservation=None,
-            run_id=run_id,
-            round=round,
-            site_id=site_id,
-            dp_enabled=dp_enabled,
-            noise_multiplier=float(event.noise_multiplier),
-            sample_rate=1.0,
-            steps=1,
-            sampling=Sampling.POISSON.value,  # q = 1: every hold-out record, no sampling to assume
+            sample_rate=float(event.sample_rate),
             max_grad_norm=None,
-            dataset_size=dataset_size,
             accountant=accountant.value,
             epsilon_conversion=conversion.value if conversion else None,
             delta=float(delta),
@@ -410,10 +430,10 @@ class Ledger:
             epsilon_total=after,
             budget_epsilon=budget_epsilon,
             budget_delta=float(budget_delta),
-            update_sha256=evaluated_sha256,
-            noise_source=check_noise_source(noise_source, dp_enabled=dp_enabled),
             new_event=event,
+            **fields,
         )
+        return entry, before, after, epsilon_round
 
     def _append(self, *, new_event: DPEvent | SkellamEvent | None, **fields: Any) -> dict[str, Any]:
         state = self._state
