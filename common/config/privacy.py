@@ -204,9 +204,7 @@ class PrivacyConfig:
             return 0.0
         if self.noise_multiplier is not None:
             return float(self.noise_multiplier)
-        target_epsilon, planned_rounds = self.target_epsilon, self.planned_rounds
-        if target_epsilon is None or planned_rounds is None:  # unreachable: __post_init__ requires both
-            raise ConfigError("`noise_multiplier` or `target_epsilon` and `planned_rounds` must be set.")
+        target_epsilon, planned_rounds, answers = self._target()
         return find_noise_multiplier(
             target_epsilon=target_epsilon,
             delta=self.delta,
@@ -214,7 +212,7 @@ class PrivacyConfig:
             steps=planned_rounds * steps_per_round,
             accountant=self.accountant,
             conversion=self.conversion,
-            extra_events=[self.eval_event] * (planned_rounds + 1),
+            extra_events=answers,
         )
 
     def resolve_distributed_noise_multiplier(
@@ -225,9 +223,7 @@ class PrivacyConfig:
         evaluation answers spend `target_epsilon` on the figure `distributed_budget` names."""
         if self.noise_multiplier is not None:
             return float(self.noise_multiplier)
-        target_epsilon, planned_rounds = self.target_epsilon, self.planned_rounds
-        if target_epsilon is None or planned_rounds is None:  # unreachable: __post_init__ requires both
-            raise ConfigError("`noise_multiplier` or `target_epsilon` and `planned_rounds` must be set.")
+        target_epsilon, planned_rounds, answers = self._target()
         return find_distributed_noise_multiplier(
             target_epsilon=target_epsilon,
             delta=self.delta,
@@ -235,8 +231,16 @@ class PrivacyConfig:
             rounds=planned_rounds,
             l2_sensitivity=l2_sensitivity,
             l1_sensitivity=l1_sensitivity,
-            extra_events=[self.eval_event] * (planned_rounds + 1),
+            extra_events=answers,
         )
+
+    def _target(self) -> tuple[float, int, list[DPEvent]]:
+        """What σ is derived from when `noise_multiplier` is not given: `target_epsilon`, `planned_rounds`
+        and their evaluation answers (one per round and the final one)."""
+        target_epsilon, planned_rounds = self.target_epsilon, self.planned_rounds
+        if target_epsilon is None or planned_rounds is None:  # unreachable: __post_init__ requires both
+            raise ConfigError("`noise_multiplier` or `target_epsilon` and `planned_rounds` must be set.")
+        return target_epsilon, planned_rounds, [self.eval_event] * (planned_rounds + 1)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> PrivacyConfig:
