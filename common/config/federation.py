@@ -13,7 +13,18 @@ from typing import Any
 from common.accounting import Accountant, EpsilonConversion
 from common.config.model import LoraSettings, ModelConfig, TaskConfig
 from common.config.toml import check_sections, read_toml, sections_toml, with_path
-from common.config.validate import build, enum_value, is_int, is_number, require
+from common.config.validate import (
+    above_zero,
+    build,
+    enum_value,
+    flag,
+    fraction,
+    is_int,
+    is_number,
+    probability,
+    require,
+    zero_or_more,
+)
 
 
 class StrategyName(enum.StrEnum):
@@ -69,30 +80,14 @@ class FederationSection:
             is_number(self.reply_poll_s) and 0.001 <= self.reply_poll_s <= 10,
             f"`federation.reply_poll_s` must be between 0.001 and 10 seconds, got {self.reply_poll_s!r}.",
         )
-        require(is_int(self.rounds) and self.rounds > 0, f"`federation.rounds` must be > 0, got {self.rounds!r}.")
-        require(
-            is_int(self.min_sites) and self.min_sites > 0,
-            f"`federation.min_sites` must be > 0, got {self.min_sites!r}.",
-        )
-        require(
-            is_number(self.proximal_mu) and self.proximal_mu >= 0,
-            f"`federation.proximal_mu` must be >= 0, got {self.proximal_mu!r}.",
-        )
-        require(
-            is_number(self.server_learning_rate) and self.server_learning_rate > 0,
-            f"`federation.server_learning_rate` must be > 0, got {self.server_learning_rate!r}.",
-        )
-        require(
-            is_number(self.beta1) and 0 <= self.beta1 < 1, f"`federation.beta1` must be in [0, 1), got {self.beta1!r}."
-        )
-        require(
-            is_number(self.beta2) and 0 <= self.beta2 < 1, f"`federation.beta2` must be in [0, 1), got {self.beta2!r}."
-        )
-        require(is_number(self.tau) and self.tau > 0, f"`federation.tau` must be > 0, got {self.tau!r}.")
-        require(
-            is_number(self.round_timeout_s) and self.round_timeout_s > 0,
-            f"`federation.round_timeout_s` must be > 0, got {self.round_timeout_s!r}.",
-        )
+        above_zero("federation.rounds", self.rounds, integer=True)
+        above_zero("federation.min_sites", self.min_sites, integer=True)
+        zero_or_more("federation.proximal_mu", self.proximal_mu)
+        above_zero("federation.server_learning_rate", self.server_learning_rate)
+        fraction("federation.beta1", self.beta1)
+        fraction("federation.beta2", self.beta2)
+        above_zero("federation.tau", self.tau)
+        above_zero("federation.round_timeout_s", self.round_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -121,18 +116,9 @@ class SecuritySection:
     def __post_init__(self) -> None:
         object.__setattr__(self, "aggregator", enum_value(Aggregator, self.aggregator, "security.aggregator"))
         require(isinstance(self.registry, str), f"`security.registry` must be a path, got {self.registry!r}.")
-        require(
-            isinstance(self.require_signatures, bool),
-            f"`security.require_signatures` must be true or false, got {self.require_signatures!r}.",
-        )
-        require(
-            is_number(self.max_update_norm) and self.max_update_norm >= 0,
-            f"`security.max_update_norm` must be >= 0, got {self.max_update_norm!r}.",
-        )
-        require(
-            is_int(self.max_update_bytes) and self.max_update_bytes >= 0,
-            f"`security.max_update_bytes` must be >= 0, got {self.max_update_bytes!r}.",
-        )
+        flag("security.require_signatures", self.require_signatures)
+        zero_or_more("security.max_update_norm", self.max_update_norm)
+        zero_or_more("security.max_update_bytes", self.max_update_bytes, integer=True)
         require(
             is_number(self.trim_fraction) and 0 <= self.trim_fraction < 0.5,
             f"`security.trim_fraction` must be in [0, 0.5), got {self.trim_fraction!r}.",
@@ -160,15 +146,10 @@ class CentralDPSection:
     conversion: str = "balle2020"
 
     def __post_init__(self) -> None:
-        require(isinstance(self.enabled, bool), f"`central_dp.enabled` must be true or false, got {self.enabled!r}.")
-        require(
-            is_number(self.noise_multiplier) and self.noise_multiplier > 0,
-            f"`central_dp.noise_multiplier` must be > 0, got {self.noise_multiplier!r}.",
-        )
-        require(is_number(self.clip) and self.clip > 0, f"`central_dp.clip` must be > 0, got {self.clip!r}.")
-        require(
-            is_number(self.delta) and 0 < self.delta < 1, f"`central_dp.delta` must be in (0, 1), got {self.delta!r}."
-        )
+        flag("central_dp.enabled", self.enabled)
+        above_zero("central_dp.noise_multiplier", self.noise_multiplier)
+        above_zero("central_dp.clip", self.clip)
+        probability("central_dp.delta", self.delta)
         object.__setattr__(self, "accountant", enum_value(Accountant, self.accountant, "central_dp.accountant"))
         if self.accountant is Accountant.PRV:
             object.__setattr__(self, "conversion", "")
@@ -199,8 +180,8 @@ class SecAggSection:
     reconstruction_threshold: float = 0.6
 
     def __post_init__(self) -> None:
-        require(isinstance(self.enabled, bool), f"`secagg.enabled` must be true or false, got {self.enabled!r}.")
-        require(is_number(self.clip) and self.clip > 0, f"`secagg.clip` must be > 0, got {self.clip!r}.")
+        flag("secagg.enabled", self.enabled)
+        above_zero("secagg.clip", self.clip)
         require(
             is_int(self.quantization_range) and self.quantization_range >= 2,
             f"`secagg.quantization_range` must be an integer >= 2, got {self.quantization_range!r}.",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from common.config.validate import enum_value, is_int, is_number, names, require
+from common.config.validate import above_zero, enum_value, flag, fraction, names, require
 
 
 class TaskType(enum.StrEnum):
@@ -41,10 +41,7 @@ class ModelConfig:
         require(
             isinstance(self.base, str) and bool(self.base), f"`model.base` must be a path or hub id, got {self.base!r}."
         )
-        require(
-            is_int(self.max_length) and self.max_length > 0,
-            f"`model.max_length` must be > 0, got {self.max_length!r}.",
-        )
+        above_zero("model.max_length", self.max_length, integer=True)
 
 
 @dataclass(frozen=True)
@@ -59,13 +56,10 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", names(self.target_modules, "lora.target_modules"))
-        require(isinstance(self.ffa, bool), f"`lora.ffa` must be true or false, got {self.ffa!r}.")
-        require(is_int(self.r) and self.r > 0, f"`lora.r` must be > 0, got {self.r!r}.")
-        require(is_number(self.alpha) and self.alpha > 0, f"`lora.alpha` must be > 0, got {self.alpha!r}.")
-        require(
-            is_number(self.dropout) and 0 <= self.dropout < 1,
-            f"`lora.dropout` must be in [0, 1), got {self.dropout!r}.",
-        )
+        flag("lora.ffa", self.ffa)
+        above_zero("lora.r", self.r, integer=True)
+        above_zero("lora.alpha", self.alpha)
+        fraction("lora.dropout", self.dropout)
         require(
             len(self.target_modules) > 0 and all(isinstance(m, str) and m for m in self.target_modules),
             f"`lora.target_modules` must be a non-empty list of module names, got {list(self.target_modules)!r}.",

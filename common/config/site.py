@@ -12,7 +12,7 @@ from common.config.model import LoraSettings, ModelConfig, TaskConfig
 from common.config.privacy import PrivacyConfig
 from common.config.scrub import ScrubConfig
 from common.config.toml import check_sections, read_toml, sections_toml, with_path
-from common.config.validate import build, enum_value, is_int, is_number, require
+from common.config.validate import above_zero, build, enum_value, flag, is_number, probability, require, zero_or_more
 
 
 class Precision(enum.StrEnum):
@@ -38,14 +38,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require(isinstance(self.dir, str) and bool(self.dir), f"`data.dir` must be a directory path, got {self.dir!r}.")
-        require(
-            is_int(self.max_record_chars) and self.max_record_chars > 0,
-            f"`data.max_record_chars` must be > 0, got {self.max_record_chars!r}.",
-        )
-        require(
-            is_number(self.holdout_fraction) and 0 < self.holdout_fraction < 1,
-            f"`data.holdout_fraction` must be in (0, 1), got {self.holdout_fraction!r}.",
-        )
+        above_zero("data.max_record_chars", self.max_record_chars, integer=True)
+        probability("data.holdout_fraction", self.holdout_fraction)
 
 
 @dataclass(frozen=True)
@@ -79,32 +73,14 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", enum_value(Precision, self.precision, "training.precision"))
-        require(is_int(self.epochs) and self.epochs > 0, f"`training.epochs` must be > 0, got {self.epochs!r}.")
-        require(
-            is_int(self.batch_size) and self.batch_size > 0,
-            f"`training.batch_size` must be > 0, got {self.batch_size!r}.",
-        )
-        require(
-            is_int(self.physical_batch_size) and self.physical_batch_size >= 0,
-            f"`training.physical_batch_size` must be >= 0, got {self.physical_batch_size!r}.",
-        )
-        require(
-            is_int(self.probe_rounds) and self.probe_rounds >= 0,
-            f"`training.probe_rounds` must be >= 0, got {self.probe_rounds!r}.",
-        )
-        require(
-            isinstance(self.prefix_cache, bool),
-            f"`training.prefix_cache` must be true or false, got {self.prefix_cache!r}.",
-        )
-        require(
-            is_number(self.learning_rate) and self.learning_rate > 0,
-            f"`training.learning_rate` must be > 0, got {self.learning_rate!r}.",
-        )
-        require(
-            is_int(self.max_steps) and self.max_steps >= 0,
-            f"`training.max_steps` must be >= 0, got {self.max_steps!r}.",
-        )
-        require(is_int(self.threads) and self.threads > 0, f"`training.threads` must be > 0, got {self.threads!r}.")
+        above_zero("training.epochs", self.epochs, integer=True)
+        above_zero("training.batch_size", self.batch_size, integer=True)
+        zero_or_more("training.physical_batch_size", self.physical_batch_size, integer=True)
+        zero_or_more("training.probe_rounds", self.probe_rounds, integer=True)
+        flag("training.prefix_cache", self.prefix_cache)
+        above_zero("training.learning_rate", self.learning_rate)
+        zero_or_more("training.max_steps", self.max_steps, integer=True)
+        above_zero("training.threads", self.threads, integer=True)
         require(
             self.dropout is None or (is_number(self.dropout) and 0 <= self.dropout < 1),
             f"`training.dropout` must be in [0, 1), got {self.dropout!r}.",
@@ -134,10 +110,7 @@ class SiteSection:
     warm_runtime: bool = True
 
     def __post_init__(self) -> None:
-        require(
-            isinstance(self.warm_runtime, bool),
-            f"`site.warm_runtime` must be true or false, got {self.warm_runtime!r}.",
-        )
+        flag("site.warm_runtime", self.warm_runtime)
         ok = isinstance(self.id, str) and bool(self.id) and all(c.isalnum() or c in "-_." for c in self.id)
         require(ok, f"`site.id` must be a non-empty name of letters, digits, '-', '_' or '.', got {self.id!r}.")
         pinned = isinstance(self.app, str) and self.app.startswith(APP_PIN_SHA256)

@@ -46,6 +46,26 @@ def enum_value(cls: type[E], value: Any, name: str) -> E:
         raise ConfigError(f"`{name}` must be one of {allowed}, got {value!r}.") from None
 
 
+def flag(name: str, value: Any) -> None:
+    """A TOML boolean; 1 or "yes" is not one."""
+    require(isinstance(value, bool), f"`{name}` must be true or false, got {value!r}.")
+
+
+def above_zero(name: str, value: Any, *, integer: bool = False) -> None:
+    """An integer (`integer`) or a real number, > 0 (∞ allowed: `positive` refuses it)."""
+    require((is_int(value) if integer else is_number(value)) and value > 0, f"`{name}` must be > 0, got {value!r}.")
+
+
+def zero_or_more(name: str, value: Any, *, integer: bool = False) -> None:
+    """An integer (`integer`) or a real number, >= 0 (0 usually means "off" or "no cap")."""
+    require((is_int(value) if integer else is_number(value)) and value >= 0, f"`{name}` must be >= 0, got {value!r}.")
+
+
+def fraction(name: str, value: Any) -> None:
+    """A real number in [0, 1): a dropout or a moment decay."""
+    require(is_number(value) and 0 <= value < 1, f"`{name}` must be in [0, 1), got {value!r}.")
+
+
 def positive(name: str, value: Any) -> None:
     """A finite real number > 0."""
     require(is_number(value) and 0 < value < math.inf, f"`{name}` must be a finite number > 0, got {value!r}.")
