@@ -10,13 +10,15 @@ What it does not do: separate processes, gRPC serialisation, sites training in p
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -317,3 +319,99 @@ def evaluate_adapter(
     tokenizer = load_tokenizer(cfg.model_source())
     ds = encode_records(scrubbed.records, tokenizer, data=data, task=cfg.task, max_length=cfg.model.max_length)
     return evaluate(model, ds, task=cfg.task, device=device, batch_size=batch_size)
+
+
+# ---- a utility bench's rows (bench/utility_banking77.py, bench/perplexity_medquad.py) -------------------------
+
+
+def add_schedule_overrides(
+    ap: argparse.ArgumentParser,
+    *,
+    batch: str = "the settings' batch size",
+    learning_rate: str = "the settings' learning rate",
+) -> None:
+    """`--rounds`, `--records-per-site`, `--local-epochs`, `--batch-size`, `--learning-rate`: each, when given,
+    replaces its settings' value (`override_schedule`). `batch`, `learning_rate`: what their help calls them."""
+    ap.add_argument("--rounds", type=int, help="override the settings' rounds")
+    ap.add_argument("--records-per-site", type=int, help="override the settings' records per site")
+    ap.add_argument("--local-epochs", type=int, help="override the settings' local epochs per round")
+    ap.add_argument("--batch-size", type=int, help=f"override {batch}")
+    ap.add_argument("--learning-rate", type=float, help=f"override {learning_rate}")
+
+
+def override_schedule(s: Any, args: argparse.Namespace, *, per_site: str, **more: Any) -> Any:
+    """Settings `s` (a frozen dataclass) with `add_schedule_overrides`' options and `more` fields applied;
+    `per_site` names its records-per-site field (0 there is a value, not "not given")."""
+    given_per_site = args.records_per_site
+    return replace(
+        s,
+        rounds=args.rounds or s.rounds,
+        local_epochs=args.local_epochs or s.local_epochs,
+        batch_size=args.batch_size or s.batch_size,
+        learning_rate=args.learning_rate or s.learning_rate,
+        **{per_site: getattr(s, per_site) if given_per_site is None else given_per_site},
+        **more,
+    )
+
+
+def configurations(
+    sites: Sequence[Any],
+    names: Sequence[str],
+    *,
+    everyone: Any,
+    central: str,
+    federated: str,
+    epsilons: Sequence[float],
+    single_epsilon: float,
+) -> list[tuple[str, str, list[Any], float | None]]:
+    """(key, title, sites, epsilon) of every row: `central` (one site holding `everyone`), `federated` (all of
+    `sites`) without DP and at each of `epsilons`, and each site alone (named by `names`) at `single_epsilon`.
+    A site is what the bench's `run_config` takes for one site."""
+    return [
+        ("central", f"{central}, non-private", [everyone], None),
+        ("federated", f"{federated}, non-private", list(sites), None),
+        *[(f"dp{e:g}", f"{federated}, DP eps={e:g}", list(sites), e) for e in epsilons],
+        *[
+            (f"single{i}", f"{name} alone, DP eps={single_epsilon:g}", [site], single_epsilon)
+            for i, (name, site) in enumerate(zip(names, sites, strict=True))
+        ],
+    ]
+
+
+def measure_all(
+    measure: Callable[..., dict[str, Any]],
+    work: Path,
+    configs: Sequence[tuple[str, str, list[Any], float | None]],
+    *extra: Any,
+    jobs: int,
+) -> list[dict[str, Any]]:
+    """`measure(work, key, title, sites, epsilon, *extra)` of every configuration, `jobs` at once (each in its
+    own process: configurations are independent and each is single-threaded)."""
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(measure, work, key, title, sites, eps, *extra) for key, title, sites, eps in configs]
+        return [f.result() for f in futures]
+
+
+def best_single_site(rows: list[dict[str, Any]], *, by: str, lowest: bool) -> list[dict[str, Any]]:
+    """`rows` with the single-site rows replaced by the best of them on `by` (the lowest or the highest): what
+    a site gets alone."""
+    singles = [r for r in rows if r["config"].startswith("single")]
+    if not singles:
+        return rows
+    best = (min if lowest else max)(singles, key=lambda r: r[by])
+    return [r for r in rows if r not in singles] + [{**best, "title": f"best single site: {best['title']}"}]
+
+
+def privacy_columns(manifest: dict[str, Any], epsilon: float | None) -> dict[str, Any]:
+    """A row's `epsilon_spent` and `noise_multiplier` (None without DP), from the run's manifest."""
+    spent, sigma = spent_epsilon(manifest)
+    return {"epsilon_spent": spent if epsilon is not None else None, "noise_multiplier": sigma if epsilon else None}
+
+
+def privacy_cells(row: dict[str, Any]) -> list[str]:
+    """A row's ε spent, σ and seconds, as the tables print them."""
+    return [
+        f"{row['epsilon_spent']:.2f}" if row["epsilon_spent"] is not None else "inf (no DP)",
+        f"{row['noise_multiplier']:.3f}" if row["noise_multiplier"] else "-",
+        f"{row['seconds']:.0f}",
+    ]

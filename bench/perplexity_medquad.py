@@ -34,8 +34,7 @@ import random
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +42,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (  # noqa: E402
     SHARED_DATA,
+    add_schedule_overrides,
+    best_single_site,
+    configurations,
     evaluate_adapter,
     format_table,
     git_commit,
     machine,
+    measure_all,
     model_sections,
+    override_schedule,
+    privacy_cells,
+    privacy_columns,
     privacy_config,
     run_federation_here,
-    spent_epsilon,
     write_federation_toml,
     write_site_toml,
 )
@@ -201,12 +206,7 @@ def measure(
     }
     initial, _ = RunDirectory(work / key / "run", manifest).load_round(0)
     row["initial_perplexity"] = test_perplexity(initial, federation_toml=fed_toml, test=test)
-    spent, sigma = spent_epsilon(manifest)
-    row.update(
-        epsilon_spent=spent if eps is not None else None,
-        noise_multiplier=sigma if eps else None,
-        seconds=time.perf_counter() - t0,
-    )
+    row.update(**privacy_columns(manifest, eps), seconds=time.perf_counter() - t0)
     print(
         f"[medquad] {title}: test perplexity {row['perplexity']:.2f} (initial {row['initial_perplexity']:.2f}, "
         f"{row['seconds']:.0f} s)",
@@ -223,25 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--full", action="store_true", help=f"{FULL.per_site} records/site, {FULL.rounds} rounds")
     ap.add_argument("--processes", action="store_true", help="real SuperLink + SuperNode processes")
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "medquad" / "medquad_answered.jsonl.gz")
-    ap.add_argument("--rounds", type=int, help="override the settings' rounds")
-    ap.add_argument("--records-per-site", type=int, help="override the settings' records per site")
-    ap.add_argument("--local-epochs", type=int, help="override the settings' local epochs per round")
-    ap.add_argument("--batch-size", type=int, help="override the logical batch")
-    ap.add_argument("--learning-rate", type=float, help="override the learning rate")
+    add_schedule_overrides(ap, batch="the logical batch", learning_rate="the learning rate")
     ap.add_argument("--only", nargs="+", help="only these (central, federated, dp1, dp3, dp8, single0..2)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="configurations run at once (in-process)")
     ap.add_argument("--work", type=Path, help="keep sites and runs here (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else FULL if args.full else DEFAULT
-    s = replace(
-        s,
-        rounds=args.rounds or s.rounds,
-        per_site=s.per_site if args.records_per_site is None else args.records_per_site,
-        local_epochs=args.local_epochs or s.local_epochs,
-        batch_size=args.batch_size or s.batch_size,
-        learning_rate=args.learning_rate or s.learning_rate,
-    )
+    s = override_schedule(s, args, per_site="per_site")
 
     pool, test, tok = split_public(read_medquad(args.data))
     sites = deal_sites(pool, s.per_site)
@@ -258,34 +247,23 @@ def main(argv: list[str] | None = None) -> int:
         f"max_length {s.max_length}",
         flush=True,
     )
-    everyone = [("site-all", [r for _, recs in sites for r in recs])]
-    configs = [
-        ("central", "central (one site, all records), non-private", everyone, None),
-        ("federated", "federated (3 sites by source), non-private", sites, None),
-        *[(f"dp{e:g}", f"federated (3 sites by source), DP eps={e:g}", sites, e) for e in EPSILONS],
-        *[(f"single{i}", f"{sid} alone, DP eps={EPSILON:g}", [site], EPSILON) for i, (sid, site) in enumerate(sites)],
-    ]
+    configs = configurations(
+        sites,
+        [sid for sid, _ in sites],
+        everyone=("site-all", [r for _, recs in sites for r in recs]),
+        central="central (one site, all records)",
+        federated="federated (3 sites by source)",
+        epsilons=EPSILONS,
+        single_epsilon=EPSILON,
+    )
     if args.only:
         configs = [c for c in configs if c[0] in args.only]
     jobs = 1 if args.processes else max(1, args.jobs)
-    with ProcessPoolExecutor(max_workers=jobs) as pool_ex:
-        futures = [pool_ex.submit(measure, work, k, t, c, e, base, s, args.processes, test) for k, t, c, e in configs]
-        rows = [f.result() for f in futures]
-    singles = [r for r in rows if r["config"].startswith("single")]
-    if singles:  # what a site gets alone: the best of the three, each on its own records
-        best = min(singles, key=lambda r: r["perplexity"])
-        rows = [r for r in rows if r not in singles] + [{**best, "title": f"best single site: {best['title']}"}]
+    rows = measure_all(measure, work, configs, base, s, args.processes, test, jobs=jobs)
+    # What a site gets alone: the best of the three, each on its own records.
+    rows = best_single_site(rows, by="perplexity", lowest=True)
     table = [["initial adapter (round 0)", f"{rows[0]['initial_perplexity']:.2f}", "-", "-", "-"]]
-    table += [
-        [
-            r["title"],
-            f"{r['perplexity']:.2f}",
-            f"{r['epsilon_spent']:.2f}" if r["epsilon_spent"] is not None else "inf (no DP)",
-            f"{r['noise_multiplier']:.3f}" if r["noise_multiplier"] else "-",
-            f"{r['seconds']:.0f}",
-        ]
-        for r in rows
-    ]
+    table += [[r["title"], f"{r['perplexity']:.2f}", *privacy_cells(r)] for r in rows]
     print(format_table(["configuration", "test perplexity", "eps spent (max site)", "sigma", "seconds"], table))
     by = {r["config"]: r for r in rows}
     goal = None

@@ -199,6 +199,11 @@ def summarise_security(out: str, work: Path) -> list[Row]:
 
 
 def benches(work: Path) -> list[Bench]:
+    def quick_or_full(name: str, script: str, summarise: Callable[[str, Path], list[Row]]) -> Bench:
+        """A bench whose quick run is its `--quick` and whose figures are in `work/<name>.json`."""
+        out = ["--json", str(work / f"{name}.json")]
+        return Bench(name, script, ["--quick", *out], out, summarise)
+
     return [
         Bench(
             "federation",
@@ -215,34 +220,10 @@ def benches(work: Path) -> list[Bench]:
             summarise_dp,
         ),
         Bench("scrub", "scrub_eval.py", ["--n", "150", "--limit", "1000"], [], summarise_scrub),
-        Bench(
-            "scale",
-            "aggregation_scale.py",
-            ["--quick", "--json", str(work / "scale.json")],
-            ["--json", str(work / "scale.json")],
-            summarise_scale,
-        ),
-        Bench(
-            "security",
-            "security_overhead.py",
-            ["--quick", "--json", str(work / "security.json")],
-            ["--json", str(work / "security.json")],
-            summarise_security,
-        ),
-        Bench(
-            "utility",
-            "utility_banking77.py",
-            ["--quick", "--json", str(work / "utility.json")],
-            ["--json", str(work / "utility.json")],
-            summarise_utility,
-        ),
-        Bench(
-            "medquad",
-            "perplexity_medquad.py",
-            ["--quick", "--json", str(work / "medquad.json")],
-            ["--json", str(work / "medquad.json")],
-            summarise_medquad,
-        ),
+        quick_or_full("scale", "aggregation_scale.py", summarise_scale),
+        quick_or_full("security", "security_overhead.py", summarise_security),
+        quick_or_full("utility", "utility_banking77.py", summarise_utility),
+        quick_or_full("medquad", "perplexity_medquad.py", summarise_medquad),
     ]
 
 

@@ -47,7 +47,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -58,15 +57,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bench.harness import (  # noqa: E402
     SHARED_DATA,
+    add_schedule_overrides,
+    best_single_site,
     classification_task,
+    configurations,
     evaluate_adapter,
     format_table,
     git_commit,
     machine,
+    measure_all,
     model_sections,
+    override_schedule,
+    privacy_cells,
+    privacy_columns,
     privacy_config,
     run_federation_here,
-    spent_epsilon,
     write_federation_toml,
     write_site_toml,
 )
@@ -285,14 +290,12 @@ def measure(
         work, key, recs, epsilon=eps, labels=labels, encoder=encoder, s=s, processes=processes
     )
     acc, f1 = test_metrics(arrays, federation_toml=work / key / "federation.toml", test=test)
-    spent, sigma = spent_epsilon(manifest)
     row = {
         "config": key,
         "title": title,
         "accuracy": acc,
         "macro_f1": f1,
-        "epsilon_spent": spent if eps is not None else None,
-        "noise_multiplier": sigma if eps else None,
+        **privacy_columns(manifest, eps),
         "seconds": time.perf_counter() - t0,
     }
     print(
@@ -350,11 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these configurations (central, federated, dp1, dp3, dp8, single0, single1, single2)",
     )
     ap.add_argument("--work", type=Path, help="keep sites and runs here (default: a temp dir)")
-    ap.add_argument("--rounds", type=int, help="override the settings' rounds")
-    ap.add_argument("--records-per-site", type=int, help="override the settings' records per site")
-    ap.add_argument("--local-epochs", type=int, help="override the settings' local epochs per round")
-    ap.add_argument("--batch-size", type=int, help="override the settings' batch size")
-    ap.add_argument("--learning-rate", type=float, help="override the settings' learning rate")
+    add_schedule_overrides(ap)
     ap.add_argument("--lora-r", type=int, help="override the LoRA rank (alpha = 2 r)")
     ap.add_argument("--lora-targets", nargs="+", help=f"override the LoRA target modules (default {LORA_TARGETS})")
     ap.add_argument("--dropout", type=float, help="override [training] dropout (0 turns the encoder's dropout off)")
@@ -366,13 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else FULL if args.full else DEFAULT
-    s = replace(
+    s = override_schedule(
         s,
-        rounds=args.rounds or s.rounds,
-        train_per_site=s.train_per_site if args.records_per_site is None else args.records_per_site,
-        local_epochs=args.local_epochs or s.local_epochs,
-        batch_size=args.batch_size or s.batch_size,
-        learning_rate=args.learning_rate or s.learning_rate,
+        args,
+        per_site="train_per_site",
         lora_r=args.lora_r or s.lora_r,
         lora_targets=tuple(args.lora_targets or s.lora_targets),
         dropout=s.dropout if args.dropout is None else args.dropout,
@@ -389,15 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     test = subsample(test, s.test_n, SPLIT_SEED)
     work = args.work or Path(tempfile.mkdtemp(prefix="silo-bench-b77-"))
-    configs: list[tuple[str, str, list[list[dict[str, str]]], float | None]] = [
-        ("central", "central, non-private", [[r for site in sites for r in site]], None),
-        ("federated", "federated (3 sites), non-private", sites, None),
-        *[(f"dp{e:g}", f"federated (3 sites), DP eps={e:g}", sites, e) for e in EPSILONS],
-        *[
-            (f"single{i}", f"site-{i} alone, DP eps={s.single_site_epsilon:g}", [site], s.single_site_epsilon)
-            for i, site in enumerate(sites)
-        ],
-    ]
+    configs = configurations(
+        sites,
+        [f"site-{i}" for i in range(len(sites))],
+        everyone=[r for site in sites for r in site],
+        central="central",
+        federated="federated (3 sites)",
+        epsilons=EPSILONS,
+        single_epsilon=s.single_site_epsilon,
+    )
     if args.only:
         configs = [c for c in configs if c[0] in args.only]
 
@@ -417,17 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Configurations are independent: run `--jobs` of them at once (each is single-threaded in-process).
     jobs = 1 if args.processes else max(1, args.jobs)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [
-            pool.submit(measure, work, key, title, recs, eps, labels, encoder, s, args.processes, test)
-            for key, title, recs, eps in configs
-        ]
-        rows = [f.result() for f in futures]
-
-    singles = [r for r in rows if r["config"].startswith("single")]
-    if singles:  # what a hospital gets alone: the best of the sites, each on its own records
-        best = max(singles, key=lambda r: r["accuracy"])
-        rows = [r for r in rows if r not in singles] + [{**best, "title": f"best single site: {best['title']}"}]
+    rows = measure_all(measure, work, configs, labels, encoder, s, args.processes, test, jobs=jobs)
+    # What a hospital gets alone: the best of the sites, each on its own records.
+    rows = best_single_site(rows, by="accuracy", lowest=False)
     central = next((r for r in rows if r["config"] == "central"), None)
     table = [
         [
@@ -435,9 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * r['accuracy']:.2f}",
             f"{100 * r['macro_f1']:.2f}",
             f"{100 * (r['accuracy'] - central['accuracy']):+.2f}" if central else "-",
-            f"{r['epsilon_spent']:.2f}" if r["epsilon_spent"] is not None else "inf (no DP)",
-            f"{r['noise_multiplier']:.3f}" if r["noise_multiplier"] else "-",
-            f"{r['seconds']:.0f}",
+            *privacy_cells(r),
         ]
         for r in rows
     ]
