@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from faker import Faker
 
-from silo.synthetic import LabelledRecord, Span
+from silo.synthetic import LabelledRecord, RecordBuilder, Span
 
 # Address and phone formats: locales none of the project's templates draw addresses or phones from.
 ADDRESS_LOCALES = (
@@ -82,37 +82,30 @@ _CLINICAL = (
 )
 
 
-class _Rec:
+class _Rec(RecordBuilder):
+    """A held-out record under construction, with its own random source and name locales."""
+
     def __init__(self, rng: random.Random) -> None:
+        super().__init__()
         self.rng = rng
-        self.parts: list[str] = []
-        self.spans: list[Span] = []
-        self.n = 0
 
     def faker(self, locales: tuple[str, ...]) -> Faker:
         f = Faker(self.rng.choice(locales))
         f.seed_instance(self.rng.getrandbits(32))
         return f
 
-    def add(self, text: str) -> _Rec:
-        self.parts.append(text)
-        self.n += len(text)
-        return self
-
-    def pii(self, entity_type: str, value: str) -> _Rec:
-        self.spans.append(Span(entity_type, value, self.n, self.n + len(value)))
-        return self.add(value)
-
     def name(self) -> tuple[str, str]:
         f = self.faker(NAME_LOCALES)
         return f.first_name(), f.last_name()
 
     def record(self, lower: bool = False) -> LabelledRecord:
-        text = "".join(self.parts)
-        if lower:
-            text = text.lower()
+        """The record; `lower`: all in lower case (chat), each span's value taken from the lowered text."""
+        built = self.build()
+        if not lower:
+            return built
+        text = built.text.lower()
         return LabelledRecord(
-            text, tuple(Span(s.entity_type, text[s.start : s.end], s.start, s.end) for s in self.spans)
+            text, tuple(Span(s.entity_type, text[s.start : s.end], s.start, s.end) for s in built.spans)
         )
 
 

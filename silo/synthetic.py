@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import cache
+from typing import Self
 
 from faker import Faker
 
@@ -547,22 +548,25 @@ def _age(ctx: _Ctx) -> int:
 # ---- a record under construction ------------------------------------------------------------------
 
 
-class _Builder:
+class RecordBuilder:
+    """A record written left to right: each planted identifier's span is where it lands in the text.
+    The held-out family (bench/scrub_heldout.py) writes its own templates with it."""
+
     def __init__(self) -> None:
         self._parts: list[str] = []
         self._spans: list[Span] = []
         self._len = 0
 
-    def add(self, text: str) -> _Builder:
+    def add(self, text: str) -> Self:
         self._parts.append(text)
         self._len += len(text)
         return self
 
-    def pii(self, entity_type: str, value: str) -> _Builder:
+    def pii(self, entity_type: str, value: str) -> Self:
         self._spans.append(Span(entity_type, value, self._len, self._len + len(value)))
         return self.add(value)
 
-    def age(self, age: int, suffix: str = "") -> _Builder:
+    def age(self, age: int, suffix: str = "") -> Self:
         # Only ages over 89 are Safe Harbor identifiers; younger ages are ordinary clinical content.
         return self.pii("AGE", str(age)).add(suffix) if age > 89 else self.add(f"{age}{suffix}")
 
@@ -574,7 +578,7 @@ def _title(p: _Person, rng: random.Random) -> str:
     return rng.choice(("Mrs.", "Ms.")) if p.female else "Mr."
 
 
-def _city_state_zip(b: _Builder, ctx: _Ctx) -> None:
+def _city_state_zip(b: RecordBuilder, ctx: _Ctx) -> None:
     city, state = ctx.us_place()
     zip5 = _digits(ctx.rng, 5)
     b.pii("LOCATION", city).add(f", {state} ").pii(
@@ -585,7 +589,7 @@ def _city_state_zip(b: _Builder, ctx: _Ctx) -> None:
 # ---- clinical templates ---------------------------------------------------------------------------
 
 
-def _note_intake(b: _Builder, ctx: _Ctx) -> None:
+def _note_intake(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p, dr = ctx.rng, ctx.person("patient"), ctx.person("doctor")
     b.add("Patient: ").pii("PERSON", p.full).add(", DOB ").pii("DATE_TIME", _date(ctx, born=True))
     b.add(", MRN ").pii("MEDICAL_RECORD_NUMBER", _mrn(ctx)).add(".\nSeen by Dr. ").pii("PERSON", dr.full)
@@ -598,7 +602,7 @@ def _note_intake(b: _Builder, ctx: _Ctx) -> None:
     b.add(" with questions.")
 
 
-def _note_discharge(b: _Builder, ctx: _Ctx) -> None:
+def _note_discharge(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add("DISCHARGE SUMMARY\nName: ").pii("PERSON", f"{p.last}, {p.first}").add("   MRN: ").pii(
         "MEDICAL_RECORD_NUMBER", _mrn(ctx)
@@ -612,7 +616,7 @@ def _note_discharge(b: _Builder, ctx: _Ctx) -> None:
     b.add(" in 1 week. Attending: ").pii("PERSON", ctx.person("attending").full).add(", MD")
 
 
-def _note_referral(b: _Builder, ctx: _Ctx) -> None:
+def _note_referral(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add("Dear Dr. ").pii("PERSON", ctx.person("doctor").last).add(",\n\nThank you for seeing ")
     b.pii("PERSON", p.full).add(", a ").age(_age(ctx), "-year-old").add(f" {'woman' if p.female else 'man'} with ")
@@ -624,7 +628,7 @@ def _note_referral(b: _Builder, ctx: _Ctx) -> None:
     b.pii("PERSON", ctx.person("author").full).add(f"\n{rng.choice(_HOSPITALS)}")
 
 
-def _note_social(b: _Builder, ctx: _Ctx) -> None:
+def _note_social(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add("Social history: ").pii("PERSON", p.first).add(" lives in ").pii("LOCATION", ctx.us_place()[0])
     b.add(" with her daughter " if p.female else " with his son ").pii("PERSON", ctx.person("relative").full)
@@ -637,7 +641,7 @@ def _note_social(b: _Builder, ctx: _Ctx) -> None:
     )
 
 
-def _note_ed(b: _Builder, ctx: _Ctx) -> None:
+def _note_ed(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add("ED triage ").pii("DATE_TIME", _date(ctx)).add(f" {rng.randrange(24):02d}:{rng.randrange(60):02d}. ")
     b.age(_age(ctx), " yo").add(" brought in by ambulance with ").add(rng.choice(_SYMPTOMS))
@@ -648,7 +652,7 @@ def _note_ed(b: _Builder, ctx: _Ctx) -> None:
     b.add(f" towed from scene. Temp {rng.uniform(36.0, 40.0):.1f} C, RR {rng.randrange(12, 30)}.")
 
 
-def _note_device(b: _Builder, ctx: _Ctx) -> None:
+def _note_device(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     device = rng.choice(_DEVICES)
     b.add("Device clinic note for ").pii("PERSON", p.full).add(f". Interrogated {device}, serial number ")
@@ -659,7 +663,7 @@ def _note_device(b: _Builder, ctx: _Ctx) -> None:
     b.add(" Patient portal: ").pii("URL", _url(ctx, p)).add(".")
 
 
-def _note_phone(b: _Builder, ctx: _Ctx) -> None:
+def _note_phone(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add("Telephone encounter. Spoke with ").pii("PERSON", p.full).add(" (MRN ").pii(
         "MEDICAL_RECORD_NUMBER", _mrn(ctx)
@@ -669,7 +673,7 @@ def _note_phone(b: _Builder, ctx: _Ctx) -> None:
     b.add(".\n-- ").pii("PERSON", ctx.person("nurse").full).add(", RN")
 
 
-def _note_progress(b: _Builder, ctx: _Ctx) -> None:
+def _note_progress(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add(f"Progress note. {_title(p, rng)} ").pii("PERSON", p.last).add(" is a ").age(_age(ctx), "-year-old")
     b.add(f" with {rng.choice(_CONDITIONS)}. Overnight: {rng.choice(_SYMPTOMS)}. Labs: Na {rng.randrange(128, 146)}, ")
@@ -678,7 +682,7 @@ def _note_progress(b: _Builder, ctx: _Ctx) -> None:
     b.add("Daughter ").pii("PERSON", ctx.person("relative").first).add(" updated by phone.")
 
 
-def _note_billing(b: _Builder, ctx: _Ctx) -> None:
+def _note_billing(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add("Billing / registration\nPatient name: ").pii("PERSON", p.full).add("\nDate of birth: ")
     b.pii("DATE_TIME", _date(ctx, born=True)).add("\nSSN: ").pii("US_SSN", _ssn(ctx)).add(
@@ -690,7 +694,7 @@ def _note_billing(b: _Builder, ctx: _Ctx) -> None:
     b.add("\nFax: ").pii("PHONE_NUMBER", _phone(ctx)).add(f"\nReason for visit: {rng.choice(_CONDITIONS)}")
 
 
-def _note_geriatric(b: _Builder, ctx: _Ctx) -> None:
+def _note_geriatric(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     age = rng.randrange(90, 106)
     b.add("Geriatric assessment. ").pii("PERSON", p.full).add(", aged ").pii("AGE", str(age))
@@ -702,7 +706,7 @@ def _note_geriatric(b: _Builder, ctx: _Ctx) -> None:
     b.pii("PHONE_NUMBER", _phone(ctx)).add(". Reviewed on ").pii("DATE_TIME", _date(ctx)).add(".")
 
 
-def _note_prescription(b: _Builder, ctx: _Ctx) -> None:
+def _note_prescription(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add(f"Rx: {rng.choice(_MEDS)}, #30, 2 refills.\nFor: ").pii("PERSON", p.full).add(", ")
     b.pii("LOCATION", _street(ctx)).add("\nPrescriber: Dr. ").pii("PERSON", ctx.person("doctor").full)
@@ -712,7 +716,7 @@ def _note_prescription(b: _Builder, ctx: _Ctx) -> None:
     b.add("\nDate: ").pii("DATE_TIME", _date(ctx)).add(f"\nIndication: {rng.choice(_CONDITIONS)}.")
 
 
-def _note_imaging(b: _Builder, ctx: _Ctx) -> None:
+def _note_imaging(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("patient")
     b.add("RADIOLOGY REPORT - CT chest with contrast\nPatient: ").pii("PERSON", f"{p.last.upper()}, {p.first.upper()}")
     b.add("  MRN#: ").pii("MEDICAL_RECORD_NUMBER", _mrn(ctx)).add("  Exam date: ").pii("DATE_TIME", _date(ctx))
@@ -730,7 +734,7 @@ def _note_imaging(b: _Builder, ctx: _Ctx) -> None:
     ).add(", MD")
 
 
-CLINICAL_TEMPLATES: tuple[Callable[[_Builder, _Ctx], None], ...] = (
+CLINICAL_TEMPLATES: tuple[Callable[[RecordBuilder, _Ctx], None], ...] = (
     _note_intake,
     _note_discharge,
     _note_referral,
@@ -749,7 +753,7 @@ CLINICAL_TEMPLATES: tuple[Callable[[_Builder, _Ctx], None], ...] = (
 # ---- bank templates -------------------------------------------------------------------------------
 
 
-def _msg_card(b: _Builder, ctx: _Ctx) -> None:
+def _msg_card(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("customer")
     b.add("Hi, this is ").pii("PERSON", p.full)
     b.add(f". {rng.choice(_BANK_TOPICS).capitalize()}. My card number is ").pii("CREDIT_CARD", _card(ctx))
@@ -757,7 +761,7 @@ def _msg_card(b: _Builder, ctx: _Ctx) -> None:
     b.pii("PHONE_NUMBER", _phone(ctx)).add(". Thanks")
 
 
-def _msg_transfer(b: _Builder, ctx: _Ctx) -> None:
+def _msg_transfer(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p, payee = ctx.rng, ctx.person("customer"), ctx.person("payee")
     b.add(f"I sent {rng.randrange(50, 5000)} EUR on ").pii("DATE_TIME", _date(ctx)).add(" to ").pii(
         "PERSON", payee.full
@@ -773,7 +777,7 @@ def _msg_transfer(b: _Builder, ctx: _Ctx) -> None:
     )
 
 
-def _msg_ach(b: _Builder, ctx: _Ctx) -> None:
+def _msg_ach(b: RecordBuilder, ctx: _Ctx) -> None:
     p = ctx.person("customer")
     b.add("Please set up direct deposit: routing number ").pii("ROUTING_NUMBER", _routing(ctx))
     b.add(", account number ").pii("ACCOUNT_NUMBER", _account(ctx)).add(". Name on the account: ").pii("PERSON", p.full)
@@ -782,7 +786,7 @@ def _msg_ach(b: _Builder, ctx: _Ctx) -> None:
     ).add(".")
 
 
-def _msg_address(b: _Builder, ctx: _Ctx) -> None:
+def _msg_address(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("customer")
     b.add("Hello, I moved. New address: ").pii("LOCATION", _street(ctx)).add(", ")
     _city_state_zip(b, ctx)
@@ -790,7 +794,7 @@ def _msg_address(b: _Builder, ctx: _Ctx) -> None:
     b.add(", SSN ").pii("US_SSN", _ssn(ctx)).add(f". Also {rng.choice(_BANK_TOPICS)}.")
 
 
-def _msg_intl(b: _Builder, ctx: _Ctx) -> None:
+def _msg_intl(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("customer")
     street, postcode, city = _intl_address(ctx)
     b.add("Dear Sir or Madam, I live abroad now at ").pii("LOCATION", street).add(", ").pii("LOCATION", postcode).add(
@@ -803,7 +807,7 @@ def _msg_intl(b: _Builder, ctx: _Ctx) -> None:
     b.add(".\nYours faithfully,\n").pii("PERSON", p.full)
 
 
-def _msg_fraud(b: _Builder, ctx: _Ctx) -> None:
+def _msg_fraud(b: RecordBuilder, ctx: _Ctx) -> None:
     p = ctx.person("customer")
     b.add("FRAUD ALERT from ").pii("PERSON", p.full).add(": someone logged in from IP ").pii("IP_ADDRESS", _ip(ctx))
     b.add(" on ").pii("DATE_TIME", _date(ctx)).add(" and tried card ").pii("CREDIT_CARD", _card(ctx))
@@ -812,7 +816,7 @@ def _msg_fraud(b: _Builder, ctx: _Ctx) -> None:
     )
 
 
-def _msg_loan(b: _Builder, ctx: _Ctx) -> None:
+def _msg_loan(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("customer")
     b.add("Car loan application. Applicant: ").pii("PERSON", p.full).add(", born ").pii(
         "DATE_TIME", _date(ctx, born=True)
@@ -825,14 +829,14 @@ def _msg_loan(b: _Builder, ctx: _Ctx) -> None:
     )
 
 
-def _msg_online(b: _Builder, ctx: _Ctx) -> None:
+def _msg_online(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("customer")
     b.add(f"{rng.choice(('Hi', 'Hello', 'Good morning'))}, I can't log into online banking from my phone (device ID ")
     b.pii("DEVICE_ID", _device(ctx)).add("). The page ").pii("URL", _url(ctx, p)).add(" just spins. Acct ")
     b.pii("ACCOUNT_NUMBER", _account(ctx)).add(". Thanks, ").pii("PERSON", p.first)
 
 
-def _msg_joint(b: _Builder, ctx: _Ctx) -> None:
+def _msg_joint(b: RecordBuilder, ctx: _Ctx) -> None:
     p, q = ctx.person("customer"), ctx.person("partner")
     b.add("We would like to open a joint account for ").pii("PERSON", p.full).add(" and ").pii("PERSON", q.full)
     b.add(". Our address is ").pii("LOCATION", _street(ctx)).add(", ")
@@ -840,7 +844,7 @@ def _msg_joint(b: _Builder, ctx: _Ctx) -> None:
     b.add(". Contact: ").pii("EMAIL_ADDRESS", _email(ctx, q)).add(" or ").pii("PHONE_NUMBER", _phone(ctx)).add(".")
 
 
-def _msg_wire(b: _Builder, ctx: _Ctx) -> None:
+def _msg_wire(b: RecordBuilder, ctx: _Ctx) -> None:
     rng, p = ctx.rng, ctx.person("customer")
     b.add("Wire instructions for ").pii("PERSON", ctx.person("payee").full).add(": SWIFT ")
     b.pii(
@@ -851,7 +855,7 @@ def _msg_wire(b: _Builder, ctx: _Ctx) -> None:
     b.pii("PERSON", p.full).add(", ").pii("EMAIL_ADDRESS", _email(ctx, p))
 
 
-BANK_TEMPLATES: tuple[Callable[[_Builder, _Ctx], None], ...] = (
+BANK_TEMPLATES: tuple[Callable[[RecordBuilder, _Ctx], None], ...] = (
     _msg_card,
     _msg_transfer,
     _msg_ach,
@@ -868,7 +872,7 @@ BANK_TEMPLATES: tuple[Callable[[_Builder, _Ctx], None], ...] = (
 def _make(
     n: int,
     seed: int,
-    templates: Sequence[Callable[[_Builder, _Ctx], None]],
+    templates: Sequence[Callable[[RecordBuilder, _Ctx], None]],
     name_locales: Sequence[str] | None,
 ) -> list[LabelledRecord]:
     if n < 0:
@@ -881,7 +885,7 @@ def _make(
     out = []
     for _ in range(n):
         ctx = _Ctx(random.Random(rng.getrandbits(64)), locales)
-        b = _Builder()
+        b = RecordBuilder()
         rng.choice(templates)(b, ctx)
         out.append(b.build())
     return out
