@@ -94,7 +94,17 @@ def silo_runs(runs: Path | None) -> dict[int, tuple[str, Path]]:
 def describe(run: dict[str, Any], silo: tuple[str, Path] | None) -> str:
     details = f" ({run['status-details']})" if run.get("status-details") else ""
     who = f"Silo run {silo[0]} in {silo[1]}" if silo else "no Silo run directory known"
-    return f"Flower run {run['run-id']}: {run['status']}{details}, elapsed {run.get('elapsed', '?')}; {who}"
+    return f"Flower run {run['run-id']}: {run['status']}{details}, elapsed {_elapsed(run.get('elapsed'))}; {who}"
+
+
+def _elapsed(value: Any) -> str:
+    """Flower's elapsed seconds (a number, or its text) to the second; anything else as it came."""
+    try:
+        seconds = round(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return "?" if value is None else str(value)
+    minutes, secs = divmod(seconds, 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def list_runs(access: SuperLinkAccess, runs: Path | None) -> list[str]:
