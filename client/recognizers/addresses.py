@@ -137,7 +137,8 @@ _POSTCODE_CUE = re.compile(
 )
 # A postcode after an address's comma, before a town: "..., 114 28 Stockholm", "..., H-3914 Felsőmellékháza".
 _POSTCODE_BEFORE_TOWN = re.compile(
-    r"(?<=, )(?:[A-Z]{1,2}-)?\d{3,5}(?:[ \-]\d{2,3})?(?=[ \t]+[A-ZÀ-Þ][^\W\d_])|\b[A-Z]\d[A-Z] ?\d[A-Z]\d\b"
+    r"(?:(?<=, )|(?<=^)|(?<=\n))(?:[A-Z]{1,2}-)?(?:\d{3,6}|\d{2}(?=-))(?:[ \-]\d{2,3})?(?=[ \t]+[A-ZÀ-Þ][^\W\d_])|"
+    r"\b[A-Z]\d[A-Z] ?\d[A-Z]\d\b"
 )
 # Military and post-office boxes: "PSC 1234, Box 5678", "Unit 9995 Box 9893", "APO AE 09876", "USNS Aston".
 _MAIL_BOX = re.compile(
@@ -155,6 +156,17 @@ _LOWER_STREET = re.compile(
 _TOWN_AFTER_STREET = re.compile(
     rf"(?<=\d)[ \t][^\n,]{{2,60}}?\b{_STREET_SUFFIX}\.?,[ \t]+(?P<v>[A-Z][\w'’\-]+(?:[ \t][A-Z][\w'’\-]+)?"
     r"(?:,[ \t]+[A-Z]{2,3}\b)?)"
+)
+
+
+# Suffixes that name nothing but a street (not "Park", "Way" or "Court", which are other things too).
+_STREET_ONLY = (
+    r"(?:(?:Street|Avenue|Road|Boulevard|Lane|Drive|Terrace|Parkway|Highway|Crescent)\b|"
+    r"(?:Ave|Blvd|Rd|Hwy|Pkwy|St(?![ \t]*\.?[ \t]*[A-Z]))\b\.?)"
+)
+_STREET_NO_NUMBER = re.compile(
+    rf"(?<![\w.])(?:\d{{1,3}}(?:st|nd|rd|th)|(?!(?:The|A|An|This|That|Our|Your|Each|Every)\b)[A-Z][\w'’\-]*"
+    rf"(?:[ \t]+[A-Z][\w'’\-]*){{0,2}})[ \t]+{_STREET_ONLY}"
 )
 
 
@@ -177,9 +189,11 @@ def address_recognizers() -> list[EntityRecognizer]:
                 # "ZIP 02139", "..., MA 02139-1234" (the state stays), UK and Dutch postcodes.
                 (re.compile(r"(?i:\bzip(?:\s*code)?)\s*:?\s*(?P<v>\d{5}(?:-\d{4})?)\b"), 0.9),
                 (
-                    re.compile(r"\b(?:" + "|".join(sorted(US_STATE_CODES)) + r")\s+(?P<v>\d{5}(?:-\d{4})?)\b"),
+                    re.compile(r"\b(?:" + "|".join(sorted(US_STATE_CODES)) + r"),?\s+(?P<v>\d{5}(?:-\d{4})?)\b"),
                     0.9,
                 ),
+                # A street named without a house number: "on 5th Avenue", "the café on Maple Street".
+                (_STREET_NO_NUMBER, 0.7),
                 (re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}\b"), 0.8),
                 # European postcodes before a town: ", 49522 Neuss", "3245 KK Piershil".
                 (

@@ -97,6 +97,13 @@ def identifier_recognizers() -> list[EntityRecognizer]:
                     r"account|acct\.?|acc\.?|a/c|savings|checking|chequing|deposit",
                     r"(?P<v>\d[\d\- ]{3,22}\d)(?![\w\-])",
                 ),
+                # The last four digits still tie a message to one account: "ending in 1234", "**** 1234".
+                _keyword(
+                    r"ending(?:\s+in|\s+with)?|last\s+(?:4|four)(?:\s+digits)?",
+                    r"(?P<v>\d{4})(?![\w\-]|\s*(?:mg|mcg|ml|g|kg|units?|%))",
+                    0.8,
+                ),
+                (re.compile(r"(?:[*xX•]{2,}[ \-]?){1,4}(?P<v>\d{4})(?![\w\-])"), 0.85),
             ],
         ),
         RegexRecognizer(
@@ -242,9 +249,17 @@ def identifier_recognizers() -> list[EntityRecognizer]:
                 # Any code after an identifier word: "patient ID 987654", "case #JH-998877", "claim no. C-1234".
                 _keyword(
                     r"ID|identifier|case|claim|reference|ref|ticket|order|transaction|confirmation|booking|"
-                    r"PESEL|NIP|tax\s+ID|TIN|national\s+ID|passport|employee|student|customer|client|file",
-                    r"(?P<v>(?=[A-Za-z0-9\-]*\d)[A-Za-z0-9][A-Za-z0-9\-]{2,30}[A-Za-z0-9])(?![\w\-])",
+                    r"PESEL|NIP|tax\s+ID|TIN|national\s+ID|passport|employee|student|customer|client|file|"
+                    r"invoice|receipt|application|tracking|shipment|membership",
+                    r"(?P<v>(?=[A-Za-z0-9\-/]*\d)[A-Za-z0-9][A-Za-z0-9\-/]{2,30}[A-Za-z0-9])(?![\w\-/])",
                     0.8,
+                ),
+                # A number written as one: "#12345", "# 40021" (a list's "#1" or "#12" is too short to be one).
+                (
+                    re.compile(
+                        r"(?<![\w#&])#[ \t]?(?P<v>(?=[A-Za-z\-]*\d)[A-Za-z0-9\-]*\d{4,}[A-Za-z0-9\-]*)(?![\w\-])"
+                    ),
+                    0.7,
                 ),
             ],
         ),

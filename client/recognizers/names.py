@@ -17,6 +17,8 @@ from client.recognizers.addresses import US_STATE_CODES
 from client.recognizers.vocabulary import is_common, is_rare, name_tokens
 
 _WORD = re.compile(r"(?<!\w)[^\W\d_](?:[^\W\d_]|['’\-](?=[^\W\d_]))*")
+# A capitalised word glued to digits is a code or a measure ("SpO2", "HbA1c", "Emily2023"), not a name.
+_CODE_WORD = re.compile(r"[^\W\d_][\w'’\-]*\d")
 _PARTICLES = frozenset(
     [
         "van",
@@ -89,6 +91,18 @@ _PERSON_VERB_AFTER = re.compile(
     r"lived|moved|works|worked|came|went|remains|stayed|agreed|declined|returned|arrived|left|joined|chaired|"
     r"thanked|signed|sent|phoned|emailed)\b)"
 )
+# "Jane's position", "Halvorsen's daughter": a possessive after a name that may start a sentence.
+_POSSESSIVE = re.compile(r"['’]s$")
+# An eponym names a disease, a sign or a test, not a person: "Crohn's disease", "Bell's palsy".
+_EPONYM_AFTER = re.compile(
+    r"^\s+(?i:disease|syndrome|palsy|lymphoma|sarcoma|tumou?r|ulcer|sign|test|phenomenon|disorder|flare|"
+    r"contracture|criteria|classification|score|law|procedure|operation|fracture|anomaly|encephalopathy)\b"
+)
+# A first word that begins a place's name, not a person's: "New Haven", "San Jose", "Fort Worth", "Lake Bled".
+_PLACE_PREFIX_WORDS = (
+    "new north south east west upper lower san santa los las fort port mount lake saint st great little el la le"
+)
+_PLACE_PREFIX = frozenset(_PLACE_PREFIX_WORDS.split())
 _WEAK_PLACE_BEFORE = re.compile(r"(?i:\b(?:in|at|near|around|outside|towards?)\s+)$")
 # ", Boston" after an institution: the institution's town.
 _INSTITUTION_BEFORE = re.compile(
@@ -98,7 +112,15 @@ _INSTITUTION_BEFORE = re.compile(
 _STATE_AFTER = re.compile(
     r"^,\s*(?:" + "|".join(sorted(US_STATE_CODES)) + r")(?:\s+\d{5}(?:-\d{4})?(?!\w)|\s*[.,;\n]|$)"
 )
-_POSTCODE_BEFORE = re.compile(r"(?:\b\d{5}|\b\d{4}\s?[A-Z]{2}|\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2})[ \t]+$")
+# A town follows its postcode in most of the world: "49522 Neuss", "114 28 Stockholm", "00-950 Warszawa",
+# "1100-148 Lisboa", "H-3914 Tokaj", "2100 København" (four digits only after a comma or a line start: a year
+# in prose is four digits too), "K1A 0B1 Ottawa".
+_POSTCODE_BEFORE = re.compile(
+    r"(?:\b\d{5}|\b\d{4}\s?[A-Z]{2}|\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\b\d{3}[ \t]\d{2}|\b\d{2}-\d{3}|"
+    r"\b\d{4}-\d{3}|\b[A-Z]{1,2}-\d{4,5}|(?:^|\n|,[ \t])[ \t]*\d{4,6}|\b[A-Z]\d[A-Z][ \t]?\d[A-Z]\d)[ \t]+$"
+)
+# "... on May 4, 2023 Metformin": a date's year, not a postcode, before a capitalised word.
+_DATE_BEFORE = re.compile(r"(?i:\b[a-z]{3,9}\.?[ \t]+\d{1,2}(?:st|nd|rd|th)?,[ \t]*\d{4}[ \t]+)$")
 _PLACE_SUFFIX = frozenset(
     [
         "street",
@@ -153,8 +175,11 @@ class NamePlaceRecognizer(EntityRecognizer):
         run: list[re.Match[str]] = []
         for m in _WORD.finditer(text):
             word = m.group()
-            cap = word[0].isupper()
-            joined = bool(run) and text[run[-1].end() : m.start()] in (" ", "")
+            cap = word[0].isupper() and not _CODE_WORD.match(text, m.start())
+            gap = text[run[-1].end() : m.start()] if run else ""
+            # An initial joins the name around it: "Dr. L. Wang", "Jane A. Doe".
+            initial = len(run[-1].group()) == 1 and run[-1].group().isupper() if run else False
+            joined = bool(run) and (gap in (" ", "") or (initial and gap == ". "))
             if run and joined and (cap or word.casefold() in _PARTICLES):
                 run.append(m)
                 continue
@@ -172,14 +197,18 @@ class NamePlaceRecognizer(EntityRecognizer):
             # Trailing particles are ordinary words ("Kato de" cannot end a name).
             while run and run[-1].group()[0].islower():
                 run.pop()
-            while run and run[0].group().isupper() and len(run[0].group()) <= 3:  # "AQ Eijsden": codes first
+            while run and run[0].group().isupper() and 1 < len(run[0].group()) <= 3:  # "AQ Eijsden": codes first
                 run.pop(0)
             hit = self._anchored(text, run) if run else None
-            if hit is None:
-                # Leading common words are not part of the name ("Daughter Ross", "Thanks Mary").
+            if hit is None and run:
+                full = run[0].start()
+                # Leading common words are not part of the name ("Daughter Ross", "Thanks Mary"), but a place
+                # prefix is part of a place's ("New York", "San Jose").
                 while run and is_common(run[0].group()) and run[0].group().casefold() not in self._names:
+                    if run[0].group().casefold() in _PLACE_PREFIX and len(run) > 1:
+                        break
                     run.pop(0)
-                hit = self._classify(text, run) if run else None
+                hit = self._classify(text, run, full) if run else None
             if hit:
                 found.append(hit)
         found.extend(propagate_mentions(text, found))
@@ -197,23 +226,32 @@ class NamePlaceRecognizer(EntityRecognizer):
             return None
         if _STATE_AFTER.match(after):  # the state goes with its town: "Springfield, IL" names one place
             return ("LOCATION", start, end + re.match(r",\s*[A-Z]{2}", after).end(), 0.85)  # type: ignore[union-attr]
-        if _INSTITUTION_BEFORE.search(before) or _POSTCODE_BEFORE.search(before):
+        if _INSTITUTION_BEFORE.search(before) or (_POSTCODE_BEFORE.search(before) and not _DATE_BEFORE.search(before)):
             return ("LOCATION", start, end, 0.85)
         return None
 
-    def _classify(self, text: str, run: list[re.Match[str]]) -> tuple[str, int, int, float] | None:
+    def _classify(self, text: str, run: list[re.Match[str]], full: int) -> tuple[str, int, int, float] | None:
+        """`run` without its leading everyday words; `full` where the whole capitalised run started."""
         start, end = run[0].start(), run[-1].end()
         words = [m.group() for m in run if m.group()[0].isupper()]
         # Short all-capitals words are codes and states ("DE", "MRN"), never name evidence.
         uncommon = [w for w in words if len(w) > 1 and not is_common(w) and not (w.isupper() and len(w) <= 3)]
         if not uncommon or words[-1].casefold() in _PLACE_SUFFIX:
             return None
-        listed = sum(w.casefold() in self._names for w in uncommon)
+        listed = sum(_POSSESSIVE.sub("", w).casefold() in self._names for w in uncommon)
         # Not a word of English at all (wordfreq): a name the lists do not know ("Halvorsen", "Vukić").
         rare = sum(not w.isupper() and is_rare(w) for w in uncommon)
         before, after = text[max(0, start - 48) : start], text[end : end + 24]
+        cue = text[max(0, full - 48) : full]
+        if _POSSESSIVE.search(run[-1].group()) and _EPONYM_AFTER.match(after):
+            return None
+        # The place cue covers the whole run: "moved to New York City", "admitted to Cedar Sinai".
+        if _STRONG_PLACE_BEFORE.search(cue) or _FACILITY_BEFORE.search(cue):
+            return ("LOCATION", full, end, 0.85)
         if _STRONG_PLACE_BEFORE.search(before) or _FACILITY_BEFORE.search(before):
             return ("LOCATION", start, end, 0.85)
+        if words[0].casefold() in _PLACE_PREFIX and len(words) > 1 and not _STRONG_PERSON_BEFORE.search(before):
+            return ("LOCATION", start, end, 0.7)
         if _STRONG_PERSON_BEFORE.search(before) or _STRONG_PERSON_AFTER.match(after):
             return ("PERSON", start, end, 0.85)
         if _WEAK_PLACE_BEFORE.search(before) and not listed:
@@ -224,7 +262,7 @@ class NamePlaceRecognizer(EntityRecognizer):
         initial = _sentence_initial(text, start)
         if (listed or rare) and (weak or not initial):
             return ("PERSON", start, end, 0.7)
-        if rare and _PERSON_VERB_AFTER.match(after):
+        if (rare or listed) and (_PERSON_VERB_AFTER.match(after) or _POSSESSIVE.search(run[-1].group())):
             return ("PERSON", start, end, 0.6)
         if len(uncommon) >= 2 and not initial:
             return ("PERSON", start, end, 0.65 if weak else 0.55)

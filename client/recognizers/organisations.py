@@ -38,16 +38,39 @@ _ORG_HEAD = (
 )
 # A lower-case facility word after a capitalised place: "our Newark clinic", "the Dallas facility".
 _LOWER_FACILITY = r"(?:hospital|clinic|facility|office|practice|center|centre|surgery|ward|unit|campus)"
-_SAINT = r"\b(?:St|Saint|Mt|Mount)\.?[ \t]+[A-Z][a-z]+(?:['’]s)?\b"
+_SAINT = r"\b(?:St|Saint|Mt|Mount)\.?[ \t]+[A-Z][a-z]+(?:['’]s)?\b(?:[ \t]+(?i:hospital|clinic|infirmary|hospice)\b)?"
 _HEADS = re.compile(rf"(?:{_HEALTH_HEAD}|{_ORG_HEAD}|{_LOWER_FACILITY})\.?$")
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’]*")
+# A head that only a place of care has: a capitalised name before it is that place's proper name, even when
+# its words are everyday ones ("Memorial Hospital", "Lakeside Clinic", "City Medical Center"), as i2b2 files
+# them. Weaker heads ("Health", "Practice", "Surgery") also name services, so their name must be uncommon.
+_FACILITY_HEAD = (
+    r"(?:Hospitals?|Clinics?|Medical\s+Cent(?:er|re)|Med\.?\s+(?:Cent(?:er|re)|Ctr\.?)|Health\s*Cent(?:er|re)|"
+    r"Infirmary|Hospice|Medical\s+Group|Nursing\s+Home|Care\s+Home|Cancer\s+Cent(?:er|re)|Hosp\.?|"
+    r"Rehabilitation\s+Cent(?:er|re)|Sanatorium|Polyclinic|Krankenhaus|Klinikum|Hôpital)"
+)
+# The facility's town or patron after it: "Children's Hospital of Philadelphia", "University of Leeds".
+_OF_PLACE = r"(?:[ \t]+of[ \t]+(?:the[ \t]+)?[A-Z][\w'’\-]*(?:[ \t]+[A-Z][\w'’\-]*){0,2})?"
 
 
 def _named(value: str) -> bool:
-    """The words before the head name something: one is not an everyday word ("Baystate", "NYU"), unlike
-    "General Hospital", "Mental Health" or "Family Practice", which identify no one."""
+    """The words before the head name something: one is not an everyday word ("Baystate", "NYU") or a saint
+    ("St. Mary's Hospital"), unlike "General Health", "Mental Health" or "Family Practice", which identify no
+    one."""
     name = _HEADS.sub("", value)
+    if re.match(r"(?:St|Mt|Saint|Mount)\.?[ \t]", name):
+        return True
     return any(not is_common(w) or (w.isupper() and len(w) > 1) for w in _NAME_WORD.findall(name))
+
+
+def _proper(value: str) -> bool:
+    """A capitalised name before a place-of-care head: not one generic word ("The Hospital", "Our Clinic")."""
+    words = _NAME_WORD.findall(re.sub(rf"{_FACILITY_HEAD}.*$", "", value, flags=re.S))
+    return bool(words) and not all(w.casefold() in _GENERIC for w in words)
+
+
+# Words that, alone before a head, name no particular place ("The Clinic", "Main Hospital" is a name).
+_GENERIC = frozenset(["the", "our", "your", "his", "her", "their", "this", "that", "a", "an", "any", "each", "every"])
 
 
 def organisation_recognizers() -> list[EntityRecognizer]:
@@ -55,11 +78,17 @@ def organisation_recognizers() -> list[EntityRecognizer]:
         RegexRecognizer(
             "LOCATION",
             [
-                (re.compile(rf"\b{_NAME}[ \t]+{_HEALTH_HEAD}\b\.?"), 0.8),
+                (re.compile(rf"\b{_NAME}[ \t]+{_HEALTH_HEAD}\b\.?{_OF_PLACE}"), 0.8),
                 (re.compile(rf"\b(?:our|the|his|her|their|a|an)[ \t]+(?P<v>{_NAME}[ \t]+{_LOWER_FACILITY})\b"), 0.7),
             ],
             validate=_named,
             name="SiloFacility",
+        ),
+        RegexRecognizer(
+            "LOCATION",
+            [(re.compile(rf"(?<![.!?:\n]\s)(?<!^)\b{_NAME}[ \t]+{_FACILITY_HEAD}(?![\w'’]){_OF_PLACE}"), 0.75)],
+            validate=_proper,
+            name="SiloCareFacility",
         ),
         RegexRecognizer("LOCATION", [(re.compile(_SAINT), 0.7)], name="SiloSaint"),
         RegexRecognizer(

@@ -47,9 +47,11 @@ class RegexRecognizer(EntityRecognizer):
 
 _I = re.IGNORECASE
 # Between a keyword and its value: "MRN: 123", "member ID # 123", "account no. 123", "policy number is 1".
-_SEP = r"(?:\s*(?:[:#,]|no\.?|nos\.?|number|num\.?|nr\.?|ID|is|was|of|ending)\s*){0,4}\s*"
-# An identifier value: upper-case letters, digits and dashes, at least one digit, 4 to 24 characters.
-_IDV = r"(?P<v>(?=[A-Z0-9\-]*\d)[A-Z0-9][A-Z0-9\-]{2,22}[A-Z0-9])(?![\w\-])"
+# Case-blind like the keyword: "Policy Number: 654321", "Claim NO. 4567".
+_SEP = r"(?i:\s*(?:[:#,]|no\.?|nos\.?|number|num\.?|nr\.?|ID|is|was|of|ending(?:\s+in)?)\s*){0,4}\s*"
+# An identifier value: upper-case letters, digits, dashes and slashes ("2023/AB/456"), at least one digit,
+# 4 to 24 characters.
+_IDV = r"(?P<v>(?=[A-Z0-9\-/]*\d)[A-Z0-9][A-Z0-9\-/]{2,22}[A-Z0-9])(?![\w\-/])"
 
 
 def _keyword(words: str, value: str = _IDV, score: float = 0.85) -> tuple[re.Pattern[str], float]:

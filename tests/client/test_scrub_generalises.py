@@ -35,6 +35,25 @@ def strict():
         ("Seen at Baystate Hospital, then admitted to St. Luke's on Friday.", ["Baystate", "Luke"]),
         ("He works nights at Biggen Mühle KG.", ["Biggen"]),
         ("SSN: 987-65-4321 on file.", ["987-65-4321"]),
+        # places of care named by everyday words, a saint, or their town
+        ("Admitted to Lakeside Memorial Hospital on Friday.", ["Lakeside", "Memorial"]),
+        ("Seen at St. Agatha's Hospital, then at Mt. Horeb clinic.", ["Agatha", "Hospital", "Horeb", "clinic"]),
+        ("Treated at Children's Hospital of Dunmore last year.", ["Children", "Dunmore"]),
+        ("She was transferred to Oak Hollowmere overnight.", ["Oak", "Hollowmere"]),
+        ("Her son moved to New Ravensby in May.", ["New", "Ravensby"]),
+        # initials inside a name, a possessive at a sentence start
+        ("Reviewed by Dr. K. Olawale and Mr. T. R. Brannigan.", ["K.", "Olawale", "T. R.", "Brannigan"]),
+        ("Marisol's daughter called about the results.", ["Marisol"]),
+        # streets without a house number
+        ("Meet me at the bakery on 17th Avenue or on Larkspur Road.", ["17th", "Larkspur"]),
+        # identifiers after a capitalised keyword, with slashes, last four digits
+        ("Policy Number: 445566, Claim Number: 7788.", ["445566", "7788"]),
+        ("The case number is 2024/QX/77 and invoice #40417.", ["2024/QX/77", "40417"]),
+        ("Your account ending in 5521 was charged; card **** **** **** 9081.", ["5521", "9081"]),
+        # postcodes and towns in other locales' orders, a state with a comma before its ZIP
+        ("Adres: Sosnowa 4, 21-345 Brzeźnica.", ["21-345", "Brzeźnica"]),
+        ("Post to Lesní 12, 754 31 Ostravice.", ["754 31", "Ostravice"]),
+        ("Billing: 9 Quarry Lane, Dayton, OH, 45402.", ["45402"]),
     ],
 )
 def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, secrets):
@@ -47,9 +66,15 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
     "text",
     [
         "Metformin 500 mg twice daily; Sertraline 50 mg at night.",
-        "Referred to Mental Health and to General Hospital outpatients.",
+        # services and departments name no place ("General Hospital" after "to" is a facility's name: masked)
+        "Referred to Mental Health, Primary Care and the Emergency Department; the hospital's clinic follows up.",
         "BP 142/88, HR 72, amount 1 200 000.00 EUR.",
         "Room 12, Ward 5, Type 2 diabetes.",
+        "Diagnosed with Alzheimer's; Crohn's disease and Bell's palsy were noted.",
+        "Vitals: SpO2 96%, HbA1c 7.2%.",
+        "Today's plan: rest. The Hospital is closed on Sundays. North wing closed.",
+        "Step #1 and #12 of the checklist are done.",
+        "Patient's wife called. Mental Health follows up.",
     ],
 )
 def test_scrub_text_clinical_and_everyday_content_is_kept(scrubber, text):
@@ -63,3 +88,7 @@ def test_strict_profile_masks_leftover_codes_the_standard_keeps(scrubber, strict
     for secret in ("x7k2q9", "emily_clark"):
         assert secret not in scrubbed
     assert "70yo" in strict.scrub_text("A 70yo man on 40mg daily.")[0]  # a number with its unit is content
+
+
+def test_scrub_text_a_year_before_a_drug_is_no_postcode(scrubber):
+    assert "Metformin" in scrubber.scrub_text("Started on May 4, 2023 Metformin was added.")[0]
