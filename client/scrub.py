@@ -33,7 +33,13 @@ from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngineProvider
 from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, IbanRecognizer
 
 from client.normalize import normalize, normalized_text
-from client.recognizers import NamePlaceRecognizer, propagate_mentions, regex_recognizers, strict_recognizers
+from client.recognizers import (
+    NamePlaceRecognizer,
+    address_extent,
+    propagate_mentions,
+    regex_recognizers,
+    strict_recognizers,
+)
 from common import keys
 from common.config.scrub import ScrubConfig, ScrubOperator, ScrubProfile
 from common.errors import ConfigError, ScrubFailed
@@ -249,7 +255,13 @@ class Scrubber:
         if len(spans) > 1:  # a name found in one window is removed where it is mentioned in any other
             seeds = [(d.entity_type, d.start, d.end, d.score) for d in found if d.entity_type in ("PERSON", "LOCATION")]
             found.extend(Detection(*m) for m in propagate_mentions(text, seeds) if m[3] >= threshold)
-        return found
+        # An address's unit, floor and door go with it ("Pikk tee 5 Apt. 31", "Unit 4, 27 Wattle Grove").
+        return [
+            Detection(d.entity_type, *address_extent(text, d.start, d.end), d.score)
+            if d.entity_type == "LOCATION"
+            else d
+            for d in found
+        ]
 
     def analyze(self, text: str, *, score_threshold: float | None = None) -> list[Detection]:
         """Detections in `text`, found in its normalised form, as spans of the original `text`, overlaps merged."""

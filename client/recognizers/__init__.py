@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from presidio_analyzer import EntityRecognizer
 
-from client.recognizers.addresses import US_STATE_CODES, address_recognizers
+from client.recognizers.addresses import US_STATE_CODES, address_extent, address_recognizers
 from client.recognizers.identifiers import identifier_recognizers
 from client.recognizers.names import NamePlaceRecognizer, propagate_mentions
 from client.recognizers.organisations import organisation_recognizers
@@ -26,6 +26,7 @@ from client.recognizers.vocabulary import NAME_LIST_LOCALES, common_words, is_co
 __all__ = [
     "NAME_LIST_LOCALES",
     "US_STATE_CODES",
+    "address_extent",
     "NamePlaceRecognizer",
     "common_words",
     "is_common",

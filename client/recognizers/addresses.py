@@ -7,7 +7,7 @@ import re
 from presidio_analyzer import EntityRecognizer
 
 from client.recognizers.pattern import RegexRecognizer
-from client.recognizers.vocabulary import is_rare
+from client.recognizers.vocabulary import is_common, is_rare
 
 # US states and territories: the unit above the ones Safe Harbor removes, and the anchor of "City, ST".
 US_STATE_CODES = frozenset(
@@ -74,6 +74,7 @@ _STREET_SUFFIX = (
     r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
     r"Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Trail|Trl|Crescent|Close|Row|Walk|Alley|Loop|Pike|"
     r"Path|Run|Pass|Plaza|Crossing|Expressway|Freeway|Turnpike|Route|Rte|Green|Grove|Gardens?|Heights|"
+    r"Parade|Esplanade|Promenade|Mews|Rise|Quay|Wynd|Chase|"
     r"Hills?|Park|Ridge|Valley|Views?|Village|Meadows?|Mills?|Springs?|Stravenue|Mountains?|Forks?|"
     r"Harbou?rs?|Islands?|Lakes?|Landing|Manors?|Estates?|Points?|Ports?|Shores?|Squares?|Stations?|"
     r"Streets|Summit|Tunnel|Union|Unions|Wells?|Junctions?|Knolls?|Locks?|Lodge|Mall|Motorway|Oval|"
@@ -91,7 +92,7 @@ _EU_STREET_WORD = (
     r"singel|dijk|steeg|hof|boulevard|markt)"
 )
 _EU_STREET_PREFIX = (
-    r"(?:rue|avenue|av\.|boulevard|bd|place|chemin|allée|impasse|quai|route|cours|square|"
+    r"(?:[Rr]ue|[Aa]venue|av\.|[Bb]oulevard|bd|[Pp]lace|[Cc]hemin|[Aa]llée|[Ii]mpasse|[Qq]uai|[Rr]oute|cours|square|"
     r"Calle|C/|Avenida|Avda\.?|Plaza|Paseo|Camino|Carrer|Ronda|Cuesta|Vía|Via|Viale|Piazza|Piazzale|Corso|"
     r"Largo|Vicolo|Contrada|Borgo|Strada|Rotonda|Stretto|Canale|Incrocio|Callejón|Glorieta|Pasaje|Rambla|"
     r"Travesía|Urbanización|Rua|Travessa|Praça|Alameda|ul\.|ulica|aleja|al\.)"
@@ -113,18 +114,20 @@ drumul strada stradă bulevardul aleea jalan gang jl lorong soi street road aven
 _STREET_ENDINGS = tuple(_STREET_WORDS.split())
 # A name, then a house number: "Nørregade 12", "Pikk tee 5", "Békésmelléki utca 202.", "Gang Laswi No. 706";
 # never a dose or a measure ("Sertraline 50 mg", "Ward 5" is an everyday word).
+# Tried at every word (a lookahead: a failed longer candidate, "goes to Björkvägen 23", must not hide the
+# shorter one inside it); overlapping finds merge later.
 _NAME_THEN_NUMBER = re.compile(
-    r"\b(?P<v>[A-ZÀ-Þa-zß-ÿ][^\W\d_]{2,}(?:[ \t][^\W\d_]{2,}){0,2}[ \t]+(?:No\.?[ \t]*|Nr\.?[ \t]*)?"
+    r"\b(?=(?P<v>[A-ZÀ-Þa-zß-ÿ][^\W\d_]{2,}(?:[ \t][^\W\d_]{2,}){0,2}[ \t]+(?:No\.?[ \t]*|Nr\.?[ \t]*)?"
     r"\d{1,4}[A-Za-z]?(?:/\d{1,4})?)\b\.?(?![/:.,\-]\d)"
     r"(?![ \t]*(?:mg|mcg|µg|g|ml|mL|units?|iu|IU|%|mmHg|bpm|kg|lbs?|cm|mm|years?|yrs?|days?|weeks?|months?|"
-    r"hours?|hrs?|min|minutes|times|x|am|pm|AM|PM)\b)"
+    r"hours?|hrs?|min|minutes|times|x|am|pm|AM|PM)\b))"
 )
 
 
 def _street_like(value: str) -> bool:
     words = [w for w in re.findall(r"[^\W\d_]+", value) if w not in ("No", "Nr")]
-    if any(w[0].islower() and w.casefold() not in _STREET_ENDINGS for w in words[1:]):
-        return False  # "Okonkwo on 3": a lower-case word inside is a street word ("Pikk tee 5") or prose
+    if any(w[0].islower() and w.casefold() not in _STREET_ENDINGS for w in words):
+        return False  # "Okonkwo on 3": a lower-case word is a street word ("Pikk tee 5", "via Roma 3") or prose
     if any(w.casefold().endswith(_STREET_ENDINGS) and len(w) > 2 for w in words):
         return True
     return bool(words) and words[0][0].isupper() and is_rare(words[0])
@@ -140,6 +143,18 @@ _POSTCODE_BEFORE_TOWN = re.compile(
     r"(?:(?<=, )|(?<=^)|(?<=\n))(?:[A-Z]{1,2}-)?(?:\d{3,6}|\d{2}(?=-))(?:[ \-]\d{2,3})?(?=[ \t]+[A-ZÀ-Þ][^\W\d_])|"
     r"\b[A-Z]\d[A-Z] ?\d[A-Z]\d\b"
 )
+# A town, perhaps a state's code, then the postcode, after an address's comma: ", Bandung 40117",
+# ", Parramatta NSW 2150", ", Rotorua 3010".
+_TOWN_THEN_POSTCODE = re.compile(
+    r"(?<=, )(?P<v>[A-ZÀ-Þ][^\W\d_]+(?:[ \t\-][A-ZÀ-Þ][^\W\d_]+){0,2}(?:[ \t]+[A-Z]{2,3})?[ \t]+\d{4,6})"
+    r"(?![\w\-]|[.,]\d)"
+)
+
+
+def _town_like(value: str) -> bool:
+    return not is_common(value.split()[0])
+
+
 # Military and post-office boxes: "PSC 1234, Box 5678", "Unit 9995 Box 9893", "APO AE 09876", "USNS Aston".
 _MAIL_BOX = re.compile(
     r"\b(?:P\.?[ \t]?O\.?[ \t]*Box[ \t]+\d{1,6}|(?:PSC|CMR|Unit)[ \t]+\d{1,5},?[ \t]+Box[ \t]+\d{1,5}|"
@@ -168,6 +183,39 @@ _STREET_NO_NUMBER = re.compile(
     rf"(?<![\w.])(?:\d{{1,3}}(?:st|nd|rd|th)|(?!(?:The|A|An|This|That|Our|Your|Each|Every)\b)[A-Z][\w'’\-]*"
     rf"(?:[ \t]+[A-Z][\w'’\-]*){{0,2}})[ \t]+{_STREET_ONLY}"
 )
+
+
+# What follows a street and house number inside one address, in many locales: a unit, floor, staircase or
+# door ("Apt. 31", "bus 2", "4. tv", "3º B", "bl. 3, ap. 7", "8 B 12"), a lone letter or number.
+_UNIT_WORDS = (
+    r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Level|Lvl|Room|Rm|Bldg|Building|Block|Blk|Lot|Shop|"
+    r"bl|ap|app|apt|lgh|bus|bte|boks|et|etg|etage|Stiege|Stg|Tür|Top|piso|planta|puerta|pta|esc|int|interno|"
+    r"scala|sc|lok|m|kat|stan|nr|Nr|No|no)"
+)
+_ADDRESS_TAIL = re.compile(
+    rf"(?:,[ \t]*|[ \t]+)(?:{_UNIT_WORDS}\.?[ \t]*#?[ \t]*[0-9][0-9A-Za-z\-/]{{0,5}}|\d{{1,4}}[A-Za-z]?[.ºª°]?"
+    rf"(?:[ \t]+[a-z]{{1,3}}\.?(?=[ \t]*(?:,|$|\n)))?|[A-Z](?![\w'’]))(?![\w'’\-])"
+)
+# A unit before the house number: "Unit 4, 27 Wattle Grove", "Flat 2B 14 Kings Road".
+_ADDRESS_HEAD = re.compile(
+    r"\b(?:Unit|Flat|Apt\.?|Apartment|Suite|Ste\.?|Lot|Shop|Level)[ \t]+[0-9][0-9A-Za-z\-/]{0,5},?[ \t]+$"
+)
+
+
+def address_extent(text: str, start: int, end: int) -> tuple[int, int]:
+    """A street address found at `[start, end)` widened over the unit, floor and door parts around it, which
+    the address patterns leave out (each locale orders them differently)."""
+    if not any(c.isdigit() for c in text[start:end]):
+        return start, end
+    head = _ADDRESS_HEAD.search(text, max(0, start - 24), start)
+    if head and head.end() == start:
+        start = head.start()
+    for _ in range(4):  # a unit, a floor, a door: a few parts at most
+        m = _ADDRESS_TAIL.match(text, end)
+        if not m:
+            break
+        end = m.end()
+    return start, end
 
 
 def address_recognizers() -> list[EntityRecognizer]:
@@ -214,4 +262,5 @@ def address_recognizers() -> list[EntityRecognizer]:
             name="SiloPostcodeBox",
         ),
         RegexRecognizer("LOCATION", [(_NAME_THEN_NUMBER, 0.7)], validate=_street_like, name="SiloStreetAnyLocale"),
+        RegexRecognizer("LOCATION", [(_TOWN_THEN_POSTCODE, 0.7)], validate=_town_like, name="SiloTownPostcode"),
     ]

@@ -54,6 +54,12 @@ def strict():
         ("Adres: Sosnowa 4, 21-345 Brzeźnica.", ["21-345", "Brzeźnica"]),
         ("Post to Lesní 12, 754 31 Ostravice.", ["754 31", "Ostravice"]),
         ("Billing: 9 Quarry Lane, Dayton, OH, 45402.", ["45402"]),
+        # a unit, floor or door around a street address; a town then its postcode
+        ("She moved to Tindervej 17, 3. th, last spring.", ["Tindervej", "17", "3. th"]),
+        ("Letters go to Unit 6, 41 Brolga Parade, Yarrabin NSW 2795.", ["Unit 6", "41", "Yarrabin", "2795"]),
+        ("Residence: Ulica Jasnog 9 bl. 2, ap. 14, Sutivan 21403.", ["bl. 2", "ap. 14", "Sutivan", "21403"]),
+        ("Post goes to Ekbackavägen 23 before noon.", ["Ekbackavägen 23"]),
+        ("Mailing address: 880 Rue Vautrin Ouest, Montréal QC H3A 1G1.", ["880", "Vautrin"]),
     ],
 )
 def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, secrets):
