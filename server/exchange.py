@@ -6,7 +6,7 @@ the last site has replied, several times a round (handshake, secure aggregation 
 evaluation). `PromptGrid` wraps the run's Grid and pulls every `poll_s` instead (0.2 s by default,
 `[federation] reply_poll_s`), with the same contract: the replies that arrived before `timeout`.
 `on_reply` sees each reply as it arrives (the coordinator's live view). The ServerApp's object pulls
-retry after 10 ms instead of backing off from 1 s (common/flower_pulls.py).
+retry after 50 ms instead of backing off from 1 s (common/flower_pulls.py).
 """
 
 from __future__ import annotations
