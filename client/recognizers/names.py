@@ -14,7 +14,7 @@ from presidio_analyzer import EntityRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
 from client.recognizers.addresses import US_STATE_CODES
-from client.recognizers.vocabulary import is_common, is_rare, name_tokens
+from client.recognizers.vocabulary import is_clinical, is_common, is_rare, name_tokens
 
 _WORD = re.compile(r"(?<!\w)[^\W\d_](?:[^\W\d_]|['’\-](?=[^\W\d_]))*")
 # A capitalised word glued to digits is a code or a measure ("SpO2", "HbA1c", "Emily2023"), not a name.
@@ -103,14 +103,14 @@ _PLACE_PREFIX_WORDS = (
     "new north south east west upper lower san santa los las fort port mount lake saint st great little el la le"
 )
 _PLACE_PREFIX = frozenset(_PLACE_PREFIX_WORDS.split())
-_WEAK_PLACE_BEFORE = re.compile(r"(?i:\b(?:in|at|near|around|outside|towards?)\s+)$")
+_WEAK_PLACE_BEFORE = re.compile(r"(?i:\b(?:in|at|near|around|outside|towards?|from)\s+)$")
 # ", Boston" after an institution: the institution's town.
 _INSTITUTION_BEFORE = re.compile(
     r"(?:Hospital|Medical\s+Center|Center|Centre|Clinic|Practice|Infirmary|Home|Hospice|University|Bank|"
     r"Branch|Office)\s*,\s*$"
 )
 _STATE_AFTER = re.compile(
-    r"^,\s*(?:" + "|".join(sorted(US_STATE_CODES)) + r")(?:\s+\d{5}(?:-\d{4})?(?!\w)|\s*[.,;\n]|$)"
+    r"^,\s*(?:" + "|".join(sorted(US_STATE_CODES)) + r")(?:\s+\d{5}(?:-\d{4})?(?!\w)|\s*[.,;\n?!)]|$|\s+[a-z])"
 )
 # A town follows its postcode in most of the world: "49522 Neuss", "114 28 Stockholm", "00-950 Warszawa",
 # "1100-148 Lisboa", "H-3914 Tokaj", "2100 København" (four digits only after a comma or a line start: a year
@@ -197,11 +197,12 @@ class NamePlaceRecognizer(EntityRecognizer):
             # Trailing particles are ordinary words ("Kato de" cannot end a name).
             while run and run[-1].group()[0].islower():
                 run.pop()
+            # A place cue covers codes too ("at NYU Langone", "at MD Anderson").
+            full = run[0].start() if run else 0
             while run and run[0].group().isupper() and 1 < len(run[0].group()) <= 3:  # "AQ Eijsden": codes first
                 run.pop(0)
             hit = self._anchored(text, run) if run else None
             if hit is None and run:
-                full = run[0].start()
                 # Leading common words are not part of the name ("Daughter Ross", "Thanks Mary"), but a place
                 # prefix is part of a place's ("New York", "San Jose").
                 while run and is_common(run[0].group()) and run[0].group().casefold() not in self._names:
@@ -235,7 +236,11 @@ class NamePlaceRecognizer(EntityRecognizer):
         start, end = run[0].start(), run[-1].end()
         words = [m.group() for m in run if m.group()[0].isupper()]
         # Short all-capitals words are codes and states ("DE", "MRN"), never name evidence.
-        uncommon = [w for w in words if len(w) > 1 and not is_common(w) and not (w.isupper() and len(w) <= 3)]
+        uncommon = [
+            w
+            for w in words
+            if len(w) > 1 and not is_common(w) and not is_clinical(w) and not (w.isupper() and len(w) <= 3)
+        ]
         if not uncommon or words[-1].casefold() in _PLACE_SUFFIX:
             return None
         listed = sum(_POSSESSIVE.sub("", w).casefold() in self._names for w in uncommon)
@@ -254,8 +259,8 @@ class NamePlaceRecognizer(EntityRecognizer):
             return ("LOCATION", start, end, 0.7)
         if _STRONG_PERSON_BEFORE.search(before) or _STRONG_PERSON_AFTER.match(after):
             return ("PERSON", start, end, 0.85)
-        if _WEAK_PLACE_BEFORE.search(before) and not listed:
-            return ("LOCATION", start, end, 0.6)
+        if _WEAK_PLACE_BEFORE.search(cue) and not listed:
+            return ("LOCATION", full, end, 0.6)
         if (listed or rare) and len(words) >= 2:
             return ("PERSON", start, end, 0.8)
         weak = bool(_WEAK_PERSON_BEFORE.search(before))

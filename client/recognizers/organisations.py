@@ -24,7 +24,7 @@ _CAP = r"(?:[A-Z][\w'’]{0,30}(?:-[\w'’]{1,30}){0,3}\.?)"
 _JOIN = r"(?:and|of|&|for|the|de|du|la|der|on|upon)"
 _NAME = rf"(?:(?:St|Mt|Saint|Mount|Ft|Fort)\.?[ \t]+)?{_CAP}(?:[ \t]+(?:{_JOIN}[ \t]+)?{_CAP}){{0,4}}"
 _HEALTH_HEAD = (
-    r"(?:Hospitals?|Clinics?|Medical\s+Cent(?:er|re)|Med\.?\s+Cent(?:er|re)|Health\s*Cent(?:er|re)|"
+    r"(?:Hospital\s+Cent(?:er|re)|Hospitals?|Clinics?|Medical\s+Cent(?:er|re)|Med\.?\s+Cent(?:er|re)|Health\s*Cent(?:er|re)|"
     r"Health\s*[Cc]are|Health\s+System|Health\s+Services|Health|Infirmary|Hospice|Medical\s+Group|"
     r"Medical\s+Practice|Family\s+Practice|Practice|Surgery|Pharmacy|Laborator(?:y|ies)|Labs?|Institute|"
     r"Rehabilitation\s+Cent(?:er|re)|Nursing\s+Home|Care\s+Home|Cancer\s+Cent(?:er|re)|Med|Medical|"
@@ -45,12 +45,20 @@ _NAME_WORD = re.compile(r"[^\W\d_][\w'’]*")
 # its words are everyday ones ("Memorial Hospital", "Lakeside Clinic", "City Medical Center"), as i2b2 files
 # them. Weaker heads ("Health", "Practice", "Surgery") also name services, so their name must be uncommon.
 _FACILITY_HEAD = (
-    r"(?:Hospitals?|Clinics?|Medical\s+Cent(?:er|re)|Med\.?\s+(?:Cent(?:er|re)|Ctr\.?)|Health\s*Cent(?:er|re)|"
+    r"(?:Hospital\s+Cent(?:er|re)|Hospitals?|Clinics?|Medical\s+Cent(?:er|re)|Med\.?\s+(?:Cent(?:er|re)|Ctr\.?)|Health\s*Cent(?:er|re)|"
     r"Infirmary|Hospice|Medical\s+Group|Nursing\s+Home|Care\s+Home|Cancer\s+Cent(?:er|re)|Hosp\.?|"
     r"Rehabilitation\s+Cent(?:er|re)|Sanatorium|Polyclinic|Krankenhaus|Klinikum|Hôpital)"
 )
 # The facility's town or patron after it: "Children's Hospital of Philadelphia", "University of Leeds".
 _OF_PLACE = r"(?:[ \t]+of[ \t]+(?:the[ \t]+)?[A-Z][\w'’\-]*(?:[ \t]+[A-Z][\w'’\-]*){0,2})?"
+
+
+# A specialty or service before a head is no name: "Cardiology clinic", "Neurology Center".
+_SPECIALTY = re.compile(r"(?i:.*(?:ology|iatry|iatrics|pedics|surgery|care|therapy|medicine))$")
+
+
+def _name_word(word: str) -> bool:
+    return (not is_common(word) and not _SPECIALTY.match(word)) or (word.isupper() and len(word) > 1)
 
 
 def _named(value: str) -> bool:
@@ -60,7 +68,7 @@ def _named(value: str) -> bool:
     name = _HEADS.sub("", value)
     if re.match(r"(?:St|Mt|Saint|Mount)\.?[ \t]", name):
         return True
-    return any(not is_common(w) or (w.isupper() and len(w) > 1) for w in _NAME_WORD.findall(name))
+    return any(_name_word(w) for w in _NAME_WORD.findall(name))
 
 
 def _proper(value: str) -> bool:
@@ -80,6 +88,11 @@ def organisation_recognizers() -> list[EntityRecognizer]:
             [
                 (re.compile(rf"\b{_NAME}[ \t]+{_HEALTH_HEAD}\b\.?{_OF_PLACE}"), 0.8),
                 (re.compile(rf"\b(?:our|the|his|her|their|a|an)[ \t]+(?P<v>{_NAME}[ \t]+{_LOWER_FACILITY})\b"), 0.7),
+                # "seen in Boston clinic", "at UCLA med center", "Albuquerque Neurology Center".
+                (
+                    re.compile(rf"\b{_NAME}[ \t]+(?:clinic|hospital|med(?:ical)?[ \t]+cent(?:er|re)|Cent(?:er|re))\b"),
+                    0.7,
+                ),
             ],
             validate=_named,
             name="SiloFacility",

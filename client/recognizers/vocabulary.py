@@ -119,7 +119,7 @@ _CLINICAL_ENDING_WORDS = """
 itis osis emia aemia oma pathy ectomy otomy ostomy plasty scopy graphy gram algia plegia trophy penia
 cytosis uria pril olol sartan statin azole mycin micin cillin cycline floxacin prazole tidine dipine xaban
 parin mab tinib ciclib vir formin gliptin glutide gliflozin lukast terol sone olone zepam zolam oxetine
-triptan setron semide thiazide profen codone morphone barbital caine tropin kinase
+triptan setron semide thiazide profen codone morphone barbital caine tropin kinase ology iatry iatrics
 """
 _CLINICAL_ENDINGS = tuple(_CLINICAL_ENDING_WORDS.split())
 

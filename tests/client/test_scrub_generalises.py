@@ -60,6 +60,10 @@ def strict():
         ("Residence: Ulica Jasnog 9 bl. 2, ap. 14, Sutivan 21403.", ["bl. 2", "ap. 14", "Sutivan", "21403"]),
         ("Post goes to Ekbackavägen 23 before noon.", ["Ekbackavägen 23"]),
         ("Mailing address: 880 Rue Vautrin Ouest, Montréal QC H3A 1G1.", ["880", "Vautrin"]),
+        # a town after "from", a state code before prose, a place of care led by an initialism or a town
+        ("Ms. Q., from Tarrowby, was seen in Kelton, TX on Monday.", ["Tarrowby", "Kelton", "TX"]),
+        ("Admitted to UVX Brightmoor on Friday, then seen at Kelton Oncology Center.", ["UVX", "Brightmoor", "Kelton"]),
+        ("Follow-up in Tarrowby clinic and at Kelton med center.", ["Tarrowby", "Kelton"]),
     ],
 )
 def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, secrets):
@@ -81,6 +85,7 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "Today's plan: rest. The Hospital is closed on Sundays. North wing closed.",
         "Step #1 and #12 of the checklist are done.",
         "Patient's wife called. Mental Health follows up.",
+        "Referred to the Cardiology clinic; Neurology Center follow-up in May.",
     ],
 )
 def test_scrub_text_clinical_and_everyday_content_is_kept(scrubber, text):
