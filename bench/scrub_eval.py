@@ -17,7 +17,9 @@ Metrics, on alphanumeric tokens (`[^\\W_]+`) of the gold spans:
 - direct identifiers: every category but DATE, AGE, ORGANIZATION and RECORD_ID (quasi-identifiers);
 - precision: share of the text's tokens touched by a detection that lie in a gold span of a mapped label
   (spans of unmapped labels, such as a job title or an amount, count as false positives);
-- records leaking: share of records with at least one direct-identifier token left uncovered.
+- records leaking: share of records with at least one direct-identifier token left uncovered;
+- the direct leak without courtesy titles: the outside sets label "Dr." and "Mr." as part of a name, Silo
+  keeps them (as i2b2 does), so that figure is printed too, beside the one that counts them.
 Systems: Silo's `standard` and `strict` profiles, and stock Presidio offline (no-op NLP engine, all its
 predefined recognizers). Throughput: records/s through `scrub_records` (both passes, replacement) and
 through stock Presidio's AnalyzerEngine + AnonymizerEngine, on the same records, alternating, best of 2.
@@ -143,6 +145,9 @@ for _row in _LABEL_TABLE.strip().splitlines():
     _set, _label, _category = _row.split()
     LABEL_MAP.setdefault(_set, {})[_label] = _category
 _TOKEN = re.compile(r"[^\W_]+")
+# Courtesy titles: the outside sets label "Dr." and "Mr." as part of a name, Silo (as i2b2) keeps them, so
+# each table also reports the direct leak with these tokens of gold name spans left out.
+_TITLES = frozenset(["Dr", "Mr", "Mrs", "Ms", "Mx", "Miss", "Prof", "Professor", "Sir", "Dame", "Rev"])
 
 Detector = Callable[[str], list[tuple[int, int]]]
 
@@ -155,6 +160,8 @@ class Tally:
     touched_right: int = 0  # ... that lie in a mapped gold span
     records: int = 0
     records_leaking: int = 0
+    titles: int = 0  # title tokens in gold NAME spans
+    titles_found: int = 0
 
     def recall(self, cats: Sequence[str]) -> float:
         gold = sum(self.gold[c] for c in cats)
@@ -188,8 +195,11 @@ def evaluate(records: Sequence[LabelledRecord], labels: dict[str, str], detect: 
                 continue
             for m in _TOKEN.finditer(record.text, span.start, span.end):
                 t.gold[cat] += 1
+                title = cat == "NAME" and m.group() in _TITLES
+                t.titles += title
                 if _covered(found, span.start + m.start() - span.start, m.end()):
                     t.found[cat] += 1
+                    t.titles_found += title
                 elif cat not in QUASI:
                     leaking = True
         mapped = [(s.start, s.end) for s, cat in gold if cat is not None]
@@ -267,6 +277,13 @@ def print_table(title: str, tallies: dict[str, Tally]) -> None:
         + "  ".join(f"{_fmt(t.records_leaking / t.records):>15}" for t in tallies.values())
     )
     ours = tallies[names[0]]
+    if ours.titles:
+        gold = sum(ours.gold[c] for c in direct) - ours.titles
+        left = gold - (sum(ours.found[c] for c in direct) - ours.titles_found)
+        print(
+            f"{names[0]}: direct leak without the {ours.titles} courtesy-title tokens (Dr, Mr, ...) inside gold name "
+            f"spans: {left / gold:.2%}"
+        )
     leak, p = 1 - ours.recall(direct), ours.precision
     ok = leak <= GOAL_DIRECT_LEAK and p >= GOAL_PRECISION
     print(

@@ -36,6 +36,7 @@ from client.normalize import normalize, normalized_text
 from client.recognizers import (
     NamePlaceRecognizer,
     address_extent,
+    phone_extent,
     propagate_mentions,
     regex_recognizers,
     strict_recognizers,
@@ -73,6 +74,11 @@ WINDOW_OVERLAP = 512
 _WHITESPACE = re.compile(r"\s")
 
 _SEAL = object()  # only scrub_records holds it: the one way to make ScrubbedRecords
+# Parts written around an identifier that its patterns leave out, by entity type.
+_EXTENTS: dict[str, Callable[[str, int, int], tuple[int, int]]] = {
+    "LOCATION": address_extent,
+    "PHONE_NUMBER": phone_extent,
+}
 
 
 class ScrubbedRecords(Sequence[Mapping[str, Any]]):
@@ -255,10 +261,11 @@ class Scrubber:
         if len(spans) > 1:  # a name found in one window is removed where it is mentioned in any other
             seeds = [(d.entity_type, d.start, d.end, d.score) for d in found if d.entity_type in ("PERSON", "LOCATION")]
             found.extend(Detection(*m) for m in propagate_mentions(text, seeds) if m[3] >= threshold)
-        # An address's unit, floor and door go with it ("Pikk tee 5 Apt. 31", "Unit 4, 27 Wattle Grove").
+        # An address's unit, floor and door go with it ("Pikk tee 5 Apt. 31", "Unit 4, 27 Wattle Grove"), and
+        # a phone number's extension ("x4567").
         return [
-            Detection(d.entity_type, *address_extent(text, d.start, d.end), d.score)
-            if d.entity_type == "LOCATION"
+            Detection(d.entity_type, *_EXTENTS[d.entity_type](text, d.start, d.end), d.score)
+            if d.entity_type in _EXTENTS
             else d
             for d in found
         ]

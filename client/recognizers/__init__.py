@@ -19,7 +19,7 @@ from client.recognizers.addresses import US_STATE_CODES, address_extent, address
 from client.recognizers.identifiers import identifier_recognizers
 from client.recognizers.names import NamePlaceRecognizer, propagate_mentions
 from client.recognizers.organisations import organisation_recognizers
-from client.recognizers.phones import phone_recognizers
+from client.recognizers.phones import phone_extent, phone_recognizers
 from client.recognizers.strict import strict_recognizers
 from client.recognizers.vocabulary import NAME_LIST_LOCALES, common_words, is_common, name_tokens
 
@@ -31,6 +31,7 @@ __all__ = [
     "common_words",
     "is_common",
     "name_tokens",
+    "phone_extent",
     "propagate_mentions",
     "regex_recognizers",
     "strict_recognizers",

@@ -44,6 +44,16 @@ def _valid_somewhere(digits: str) -> bool:
     return False
 
 
+# An extension dialled after the number: "x4567", "ext. 22", "extension 301", "#12".
+_EXTENSION = re.compile(r"[ \t]*(?:,[ \t]*)?(?i:x|ext\.?|extn\.?|extension|#)[ \t]*\d{1,6}(?!\w)")
+
+
+def phone_extent(text: str, start: int, end: int) -> tuple[int, int]:
+    """A phone number found at `[start, end)` widened over the extension written after it."""
+    m = _EXTENSION.match(text, end)
+    return start, (m.end() if m else end)
+
+
 class PhoneNumberRecognizer(EntityRecognizer):
     """Digit groups that some region's numbering plan accepts, scored higher after a phone word."""
 

@@ -29,6 +29,7 @@ def strict():
         ("new address: 14 elm street, call when here", ["14 elm street"]),
         # national phone formats without a cue
         ("Numbers on file: 0612 345 67 89, and mobile 81 234 567.", ["345 67 89", "81 234 567"]),
+        ("Call 555.019.9123 x4567 or (416) 555-0199 ext. 22 after five.", ["4567", "22"]),
         # postcodes after a cue
         ("my postcode is 4021 and the ZIP: 1015 BS", ["4021", "1015 BS"]),
         # facilities and employers
