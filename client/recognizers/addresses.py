@@ -95,7 +95,7 @@ _EU_STREET_PREFIX = (
     r"(?:[Rr]ue|[Aa]venue|av\.|[Bb]oulevard|bd|[Pp]lace|[Cc]hemin|[Aa]llée|[Ii]mpasse|[Qq]uai|[Rr]oute|cours|square|"
     r"Calle|C/|Avenida|Avda\.?|Plaza|Paseo|Camino|Carrer|Ronda|Cuesta|Vía|Via|Viale|Piazza|Piazzale|Corso|"
     r"Largo|Vicolo|Contrada|Borgo|Strada|Rotonda|Stretto|Canale|Incrocio|Callejón|Glorieta|Pasaje|Rambla|"
-    r"Travesía|Urbanización|Rua|Travessa|Praça|Alameda|ul\.|ulica|aleja|al\.)"
+    r"Travesía|Urbanización|Rua|Travessa|Praça|Alameda|ul\.|ulica|aleja|al\.|Jl\.|Jln\.|Jalan|Gg\.|Gang|Lorong)"
 )
 _NUMBER = r"\d{1,5}(?:[\-/]\d{1,4})?[A-Za-z]?"
 _PARTICLE = r"(?:de|del|de la|des|du|di|della|dos|da|do|das|la|le|les|los|las|y|e|van|von|der|den)"
@@ -124,11 +124,16 @@ _NAME_THEN_NUMBER = re.compile(
 )
 
 
+def _street_word(word: str) -> bool:
+    low = word.casefold()
+    return low in _STREET_ENDINGS or (len(low) > 2 and low.endswith(_STREET_ENDINGS))
+
+
 def _street_like(value: str) -> bool:
     words = [w for w in re.findall(r"[^\W\d_]+", value) if w not in ("No", "Nr")]
-    if any(w[0].islower() and w.casefold() not in _STREET_ENDINGS for w in words):
-        return False  # "Okonkwo on 3": a lower-case word is a street word ("Pikk tee 5", "via Roma 3") or prose
-    if any(w.casefold().endswith(_STREET_ENDINGS) and len(w) > 2 for w in words):
+    if any(w[0].islower() and is_common(w) and not _street_word(w) for w in words):
+        return False  # "Okonkwo on 3": an everyday lower-case word is prose, not a street ("pikk tee 5")
+    if any(_street_word(w) for w in words):
         return True
     return bool(words) and words[0][0].isupper() and is_rare(words[0])
 
@@ -146,7 +151,8 @@ _POSTCODE_BEFORE_TOWN = re.compile(
 # A town, perhaps a state's code, then the postcode, after an address's comma: ", Bandung 40117",
 # ", Parramatta NSW 2150", ", Rotorua 3010".
 _TOWN_THEN_POSTCODE = re.compile(
-    r"(?<=, )(?P<v>[A-ZÀ-Þ][^\W\d_]+(?:[ \t\-][A-ZÀ-Þ][^\W\d_]+){0,2}(?:[ \t]+[A-Z]{2,3})?[ \t]+\d{4,6})"
+    r"(?:(?<=, )|(?<=\n)|^)(?P<v>[A-ZÀ-Þ][^\W\d_]+(?:[ \t\-][A-ZÀ-Þ][^\W\d_]+){0,2}(?:,?[ \t]+[A-Z]{2,3})?"
+    r",?[ \t]+\d{4,6})"
     r"(?![\w\-]|[.,]\d)"
 )
 
@@ -164,7 +170,8 @@ _MAIL_BOX = re.compile(
 # A lower-case street address: "12 elm street", "4 rue de la paix" is left to the pattern above.
 _LOWER_STREET = re.compile(
     r"\b\d{1,5}[a-z]?[ \t]+(?:[a-z][\w'’\-]*[ \t]+){1,3}(?:street|st|avenue|ave|road|rd|lane|ln|drive|dr|"
-    r"boulevard|blvd|court|ct|way|place|pl|terrace|crescent|close|square|highway|hwy|parkway|pkwy)\b\.?"
+    r"boulevard|blvd|court|ct|way|place|pl|terrace|crescent|close|square|highway|hwy|parkway|pkwy|grove|"
+    r"parade|esplanade|mews|circle|trail)\b\.?"
 )
 
 # The town (and state or country) after a street: "123 Maple Street, Springfield", "..., Anytown, USA".
@@ -198,7 +205,7 @@ _ADDRESS_TAIL = re.compile(
 )
 # A unit before the house number: "Unit 4, 27 Wattle Grove", "Flat 2B 14 Kings Road".
 _ADDRESS_HEAD = re.compile(
-    r"\b(?:Unit|Flat|Apt\.?|Apartment|Suite|Ste\.?|Lot|Shop|Level)[ \t]+[0-9][0-9A-Za-z\-/]{0,5},?[ \t]+$"
+    r"\b(?:Unit|Flat|Apt\.?|Apartment|Suite|Ste\.?|Lot|Shop|Level)[ \t]+[0-9][0-9A-Za-z\-/]{0,5},?[ \t]*\n?[ \t]*$"
 )
 
 
@@ -233,7 +240,12 @@ def address_recognizers() -> list[EntityRecognizer]:
                 # A bounded word (compound street names are shorter): unbounded, a long hyphenated run is quadratic.
                 (re.compile(rf"\b[A-ZÄÖÜ][\w'’\-]{{0,48}}?(?i:{_EU_STREET_WORD})\s+{_NUMBER}\b"), 0.85),
                 (re.compile(rf"\b{_NUMBER},?\s+{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME}{_UNIT}"), 0.8),
-                (re.compile(rf"\b{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME},?\s+{_NUMBER}\b{_UNIT}"), 0.8),
+                (
+                    re.compile(
+                        rf"\b{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME},?\s+(?:(?i:no|nr)\.?\s*)?{_NUMBER}\b{_UNIT}"
+                    ),
+                    0.8,
+                ),
                 # "ZIP 02139", "..., MA 02139-1234" (the state stays), UK and Dutch postcodes.
                 (re.compile(r"(?i:\bzip(?:\s*code)?)\s*:?\s*(?P<v>\d{5}(?:-\d{4})?)\b"), 0.9),
                 (

@@ -85,9 +85,10 @@ _FACILITY_BEFORE = re.compile(
     r"diagnosed|followed|hospitali[sz]ed|discharged|scanned|imaged|delivered)(?:\s+on)?\s+(?:at|to|from|in)\s+"
     r"(?:the\s+)?)$"
 )
-# What follows a cue-less name at a sentence start: "Halvorsen had moved", "Halvorsen, from ...".
+# What follows a cue-less name at a sentence start: "Halvorsen had moved", "Halvorsen, from ...", "Halvorsen and
+# Lind".
 _PERSON_VERB_AFTER = re.compile(
-    r"^(?:,\s|\s+(?:had|has|was|is|will|would|could|can|did|does|said|says|told|called|wrote|asked|lives|"
+    r"^(?:,\s|\s+(?:and|&)\s+[A-Z]|\s+(?:had|has|was|is|will|would|could|can|did|does|said|says|told|called|wrote|asked|lives|"
     r"lived|moved|works|worked|came|went|remains|stayed|agreed|declined|returned|arrived|left|joined|chaired|"
     r"thanked|signed|sent|phoned|emailed)\b)"
 )

@@ -27,6 +27,12 @@ def strict():
         ("She lives at Pikk tee 5 with her son.", ["Pikk"]),
         ("Ship to PSC 1234 Box 5678, APO AE 09876 please.", ["1234", "5678", "09876"]),
         ("new address: 14 elm street, call when here", ["14 elm street"]),
+        ("im at nørregade 12 now, then kaivokatu 3 a 7", ["nørregade 12", "kaivokatu 3"]),
+        ("my address is 27 wattle grove, ok?", ["27 wattle grove"]),
+        ("Send to:\nFlat 3\n19 Banksia Close\nToowoomba, QLD, 4350\nThanks", ["Flat 3", "19", "QLD", "4350"]),
+        ("Alamat: Jl. Kenanga No. 8, Sleman.", ["Jl.", "Kenanga", "No. 8"]),
+        # names listed with no cue at a sentence start
+        ("Virtanen and Korhonen signed the form.", ["Virtanen", "Korhonen"]),
         # national phone formats without a cue
         ("Numbers on file: 0612 345 67 89, and mobile 81 234 567.", ["345 67 89", "81 234 567"]),
         ("Call 555.019.9123 x4567 or (416) 555-0199 ext. 22 after five.", ["4567", "22"]),
@@ -87,6 +93,7 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "Step #1 and #12 of the checklist are done.",
         "Patient's wife called. Mental Health follows up.",
         "Referred to the Cardiology clinic; Neurology Center follow-up in May.",
+        "give 2 tablets at 8, meet at gate 12 by the cafe, wait 5 min",
     ],
 )
 def test_scrub_text_clinical_and_everyday_content_is_kept(scrubber, text):
