@@ -3,8 +3,10 @@ bench/): the machine they ran on, the git commit, aligned tables, site and feder
 stand-in for Flower's Grid that runs the coordinator's real round loop against the sites' real handlers.
 
 `InProcessGrid` replaces only the transport. `server.federation.run_federation` (strategy, checkpoint,
-manifest) runs unchanged and each message goes to `client.site.handle_train` / `handle_evaluate` (ingest,
-scrub, tokenize, DP-SGD, signed ledger) with a Flower `Context` per site, as a SuperNode would call them.
+manifest, secure aggregation) runs unchanged and each message goes to the handler the ClientApp registers
+for its type (`client.site.handle_train` / `handle_evaluate`: ingest, scrub, tokenize, DP-SGD, signed
+ledger; `handle_secagg`; `client.handshake.handle_handshake`) with a Flower `Context` per site, as a
+SuperNode would call them.
 What it does not do: separate processes, gRPC serialisation, sites training in parallel.
 """
 
@@ -139,14 +141,23 @@ class InProcessGrid:
 
         import client.warm
         from client.handshake import handle_handshake
-        from client.site import handle_evaluate, handle_train
+        from client.site import handle_evaluate, handle_secagg, handle_train
         from common.run_request import HANDSHAKE_MESSAGE_TYPE
+        from server.secagg import MESSAGE_TYPE as SECAGG_MESSAGE_TYPE
 
+        # client/app.py's routes: train, evaluate, and the two queries (handshake, secure aggregation's stages).
+        handlers = {
+            MessageType.TRAIN: handle_train,
+            MessageType.EVALUATE: handle_evaluate,
+            HANDSHAKE_MESSAGE_TYPE: handle_handshake,
+            SECAGG_MESSAGE_TYPE: handle_secagg,
+        }
         replies = []
         for msg in messages:
+            handler = handlers.get(msg.metadata.message_type)
+            if handler is None:
+                raise ValueError(f"no site handler for message type {msg.metadata.message_type!r}")
             client.warm.WARM = self.warm[msg.metadata.dst_node_id]  # this site's node state, as in its process
-            handler = handle_train if msg.metadata.message_type == MessageType.TRAIN else handle_evaluate
-            handler = handle_handshake if msg.metadata.message_type == HANDSHAKE_MESSAGE_TYPE else handler
             replies.append(handler(msg, self.contexts[msg.metadata.dst_node_id]))
         return replies
 
@@ -166,9 +177,18 @@ class InProcessGrid:
 # ---- site and federation TOMLs, a run, its final adapter -----------------------------------------------------
 
 
-def privacy_config(epsilon: float | None, *, rounds: int, delta: float = 1e-5, max_grad_norm: float = 1.0) -> Any:
+def privacy_config(
+    epsilon: float | None,
+    *,
+    rounds: int,
+    delta: float = 1e-5,
+    max_grad_norm: float = 1.0,
+    distributed_min_honest: int | None = None,
+) -> Any:
     """`[privacy]` (a PrivacyConfig): DP-SGD with sigma derived from (epsilon, delta) over `rounds`, or DP off
-    (epsilon None)."""
+    (epsilon None). `distributed_min_honest` t: distributed noise instead (`noise = "distributed"`, one
+    DP-FedSGD step a round, the budget on the "sum" figure: against a coordinator that sees only the SecAgg
+    sum of t honest sites' shares)."""
     import math
     import warnings
 
@@ -180,6 +200,9 @@ def privacy_config(epsilon: float | None, *, rounds: int, delta: float = 1e-5, m
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return PrivacyConfig(enabled=False, max_grad_norm=1.0, budget_epsilon=math.inf, budget_delta=1e-5)
+    from common.accounting import BudgetFigure, NoiseModel
+
+    distributed = distributed_min_honest is not None
     return PrivacyConfig(
         max_grad_norm=max_grad_norm,
         target_epsilon=epsilon,
@@ -187,6 +210,44 @@ def privacy_config(epsilon: float | None, *, rounds: int, delta: float = 1e-5, m
         planned_rounds=rounds,
         budget_epsilon=epsilon,
         budget_delta=delta,
+        noise=NoiseModel.DISTRIBUTED if distributed else NoiseModel.LOCAL,
+        distributed_min_honest=distributed_min_honest if distributed else PrivacyConfig.distributed_min_honest,
+        distributed_budget=BudgetFigure.SUM,
+    )
+
+
+@dataclass(frozen=True)
+class DistributedSchedule:
+    """What a distributed-noise row runs instead of its bench's local-noise schedule (README "Two trust
+    models"): DP-FedSGD, one step a round, so `[training] epochs`, `physical_batch_size`, `probe_rounds` and
+    the prefix cache for training do not apply (client/site.py `train_distributed`: every round trains the
+    adapter and head together on the full model; the prefix cache serves only the hold-out answers)."""
+
+    rounds: int
+    batch_size: int  # expected records a site's Poisson draw takes per round (q = batch / training records)
+    learning_rate: float  # plain SGD on the sites' averaged clipped per-record gradients (no optimiser state)
+    eval_noise_multiplier: float  # each round's hold-out answer: rounds + 1 of them share the budget
+
+
+# Secure aggregation for distributed rows: README's advice for distributed noise, a grid of 2 / 2^28 (clip 1),
+# so one record's step is ~1e5 integers and rounding adds < 1% to its sensitivity; the other settings default.
+DISTRIBUTED_SECAGG_RANGE = 1 << 28
+
+
+def add_distributed_overrides(ap: argparse.ArgumentParser) -> None:
+    """`--distributed-rounds`, `--distributed-batch-size`, `--distributed-learning-rate`: each, when given,
+    replaces its DistributedSchedule value (`override_distributed`) for the dist rows only."""
+    ap.add_argument("--distributed-rounds", type=int, help="override the distributed rows' rounds")
+    ap.add_argument("--distributed-batch-size", type=int, help="override the distributed rows' expected batch")
+    ap.add_argument("--distributed-learning-rate", type=float, help="override the distributed rows' SGD rate")
+
+
+def override_distributed(d: DistributedSchedule, args: argparse.Namespace) -> DistributedSchedule:
+    return replace(
+        d,
+        rounds=args.distributed_rounds or d.rounds,
+        batch_size=args.distributed_batch_size or d.batch_size,
+        learning_rate=args.distributed_learning_rate or d.learning_rate,
     )
 
 
@@ -245,14 +306,21 @@ def write_site_toml(
 
 
 def write_federation_toml(
-    path: Path, *, model: ModelSections, rounds: int, min_sites: int, timeout_s: float = 3600.0
+    path: Path, *, model: ModelSections, rounds: int, min_sites: int, timeout_s: float = 3600.0, secagg: bool = False
 ) -> Path:
-    from common.config import FederationConfig, FederationSection, StrategyName
+    """FedAvg over `rounds`; `secagg`: with secure aggregation on a `DISTRIBUTED_SECAGG_RANGE` grid."""
+    from common.config import FederationConfig, FederationSection, SecAggSection, StrategyName
 
     federation = FederationSection(
         rounds=rounds, min_sites=min_sites, strategy=StrategyName.FEDAVG, round_timeout_s=timeout_s
     )
-    config = FederationConfig(federation=federation, model=model.model, lora=model.lora, task=model.task)
+    config = FederationConfig(
+        federation=federation,
+        model=model.model,
+        lora=model.lora,
+        task=model.task,
+        secagg=SecAggSection(enabled=True, quantization_range=DISTRIBUTED_SECAGG_RANGE) if secagg else SecAggSection(),
+    )
     path.write_text(config.to_toml())
     return path
 
@@ -286,13 +354,28 @@ def run_federation_here(
     return manifest, arrays
 
 
+def last_round_privacy(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each site's privacy declaration of the run's last training round, from the manifest."""
+    last = max((r for r in manifest["rounds"] if r.get("kind") == "train"), key=lambda r: r["round"])
+    return [s.get("privacy", {}) for s in last["sites"]]
+
+
 def spent_epsilon(manifest: dict[str, Any]) -> tuple[float, float]:
     """(largest epsilon any site has spent after the last round, its noise multiplier), from the manifest."""
-    last = max((r for r in manifest["rounds"] if r.get("kind") == "train"), key=lambda r: r["round"])
-    privacy = [s.get("privacy", {}) for s in last["sites"]]
+    privacy = last_round_privacy(manifest)
     eps = max(float(p.get("epsilon_total") or 0.0) for p in privacy) if privacy else float("nan")
     sigma = max(float(p.get("noise_multiplier") or 0.0) for p in privacy) if privacy else float("nan")
     return eps, sigma
+
+
+def distributed_epsilons(manifest: dict[str, Any]) -> tuple[float, float]:
+    """(largest "sum" epsilon, largest "own-noise" epsilon) any site has spent after the last round: the two
+    figures its ledger entry records for a distributed round, as the manifest carries them."""
+    figures = [p["distributed"] for p in last_round_privacy(manifest)]
+    return (
+        max(float(d["epsilon_total_sum"]) for d in figures),
+        max(float(d["epsilon_total_own"]) for d in figures),
+    )
 
 
 def evaluate_adapter(
@@ -354,6 +437,19 @@ def override_schedule(s: Any, args: argparse.Namespace, *, per_site: str, **more
     )
 
 
+@dataclass(frozen=True)
+class Configuration:
+    """One row of a utility bench: `key` (what `--only` names), `title`, its sites (each what the bench's
+    `run_config` takes for one site), the target epsilon per site (None: DP off), and whether the noise is
+    distributed (each site adds its share, SecAgg sums them) rather than local (each site adds all of it)."""
+
+    key: str
+    title: str
+    sites: list[Any]
+    epsilon: float | None
+    distributed: bool = False
+
+
 def configurations(
     sites: Sequence[Any],
     names: Sequence[str],
@@ -363,32 +459,37 @@ def configurations(
     federated: str,
     epsilons: Sequence[float],
     single_epsilon: float,
-) -> list[tuple[str, str, list[Any], float | None]]:
-    """(key, title, sites, epsilon) of every row: `central` (one site holding `everyone`), `federated` (all of
-    `sites`) without DP and at each of `epsilons`, and each site alone (named by `names`) at `single_epsilon`.
-    A site is what the bench's `run_config` takes for one site."""
+) -> list[Configuration]:
+    """Every row: `central` (one site holding `everyone`), `federated` (all of `sites`) without DP, at each of
+    `epsilons` with local noise (dp*) and with distributed noise (dist*), and each site alone (named by
+    `names`) at `single_epsilon`."""
     return [
-        ("central", f"{central}, non-private", [everyone], None),
-        ("federated", f"{federated}, non-private", list(sites), None),
-        *[(f"dp{e:g}", f"{federated}, DP eps={e:g}", list(sites), e) for e in epsilons],
+        Configuration("central", f"{central}, non-private", [everyone], None),
+        Configuration("federated", f"{federated}, non-private", list(sites), None),
+        *[Configuration(f"dp{e:g}", f"{federated}, DP eps={e:g}", list(sites), e) for e in epsilons],
         *[
-            (f"single{i}", f"{name} alone, DP eps={single_epsilon:g}", [site], single_epsilon)
+            Configuration(f"dist{e:g}", f"{federated}, distributed DP eps={e:g}", list(sites), e, distributed=True)
+            for e in epsilons
+        ],
+        *[
+            Configuration(f"single{i}", f"{name} alone, DP eps={single_epsilon:g}", [site], single_epsilon)
             for i, (name, site) in enumerate(zip(names, sites, strict=True))
         ],
     ]
 
 
+def select_configurations(configs: Sequence[Configuration], only: Sequence[str] | None) -> list[Configuration]:
+    """The rows `--only` names; without it, every row but the distributed ones (opt-in: `--only dist8`)."""
+    return [c for c in configs if c.key in only] if only else [c for c in configs if not c.distributed]
+
+
 def measure_all(
-    measure: Callable[..., dict[str, Any]],
-    work: Path,
-    configs: Sequence[tuple[str, str, list[Any], float | None]],
-    *extra: Any,
-    jobs: int,
+    measure: Callable[..., dict[str, Any]], work: Path, configs: Sequence[Configuration], *extra: Any, jobs: int
 ) -> list[dict[str, Any]]:
-    """`measure(work, key, title, sites, epsilon, *extra)` of every configuration, `jobs` at once (each in its
-    own process: configurations are independent and each is single-threaded)."""
+    """`measure(work, config, *extra)` of every configuration, `jobs` at once (each in its own process:
+    configurations are independent and each is single-threaded)."""
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(measure, work, key, title, sites, eps, *extra) for key, title, sites, eps in configs]
+        futures = [pool.submit(measure, work, config, *extra) for config in configs]
         return [f.result() for f in futures]
 
 
@@ -402,16 +503,29 @@ def best_single_site(rows: list[dict[str, Any]], *, by: str, lowest: bool) -> li
     return [r for r in rows if r not in singles] + [{**best, "title": f"best single site: {best['title']}"}]
 
 
-def privacy_columns(manifest: dict[str, Any], epsilon: float | None) -> dict[str, Any]:
-    """A row's `epsilon_spent` and `noise_multiplier` (None without DP), from the run's manifest."""
+def privacy_columns(manifest: dict[str, Any], config: Configuration) -> dict[str, Any]:
+    """A row's `epsilon_spent` and `noise_multiplier` (None without DP), from the run's manifest; a distributed
+    row's `epsilon_spent` is its budget's "sum" figure and `epsilon_own_noise` the site's own share's
+    (`noise_multiplier` the counted sigma, in units of the rounded L2 sensitivity)."""
     spent, sigma = spent_epsilon(manifest)
-    return {"epsilon_spent": spent if epsilon is not None else None, "noise_multiplier": sigma if epsilon else None}
+    dp = config.epsilon is not None
+    row = {"epsilon_spent": spent if dp else None, "noise_multiplier": sigma if dp else None}
+    if config.distributed:
+        row["epsilon_spent"], row["epsilon_own_noise"] = distributed_epsilons(manifest)
+    return row
+
+
+PRIVACY_HEADER = ("eps spent (max site)", "eps own-noise (distributed)", "sigma", "seconds")
+"""The columns `privacy_cells` fills."""
 
 
 def privacy_cells(row: dict[str, Any]) -> list[str]:
-    """A row's ε spent, σ and seconds, as the tables print them."""
+    """A row's ε spent (distributed rows: the "sum" figure, the budget's), its own-noise ε (distributed rows
+    only), σ and seconds, as the tables print them."""
+    own = row.get("epsilon_own_noise")
     return [
         f"{row['epsilon_spent']:.2f}" if row["epsilon_spent"] is not None else "inf (no DP)",
+        f"{own:.2f}" if own is not None else "-",
         f"{row['noise_multiplier']:.3f}" if row["noise_multiplier"] else "-",
         f"{row['seconds']:.0f}",
     ]

@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any
 
-from harness import SHARED_DATA, git_commit, machine, run_federation_here
+from harness import SHARED_DATA, Configuration, git_commit, machine, run_federation_here
 
 ENCODINGS = ("fp32", "fp16", "int8")
 
@@ -83,7 +83,8 @@ def banking77_run(work: Path, encoding: str) -> float:
         split = b77.dirichlet_split(train, sites=b77.SITES, alpha=b77.DIRICHLET_ALPHA, seed=b77.SPLIT_SEED)
         sites = [b77.subsample(r, s.train_per_site, b77.SPLIT_SEED + i) for i, r in enumerate(split)]
         test = b77.subsample(test, s.test_n, b77.SPLIT_SEED)
-        row = b77.measure(work, "dp8", "DP eps=8", sites, 8.0, labels, b77.encoder_dir(), s, False, test)
+        dp8 = Configuration("dp8", "DP eps=8", sites, 8.0)
+        row = b77.measure(work, dp8, labels, b77.encoder_dir(), s, False, test)
     finally:
         b77.write_federation_toml = original
     return float(row["accuracy"])
