@@ -7,7 +7,7 @@ import re
 from presidio_analyzer import EntityRecognizer
 
 from client.recognizers.pattern import RegexRecognizer
-from client.recognizers.vocabulary import is_common, is_rare
+from client.recognizers.vocabulary import is_clinical, is_common, is_rare, zipf
 
 # US states and territories: the unit above the ones Safe Harbor removes, and the anchor of "City, ST".
 US_STATE_CODES = frozenset(
@@ -174,6 +174,50 @@ _LOWER_STREET = re.compile(
     r"parade|esplanade|mews|circle|trail)\b\.?"
 )
 
+# Lower-case street forms that start with their street word, in chat: "via roma 12", "rue de la paix 4",
+# "ul. kwiatowa 15/3", "jl. merdeka no. 45", and "4 rue de la paix".
+_LOWER_PREFIX = (
+    r"(?:rue|avenue|chemin|allée|impasse|quai|calle|avenida|camino|paseo|carrer|via|viale|piazza|corso|"
+    r"largo|vicolo|strada|rua|travessa|praça|ul\.|ulica|aleja|al\.|jl\.|jln\.|jalan|gang|gg\.|str\.|"
+    r"bulevardul|aleea|calea|trg|ulice)"
+)
+_LOWER_PREFIX_STREET = re.compile(
+    rf"(?<![\w.]){_LOWER_PREFIX}[ \t]+(?:[a-zß-ÿ][^\W\d_]*[ \t]+){{1,4}}"
+    r"(?:no\.?[ \t]*|nr\.?[ \t]*)?\d{1,5}[a-z]?(?:/\d{1,4})?(?![\w/])"
+)
+_LOWER_NUMBER_STREET = re.compile(
+    rf"(?<![\w.])\d{{1,5}}[a-z]?,?[ \t]+{_LOWER_PREFIX}(?:[ \t]+[a-zß-ÿ][^\W\d_]*){{1,4}}(?![\w])"
+)
+
+
+def _lower_street_ok(value: str) -> bool:
+    """No everyday English word but particles inside: "via email 2" is prose, "via roma 12" a street."""
+    words = re.findall(r"[^\W\d_]+", value)[1:]  # the street word itself may be English ("via")
+    return not any(is_common(w) and w not in _STREET_PARTICLES for w in words)
+
+
+# Words inside a street's name or before its number that are English words too.
+_STREET_PARTICLES = frozenset(["de", "la", "le", "del", "da", "di", "do", "dos", "das", "no", "nr"])
+
+
+# A lower-case town after its postcode: "00184 roma", "114 28 stockholm", "31-052 krakow" (the town must be
+# no word of English and the number no year, so "2023 onwards" or "10000 units" are not places).
+_LOWER_POSTCODE_TOWN = re.compile(
+    r"(?<![\w.,\-])(?<!\d[ \t])(?!(?:19|20)\d\d\b)(?P<v>(?:\d{3}[ \t]\d{2}|\d{2}-\d{3}|\d{4}-\d{3}|\d{4,6})[ \t]+"
+    r"[a-zß-ÿ][^\W\d_]{2,})(?![\w\-])"
+)
+
+
+# A lower-case town is less frequent in English than everyday words ("lost" 5.3, "units" 4.6); towns that
+# are English words too ("bath", "reading") are left to their capitalised forms: "stockholm" 3.7, "wien" 2.5.
+LOWER_TOWN_ZIPF = 4.0
+
+
+def _lower_town_ok(value: str) -> bool:
+    town = value.split()[-1]
+    return not is_common(town) and not is_clinical(town) and zipf(town) < LOWER_TOWN_ZIPF
+
+
 # The town (and state or country) after a street: "123 Maple Street, Springfield", "..., Anytown, USA".
 _TOWN_AFTER_STREET = re.compile(
     rf"(?<=\d)[ \t][^\n,]{{2,60}}?\b{_STREET_SUFFIX}\.?,[ \t]+(?P<v>[A-Z][\w'’\-]+(?:[ \t][A-Z][\w'’\-]+)?"
@@ -275,4 +319,11 @@ def address_recognizers() -> list[EntityRecognizer]:
         ),
         RegexRecognizer("LOCATION", [(_NAME_THEN_NUMBER, 0.7)], validate=_street_like, name="SiloStreetAnyLocale"),
         RegexRecognizer("LOCATION", [(_TOWN_THEN_POSTCODE, 0.7)], validate=_town_like, name="SiloTownPostcode"),
+        RegexRecognizer(
+            "LOCATION",
+            [(_LOWER_PREFIX_STREET, 0.7), (_LOWER_NUMBER_STREET, 0.7)],
+            validate=_lower_street_ok,
+            name="SiloLowerStreet",
+        ),
+        RegexRecognizer("LOCATION", [(_LOWER_POSTCODE_TOWN, 0.6)], validate=_lower_town_ok, name="SiloLowerTown"),
     ]

@@ -29,6 +29,8 @@ def strict():
         ("new address: 14 elm street, call when here", ["14 elm street"]),
         ("im at nørregade 12 now, then kaivokatu 3 a 7", ["nørregade 12", "kaivokatu 3"]),
         ("my address is 27 wattle grove, ok?", ["27 wattle grove"]),
+        ("send it to via corvetto 12, 00184 lumezzo", ["corvetto", "00184", "lumezzo"]),
+        ("ul. sosnowa 15/3, 31-052 brzeznica or 5 rue de la tamise", ["sosnowa", "31-052", "brzeznica", "tamise"]),
         ("Send to:\nFlat 3\n19 Banksia Close\nToowoomba, QLD, 4350\nThanks", ["Flat 3", "19", "QLD", "4350"]),
         ("Alamat: Jl. Kenanga No. 8, Sleman.", ["Jl.", "Kenanga", "No. 8"]),
         # names listed with no cue at a sentence start
@@ -94,6 +96,7 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "Patient's wife called. Mental Health follows up.",
         "Referred to the Cardiology clinic; Neurology Center follow-up in May.",
         "give 2 tablets at 8, meet at gate 12 by the cafe, wait 5 min",
+        "sent via email 2 times; from 2023 onwards 10000 units were given; 4000 lost",
     ],
 )
 def test_scrub_text_clinical_and_everyday_content_is_kept(scrubber, text):
