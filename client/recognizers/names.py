@@ -60,7 +60,7 @@ _STRONG_PERSON_BEFORE = re.compile(
     r"(?i:\b(?:dear|hi|hello|hey|thanks|thank\s+you|regards|sincerely|faithfully|best|cheers|yours|love)\b[ \t,]*\n?[ \t]*)|"
     r"(?i:\b(?:daughter|son|wife|husband|mother|father|sister|brother|partner|spouse|fianc[ée]e?|grandson|"
     r"granddaughter|grandmother|grandfather|niece|nephew|aunt|uncle|cousin|friend|neighbou?r|roommate|"
-    r"caregiver|sibling|parent|child)\s+)|"
+    r"caregiver|sibling|parent|child)\s*:?\s+)|"
     r"(?i:\b(?:this\s+is|my\s+name\s+is|i\s+am|i'm|identified\s+as|spoke\s+with|seen\s+by|seeing|named|"
     r"called|signed\s+by|dictated\s+by|read\s+by|referred\s+by|accompanied\s+by|met\s+with)\s+)|"
     r"(?:^|\n)\s*(?:--|—)\s*)$"
@@ -213,6 +213,7 @@ class NamePlaceRecognizer(EntityRecognizer):
                 hit = self._classify(text, run, full) if run else None
             if hit:
                 found.append(hit)
+        found.extend(lower_case_names(text, self._names))
         found.extend(propagate_mentions(text, found))
         return [RecognizerResult(t, s, e, score) for t, s, e, score in found]
 
@@ -285,6 +286,30 @@ class NamePlaceRecognizer(EntityRecognizer):
         if m and not is_common(m.group(1).split()[0]):
             return end + m.end()
         return end
+
+
+# A cue that only a name follows, written in lower case in chat: "my name is kaarel tamm", "thanks, jaan".
+_LOWER_NAME_CUE = re.compile(
+    r"(?i:\b(?:my\s+name\s+is|name\s*:|this\s+is|i\s+am|i'm|im|thanks|thank\s+you|regards|cheers|signed\s*:?|"
+    r"ask\s+for|speak\s+to|spoke\s+(?:to|with)|call\s+me))[ \t,]*(?=[a-zß-ÿ])"
+)
+_LOWER_WORD = re.compile(r"[a-zß-ÿ][^\W\d_]*(?:['’\-][^\W\d_]+)?")
+
+
+def lower_case_names(text: str, names: frozenset[str]) -> list[tuple[str, int, int, float]]:
+    """Lower-case names after a cue only a name follows: up to three words, each listed or no word of English."""
+    out = []
+    for cue in _LOWER_NAME_CUE.finditer(text):
+        pos, end = cue.end(), cue.end()
+        for _ in range(3):
+            m = _LOWER_WORD.match(text, pos)
+            if not m or is_common(m.group()) or not (m.group() in names or is_rare(m.group())):
+                break
+            end = m.end()
+            pos = end + 1 if text[end : end + 1] == " " else len(text) + 1
+        if end > cue.end():
+            out.append(("PERSON", cue.end(), end, 0.7))
+    return out
 
 
 def propagate_mentions(text: str, found: list[tuple[str, int, int, float]]) -> list[tuple[str, int, int, float]]:

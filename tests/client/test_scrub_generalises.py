@@ -35,6 +35,9 @@ def strict():
         ("Alamat: Jl. Kenanga No. 8, Sleman.", ["Jl.", "Kenanga", "No. 8"]),
         # names listed with no cue at a sentence start
         ("Virtanen and Korhonen signed the form.", ["Virtanen", "Korhonen"]),
+        # lower-case names after a cue only a name follows; a relative before a colon
+        ("hi, my name is kaarel tamsalu and thanks, jaanika", ["kaarel", "tamsalu", "jaanika"]),
+        ("Mother: Zofiana; father: Piotrek.", ["Zofiana", "Piotrek"]),
         # national phone formats without a cue
         ("Numbers on file: 0612 345 67 89, and mobile 81 234 567.", ["345 67 89", "81 234 567"]),
         ("Call 555.019.9123 x4567 or (416) 555-0199 ext. 22 after five.", ["4567", "22"]),
@@ -97,6 +100,7 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "Referred to the Cardiology clinic; Neurology Center follow-up in May.",
         "give 2 tablets at 8, meet at gate 12 by the cafe, wait 5 min",
         "sent via email 2 times; from 2023 onwards 10000 units were given; 4000 lost",
+        "thanks for the help, this is urgent; i'm fine, this is metformin related",
     ],
 )
 def test_scrub_text_clinical_and_everyday_content_is_kept(scrubber, text):
