@@ -92,6 +92,11 @@ class _Rec(RecordBuilder):
     def faker(self, locales: tuple[str, ...]) -> Faker:
         f = Faker(self.rng.choice(locales))
         f.seed_instance(self.rng.getrandbits(32))
+        # Some locales build their town list from a set (it_IT: `getcities`), whose order follows the
+        # process's hash seed: in sorted order the same seed draws the same towns in every process.
+        for provider in f.providers:
+            if isinstance(getattr(provider, "cities", None), list):
+                provider.cities = sorted(provider.cities)
         return f
 
     def name(self) -> tuple[str, str]:
