@@ -227,6 +227,9 @@ class DistributedSchedule:
     batch_size: int  # expected records a site's Poisson draw takes per round (q = batch / training records)
     learning_rate: float  # plain SGD on the sites' averaged clipped per-record gradients (no optimiser state)
     eval_noise_multiplier: float  # each round's hold-out answer: rounds + 1 of them share the budget
+    # `[lora] alpha` of the distributed rows (None: the bench's own). One SGD rate serves every parameter; a
+    # smaller alpha scales LoRA's gradients, and a step's effect on the layer, down with it.
+    lora_alpha: float | None = None
 
 
 # Secure aggregation for distributed rows: README's advice for distributed noise, a grid of 2 / 2^28 (clip 1),
@@ -240,6 +243,7 @@ def add_distributed_overrides(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--distributed-rounds", type=int, help="override the distributed rows' rounds")
     ap.add_argument("--distributed-batch-size", type=int, help="override the distributed rows' expected batch")
     ap.add_argument("--distributed-learning-rate", type=float, help="override the distributed rows' SGD rate")
+    ap.add_argument("--distributed-lora-alpha", type=float, help="override the distributed rows' [lora] alpha")
 
 
 def override_distributed(d: DistributedSchedule, args: argparse.Namespace) -> DistributedSchedule:
@@ -248,6 +252,7 @@ def override_distributed(d: DistributedSchedule, args: argparse.Namespace) -> Di
         rounds=args.distributed_rounds or d.rounds,
         batch_size=args.distributed_batch_size or d.batch_size,
         learning_rate=args.distributed_learning_rate or d.learning_rate,
+        lora_alpha=args.distributed_lora_alpha or d.lora_alpha,
     )
 
 
@@ -262,7 +267,7 @@ class ModelSections:
 
 
 def model_sections(
-    *, base: str | Path, max_length: int, lora_r: int, lora_alpha: int, targets: Sequence[str], task: Any = None
+    *, base: str | Path, max_length: int, lora_r: int, lora_alpha: float, targets: Sequence[str], task: Any = None
 ) -> ModelSections:
     """The base model, LoRA on `targets`, and `task` (a TaskConfig; None: causal LM)."""
     from common.config import LoraSettings, ModelConfig, TaskConfig

@@ -230,12 +230,15 @@ def run_config(
     d = work / row.key
     from common.config import DataConfig, TrainingConfig
 
+    lora_alpha = 2 * s.lora_r
+    if row.distributed and s.distributed.lora_alpha is not None:
+        lora_alpha = s.distributed.lora_alpha
     model = model_sections(
         base=encoder,
         max_length=s.max_length,
         task=classification_task(labels, pooling="mean", head_init="label_names"),
         lora_r=s.lora_r,
-        lora_alpha=2 * s.lora_r,
+        lora_alpha=lora_alpha,
         targets=s.lora_targets,
     )
     # One torch thread per site: on a small shared machine 2 threads ran 3-6x SLOWER per step than 1
@@ -439,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         d = s.distributed
         print(
             f"distributed rows: {d.rounds} rounds x 1 DP-FedSGD step, expected batch {d.batch_size} a site, "
-            f"SGD lr {d.learning_rate}, eval sigma {d.eval_noise_multiplier:g}, t = {SITES}, budget on the sum figure",
+            f"SGD lr {d.learning_rate}, LoRA alpha {d.lora_alpha or 2 * s.lora_r:g}, eval sigma "
+            f"{d.eval_noise_multiplier:g}, t = {SITES}, budget on the sum figure",
             flush=True,
         )
     # Configurations are independent: run `--jobs` of them at once (each is single-threaded in-process).
