@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import enum
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.accounting import NoiseModel
 from common.config.model import LoraSettings, ModelConfig, TaskConfig
 from common.config.privacy import PrivacyConfig
 from common.config.scrub import ScrubConfig
@@ -132,6 +134,10 @@ class SiteConfig:
     privacy: Any = None  # PrivacyConfig (privacy.py); required in a site TOML
     scrub: Any = None  # ScrubConfig (scrub.py); the defaults when the TOML has no [scrub]
 
+    def __post_init__(self) -> None:
+        if self.privacy is not None and self.privacy.noise is NoiseModel.DISTRIBUTED:
+            warn_unused_by_distributed(self.training)
+
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.root / p)
@@ -168,6 +174,23 @@ class SiteConfig:
 
 
 SITE_SECTIONS = ("site", "data", "task", "model", "lora", "training", "privacy", "scrub")
+
+
+def warn_unused_by_distributed(training: TrainingConfig) -> None:
+    """A distributed-noise round is one DP-FedSGD step (client/distributed_dp.py): say which `[training]`
+    settings it does not use, so that a site does not believe it has, say, a probe phase."""
+    defaults = TrainingConfig()
+    unused = [
+        f"{name} = {getattr(training, name)!r}"
+        for name in ("epochs", "max_steps", "physical_batch_size", "probe_rounds", "dropout")
+        if getattr(training, name) != getattr(defaults, name)
+    ]
+    if unused:
+        warnings.warn(
+            '[privacy] noise = "distributed" trains one DP-FedSGD step per round; these [training] settings '
+            f"are not used: {', '.join(unused)}.",
+            stacklevel=3,
+        )
 
 
 def load_site_config(path: str | Path) -> SiteConfig:

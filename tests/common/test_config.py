@@ -278,3 +278,20 @@ def test_config_hash_is_stable_and_changes_with_a_field(tmp_path):
     assert more_rounds.config_hash() != digest
     assert other_rank.config_hash() != digest
     assert dataclasses.replace(first, federation=dataclasses.replace(first.federation, tau=0.5)).config_hash() != digest
+
+
+def test_distributed_noise_says_which_training_settings_it_does_not_use(tmp_path):
+    # A distributed round is one DP-FedSGD step: the site's epochs (2 here) and a probe phase do not happen.
+    cfg = load_site_config(_write(tmp_path / "site.toml", SITE_TOML))
+    privacy = dataclasses.replace(cfg.privacy, noise="distributed")
+    training = dataclasses.replace(cfg.training, probe_rounds=3)
+    with pytest.warns(UserWarning, match=r"not used: epochs = 2, probe_rounds = 3\.$"):
+        dataclasses.replace(cfg, privacy=privacy, training=training)
+
+
+def test_local_noise_and_default_training_settings_do_not_warn(tmp_path, recwarn):
+    cfg = load_site_config(_write(tmp_path / "site.toml", SITE_TOML))
+    dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, probe_rounds=3))  # local noise: all used
+    one_step = dataclasses.replace(cfg.training, epochs=1)
+    dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, noise="distributed"), training=one_step)
+    assert [w for w in recwarn if "distributed" in str(w.message)] == []
