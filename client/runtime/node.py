@@ -133,7 +133,10 @@ class Supervisor:
         finally:
             self._stop_children()
         status = self.supernode.wait()
-        log.info("[silo] SuperNode exited with code %s; the node stops", status)
+        if self.stop.is_set():  # asked to stop: the SuperNode's status is the signal we passed on
+            log.info("[silo] asked to stop: the SuperNode and the site runtime were stopped; the node stops")
+        else:
+            log.info("[silo] SuperNode exited with code %s; the node stops", status)
         if code is not None:
             return code
         return status if status >= 0 else 128 - status

@@ -49,6 +49,17 @@ def test_node_exits_with_its_supernodes_exit_code(write_site_toml):
     assert "SuperNode exited with code 3" in out
 
 
+def test_a_node_asked_to_stop_says_so_instead_of_reporting_the_signal_as_a_supernode_failure(write_site_toml):
+    proc = node(write_site_toml(), sys.executable, "-c", "import time; time.sleep(600)")
+    _child_pid(proc.pid)
+    time.sleep(1.0)  # the executor installs its signal handlers just after starting its SuperNode
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert "asked to stop" in out, out
+    assert "exited with code" not in out, out
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_supernode_dies_when_the_executor_is_killed(write_site_toml):
     proc = node(write_site_toml(), sys.executable, "-c", "import time; time.sleep(600)")
