@@ -58,7 +58,8 @@ def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | No
         ("Secure aggregation (SecAgg)", method["secagg"]),
         ("Central DP", "off" if method["central_dp"] == "off" else json.dumps(method["central_dp"])),
         ("ε source", method["epsilon_source"]),
-        ("Code version", run["code_version"]),
+        # What the coordinator's ServerApp recorded: run from its app bundle, it has no git commit to add.
+        ("Code version (the run's ServerApp)", run["code_version"]),
         ("Config hash", run["config_hash"]),
         ("Base model", run["base_model"]),
         ("Base model sha256", run["base_model_sha256"] or "not recorded (a run from before the pin)"),
@@ -129,7 +130,8 @@ def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | No
 {_failure_html(run)}
 <p class="sub">Run <code>{e(str(run["run_id"]))}</code>, status <span class="{status_class}">{e(str(run["status"]))}</span>,
 {e(str(run["completed_rounds"]))} of {e(str(run["rounds_planned"]))} rounds, strategy {e(str(run["strategy"]))}.
-Generated {e(report["generated_at"])} by silo {e(report["generated_by"])} from the run directory and
+Generated {e(report["generated_at"])} by silo {e(report["generated_by"])} (this report's generator; the run's own
+code version is under Method) from the run directory and
 {len(report["ledgers"])} exported ledger(s); nothing secret and no records were read.</p>
 <h2>Findings</h2>
 {findings_html}

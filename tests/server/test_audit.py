@@ -75,6 +75,9 @@ def test_report_renders_in_chromium_with_every_plot_and_no_console_error(audit_r
         png = base64.b64decode(data)
         assert png.startswith(b"\x89PNG") and len(png) > MIN_PLOT_BYTES
     assert "Silo audit report" in dom.stdout and "Rounds and adapter hashes" in dom.stdout
+    # Two versions on one page, each said whose: the run's (what its ServerApp recorded) and the generator's.
+    assert "Code version (the run's ServerApp)" in dom.stdout.replace("&#x27;", "'").replace("&#39;", "'")
+    assert "this report's generator" in dom.stdout.replace("&#x27;", "'").replace("&#39;", "'")
     os.makedirs(os.environ.get("SILO_SCREENSHOT_DIR", tmp_path), exist_ok=True)
     shutil.copyfile(shot, os.path.join(os.environ.get("SILO_SCREENSHOT_DIR", tmp_path), "audit-report.png"))
 
