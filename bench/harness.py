@@ -219,9 +219,9 @@ def privacy_config(
 @dataclass(frozen=True)
 class DistributedSchedule:
     """What a distributed-noise row runs instead of its bench's local-noise schedule (README "Two trust
-    models"): DP-FedSGD, one step a round, so `[training] epochs`, `physical_batch_size`, `probe_rounds` and
-    the prefix cache for training do not apply (client/site.py `train_distributed`: every round trains the
-    adapter and head together on the full model; the prefix cache serves only the hold-out answers)."""
+    models"): DP-FedSGD, one step a round, so `[training] epochs`, `physical_batch_size` and `probe_rounds`
+    do not apply (client/site.py `train_distributed`: every round trains the adapter and head together, from
+    the prefix cache's states when `[training] prefix_cache` holds)."""
 
     rounds: int
     batch_size: int  # expected records a site's Poisson draw takes per round (q = batch / training records)

@@ -9,6 +9,10 @@
              record moves the sum by at most Δ2 (L2) and Δ1 (L1), whatever the others drew
     noise    add a Skellam share of variance `share_variance` per coordinate
 
+With a prefix cache (client/prefix_cache.py: every trained parameter above a layer, `[training] prefix_cache`)
+the per-record gradients come from the cached states of the layers below, computed once per data version:
+the same parameters and the same gradients, at the cost of the top layers only.
+
 The result is the site's integer vector, keyed like the adapter; SecAgg (client/secagg.py
 `mask_integers`) masks it. Nothing here reads a number from the coordinator except the grid step,
 and the noise share follows the site's own `[privacy]` settings (see `plan_distributed_round`).
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from peft import get_peft_model_state_dict
 
+from client.prefix_cache import PrefixCache
 from client.privacy import planned_sample_rate
 from client.train import per_sample_loss
 from common.config import SiteConfig, TaskConfig
@@ -58,23 +63,26 @@ def distributed_step(
     max_grad_norm: float,
     device: torch.device,
     rng: np.random.Generator,
+    prefix: PrefixCache | None = None,
 ) -> tuple[Arrays, int]:
-    """The site's noisy integer vector for this round and how many records the Poisson draw took."""
+    """The site's noisy integer vector for this round and how many records the Poisson draw took.
+    `prefix` (built for `model` and `dataset`): gradients from its top layers and cached states instead."""
     from opacus import GradSampleModule
 
     n = len(dataset)
+    trained, rows_of = (model, dataset) if prefix is None else (prefix.top, prefix.dataset)
     chosen = np.flatnonzero(rng.random(n) < plan.sample_rate)
     params = adapter_parameters(model)
     keys = sorted(params)
     sizes = [params[k].numel() for k in keys]
     total = np.zeros(sum(sizes), dtype=np.int64)
     scale = -learning_rate / (plan.sample_rate * n) / plan.grid_step
-    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    wrapped = GradSampleModule(trained, batch_first=True, loss_reduction="sum")
     try:
         wrapped.train()
         for start in range(0, len(chosen), PHYSICAL_BATCH):
             rows = torch.as_tensor(chosen[start : start + PHYSICAL_BATCH])
-            batch = tuple(t[rows].to(device) for t in dataset.tensors)
+            batch = tuple(t[rows].to(device) for t in rows_of.tensors)
             per_sample_loss(wrapped, batch, task).sum().backward()
             grads = torch.cat([_take_grad_sample(params[k]).flatten(1) for k in keys], dim=1).double()
             norms = grads.norm(dim=1, keepdim=True)

@@ -195,6 +195,7 @@ def train_distributed(msg: Message, context: Context, site: Loaded, rid: RoundId
             max_grad_norm=privacy.max_grad_norm,
             device=site.device,
             rng=fresh_numpy_generator(),
+            prefix=prefix_cache(site, site.data.train, "train"),
         )
         update_sha = hash_state(numpy_to_state(integers))
         entry = ledger.record_round(

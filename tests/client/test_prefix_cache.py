@@ -181,3 +181,50 @@ def test_a_kept_cache_is_rebuilt_when_the_records_or_the_prefix_change_and_only_
     with torch.no_grad():
         model.get_base_model().encoder.encoder.layer[0].output.dense.weight.mul_(1.01)  # a base weight below
     assert caches.get(model, records(seed=2), device=CPU) is not again and caches.builds == 3
+
+
+def test_distributed_step_from_the_prefix_cache_equals_the_whole_models():
+    import numpy as np
+
+    from client.distributed_dp import adapter_parameters, distributed_step
+    from common.accounting import BudgetFigure
+    from common.distributed_dp import plan_distributed_round
+
+    data = records(24)
+    lr, grid = 0.05, 1e-9  # one record's step ~2e6 integers: rounding (< 1 per record) is ~1e-6 of it
+    outputs = []
+    for cached in (False, True):
+        model = tiny_bert_classifier()
+        dim = sum(p.numel() for p in adapter_parameters(model).values())
+        plan = plan_distributed_round(
+            noise_multiplier=1e-9,  # a vanishing noise share: the two steps differ by rounding alone
+            min_honest=2,
+            budget_figure=BudgetFigure.SUM,
+            learning_rate=lr,
+            max_grad_norm=0.5,
+            expected_batch=0.5 * len(data),
+            grid_step=grid,
+            dim=dim,
+            sample_rate=0.5,
+        )
+        prefix = build_prefix_cache(model, data, device=CPU) if cached else None
+        assert (prefix is not None) is cached
+        integers, taken = distributed_step(
+            model,
+            data,
+            task=TASK,
+            plan=plan,
+            learning_rate=lr,
+            max_grad_norm=0.5,
+            device=CPU,
+            rng=np.random.default_rng(7),  # the same Poisson draw and rounding draws in both runs
+            prefix=prefix,
+        )
+        outputs.append((integers, taken))
+    (whole, taken), (from_cache, taken_cached) = outputs
+    assert taken == taken_cached > 0
+    assert whole.keys() == from_cache.keys() and len(whole) == 4  # LoRA A and B, the head's weight and bias
+    for key, values in whole.items():
+        assert np.abs(values).max() > 1000 * taken, key  # it stepped
+        # float32 gradients agree to ~1e-7 relative; a rounding draw may then land on the other integer.
+        assert np.abs(from_cache[key] - values).max() <= taken, key
