@@ -1,6 +1,7 @@
 """How close can DP-SGD at these sites get? Banking77 on frozen encoder features, for the goal's sake.
 
     .venv/bin/python bench/dp_ceiling_banking77.py [--schedules 4x2 5x4 10x4 20x4] [--json FILE]
+    .venv/bin/python bench/dp_ceiling_banking77.py --distributed 30x3000 [--distributed-learning-rate 64]
 
 An analysis aid, NOT Silo's pipeline (bench/utility_banking77.py is that): it answers "what is the best a
 federated DP-SGD run could reach on these three sites?" in minutes instead of hours, by training only the
@@ -19,6 +20,18 @@ Gaussian noise sigma * 1 added to their sum (sigma from Silo's `find_noise_multi
 for all rounds x steps, exactly as a site derives it), Adam at 1e-2. "central" is one site holding every
 site's training records, non-private. The per-record head gradient is computed in closed form
 ((softmax - onehot) outer feature), which is what Opacus' per-sample gradients give for a linear layer.
+
+`--distributed ROUNDSxBATCH ...`: the distributed-noise rows instead (README "Two trust models";
+client/distributed_dp.py): DP-FedSGD, one step a round, each site's Poisson sample at Silo's
+`planned_sample_rate` for the expected batch, per-record gradients clipped, the site's SGD step with its
+Skellam share (σ from the site's own planner: `plan_distributed_round` and
+`PrivacyConfig.resolve_distributed_noise_multiplier`, t = every site, the "sum" figure, the rounds' hold-out
+answers at the bench's eval sigma, the benchmark's SecAgg grid and adapter size), the coordinator's
+unweighted mean of the steps handed to Silo's own strategy (FedAvg, or FedAdam with `--server fedadam`).
+`dist-noiseless` is the same schedule without noise: what the number of steps alone allows.
+
+    .venv/bin/python bench/dp_ceiling_banking77.py --features F --distributed 20x500 30x3000 \
+        --distributed-learning-rate 32 64 --seeds 3 --only dist8 dist3 dist-noiseless
 
 What it cannot see: LoRA inside the encoder (the real run trains r=1 on the top layer's values too) and
 the encoder's features moving. On this data the real pipeline measured a few points BELOW these figures,
@@ -179,6 +192,190 @@ def federated(
     return {"accuracy": accuracy, "sigma": [s for s in sigmas if s is not None]}
 
 
+def adapter_dim(encoder: Path, labels: list[str], *, ffa: bool) -> int:
+    """Values a distributed round's vector carries for the benchmark's adapter (head and LoRA, trainable
+    ones only), counted by the site's own `adapter_parameters`: the rounding bound Δ2 grows with it."""
+    from bench.harness import classification_task
+    from bench.utility_banking77 import LORA_TARGETS
+    from client.distributed_dp import adapter_parameters
+    from common.config import LoraSettings
+    from common.model import load_lora_model
+
+    task = classification_task(labels, pooling="mean", head_init="label_names")
+    lora = LoraSettings(r=1, alpha=2.0, dropout=0.0, target_modules=LORA_TARGETS, ffa=ffa)
+    model = load_lora_model(str(encoder), lora, task)
+    return sum(p.numel() for p in adapter_parameters(model).values())
+
+
+def distributed_plans(
+    sizes: list[int], *, rounds: int, batch_size: int, learning_rate: float, epsilon: float, dim: int
+) -> list[Any]:
+    """Each site's `DistributedRound` for the schedule, as `client.distributed_dp.plan_site_round` makes it:
+    Silo's sample rate, the SecAgg grid of the benchmark's federation, t = every site, the budget on the
+    "sum" figure, σ spending `epsilon` over `rounds` and their `rounds + 1` hold-out answers."""
+    from dataclasses import replace
+
+    from bench.harness import DISTRIBUTED_SECAGG_RANGE, privacy_config
+    from bench.utility_banking77 import DISTRIBUTED
+    from client.privacy import planned_sample_rate
+    from common.config import SecAggSection
+    from common.distributed_dp import plan_distributed_round
+
+    privacy = replace(
+        privacy_config(
+            epsilon, rounds=rounds, delta=DELTA, max_grad_norm=MAX_GRAD_NORM, distributed_min_honest=len(sizes)
+        ),
+        eval_noise_multiplier=DISTRIBUTED.eval_noise_multiplier,
+    )
+    grid_step = 2.0 * SecAggSection().clip / DISTRIBUTED_SECAGG_RANGE  # client.secagg.grid_step
+    plans = []
+    for n in sizes:
+        rate = planned_sample_rate(dataset_size=n, batch_size=min(batch_size, n))
+
+        def plan(sigma: float, rate: float = rate, n: int = n) -> Any:
+            return plan_distributed_round(
+                noise_multiplier=sigma,
+                min_honest=privacy.distributed_min_honest,
+                budget_figure=privacy.distributed_budget,
+                learning_rate=learning_rate,
+                max_grad_norm=privacy.max_grad_norm,
+                expected_batch=rate * n,
+                grid_step=grid_step,
+                dim=dim,
+                sample_rate=rate,
+            )
+
+        unit = plan(1.0)
+        plans.append(
+            plan(
+                privacy.resolve_distributed_noise_multiplier(
+                    sample_rate=rate, l2_sensitivity=unit.l2_sensitivity, l1_sensitivity=unit.l1_sensitivity
+                )
+            )
+        )
+    return plans
+
+
+def distributed(
+    feats: dict[str, Any],
+    *,
+    rounds: int,
+    batch_size: int,
+    learning_rate: float,
+    epsilon: float | None,
+    dim: int,
+    strategy: Any,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Hold-out accuracy of the head after `rounds` of DP-FedSGD with distributed noise (client/distributed_dp.py):
+    each site Poisson-samples its records, clips each record's gradient to MAX_GRAD_NORM, takes its share of one
+    SGD step (-lr / expected batch) and adds its Skellam share (here Gaussian of the same variance: at these
+    variances, ~1e13 integers², the two are indistinguishable); the coordinator averages the sites' steps
+    unweighted (server/secagg.py) and hands the result to `strategy` (a server.strategy class) as the real
+    round loop does. Rounding to the grid is left out (2^-27: under 1e-7 of a record's step per value)."""
+    from client.privacy import planned_sample_rate
+
+    sites = feats["train"]
+    sizes = [len(y) for _, y in sites]
+    plans = (
+        [None] * len(sites)  # no noise: what the schedule reaches when only its steps limit it
+        if epsilon is None
+        else distributed_plans(
+            sizes, rounds=rounds, batch_size=batch_size, learning_rate=learning_rate, epsilon=epsilon, dim=dim
+        )
+    )
+    rates = [planned_sample_rate(dataset_size=n, batch_size=min(batch_size, n)) for n in sizes]
+    generator = torch.Generator().manual_seed(seed)
+    weight, bias = (t.clone().double() for t in feats["head"])
+    for _ in range(rounds):
+        step_w, step_b = torch.zeros_like(weight), torch.zeros_like(bias)
+        for (x_all, y_all), plan, rate in zip(sites, plans, rates, strict=True):
+            n = len(y_all)
+            take = torch.nonzero(torch.rand(n, generator=generator) < rate).flatten()
+            x, y = x_all[take].double(), y_all[take]
+            p = torch.softmax(x @ weight.T + bias, dim=-1)
+            p[torch.arange(len(y)), y] -= 1
+            norms = p.norm(dim=-1) * torch.sqrt((x * x).sum(-1) + 1)
+            p = p * (MAX_GRAD_NORM / (norms + 1e-12)).clamp(max=1.0).unsqueeze(-1)
+            scale = -learning_rate / (rate * n)
+            noise = 0.0 if plan is None else plan.grid_step * plan.share_variance**0.5
+            step_w += scale * (p.T @ x) + noise * torch.randn(weight.shape, generator=generator, dtype=torch.float64)
+            step_b += scale * p.sum(0) + noise * torch.randn(bias.shape, generator=generator, dtype=torch.float64)
+        before = {"w": weight.numpy(), "b": bias.numpy()}
+        combined = {"w": before["w"] + step_w.numpy() / len(sites), "b": before["b"] + step_b.numpy() / len(sites)}
+        after = strategy.aggregate_combined(before, combined)
+        weight, bias = torch.from_numpy(after["w"]), torch.from_numpy(after["b"])
+    x, y = feats["holdout"]
+    accuracy = float(((x.double() @ weight.T + bias).argmax(-1) == y).float().mean())
+    return {"accuracy": accuracy, "sigma": [p.noise_multiplier for p in plans if p is not None]}
+
+
+def distributed_table(feats: dict[str, Any], labels: list[str], args: argparse.Namespace, t0: float) -> int:
+    """`--distributed`: hold-out accuracy of each (epsilon, ROUNDSxBATCH, SGD rate), mean and range of seeds."""
+    from bench.utility_banking77 import DISTRIBUTED
+    from common.config import FederationSection, StrategyName
+    from server.strategy import make_strategy
+
+    schedules = [tuple(int(v) for v in s.lower().split("x")) for s in args.distributed]
+    rates = args.distributed_learning_rate or [DISTRIBUTED.learning_rate]
+    dim = adapter_dim(encoder_dir(), labels, ffa=DISTRIBUTED.ffa)
+    configs = [(f"dist{e:g}", e) for e in sorted(EPSILONS, reverse=True)] + [("dist-noiseless", None)]
+    rows, results = [], []
+    for key, eps in configs:
+        if args.only and key not in args.only:
+            continue
+        for (rounds, batch), lr in ((s, r) for s in schedules for r in rates):
+            strategy = FederationSection(
+                strategy=StrategyName(args.server), server_learning_rate=args.server_learning_rate
+            )
+            runs = [
+                distributed(
+                    feats,
+                    rounds=rounds,
+                    batch_size=batch,
+                    learning_rate=lr,
+                    epsilon=eps,
+                    dim=dim,
+                    strategy=make_strategy(strategy),
+                    seed=seed,
+                )
+                for seed in range(args.seeds)
+            ]
+            accs = [100 * r["accuracy"] for r in runs]
+            sigma = max(runs[0]["sigma"], default=0.0)
+            rows.append(
+                [
+                    key,
+                    rounds,
+                    batch,
+                    lr,
+                    f"{sum(accs) / len(accs):.2f}",
+                    f"{min(accs):.1f}-{max(accs):.1f}",
+                    f"{sigma:.3f}",
+                ]
+            )
+            results.append(
+                {
+                    "config": key,
+                    "rounds": rounds,
+                    "batch": batch,
+                    "learning_rate": lr,
+                    "accuracy": accs,
+                    "sigma": runs[0]["sigma"],
+                }
+            )
+            print(f"[ceiling] {' '.join(map(str, rows[-1]))}", file=sys.stderr, flush=True)
+    print(
+        f"\nBanking77, DP-FedSGD with distributed noise (t = {SITES}, sum figure), head on frozen features, hold-out "
+        f"accuracy % over {args.seeds} seeds; server {args.server}; adapter {dim} values; clip {MAX_GRAD_NORM}, delta {DELTA}"
+    )
+    print(format_table(["configuration", "rounds", "batch", "SGD lr", "mean", "range", "sigma (max site)"], rows))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"distributed": results}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     global BATCH_SIZE, LEARNING_RATE  # --batch-size and --learning-rate replace the defaults for this run
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,7 +389,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=2, help="noise/sampling seeds per cell (mean reported)")
     ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"logical batch (default {BATCH_SIZE})")
     ap.add_argument("--learning-rate", type=float, default=LEARNING_RATE, help=f"Adam's (default {LEARNING_RATE})")
-    ap.add_argument("--only", nargs="+", help="run only these configurations (central, federated, dp1, dp3, dp8)")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        help="run only these configurations (central, federated, dp1, dp3, dp8; with --distributed: dist1, dist3, "
+        "dist8, dist-noiseless)",
+    )
+    ap.add_argument(
+        "--distributed",
+        nargs="+",
+        metavar="ROUNDSxBATCH",
+        help="instead: DP-FedSGD with distributed noise (one step a round, expected batch a site), e.g. 30x3000",
+    )
+    ap.add_argument("--distributed-learning-rate", type=float, nargs="+", help="SGD rates to try (default the bench's)")
+    ap.add_argument("--server", choices=["fedavg", "fedadam"], default="fedavg", help="the coordinator's strategy")
+    ap.add_argument("--server-learning-rate", type=float, default=0.01, help="FedAdam's rate (default 0.01)")
     ap.add_argument("--features", type=Path, help="keep the encoded features in this file and reuse them")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -221,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if args.distributed:
+        return distributed_table(feats, labels, args, t0)
     rows, results = [], []
     configs: list[tuple[str, str, float | None, bool]] = [
         ("central", "central, non-private", None, True),

@@ -230,6 +230,9 @@ class DistributedSchedule:
     # `[lora] alpha` of the distributed rows (None: the bench's own). One SGD rate serves every parameter; a
     # smaller alpha scales LoRA's gradients, and a step's effect on the layer, down with it.
     lora_alpha: float | None = None
+    # `[lora] ffa` of the distributed rows: A stays at its seeded start, so the noise moves B alone and the
+    # layer's change B A stays on A's one direction.
+    ffa: bool = False
 
 
 # Secure aggregation for distributed rows: README's advice for distributed noise, a grid of 2 / 2^28 (clip 1),
@@ -267,14 +270,21 @@ class ModelSections:
 
 
 def model_sections(
-    *, base: str | Path, max_length: int, lora_r: int, lora_alpha: float, targets: Sequence[str], task: Any = None
+    *,
+    base: str | Path,
+    max_length: int,
+    lora_r: int,
+    lora_alpha: float,
+    targets: Sequence[str],
+    task: Any = None,
+    ffa: bool = False,
 ) -> ModelSections:
-    """The base model, LoRA on `targets`, and `task` (a TaskConfig; None: causal LM)."""
+    """The base model, LoRA on `targets` (`ffa`: A frozen), and `task` (a TaskConfig; None: causal LM)."""
     from common.config import LoraSettings, ModelConfig, TaskConfig
 
     return ModelSections(
         model=ModelConfig(base=str(base), max_length=max_length),
-        lora=LoraSettings(r=lora_r, alpha=lora_alpha, dropout=0.0, target_modules=tuple(targets)),
+        lora=LoraSettings(r=lora_r, alpha=lora_alpha, dropout=0.0, target_modules=tuple(targets), ffa=ffa),
         task=TaskConfig() if task is None else task,
     )
 

@@ -27,8 +27,8 @@ Configurations, each through Silo's pipeline from site TOMLs ([task] type = "cla
                federating; the table shows the best of the three
 Every site keeps its content-hashed 20% hold-out (never trained on), so the central site trains on
 exactly the union of the federated sites' training records. Same schedule and recipe for all rows but the
-distributed ones (one step a round, which the recipe's epochs, probe rounds and training prefix cache do not
-apply to).
+distributed ones (one step a round, which the recipe's epochs and probe rounds do not apply to; the prefix
+cache does).
 
 The recipe (issue 18), each part a site setting: a large logical batch ([training] batch_size, what the
 accountant sees) run in physical passes of `physical_batch_size`; the first `probe_rounds` rounds a DP
@@ -103,19 +103,20 @@ DELTA = 1e-5  # < 1/n for every site (n <= 10,003)
 LORA_TARGETS = ("layer.5.attention.self.value",)
 # The distributed rows' schedule (DP-FedSGD: a round is one step of plain SGD on the three sites' summed,
 # clipped per-record gradients, the adapter and the 77-way head together). Chosen on the sites' hold-outs, never
-# on test, with a head-only simulation of that step (frozen features as bench/dp_ceiling_banking77.py, σ from
-# the sites' own planner, one seed): 20 rounds x expected batch 500 at lr 32 reached 85.8% at eps 8 (batch
-# 2,000: 86.5 / 85.7 / 75.9% at eps 8 / 3 / 1, at 4x the cost; batch 500 x 40 rounds 88.4% at eps 8 but 17% at
-# eps 1, σ 28.5: the Skellam subsampling bound is loose at small eps and 41 hold-out answers share the budget;
-# lr 16 trailed by 3 points). The rate is large because every record's gradient is clipped to norm 1: a step
-# moves the 77 x 384 head by at most lr. The same rate on the top layer's LoRA (alpha 2) grew its A and B
-# (0.6 / 0 at the start) to 2-5 within 5 rounds through the real pipeline, and the hold-out accuracy fell to
-# 5-13% (lr 32 and lr 8 alike), so its alpha is 1/16 of the local rows': LoRA's gradients, and its steps'
-# effect on the layer, shrink with it. Batch 500 is 0.18-0.22 of a
-# site's 2,281-2,926 training records; a round is one pass of the full encoder over them (`train_distributed`
-# has no training prefix cache): ~35 s a round here.
+# on test, with bench/dp_ceiling_banking77.py --distributed (the head on frozen features, each site's σ from
+# Silo's own planner, the real FedAvg of the steps; 3 seeds, mean [min-max]): expected batch 3,000 is every
+# record of every site (q = 1: 2,281-2,926 training records a site), which the Skellam bound accounts without
+# the general subsampling bound's looseness; at eps 8, 30 rounds at lr 64 reach 90.3 [90.2-90.4] (lr 96: 90.6;
+# 40 rounds: 90.7; 20 rounds: 89.5), against 86.2 [86.1-86.5] for the former 20 rounds x batch 500 at lr 32
+# (real: 85.7% test). Without noise the same 20 rounds reach only 89.9: the former schedule was short of steps,
+# not drowned by noise. eps 3: 88.1 [88.0-88.4] (lr 96: 86.8). The rate is large because every record's
+# gradient is clipped to norm 1: a step moves the 77 x 384 head by at most lr. LoRA (what the simulation cannot
+# see) gets the noise and little signal: the same rate on the top layer's LoRA at alpha 2 grew A and B to 2-5
+# within 5 rounds through the real pipeline (hold-out accuracy 5-13%), so its alpha is 1/16 of the local rows'
+# and A stays frozen (FFA-LoRA): the noise then moves B alone, and the layer's change B A stays on A's seeded
+# direction. A round trains from the prefix cache (the top layer and head over cached states).
 DISTRIBUTED = DistributedSchedule(
-    rounds=20, batch_size=500, learning_rate=32.0, eval_noise_multiplier=60.0, lora_alpha=0.125
+    rounds=30, batch_size=3000, learning_rate=64.0, eval_noise_multiplier=60.0, lora_alpha=0.125, ffa=True
 )
 
 
@@ -246,6 +247,7 @@ def run_config(
         lora_r=s.lora_r,
         lora_alpha=lora_alpha,
         targets=s.lora_targets,
+        ffa=row.distributed and s.distributed.ffa,
     )
     # One torch thread per site: on a small shared machine 2 threads ran 3-6x SLOWER per step than 1
     # (measured here: MiniLM LoRA step, batch 32, 0.5-0.8 s with 1 thread, 2.5-4.6 s with 2, under load).
@@ -448,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         d = s.distributed
         print(
             f"distributed rows: {d.rounds} rounds x 1 DP-FedSGD step, expected batch {d.batch_size} a site, "
-            f"SGD lr {d.learning_rate}, LoRA alpha {d.lora_alpha or 2 * s.lora_r:g}, eval sigma "
+            f"SGD lr {d.learning_rate}, LoRA alpha {d.lora_alpha or 2 * s.lora_r:g}{' (FFA)' if d.ffa else ''}, eval sigma "
             f"{d.eval_noise_multiplier:g}, t = {SITES}, budget on the sum figure",
             flush=True,
         )
