@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from presidio_analyzer import EntityRecognizer
+from spacy.lang.en.stop_words import STOP_WORDS
 
 from client.recognizers.pattern import RegexRecognizer
 from client.recognizers.vocabulary import is_clinical, is_common, is_rare, zipf
@@ -70,21 +71,33 @@ US_STATE_CODES = frozenset(
         "MP",
     ]
 )
-_STREET_SUFFIX = (
-    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
-    r"Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Trail|Trl|Crescent|Close|Row|Walk|Alley|Loop|Pike|"
-    r"Path|Run|Pass|Plaza|Crossing|Expressway|Freeway|Turnpike|Route|Rte|Green|Grove|Gardens?|Heights|"
-    r"Parade|Esplanade|Promenade|Mews|Rise|Quay|Wynd|Chase|"
-    r"Hills?|Park|Ridge|Valley|Views?|Village|Meadows?|Mills?|Springs?|Stravenue|Mountains?|Forks?|"
-    r"Harbou?rs?|Islands?|Lakes?|Landing|Manors?|Estates?|Points?|Ports?|Shores?|Squares?|Stations?|"
-    r"Streets|Summit|Tunnel|Union|Unions|Wells?|Junctions?|Knolls?|Locks?|Lodge|Mall|Motorway|Oval|"
-    r"Orchard|Overpass|Plains?|Prairie|Ramp|Ranch|Rapids?|Rest|Roads|Routes|Shoals?|Skyway|Spur|Tracks?|"
-    r"Trafficway|Underpass|Vista|Ways|Bypass|Camp|Canyon|Cape|Causeway|Centers?|Cliffs?|Club|Common|"
-    r"Corners?|Course|Courts|Coves?|Creek|Crest|Curve|Dale|Dam|Divide|Drives|Extensions?|Falls?|Ferry|"
-    r"Fields?|Flats?|Fords?|Forest|Forges?|Freeway|Glens?|Groves|Hollow|Inlet|Isle|Keys?|Light|Lights|"
-    r"Neck|Orchard|Pines|Radial|Ridges|River|Shoal|Throughway|Trace|Viaduct|Villages?|Ville|Branch|Bridge|"
-    r"Brooks?|Burgs?|Bluffs?|Bottom)"
-)
+# Street types: the USPS suffix list (Publication 28, appendix C1) and Australia Post's (AS 4590), with their
+# common abbreviations. A closed vocabulary of the address form, not of any one place.
+_STREET_TYPE_WORDS = """
+Street St Streets Avenue Ave Road Rd Roads Boulevard Blvd Lane Ln Drive Dr Drives Court Ct Courts Way Ways
+Place Pl Terrace Ter Circle Cir Circles Parkway Pkwy Parkways Highway Hwy Square Sq Squares Trail Trl
+Crescent Close Row Walk Walks Alley Loop Pike Path Run Pass Passage Plaza Crossing Crossroad Expressway
+Freeway Turnpike Route Rte Routes Green Greens Grove Groves Garden Gardens Heights Parade Esplanade
+Promenade Mews Rise Quay Quays Wynd Chase Hill Hills Park Parks Ridge Ridges Valley Valleys View Views
+Village Villages Meadow Meadows Mill Mills Spring Springs Stravenue Mountain Mountains Mount Fork Forks
+Harbor Harbors Harbour Harbours Island Islands Isle Lake Lakes Landing Manor Manors Estate Estates Point
+Points Port Ports Shore Shores Station Stations Summit Tunnel Union Unions Well Wells Junction Junctions
+Knoll Knolls Lock Locks Lodge Mall Motorway Oval Orchard Overpass Plain Plains Prairie Ramp Ranch Rapid
+Rapids Rest Shoal Shoals Skyway Spur Spurs Track Tracks Trafficway Underpass Vista Bypass Camp Canyon
+Cape Causeway Center Centers Centre Cliff Cliffs Club Common Corner Corners Course Cove Coves Creek Crest
+Curve Dale Dam Divide Extension Extensions Fall Falls Ferry Field Fields Flat Flats Ford Fords Forest
+Forge Forges Fort Gateway Glen Glens Haven Hollow Inlet Key Keys Land Light Lights Loaf Mission Neck
+Pine Pines Radial Ridge River Stream Throughway Trace Viaduct Ville Wall Branch Bridge Brook Brooks Burg
+Burgs Bluff Bluffs Bottom Access Alleyway Amble Anchorage Approach Arcade Basin Beach Bend Brae Broadway
+Brow Byway Circuit Circus Colonnade Concourse Copse Courtyard Crossway Cul-de-sac Cutting Dell Driveway
+Fairway Footway Foreshore Frontage Glade Grange Gully Highroad Laneway Lookout Meander Nook Outlook
+Parklands Pathway Plateau Quadrant Ramble Reserve Retreat Ridgeway Riverway Riviera Roadway Rotary
+Siding Strand Thoroughfare Tollway Tor Towers Vale Villas Walkway
+"""
+STREET_TYPES = frozenset(w.casefold() for w in _STREET_TYPE_WORDS.split())
+# Longest first, so that "Streets" is not cut to "Street" and a "Parks" to "Park" (regex alternation is ordered).
+_STREET_SUFFIX = "(?:" + "|".join(sorted(_STREET_TYPE_WORDS.split(), key=len, reverse=True)) + ")"
+_STREET_SUFFIX_LOWER = _STREET_SUFFIX.lower()
 _CAPWORD = r"[A-Z][\w'’\-]*"
 _UNIT = r"(?:,?\s+(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Fl\.?|Floor|Room|Rm\.?|#)\s*[\w\-]+)?"
 _EU_STREET_WORD = (
@@ -95,9 +108,13 @@ _EU_STREET_PREFIX = (
     r"(?:[Rr]ue|[Aa]venue|av\.|[Bb]oulevard|bd|[Pp]lace|[Cc]hemin|[Aa]llée|[Ii]mpasse|[Qq]uai|[Rr]oute|cours|square|"
     r"Calle|C/|Avenida|Avda\.?|Plaza|Paseo|Camino|Carrer|Ronda|Cuesta|Vía|Via|Viale|Piazza|Piazzale|Corso|"
     r"Largo|Vicolo|Contrada|Borgo|Strada|Rotonda|Stretto|Canale|Incrocio|Callejón|Glorieta|Pasaje|Rambla|"
-    r"Travesía|Urbanización|Rua|Travessa|Praça|Alameda|ul\.|ulica|aleja|al\.|Jl\.|Jln\.|Jalan|Gg\.|Gang|Lorong)"
+    r"Travesía|Urbanización|Rua|Travessa|Praça|Alameda|ul\.|ulica|aleja|al\.|Jl\.|Jln\.|Jalan|Gg\.|Gang|Lorong|"
+    r"[Mm]ontée|[Cc]ôte|[Rr]ang|Diagonal|Transversal|Carrera|Calzada|Prolongación|Circunvalación|Calea|Drumul|"
+    r"Aleea|Splaiul|Intrarea|Bulevardul|Soseaua|Șoseaua)"
 )
 _NUMBER = r"\d{1,5}(?:[\-/]\d{1,4})?[A-Za-z]?"
+# "no. 5", "Nr. 12", "N° 786", "nº 4": the word before a house number.
+_NUMBER_WORD = r"(?i:no|nr|n[°º]|n\.º)\.?"
 _PARTICLE = r"(?:de|del|de la|des|du|di|della|dos|da|do|das|la|le|les|los|las|y|e|van|von|der|den)"
 # One to four capitalised words, with name particles between them: "de la Paix", "Desiderio Valbuena".
 _EU_STREET_NAME = rf"(?:{_PARTICLE}\s+)*[A-Z][\w'’\-]*(?:\s+(?:{_PARTICLE}\s+)*[A-Z][\w'’\-]*){{0,3}}"
@@ -116,12 +133,27 @@ _STREET_ENDINGS = tuple(_STREET_WORDS.split())
 # never a dose or a measure ("Sertraline 50 mg", "Ward 5" is an everyday word).
 # Tried at every word (a lookahead: a failed longer candidate, "goes to Björkvägen 23", must not hide the
 # shorter one inside it); overlapping finds merge later.
-_NAME_THEN_NUMBER = re.compile(
-    r"\b(?=(?P<v>[A-ZÀ-Þa-zß-ÿ][^\W\d_]{2,}(?:[ \t][^\W\d_]{2,}){0,2}[ \t]+(?:No\.?[ \t]*|Nr\.?[ \t]*)?"
+_STREET_THEN_NUMBER = (
+    rf"[A-ZÀ-Þa-zß-ÿ][^\W\d_]{{2,}}(?:-[^\W\d_]+)*(?:[ \t][^\W\d_]{{2,}}){{0,2}},?[ \t]+(?:{_NUMBER_WORD}[ \t]*)?"
     r"\d{1,4}[A-Za-z]?(?:/\d{1,4})?)\b\.?(?![/:.,\-]\d)"
     r"(?![ \t]*(?:mg|mcg|µg|g|ml|mL|units?|iu|IU|%|mmHg|bpm|kg|lbs?|cm|mm|years?|yrs?|days?|weeks?|months?|"
-    r"hours?|hrs?|min|minutes|times|x|am|pm|AM|PM)\b))"
+    r"hours?|hrs?|min|minutes|times|x|am|pm|AM|PM|tablets?|pills?|doses?|puffs?|drops?)\b))"
 )
+_NAME_THEN_NUMBER = re.compile(rf"\b(?=(?P<v>{_STREET_THEN_NUMBER}")
+# A lower-case street of any locale after a place word: "moved to tveitkroken 776", "im at nørregade 12",
+# "address: kaivokatu 3". Its first word is no word of English at all ("ozempic 1" after "on" is a dose).
+_LOWER_STREET_AFTER_CUE = re.compile(
+    rf"(?i:\b(?:at|to|in|from|address(?:\s+is)?|adres|adresse|dirección|indirizzo|endereço)[ \t]*:?[ \t]+)"
+    rf"(?=(?P<v>{_STREET_THEN_NUMBER}"
+)
+# Zipf below this: a word wordfreq has (almost) never seen in English ("tveitkroken" 0, "nørregade" 0).
+UNKNOWN_ZIPF = 1.0
+
+
+def _lower_street_after_cue(value: str) -> bool:
+    first = re.match(r"[^\W\d_]+", value)
+    word = first.group() if first else ""
+    return len(word) >= 5 and zipf(word) < UNKNOWN_ZIPF and not is_clinical(word) and _street_like(value, lower=True)
 
 
 def _street_word(word: str) -> bool:
@@ -129,13 +161,15 @@ def _street_word(word: str) -> bool:
     return low in _STREET_ENDINGS or (len(low) > 2 and low.endswith(_STREET_ENDINGS))
 
 
-def _street_like(value: str) -> bool:
-    words = [w for w in re.findall(r"[^\W\d_]+", value) if w not in ("No", "Nr")]
+def _street_like(value: str, *, lower: bool = False) -> bool:
+    """A street's name before its number: a street word, or (capitalised, or after a place word when `lower`)
+    a first word that is no everyday English."""
+    words = [w for w in re.findall(r"[^\W\d_]+", value) if w.casefold() not in ("no", "nr", "n")]
     if any(w[0].islower() and is_common(w) and not _street_word(w) for w in words):
         return False  # "Okonkwo on 3": an everyday lower-case word is prose, not a street ("pikk tee 5")
     if any(_street_word(w) for w in words):
         return True
-    return bool(words) and words[0][0].isupper() and is_rare(words[0])
+    return bool(words) and (lower or words[0][0].isupper()) and is_rare(words[0])
 
 
 # "my postcode is 4021", "ZIP: 1015 BS", "postal code H-3914": a postcode after its word, any country's form.
@@ -146,14 +180,29 @@ _POSTCODE_CUE = re.compile(
 # A postcode after an address's comma, before a town: "..., 114 28 Stockholm", "..., H-3914 Felsőmellékháza".
 _POSTCODE_BEFORE_TOWN = re.compile(
     r"(?:(?<=, )|(?<=^)|(?<=\n))(?:[A-Z]{1,2}-)?(?:\d{3,6}|\d{2}(?=-))(?:[ \-]\d{2,3})?(?=[ \t]+[A-ZÀ-Þ][^\W\d_])|"
-    r"\b[A-Z]\d[A-Z] ?\d[A-Z]\d\b"
+    r"\b[A-Z]\d[A-Z] ?\d[A-Z]\d\b|"
+    # Between commas, before its town: "Via Roma, 24, 38061, Serravalle" (five digits: no year).
+    r"(?<=, )\d{5}(?=,[ \t]+[A-ZÀ-Þ][^\W\d_])"
 )
-# A town, perhaps a state's code, then the postcode, after an address's comma: ", Bandung 40117",
-# ", Parramatta NSW 2150", ", Rotorua 3010".
+# A town, perhaps a state's or province's code, then the postcode, after an address's comma: ", Bandung 40117",
+# ", Parramatta NSW 2150", ", Gregorytown, MB R3C 4T3", ", Lac- Marcelle, QC H3A 1G1", ", Ashford TN23 1AB".
 _TOWN_THEN_POSTCODE = re.compile(
-    r"(?:(?<=, )|(?<=\n)|^)(?P<v>[A-ZÀ-Þ][^\W\d_]+(?:[ \t\-][A-ZÀ-Þ][^\W\d_]+){0,2}(?:,?[ \t]+[A-Z]{2,3})?"
-    r",?[ \t]+\d{4,6})"
+    r"(?:(?<=, )|(?<=\n)|^)(?P<v>[A-ZÀ-Þ][^\W\d_]+(?:(?:[ \t]|-[ \t]?)[A-ZÀ-Þ][^\W\d_]+){0,2}(?:,?[ \t]+[A-Z]{2,3})?"
+    r",?[ \t]+(?:\d{4,6}|[A-Z]\d[A-Z] ?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}))"
     r"(?![\w\-]|[.,]\d)"
+)
+
+
+# A street numbered by its crossing, as Latin America writes it: "Calle 12 # 34-56", "Cr. 8A # 2U-3 Sur",
+# "Carrera 7 No. 45-10", "Diagonal 8 n° 65-8"; and an Indian house number, "H.No. 560", "House No. 12-3/A".
+_CROSSING_STREET = re.compile(
+    r"\b(?i:calle|carrera|cra|cr|cl|kr|kra|diagonal|dg|transversal|tv|avenida|av|ak|ac)\.?[ \t]+\d{1,3}[A-Z]?"
+    r"(?:[ \t]+(?i:bis|sur|este|norte|oeste))?[ \t]*(?:#|(?i:no|n[°º])\.?)[ \t]*\d{1,3}[A-Z]?(?:[ \t]*-[ \t]*\d{1,3}[A-Z]?)?"
+    r"(?:[ \t]+(?i:sur|este|norte|oeste)\b)?"
+)
+_HOUSE_NUMBER = re.compile(
+    r"\b(?i:H\.?[ \t]?No|House[ \t]+No|Plot[ \t]+No|Door[ \t]+No|Flat[ \t]+No|Khasra[ \t]+No)\.?[ \t]*"
+    r"\d{1,5}[A-Za-z]?(?:[\-/]\d{1,4}[A-Za-z]?)*(?:/[A-Z])?"
 )
 
 
@@ -167,12 +216,28 @@ _MAIL_BOX = re.compile(
     r"(?:APO|FPO|DPO)[ \t]+(?:AE|AA|AP)[ \t]+\d{5}|(?:USNS|USNV|USS|USCGC)[ \t]+[A-Z][a-z]+)",
     re.IGNORECASE,
 )
-# A lower-case street address: "12 elm street", "4 rue de la paix" is left to the pattern above.
-_LOWER_STREET = re.compile(
-    r"\b\d{1,5}[a-z]?[ \t]+(?:[a-z][\w'’\-]*[ \t]+){1,3}(?:street|st|avenue|ave|road|rd|lane|ln|drive|dr|"
-    r"boulevard|blvd|court|ct|way|place|pl|terrace|crescent|close|square|highway|hwy|parkway|pkwy|grove|"
-    r"parade|esplanade|mews|circle|trail)\b\.?"
-)
+# A lower-case street address: "12 elm street", "8395 maria freeway", "343 þórhallisson isle" ("4 rue de la paix"
+# is left to the pattern below).
+_LOWER_STREET = re.compile(rf"\b\d{{1,5}}[a-z]?[ \t]+(?:[a-zß-ÿ][\w'’\-]*[ \t]+){{1,3}}{_STREET_SUFFIX_LOWER}\b\.?")
+# Street types that are seldom anything else in lower case after a number and a name.
+_PLAIN_STREET_TYPE_WORDS = """
+street st avenue ave road rd lane ln drive dr boulevard blvd court ct way place pl terrace crescent close
+square highway hwy parkway pkwy grove parade esplanade mews circle trail freeway motorway expressway
+"""
+_PLAIN_STREET_TYPES = frozenset(_PLAIN_STREET_TYPE_WORDS.split())
+
+
+def _lower_street_named(value: str) -> bool:
+    """ "12 elm street" is an address, "2 tablets at the park" is not: a plain street type, or a name that is not
+    made of everyday words."""
+    words = re.findall(r"[^\W\d_]+", value)
+    if words[-1].casefold() in _PLAIN_STREET_TYPES:
+        return True
+    name = words[:-1]
+    if any(w in STOP_WORDS for w in name):  # "3 miles along the river": prose, no street's name has "the"
+        return False
+    return any(not is_common(w) and not is_clinical(w) for w in name)
+
 
 # Lower-case street forms that start with their street word, in chat: "via roma 12", "rue de la paix 4",
 # "ul. kwiatowa 15/3", "jl. merdeka no. 45", and "4 rue de la paix".
@@ -239,9 +304,10 @@ _STREET_NO_NUMBER = re.compile(
 # What follows a street and house number inside one address, in many locales: a unit, floor, staircase or
 # door ("Apt. 31", "bus 2", "4. tv", "3º B", "bl. 3, ap. 7", "8 B 12"), a lone letter or number.
 _UNIT_WORDS = (
-    r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Level|Lvl|Room|Rm|Bldg|Building|Block|Blk|Lot|Shop|"
-    r"bl|ap|app|apt|lgh|bus|bte|boks|et|etg|etage|Stiege|Stg|Tür|Top|piso|planta|puerta|pta|esc|int|interno|"
-    r"scala|sc|lok|m|kat|stan|nr|Nr|No|no)"
+    r"(?i:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Level|Lvl|Room|Rm|Bldg|Building|Block|Blk|Lot|Shop|"
+    r"bl|ap|app|apto|lgh|bus|bte|boks|et|etg|etage|Stiege|Stg|Tür|Top|piso|planta|puerta|pta|esc|int|interno|"
+    r"scala|sc|lok|m|kat|stan|nr|No|n[°º]|dpto|depto|departamento|casa|torre|bloque|bloco|portal|oficina|of|"
+    r"local|lote|mz|manzana|sala|andar|lt|rt|rw)"
 )
 _ADDRESS_TAIL = re.compile(
     rf"(?:,[ \t]*|[ \t]+)(?:{_UNIT_WORDS}\.?[ \t]*#?[ \t]*[0-9][0-9A-Za-z\-/]{{0,5}}|\d{{1,4}}[A-Za-z]?[.ºª°]?"
@@ -249,13 +315,21 @@ _ADDRESS_TAIL = re.compile(
 )
 # A unit before the house number: "Unit 4, 27 Wattle Grove", "Flat 2B 14 Kings Road".
 _ADDRESS_HEAD = re.compile(
-    r"\b(?:Unit|Flat|Apt\.?|Apartment|Suite|Ste\.?|Lot|Shop|Level)[ \t]+[0-9][0-9A-Za-z\-/]{0,5},?[ \t]*\n?[ \t]*$"
+    r"\b(?i:Unit|Flat|Apt\.?|Apartment|Suite|Ste\.?|Lot|Shop|Level)[ \t]+[0-9][0-9A-Za-z\-/]{0,5},?[ \t]*\n?[ \t]*$"
 )
+
+
+# A province's or county's code in brackets after its town: "Serravalle (TN)", "Ludlow (Salop)".
+_PROVINCE_AFTER = re.compile(r"[ \t]*\([A-Z][A-Za-z]{1,5}\.?\)")
 
 
 def address_extent(text: str, start: int, end: int) -> tuple[int, int]:
     """A street address found at `[start, end)` widened over the unit, floor and door parts around it, which
-    the address patterns leave out (each locale orders them differently)."""
+    the address patterns leave out (each locale orders them differently), and a province's code in brackets
+    after a town ("Pinzano (PN)")."""
+    province = _PROVINCE_AFTER.match(text, end)
+    if province:
+        end = province.end()
     if not any(c.isdigit() for c in text[start:end]):
         return start, end
     head = _ADDRESS_HEAD.search(text, max(0, start - 24), start)
@@ -286,7 +360,7 @@ def address_recognizers() -> list[EntityRecognizer]:
                 (re.compile(rf"\b{_NUMBER},?\s+{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME}{_UNIT}"), 0.8),
                 (
                     re.compile(
-                        rf"\b{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME},?\s+(?:(?i:no|nr)\.?\s*)?{_NUMBER}\b{_UNIT}"
+                        rf"\b{_EU_STREET_PREFIX}\s+{_EU_STREET_NAME},?\s+(?:{_NUMBER_WORD}\s*)?{_NUMBER}\b{_UNIT}"
                     ),
                     0.8,
                 ),
@@ -312,12 +386,17 @@ def address_recognizers() -> list[EntityRecognizer]:
                 (_POSTCODE_CUE, 0.85),
                 (_POSTCODE_BEFORE_TOWN, 0.7),
                 (_MAIL_BOX, 0.85),
-                (_LOWER_STREET, 0.8),
+                (_CROSSING_STREET, 0.8),
+                (_HOUSE_NUMBER, 0.8),
                 (_TOWN_AFTER_STREET, 0.8),
             ],
             name="SiloPostcodeBox",
         ),
+        RegexRecognizer("LOCATION", [(_LOWER_STREET, 0.8)], validate=_lower_street_named, name="SiloLowerStreetType"),
         RegexRecognizer("LOCATION", [(_NAME_THEN_NUMBER, 0.7)], validate=_street_like, name="SiloStreetAnyLocale"),
+        RegexRecognizer(
+            "LOCATION", [(_LOWER_STREET_AFTER_CUE, 0.7)], validate=_lower_street_after_cue, name="SiloLowerStreetCue"
+        ),
         RegexRecognizer("LOCATION", [(_TOWN_THEN_POSTCODE, 0.7)], validate=_town_like, name="SiloTownPostcode"),
         RegexRecognizer(
             "LOCATION",

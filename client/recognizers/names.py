@@ -118,7 +118,9 @@ _STATE_AFTER = re.compile(
 # in prose is four digits too), "K1A 0B1 Ottawa".
 _POSTCODE_BEFORE = re.compile(
     r"(?:\b\d{5}|\b\d{4}\s?[A-Z]{2}|\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\b\d{3}[ \t]\d{2}|\b\d{2}-\d{3}|"
-    r"\b\d{4}-\d{3}|\b[A-Z]{1,2}-\d{4,5}|(?:^|\n|,[ \t])[ \t]*\d{4,6}|\b[A-Z]\d[A-Z][ \t]?\d[A-Z]\d)[ \t]+$"
+    r"\b\d{4}-\d{3}|\b[A-Z]{1,2}-\d{4,5}|(?:^|\n|,[ \t])[ \t]*\d{4,6}|\b[A-Z]\d[A-Z][ \t]?\d[A-Z]\d)[ \t]+$|"
+    # "..., 38061, Serravalle": five digits between commas (no year) before the town.
+    r",[ \t]\d{5},[ \t]+$"
 )
 # "... on May 4, 2023 Metformin": a date's year, not a postcode, before a capitalised word.
 _DATE_BEFORE = re.compile(r"(?i:\b[a-z]{3,9}\.?[ \t]+\d{1,2}(?:st|nd|rd|th)?,[ \t]*\d{4}[ \t]+)$")

@@ -18,10 +18,18 @@ from presidio_analyzer.nlp_engine import NlpArtifacts
 
 from client.recognizers.pattern import RegexRecognizer, _keyword
 
-# A candidate: digits in groups (spaces, dots, dashes, slashes, brackets), 7 to 15 digits (E.164's maximum).
-_CANDIDATE = re.compile(r"(?<![\w+\-/.])(?:\+|00)?\(?\d[\d()\s.\-]{5,22}\d(?![\w\-/]|\.\d)")
-# An amount ("1 200 000", "12.50") is not a phone number without a phone word before it.
-_AMOUNT = re.compile(r"\d{1,3}(?:[ ,.]\d{3})+(?:\.\d{1,2})?|.*\.\d{2}")
+# A candidate: digits in groups (spaces, dots, dashes, brackets, a slash after an area code: "06-30/123 4567"),
+# 7 to 15 digits (E.164's maximum).
+_CANDIDATE = re.compile(
+    r"(?<![\w+\-/.])(?:\+|00)?\(?\d[\d()\s.\-]{0,6}(?:/[\d()\s.\-]{0,4}\d)?[\d()\s.\-]{3,20}\d(?![\w\-/]|\.\d)"
+)
+# An amount ("1 200 000", "12.50") is not a phone number without a phone word before it; an amount never
+# starts with a 0, a number dialled inside its country almost always does ("030 345 582").
+_AMOUNT = re.compile(r"[1-9]\d{0,2}(?:[ ,.]\d{3})+(?:\.\d{1,2})?|.*\.\d{2}")
+# A number in its national form: the trunk prefix 0, then at least 9 digits in 3 or more groups ("0612 345 67
+# 89", "06-80/235 3037"). Whether or not a numbering plan knows the exact range, no date, dose or amount has
+# this shape.
+_NATIONAL = re.compile(r"\(?0\d{1,4}\)?(?:[ \-./]{1,2}\d{2,4}){2,4}")
 _PHONE_CUE = re.compile(
     r"(?i:\b(?:phone|tel|telephone|fax|cell|mobile|mob|call|ring|text|sms|whatsapp|reach|contact|number|"
     r"nr|no|pager|landline|hotline|helpline|dial|numéro|telefon|puhelin|tlf)\b)"
@@ -73,7 +81,7 @@ class PhoneNumberRecognizer(EntityRecognizer):
             if not 7 <= len(digits) <= 15 or not re.search(r"[\s./\-()]", raw) and not raw.startswith("+"):
                 continue  # an ungrouped digit run is an account or record number, left to those recognizers
             number = "+" + digits[2:] if raw.startswith("00") else ("+" + digits if raw.startswith("+") else digits)
-            if not _valid_somewhere(number):
+            if not _valid_somewhere(number) and not (len(digits) >= 9 and _NATIONAL.fullmatch(raw)):
                 continue
             cue = _PHONE_CUE.search(text, max(0, m.start() - 32), m.start())
             if not cue and _AMOUNT.fullmatch(raw):

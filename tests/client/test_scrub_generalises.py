@@ -72,6 +72,21 @@ def strict():
         ("Residence: Ulica Jasnog 9 bl. 2, ap. 14, Sutivan 21403.", ["bl. 2", "ap. 14", "Sutivan", "21403"]),
         ("Post goes to Ekbackavägen 23 before noon.", ["Ekbackavägen 23"]),
         ("Mailing address: 880 Rue Vautrin Ouest, Montréal QC H3A 1G1.", ["880", "Vautrin"]),
+        # street types beyond the common few, in any case, with their units
+        ("He now lives at 6499 Lehiste Mission with his sister.", ["6499", "Lehiste"]),
+        ("we moved to 343 þórhallisson isle suite 252 last month", ["343", "þórhallisson", "252"]),
+        ("new place: unit 57 481 matthew rise, come by", ["57", "481", "matthew"]),
+        # a lower-case street of another locale after a place word, a hyphenated street name
+        ("we moved to tveitkroken 776 and then to klara-loos-straße 2", ["tveitkroken", "776", "klara", "loos"]),
+        # a province's code before a postcode, a postcode between commas, a province in brackets
+        ("Send to 19 Ferris Lane, Gregorytown, MB R3C 4T3 please.", ["MB", "R3C", "4T3"]),
+        ("Scrivere a Vicolo Bardi, 24, 38061, Serravalle (TN) entro lunedì.", ["38061", "Serravalle", "TN"]),
+        # crossing-numbered streets, house numbers, "N°", more locales' unit words
+        ("Vive en Cr. 8A # 2U-3 Sur, apto 301, o en Calle 12 No. 34-56.", ["8A", "2U-3", "301", "34-56"]),
+        ("Deliver to H.No. 560, near the temple; or Diagonal Constitución N° 786.", ["560", "Constitución", "786"]),
+        ("Adresa: Bulevardul Florea Nr. 717 Bl. 13 Sc. 58 Ap. 651.", ["Florea", "717", "13", "58", "651"]),
+        # national phone numbers: a trunk prefix 0 and groups, an area code before a slash
+        ("Left a message at 030 345 582; the desk is 06-30/235 3037.", ["030 345 582", "235 3037"]),
         # a town after "from", a state code before prose, a place of care led by an initialism or a town
         ("Ms. Q., from Tarrowby, was seen in Kelton, TX on Monday.", ["Tarrowby", "Kelton", "TX"]),
         ("Admitted to UVX Brightmoor on Friday, then seen at Kelton Oncology Center.", ["UVX", "Brightmoor", "Kelton"]),
@@ -101,6 +116,8 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "give 2 tablets at 8, meet at gate 12 by the cafe, wait 5 min",
         "sent via email 2 times; from 2023 onwards 10000 units were given; 4000 lost",
         "thanks for the help, this is urgent; i'm fine, this is metformin related",
+        "give 2 tablets at the park, walk 3 miles along the river; switched to ozempic 1 week ago",
+        "Counts were 12345, Smith's criteria were met.",
     ],
 )
 def test_scrub_text_clinical_and_everyday_content_is_kept(scrubber, text):
