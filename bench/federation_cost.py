@@ -7,6 +7,8 @@ processes on loopback, TLS, DP on) read back from its manifest:
 - warm: the defaults. Each site's runtime keeps its model, tokenizer and scrubbed records between
   messages; the coordinator polls replies every 0.2 s; SuperNode waits capped at 0.2 s; the adapter
   travels as fp16 deltas (common/transport.py).
+- floor (only when named): the warm setup with 30 records a site, so each site trains about one step and a
+  round is almost all fixed cost: what Flower's messaging and the sites' fixed work cost on this machine.
 - per-message: what a round cost before: a fresh site process per message (imports, model load,
   scrubbing every record, `[site] warm_runtime = false`), Flower's own 3 s waits at the coordinator
   and the SuperNode, fp32 on the wire.
@@ -19,6 +21,7 @@ loads and scrubs; later rounds show the steady state. Usage:
 
     .venv/bin/python bench/federation_cost.py            # 3 sites warm vs per-message, a larger model, 10 sites
     .venv/bin/python bench/federation_cost.py --quick    # 3 sites warm vs per-message only
+    .venv/bin/python bench/federation_cost.py --only warm floor   # a round's cost beside its fixed part
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ from silo.demo import (  # noqa: E402
 from silo.keygen import create_keys  # noqa: E402
 from silo.synthetic import make_bank_messages, make_clinical_notes  # noqa: E402
 
+# Records per site of the `floor` setup: each site trains about one step, so a round is almost all fixed cost.
+FLOOR_RECORDS = 30
+
 STAGES = (
     ("site_prepare_seconds", "prepare"),
     ("site_eval_seconds", "hold-out answer"),
@@ -66,6 +72,7 @@ class Setup:
     sites: int
     hidden: int
     warm: bool
+    records: int | None = None  # records per site; None: --records
 
 
 def machine() -> str:
@@ -177,6 +184,18 @@ def report(results: list[dict]) -> None:
             f"\nwarm / per-message round time (steady): {mean(r['wall'] for r in ws) / mean(r['wall'] for r in ps):.2f}; "
             f"bytes up: {w[0]['up'] / p[0]['up']:.2f} of fp32"
         )
+    floor = next((r for r in results if r["setup"]["records"] == FLOOR_RECORDS), None)
+    if floor is not None and "warm, 3 sites" in by_name:
+        fs, ws = (
+            (floor["rows"][1:] or floor["rows"]),
+            (by_name["warm, 3 sites"]["rows"][1:] or by_name["warm, 3 sites"]["rows"]),
+        )
+        fixed = mean(r["wall"] - r["train"] for r in fs)
+        print(
+            f"\nfixed cost of a round (floor: wall minus training, steady) {fixed:.2f}s; against the warm round's "
+            f"{mean(r['wall'] for r in ws):.1f}s that is {fixed / mean(r['wall'] for r in ws):.1%}; overhead <= 10% "
+            f"needs a round's training >= {9 * fixed:.1f}s at this fixed cost"
+        )
     print(
         "overhead = round wall time minus the slowest site's training time; the stages are the slowest site's "
         "(prepare: config, records, model, tokenizer; hold-out answer: its DP evaluation; ledger+seal: the rest "
@@ -193,7 +212,13 @@ def main() -> int:
     ap.add_argument("--large-hidden", type=int, default=512, help="hidden size of the larger model (trend)")
     ap.add_argument("--many-sites", type=int, default=10)
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
-    ap.add_argument("--only", nargs="+", choices=("warm", "per-message", "large", "many"), help="run only these setups")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=("warm", "per-message", "large", "many", "floor"),
+        help="run only these setups (floor: the demo federation with 30 records a site, so a round is almost all "
+        "fixed cost; run only when named)",
+    )
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="silo-bench-fed-"))
     named = [
@@ -201,13 +226,15 @@ def main() -> int:
         ("per-message", Setup("per-message, 3 sites", 3, DEMO_HIDDEN_SIZE, False)),
         ("large", Setup(f"warm, 3 sites, h{args.large_hidden}", 3, args.large_hidden, True)),
         ("many", Setup(f"warm, {args.many_sites} sites", args.many_sites, DEMO_HIDDEN_SIZE, True)),
+        # What a round costs with almost no training: Flower's messaging and the sites' fixed work.
+        ("floor", Setup(f"floor ({FLOOR_RECORDS} rec/site)", 3, DEMO_HIDDEN_SIZE, True, FLOOR_RECORDS)),
     ]
-    wanted = args.only or (("warm", "per-message") if args.quick else [n for n, _ in named])
+    wanted = args.only or (("warm", "per-message") if args.quick else [n for n, _ in named if n != "floor"])
     setups = [setup for name, setup in named if name in wanted]
     results = []
     for i, setup in enumerate(setups):
         shutil.rmtree(out / f"run-{i}", ignore_errors=True)  # a run directory left from before would be resumed
-        results.append(run(out / f"run-{i}", setup, records=args.records, rounds=args.rounds))
+        results.append(run(out / f"run-{i}", setup, records=setup.records or args.records, rounds=args.rounds))
         (out / "federation_cost.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
     report(results)
     return 0
