@@ -14,7 +14,7 @@ from presidio_analyzer import EntityRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
 from client.recognizers.addresses import US_STATE_CODES
-from client.recognizers.vocabulary import is_clinical, is_common, is_rare, name_tokens
+from client.recognizers.vocabulary import is_clinical, is_common, is_rare, name_tokens, zipf
 
 _WORD = re.compile(r"(?<!\w)[^\W\d_](?:[^\W\d_]|['’\-](?=[^\W\d_]))*")
 # A capitalised word glued to digits is a code or a measure ("SpO2", "HbA1c", "Emily2023"), not a name.
@@ -66,13 +66,17 @@ _STRONG_PERSON_BEFORE = re.compile(
     r"(?:^|\n)\s*(?:--|—)\s*)$"
 )
 _TITLE_BEFORE = re.compile(rf"\b{_TITLE}\s+$")
+_TITLE_WORD = re.compile(_TITLE.removesuffix(r"\.?"))
 _WEAK_PERSON_BEFORE = re.compile(r"(?i:\b(?:by|with|to|for|from|and|of|as|&)\s+)$")
 # "..., MD", "X is a 72-year-old", "X lives in", "X, aged 93": what only a person does.
 _STRONG_PERSON_AFTER = re.compile(
     r"^(?:,?\s*(?:MD|M\.D\.|RN|DO|NP|PA-C|PA|PhD|DDS|DMD|FNP|LPN|CNA|MBBS|FRCP|Esq)\b|\s+(?:is|was)\s+an?\s+\d|"
     r"\s+(?:lives|lived|resides|resided|works|worked|reports|reported|presents|presented|denies|denied|states|"
     r"stated|complains|says|said|feels|felt|notes|noted|was\s+seen|was\s+admitted|was\s+treated)\b|"
-    r",\s+(?:a|an|aged?|born|DOB|d\.o\.b\.)\s)"
+    r",\s+(?:a|an|aged?|born|DOB|d\.o\.b\.)\s|"
+    # "Grethe (her niece)", "Ali (son)": a relative in brackets after the name.
+    r"\s*\((?:(?:her|his|their|the|pt'?s|patient'?s)\s+)?(?:daughter|son|wife|husband|mother|father|sister|brother|"
+    r"partner|spouse|niece|nephew|aunt|uncle|cousin|friend|neighbou?r|grand\w+|guardian|carer|caregiver)\b)"
 )
 _STRONG_PLACE_BEFORE = re.compile(
     r"(?i:\b(?:lives|living|live|lived|resides|residing|resident|moved|relocated|born|raised|located|based|"
@@ -90,7 +94,14 @@ _FACILITY_BEFORE = re.compile(
 _PERSON_VERB_AFTER = re.compile(
     r"^(?:,\s|\s+(?:and|&)\s+[A-Z]|\s+(?:had|has|was|is|will|would|could|can|did|does|said|says|told|called|wrote|asked|lives|"
     r"lived|moved|works|worked|came|went|remains|stayed|agreed|declined|returned|arrived|left|joined|chaired|"
-    r"thanked|signed|sent|phoned|emailed)\b)"
+    r"thanked|signed|sent|phoned|emailed|(?!(?:need|feed|seed|bleed|breed|speed|red|bed|shed|wed)\b)[a-z]{2,}ed)\b)"
+)
+# A romanised East Asian given name: two syllables of two to five letters, each with a vowel, joined by a hyphen,
+# in capitals as on a passport or not ("KUO-HUA", "Ya-Ting", "MIN-JUN"). Not an English compound: a first part
+# that is an English prefix ("Anti-Xa", "Post-Op", "Co-Op") or one letter ("X-Ray") is not one.
+_ROMANISED_GIVEN = re.compile(
+    r"(?!(?i:anti|non|pro|post|pre|co|re|sub|semi|multi|self|ex|mid|inter|intra|over|under|out|up|down|de)-)"
+    r"(?=[A-Za-z]*[AEIOUaeiou][A-Za-z]*-[A-Za-z]*[AEIOUaeiou])(?:[A-Z]{2,5}-[A-Z]{2,5}|[A-Z][a-z]{1,4}-[A-Z][a-z]{1,4})"
 )
 # "Jane's position", "Halvorsen's daughter": a possessive after a name that may start a sentence.
 _POSSESSIVE = re.compile(r"['’]s$")
@@ -182,7 +193,7 @@ class NamePlaceRecognizer(EntityRecognizer):
             gap = text[run[-1].end() : m.start()] if run else ""
             # An initial joins the name around it: "Dr. L. Wang", "Jane A. Doe".
             initial = len(run[-1].group()) == 1 and run[-1].group().isupper() if run else False
-            joined = bool(run) and (gap in (" ", "") or (initial and gap == ". "))
+            joined = bool(run) and (gap in (" ", "", "  ") or (initial and gap == ". "))
             if run and joined and (cap or word.casefold() in _PARTICLES):
                 run.append(m)
                 continue
@@ -227,6 +238,8 @@ class NamePlaceRecognizer(EntityRecognizer):
         before, after = text[max(0, start - 48) : start], text[end : end + 16]
         if _TITLE_BEFORE.search(before) or _LABEL_COMMA.search(before):
             return ("PERSON", start, self._extend_last_first(text, before, end), 0.85)
+        if len(run) > 1 and _TITLE_WORD.fullmatch(run[0].group()):  # "Dr Park", "Mr Banks": the title stays
+            return ("PERSON", run[1].start(), end, 0.85)
         if _STRONG_PERSON_BEFORE.search(before):  # "Attending: Tao Xu, MD" is not in Maryland
             return None
         if _STATE_AFTER.match(after):  # the state goes with its town: "Springfield, IL" names one place
@@ -250,6 +263,8 @@ class NamePlaceRecognizer(EntityRecognizer):
         listed = sum(_POSSESSIVE.sub("", w).casefold() in self._names for w in uncommon)
         # Not a word of English at all (wordfreq): a name the lists do not know ("Halvorsen", "Vukić").
         rare = sum(not w.isupper() and is_rare(w) for w in uncommon)
+        if any(_ROMANISED_GIVEN.fullmatch(w) for w in words):  # "KUO-HUA TSAI", "Min-Jun Kim"
+            return ("PERSON", start, end, 0.8)
         before, after = text[max(0, start - 48) : start], text[end : end + 24]
         cue = text[max(0, full - 48) : full]
         if _POSSESSIVE.search(run[-1].group()) and _EPONYM_AFTER.match(after):
@@ -292,8 +307,11 @@ class NamePlaceRecognizer(EntityRecognizer):
 
 # A cue that only a name follows, written in lower case in chat: "my name is kaarel tamm", "thanks, jaan".
 _LOWER_NAME_CUE = re.compile(
-    r"(?i:\b(?:my\s+name\s+is|name\s*:|this\s+is|i\s+am|i'm|im|thanks|thank\s+you|regards|cheers|signed\s*:?|"
-    r"ask\s+for|speak\s+to|spoke\s+(?:to|with)|call\s+me))[ \t,]*(?=[a-zß-ÿ])"
+    r"(?i:\b(?:my\s+name\s+is|name\s*:|this\s+is|i\s+am|i'm|im|thanks(?:\s+again)?|thank\s+you|regards|cheers|"
+    r"signed(?:\s+off)?(?:\s+by)?\s*:?|ask\s+for|speak\s+to|spoke\s+(?:to|with)|call\s+me|dear|hi|hello|hey|"
+    r"(?:notes|written|seen|referred|reviewed)\s+by|visitors?\s*:|present\s+were|"
+    r"(?:daughter|son|wife|husband|mother|father|sister|brother|partner|spouse|niece|nephew|friend),?))"
+    r"[ \t,]*(?=[a-zß-ÿ])"
 )
 _LOWER_WORD = re.compile(r"[a-zß-ÿ][^\W\d_]*(?:['’\-][^\W\d_]+)?")
 
@@ -305,13 +323,43 @@ def lower_case_names(text: str, names: frozenset[str]) -> list[tuple[str, int, i
         pos, end = cue.end(), cue.end()
         for _ in range(3):
             m = _LOWER_WORD.match(text, pos)
-            if not m or is_common(m.group()) or not (m.group() in names or is_rare(m.group())):
+            word = m.group() if m else ""
+            if not m or is_common(word) or not ((word in names and zipf(word) < LOWER_GIVEN_ZIPF) or is_rare(word)):
                 break
             end = m.end()
             pos = end + 1 if text[end : end + 1] == " " else len(text) + 1
         if end > cue.end():
             out.append(("PERSON", cue.end(), end, 0.7))
+    for m in _LOWER_PAIR.finditer(text):
+        first, last = m.group("first"), m.group("last")
+        listed = first in names and _lower_given(first)
+        if (listed or zipf(first) < UNKNOWN_PAIR_ZIPF) and _lower_surname(last, names, unknown=not listed):
+            out.append(("PERSON", m.start(), m.end("last"), 0.7))
     return out
+
+
+# Two lower-case words in chat where a name would be: "ok so maria nevalainen will", "with ekene ojukwu".
+_LOWER_PAIR = re.compile(r"(?<![\w@.\-])(?P<first>[a-zß-ÿ][^\W\d_]{2,})(?= (?P<last>[a-zß-ÿ][^\W\d_]{2,})(?![\w@\-]))")
+# A listed given name more frequent than this in English is mostly a word ("will", "mark", "grant": 5 and more).
+LOWER_GIVEN_ZIPF = 4.5
+# A surname below this is no everyday word ("nevalainen" 0, "ojukwu" 1.2); a listed one may be a little more
+# frequent ("jacobsen" 2.7).
+LOWER_SURNAME_ZIPF, LOWER_LISTED_SURNAME_ZIPF = 2.5, 3.5
+# Two words side by side that English (almost) never uses, neither clinical, are a name in lower case
+# ("maarit hietala"); clinical pairs are more frequent ("pleural effusion": 2.3 and 2.0).
+UNKNOWN_PAIR_ZIPF = 1.5
+
+
+def _lower_given(word: str) -> bool:
+    return not is_common(word) and zipf(word) < LOWER_GIVEN_ZIPF
+
+
+def _lower_surname(word: str, names: frozenset[str], *, unknown: bool) -> bool:
+    if is_common(word) or is_clinical(word):
+        return False
+    if unknown:  # after an unlisted first word, both must be unknown to English ("maarit hietala")
+        return zipf(word) < UNKNOWN_PAIR_ZIPF and not is_clinical(word)
+    return zipf(word) < (LOWER_LISTED_SURNAME_ZIPF if word in names else LOWER_SURNAME_ZIPF)
 
 
 def propagate_mentions(text: str, found: list[tuple[str, int, int, float]]) -> list[tuple[str, int, int, float]]:
