@@ -92,13 +92,15 @@ Burgs Bluff Bluffs Bottom Access Alleyway Amble Anchorage Approach Arcade Basin 
 Brow Byway Circuit Circus Colonnade Concourse Copse Courtyard Crossway Cul-de-sac Cutting Dell Driveway
 Fairway Footway Foreshore Frontage Glade Grange Gully Highroad Laneway Lookout Meander Nook Outlook
 Parklands Pathway Plateau Quadrant Ramble Reserve Retreat Ridgeway Riverway Riviera Roadway Rotary
-Siding Strand Thoroughfare Tollway Tor Towers Vale Villas Walkway
+Siding Strand Thoroughfare Tollway Tor Towers Vale Villas Walkway Isitaladi Ithafa Umgwaqo Indlela
 """
 STREET_TYPES = frozenset(w.casefold() for w in _STREET_TYPE_WORDS.split())
 # Longest first, so that "Streets" is not cut to "Street" and a "Parks" to "Park" (regex alternation is ordered).
 _STREET_SUFFIX = "(?:" + "|".join(sorted(_STREET_TYPE_WORDS.split(), key=len, reverse=True)) + ")"
 _STREET_SUFFIX_LOWER = _STREET_SUFFIX.lower()
 _CAPWORD = r"[A-Z][\w'’\-]*"
+# A capital of any Latin script ("Świerczewskiego", "Ełk", "Şükürlü"; Latin Extended-A holds both cases).
+_UP = "A-ZÀ-ÖØ-ÞĀ-ſȘȚ"
 _UNIT = r"(?:,?\s+(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Fl\.?|Floor|Room|Rm\.?|#)\s*[\w\-]+)?"
 _EU_STREET_WORD = (
     r"(?:stra(?:ss|ß)e|str\.|weg|gasse|platz|allee|damm|ufer|chaussee|straat|laan|plein|gracht|kade|"
@@ -109,7 +111,7 @@ _EU_STREET_PREFIX = (
     r"Calle|C/|Avenida|Avda\.?|Plaza|Paseo|Camino|Carrer|Ronda|Cuesta|Vía|Via|Viale|Piazza|Piazzale|Corso|"
     r"Largo|Vicolo|Contrada|Borgo|Strada|Rotonda|Stretto|Canale|Incrocio|Callejón|Glorieta|Pasaje|Rambla|"
     r"Travesía|Urbanización|Rua|Travessa|Praça|Alameda|ul\.|ulica|aleja|al\.|Jl\.|Jln\.|Jalan|Gg\.|Gang|Lorong|"
-    r"[Mm]ontée|[Cc]ôte|[Rr]ang|Diagonal|Transversal|Carrera|Calzada|Prolongación|Circunvalación|Calea|Drumul|"
+    r"[Mm]ontée|[Cc]ôte|[Rr]ang|Diagonal|Transversal|pl\.|Carrera|Calzada|Prolongación|Circunvalación|Calea|Drumul|"
     r"Aleea|Splaiul|Intrarea|Bulevardul|Soseaua|Șoseaua)"
 )
 _NUMBER = r"\d{1,5}(?:[\-/]\d{1,4})?[A-Za-z]?"
@@ -117,7 +119,7 @@ _NUMBER = r"\d{1,5}(?:[\-/]\d{1,4})?[A-Za-z]?"
 _NUMBER_WORD = r"(?i:no|nr|n[°º]|n\.º)\.?"
 _PARTICLE = r"(?:de|del|de la|des|du|di|della|dos|da|do|das|la|le|les|los|las|y|e|van|von|der|den)"
 # One to four capitalised words, with name particles between them: "de la Paix", "Desiderio Valbuena".
-_EU_STREET_NAME = rf"(?:{_PARTICLE}\s+)*[A-Z][\w'’\-]*(?:\s+(?:{_PARTICLE}\s+)*[A-Z][\w'’\-]*){{0,3}}"
+_EU_STREET_NAME = rf"(?:{_PARTICLE}\s+)*[{_UP}][\w'’\-]*(?:\s+(?:{_PARTICLE}\s+)*[{_UP}][\w'’\-]*){{0,3}}"
 
 
 # Street words of many languages, as a word or a word's ending: "Nørregade", "Ekvägen", "Pikk tee", "utca".
@@ -127,6 +129,8 @@ utca út tér körút ulica ul aleja plac cesta ulice náměstí námestie tried
 straße strasse str gasse weg platz allee ring damm laan straat pad plein dreef gracht kade singel dijk
 rue chemin allée impasse quai via viale vicolo piazza corso calle avenida camino paseo rua travessa
 drumul strada stradă bulevardul aleea jalan gang jl lorong soi street road avenue lane drive
+küçəsi küç prospekti prospekt pr döngəsi şossesi bulvarı meydanı sokak sokağı sk cadde caddesi cd mahallesi
+isitaladi ithafa umgwaqo indlela umgaqo rylaan singel steeg
 """
 _STREET_ENDINGS = tuple(_STREET_WORDS.split())
 # A name, then a house number: "Nørregade 12", "Pikk tee 5", "Békésmelléki utca 202.", "Gang Laswi No. 706";
@@ -134,7 +138,7 @@ _STREET_ENDINGS = tuple(_STREET_WORDS.split())
 # Tried at every word (a lookahead: a failed longer candidate, "goes to Björkvägen 23", must not hide the
 # shorter one inside it); overlapping finds merge later.
 _STREET_THEN_NUMBER = (
-    rf"[A-ZÀ-Þa-zß-ÿ][^\W\d_]{{2,}}(?:-[^\W\d_]+)*(?:[ \t][^\W\d_]{{2,}}){{0,2}},?[ \t]+(?:{_NUMBER_WORD}[ \t]*)?"
+    rf"[^\W\d_]{{3,}}(?:-[^\W\d_]+)*(?:[ \t][^\W\d_]{{2,}}){{0,2}},?[ \t]+(?:{_NUMBER_WORD}[ \t]*)?"
     r"\d{1,4}[A-Za-z]?(?:/\d{1,4})?)\b\.?(?![/:.,\-]\d)"
     r"(?![ \t]*(?:mg|mcg|µg|g|ml|mL|units?|iu|IU|%|mmHg|bpm|kg|lbs?|cm|mm|years?|yrs?|days?|weeks?|months?|"
     r"hours?|hrs?|min|minutes|times|x|am|pm|AM|PM|tablets?|pills?|doses?|puffs?|drops?)\b))"
@@ -164,7 +168,8 @@ def _street_word(word: str) -> bool:
 def _street_like(value: str, *, lower: bool = False) -> bool:
     """A street's name before its number: a street word, or (capitalised, or after a place word when `lower`)
     a first word that is no everyday English."""
-    words = [w for w in re.findall(r"[^\W\d_]+", value) if w.casefold() not in ("no", "nr", "n")]
+    # (a letter glued to the number is part of it: "6a/9")
+    words = [w for w in re.findall(r"(?<!\d)[^\W\d_]+", value) if w.casefold() not in ("no", "nr", "n")]
     if any(w[0].islower() and is_common(w) and not _street_word(w) for w in words):
         return False  # "Okonkwo on 3": an everyday lower-case word is prose, not a street ("pikk tee 5")
     if any(_street_word(w) for w in words):
@@ -179,15 +184,18 @@ _POSTCODE_CUE = re.compile(
 )
 # A postcode after an address's comma, before a town: "..., 114 28 Stockholm", "..., H-3914 Felsőmellékháza".
 _POSTCODE_BEFORE_TOWN = re.compile(
-    r"(?:(?<=, )|(?<=^)|(?<=\n))(?:[A-Z]{1,2}-)?(?:\d{3,6}|\d{2}(?=-))(?:[ \-]\d{2,3})?(?=[ \t]+[A-ZÀ-Þ][^\W\d_])|"
+    rf"(?:(?<=, )|(?<=^)|(?<=\n))(?:[A-Z]{{1,2}}-)?(?:\d{{3,6}}|\d{{2}}(?=-))(?:[ \-]\d{{2,3}})?(?=[ \t]+[{_UP}][^\W\d_])|"
     r"\b[A-Z]\d[A-Z] ?\d[A-Z]\d\b|"
     # Between commas, before its town: "Via Roma, 24, 38061, Serravalle" (five digits: no year).
-    r"(?<=, )\d{5}(?=,[ \t]+[A-ZÀ-Þ][^\W\d_])"
+    rf"(?<=, )\d{{5,6}}(?=,[ \t]+[{_UP}][^\W\d_])"
 )
+# A Dutch postcode before its town after a comma ("9592 FM, Grafhorst"), an Indian town and its PIN
+# ("Rewa-355417").
+_POSTCODE_COMMA_TOWN = re.compile(rf"\b\d{{4}} ?[A-Z]{{2}}(?=,[ \t]+[{_UP}][^\W\d_])|\b[{_UP}][a-z]+-\d{{6}}\b")
 # A town, perhaps a state's or province's code, then the postcode, after an address's comma: ", Bandung 40117",
 # ", Parramatta NSW 2150", ", Gregorytown, MB R3C 4T3", ", Lac- Marcelle, QC H3A 1G1", ", Ashford TN23 1AB".
 _TOWN_THEN_POSTCODE = re.compile(
-    r"(?:(?<=, )|(?<=\n)|^)(?P<v>[A-ZÀ-Þ][^\W\d_]+(?:(?:[ \t]|-[ \t]?)[A-ZÀ-Þ][^\W\d_]+){0,2}(?:,?[ \t]+[A-Z]{2,3})?"
+    rf"(?:(?<=, )|(?<=\n)|^)(?P<v>[{_UP}][^\W\d_]+(?:(?:[ \t]|-[ \t]?)[{_UP}][^\W\d_]+){{0,2}}(?:,?[ \t]+[A-Z]{{2,3}})?"
     r",?[ \t]+(?:\d{4,6}|[A-Z]\d[A-Z] ?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}))"
     r"(?![\w\-]|[.,]\d)"
 )
@@ -196,10 +204,29 @@ _TOWN_THEN_POSTCODE = re.compile(
 # A street numbered by its crossing, as Latin America writes it: "Calle 12 # 34-56", "Cr. 8A # 2U-3 Sur",
 # "Carrera 7 No. 45-10", "Diagonal 8 n° 65-8"; and an Indian house number, "H.No. 560", "House No. 12-3/A".
 _CROSSING_STREET = re.compile(
-    r"\b(?i:calle|carrera|cra|cr|cl|kr|kra|diagonal|dg|transversal|tv|avenida|av|ak|ac)\.?[ \t]+\d{1,3}[A-Z]?"
+    r"\b(?i:calle|carrera|cra|cr|cl|kr|kra|diagonal|dg|transversal|tv|tr|avenida|av|ak|ac)\.?[ \t]+\d{1,3}[A-Z]?"
     r"(?:[ \t]+(?i:bis|sur|este|norte|oeste))?[ \t]*(?:#|(?i:no|n[°º])\.?)[ \t]*\d{1,3}[A-Z]?(?:[ \t]*-[ \t]*\d{1,3}[A-Z]?)?"
     r"(?:[ \t]+(?i:sur|este|norte|oeste)\b)?"
 )
+# A flat, then a street with no house number, as British addresses write it: "Flat 85, Yvonne Row", "Studio 37,
+# Ward Bridge".
+_UNIT_THEN_STREET = re.compile(
+    rf"\b(?:Flat|Studio|Apartment|Unit|Suite)[ \t]+\d{{1,4}}[A-Za-z]?,?[ \t]+(?:{_CAPWORD}[ \t]+){{1,3}}{_STREET_SUFFIX}\b"
+)
+# A street or district named before its word, as Azerbaijani, Turkish and Russian addresses write them:
+# "Xızı ray.", "2-Cİ SÜLH küç.", "Atatürk Cad.", "Lenina ul." (the building and flat after it join by extent).
+_NAME_THEN_STREET_WORD = re.compile(
+    rf"\b(?:\d{{1,3}}-[^\W\d_]{{1,3}}[ \t]+)?(?:[{_UP}][^\W\d_]*\.?[ \t]+){{1,3}}"
+    r"(?i:küç|küçəsi|pr|prosp|prospekti|ray|rayonu|döngəsi|şossesi|bulvarı|meydanı|sokak|sok|sk|cadde|caddesi|cad|"
+    r"mah|mahallesi|ulitsa|prospekt|pereulok|per|shosse|bulvar)\.?(?![\w])"
+)
+
+
+def _named_street(value: str) -> bool:
+    words = re.findall(r"(?<![\d\-])[^\W\d_]+", value)[:-1]
+    return any(not is_common(w) and len(w) > 2 for w in words)
+
+
 _HOUSE_NUMBER = re.compile(
     r"\b(?i:H\.?[ \t]?No|House[ \t]+No|Plot[ \t]+No|Door[ \t]+No|Flat[ \t]+No|Khasra[ \t]+No)\.?[ \t]*"
     r"\d{1,5}[A-Za-z]?(?:[\-/]\d{1,4}[A-Za-z]?)*(?:/[A-Z])?"
@@ -207,7 +234,9 @@ _HOUSE_NUMBER = re.compile(
 
 
 def _town_like(value: str) -> bool:
-    return not is_common(value.split()[0])
+    """Not "Total 12345": some word of the town is not an everyday word ("New Ryanfort, NB C1X 2K2")."""
+    words = re.findall(r"[^\W\d_]+", value)
+    return any(not is_common(w) and not (w.isupper() and len(w) <= 3) for w in words)
 
 
 # Military and post-office boxes: "PSC 1234, Box 5678", "Unit 9995 Box 9893", "APO AE 09876", "USNS Aston".
@@ -244,10 +273,10 @@ def _lower_street_named(value: str) -> bool:
 _LOWER_PREFIX = (
     r"(?:rue|avenue|chemin|allée|impasse|quai|calle|avenida|camino|paseo|carrer|via|viale|piazza|corso|"
     r"largo|vicolo|strada|rua|travessa|praça|ul\.|ulica|aleja|al\.|jl\.|jln\.|jalan|gang|gg\.|str\.|"
-    r"bulevardul|aleea|calea|trg|ulice)"
+    r"bulevardul|aleea|calea|trg|ulice|contrada|borgo|c/|pl\.|plac|rambla|ronda|alameda|praceta|largo)"
 )
 _LOWER_PREFIX_STREET = re.compile(
-    rf"(?<![\w.]){_LOWER_PREFIX}[ \t]+(?:[a-zß-ÿ][^\W\d_]*[ \t]+){{1,4}}"
+    rf"(?<![\w.]){_LOWER_PREFIX}[ \t]+(?:[a-zß-ÿ][^\W\d_]*,?[ \t]+){{1,4}}"
     r"(?:no\.?[ \t]*|nr\.?[ \t]*)?\d{1,5}[a-z]?(?:/\d{1,4})?(?![\w/])"
 )
 _LOWER_NUMBER_STREET = re.compile(
@@ -307,15 +336,19 @@ _UNIT_WORDS = (
     r"(?i:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Level|Lvl|Room|Rm|Bldg|Building|Block|Blk|Lot|Shop|"
     r"bl|ap|app|apto|lgh|bus|bte|boks|et|etg|etage|Stiege|Stg|Tür|Top|piso|planta|puerta|pta|esc|int|interno|"
     r"scala|sc|lok|m|kat|stan|nr|No|n[°º]|dpto|depto|departamento|casa|torre|bloque|bloco|portal|oficina|of|"
-    r"local|lote|mz|manzana|sala|andar|lt|rt|rw)"
+    r"local|lote|mz|manzana|sala|andar|lt|rt|rw|dto|appartamento|apartamento|interior|studio|b|m|k|kv|d)"
 )
 _ADDRESS_TAIL = re.compile(
     rf"(?:,[ \t]*|[ \t]+)(?:{_UNIT_WORDS}\.?[ \t]*#?[ \t]*[0-9][0-9A-Za-z\-/]{{0,5}}|\d{{1,4}}[A-Za-z]?[.ºª°]?"
-    rf"(?:[ \t]+[a-z]{{1,3}}\.?(?=[ \t]*(?:,|$|\n)))?|[A-Z](?![\w'’]))(?![\w'’\-])"
+    rf"(?:[ \t]+[a-z]{{1,3}}\.?(?=[ \t]*(?:,|$|\n)))?|[A-Z](?![\w'’])|(?i:s/n))(?![\w'’\-])"
+)
+# A building or flat after a street written without its number: "HÜSEYN ARİF pr., b. 0, m. 3".
+_UNIT_TAIL = re.compile(
+    rf"(?:(?:,[ \t]*|[ \t]+){_UNIT_WORDS}\.?[ \t]*#?[ \t]*[0-9][0-9A-Za-z\-/]{{0,5}}(?![\w'’\-])){{1,4}}"
 )
 # A unit before the house number: "Unit 4, 27 Wattle Grove", "Flat 2B 14 Kings Road".
 _ADDRESS_HEAD = re.compile(
-    r"\b(?i:Unit|Flat|Apt\.?|Apartment|Suite|Ste\.?|Lot|Shop|Level)[ \t]+[0-9][0-9A-Za-z\-/]{0,5},?[ \t]*\n?[ \t]*$"
+    r"\b(?i:Unit|Flat|Apt\.?|Apartment|Suite|Ste\.?|Lot|Shop|Level|Studio)[ \t]+[0-9][0-9A-Za-z\-/]{0,5},?[ \t]*\n?[ \t]*$"
 )
 
 
@@ -330,8 +363,9 @@ def address_extent(text: str, start: int, end: int) -> tuple[int, int]:
     province = _PROVINCE_AFTER.match(text, end)
     if province:
         end = province.end()
-    if not any(c.isdigit() for c in text[start:end]):
-        return start, end
+    if not any(c.isdigit() for c in text[start:end]):  # a town or a street without its number: only a unit joins
+        unit = _UNIT_TAIL.match(text, end)
+        return start, (unit.end() if unit else end)
     head = _ADDRESS_HEAD.search(text, max(0, start - 24), start)
     if head and head.end() == start:
         start = head.start()
@@ -384,9 +418,11 @@ def address_recognizers() -> list[EntityRecognizer]:
             "LOCATION",
             [
                 (_POSTCODE_CUE, 0.85),
+                (_POSTCODE_COMMA_TOWN, 0.75),
                 (_POSTCODE_BEFORE_TOWN, 0.7),
                 (_MAIL_BOX, 0.85),
                 (_CROSSING_STREET, 0.8),
+                (_UNIT_THEN_STREET, 0.8),
                 (_HOUSE_NUMBER, 0.8),
                 (_TOWN_AFTER_STREET, 0.8),
             ],
@@ -398,6 +434,9 @@ def address_recognizers() -> list[EntityRecognizer]:
             "LOCATION", [(_LOWER_STREET_AFTER_CUE, 0.7)], validate=_lower_street_after_cue, name="SiloLowerStreetCue"
         ),
         RegexRecognizer("LOCATION", [(_TOWN_THEN_POSTCODE, 0.7)], validate=_town_like, name="SiloTownPostcode"),
+        RegexRecognizer(
+            "LOCATION", [(_NAME_THEN_STREET_WORD, 0.7)], validate=_named_street, name="SiloStreetWordAfter"
+        ),
         RegexRecognizer(
             "LOCATION",
             [(_LOWER_PREFIX_STREET, 0.7), (_LOWER_NUMBER_STREET, 0.7)],

@@ -128,7 +128,7 @@ _STATE_AFTER = re.compile(
 # "1100-148 Lisboa", "H-3914 Tokaj", "2100 København" (four digits only after a comma or a line start: a year
 # in prose is four digits too), "K1A 0B1 Ottawa".
 _POSTCODE_BEFORE = re.compile(
-    r"(?:\b\d{5}|\b\d{4}\s?[A-Z]{2}|\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\b\d{3}[ \t]\d{2}|\b\d{2}-\d{3}|"
+    r"(?:\b\d{5}|\b\d{4}\s?[A-Z]{2},?|\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}|\b\d{3}[ \t]\d{2}|\b\d{2}-\d{3}|"
     r"\b\d{4}-\d{3}|\b[A-Z]{1,2}-\d{4,5}|(?:^|\n|,[ \t])[ \t]*\d{4,6}|\b[A-Z]\d[A-Z][ \t]?\d[A-Z]\d)[ \t]+$|"
     # "..., 38061, Serravalle": five digits between commas (no year) before the town.
     r",[ \t]\d{5},[ \t]+$"

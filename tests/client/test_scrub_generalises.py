@@ -85,6 +85,23 @@ def strict():
         ("Vive en Cr. 8A # 2U-3 Sur, apto 301, o en Calle 12 No. 34-56.", ["8A", "2U-3", "301", "34-56"]),
         ("Deliver to H.No. 560, near the temple; or Diagonal Constitución N° 786.", ["560", "Constitución", "786"]),
         ("Adresa: Bulevardul Florea Nr. 717 Bl. 13 Sc. 58 Ap. 651.", ["Florea", "717", "13", "58", "651"]),
+        # letters of any Latin script, a letter glued to the house number, a town whose first word is "New"
+        ("Correspondence: Goljačke 6a/9; we moved to čajkovského 832", ["Goljačke", "6a/9", "čajkovského", "832"]),
+        (
+            "He lives at pl. Niepodległości 21 now; before: 4619 Tyler Branch, New Ryanfort, NB C1X 2K2",
+            ["Niepodległości", "21", "Ryanfort", "NB", "C1X"],
+        ),
+        # a Dutch postcode before a comma, an Indian town-PIN, a British flat before a street without a number
+        ("Post: Borispad 288, 9592 FM, Grafhorst; or Rewa-355417", ["9592 FM", "Grafhorst", "Rewa", "355417"]),
+        ("Her address is Flat 85, Yvonne Row, Port Kelly, WD9W 5QY.", ["85", "Yvonne", "Kelly", "WD9W"]),
+        # streets named before their word (Azerbaijani, Turkish), with building and flat; Zulu street types
+        ("Ünvan: Ağsu ray., HÜSEYN ARİF pr., b. 4, m. 31", ["Ağsu", "HÜSEYN", "ARİF", "b. 4", "m. 31"]),
+        ("Deliver to 265 Churchill Isitaladi, Vereeniging, 2878 tomorrow.", ["265", "Churchill", "2878"]),
+        # lower-case streets with a comma before the number, "sin número"
+        (
+            "we moved to contrada cappelli, 1 appartamento 61 or praça de fernandes, 71",
+            ["cappelli", "61", "fernandes", "71"],
+        ),
         # a single surname at a sentence start before any past-tense verb, a relative in brackets, a title with no dot
         ("Jakobsson reviewed the chart. Horváth explained the risks.", ["Jakobsson", "Horváth"]),
         ("Grethe (her niece) will visit; the GP, Dr Park, and Mr Banks agreed.", ["Grethe", "Park", "Banks"]),
@@ -128,6 +145,7 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "ECG showed ST-T changes; X-Ray done; Pro-BNP high; Post-Op day 2. Hyperkalemia resolved.",
         "pleural effusion and bilateral infiltrates; hi there, dear sir, thanks again for everything",
         "i took the grant money; will mark the date; tylenol extra strength helps",
+        "He moved 2 years ago? No: see Pr. 3, the Rx per day and The Main Sk.",
         "Counts were 12345, Smith's criteria were met.",
     ],
 )
