@@ -107,7 +107,7 @@ _ROMANISED_GIVEN = re.compile(
 _POSSESSIVE = re.compile(r"['’]s$")
 # An eponym names a disease, a sign or a test, not a person: "Crohn's disease", "Bell's palsy".
 _EPONYM_AFTER = re.compile(
-    r"^\s+(?i:disease|syndrome|palsy|lymphoma|sarcoma|tumou?r|ulcer|sign|test|phenomenon|disorder|flare|"
+    r"^[ \t]+(?i:disease|syndrome|palsy|lymphoma|sarcoma|tumou?r|ulcer|sign|test|phenomenon|disorder|flare|"
     r"contracture|criteria|classification|score|law|procedure|operation|fracture|anomaly|encephalopathy)\b"
 )
 # A first word that begins a place's name, not a person's: "New Haven", "San Jose", "Fort Worth", "Lake Bled".
@@ -267,8 +267,12 @@ class NamePlaceRecognizer(EntityRecognizer):
             return ("PERSON", start, end, 0.8)
         before, after = text[max(0, start - 48) : start], text[end : end + 24]
         cue = text[max(0, full - 48) : full]
-        if _POSSESSIVE.search(run[-1].group()) and _EPONYM_AFTER.match(after):
+        if _EPONYM_AFTER.match(after):  # "Crohn's disease", "Guillain-Barré syndrome", "Hodgkin lymphoma"
             return None
+        # A double-barrelled name, each part a name ("Lee-Beasley", "Yeboah-Ankra"): as good as two words, unless
+        # it names a disease ("Creutzfeldt-Jakob disease").
+        if any(self._double_barrelled(w) for w in uncommon):
+            return ("PERSON", start, end, 0.8)
         # The place cue covers the whole run: "moved to New York City", "admitted to Cedar Sinai".
         if _STRONG_PLACE_BEFORE.search(cue) or _FACILITY_BEFORE.search(cue):
             return ("LOCATION", full, end, 0.85)
@@ -293,6 +297,14 @@ class NamePlaceRecognizer(EntityRecognizer):
         if listed:
             return ("PERSON", start, end, 0.45)
         return None
+
+    def _double_barrelled(self, word: str) -> bool:
+        parts = word.split("-")
+        return (
+            len(parts) == 2
+            and all(len(p) > 1 and p[0].isupper() and not p.isupper() for p in parts)
+            and all(not is_common(p) and (p.casefold() in self._names or is_rare(p)) for p in parts)
+        )
 
     @staticmethod
     def _extend_last_first(text: str, before: str, end: int) -> int:

@@ -14,7 +14,7 @@ import re
 from presidio_analyzer import EntityRecognizer
 
 from client.recognizers.pattern import RegexRecognizer
-from client.recognizers.vocabulary import is_common
+from client.recognizers.vocabulary import is_clinical, is_common
 
 # A capitalised word or an initialism, possibly possessive or hyphenated: "Luke's", "NYU", "Cedars-Sinai".
 # Bounded and with one way to split a run (hyphens only inside a word, never between two): linear on hostile
@@ -81,6 +81,97 @@ def _proper(value: str) -> bool:
 _GENERIC = frozenset(["the", "our", "your", "his", "her", "their", "this", "that", "a", "an", "any", "each", "every"])
 
 
+# A capital of any Latin script, and a capitalised word ("Růžička", "Şükürlü", "O'Donnell").
+_UP = "A-ZÀ-ÖØ-ÞĀ-ſȘȚ"
+_ANY_CAP = rf"[{_UP}][\w'’]{{0,30}}(?:-[\w'’]{{1,30}}){{0,2}}"
+# "and" in the languages whose firms are named after their partners: "Kiss és Gál", "Wouters, Huysmans en Bracke".
+_AND = r"(?:and|&|und|en|et|y|e|és|og|och|ja|i|a|và|ve|ir|un|și)"
+# Up to five capitalised words, perhaps with an "and" between them ("Bùi và Hoàng"), or a list that ends in
+# one ("Cole, Rivas and Carter"; a comma alone ends the name: "XYZ Insurance, Phone: ...").
+_PARTNERS = (
+    rf"{_ANY_CAP}(?:[ \t]+(?:{_AND}[ \t]+)?{_ANY_CAP}){{0,4}}"
+    rf"(?:(?:,[ \t]*{_ANY_CAP}){{1,3}},?[ \t]+{_AND}[ \t]+{_ANY_CAP})?"
+)
+
+# The word for a hospital, clinic or health centre in many languages, and compounds ending in one ("Rigshospitalet",
+# "keskussairaala", "Universitätsklinikum"): a place of care by its head word, whatever language names it.
+_CARE_WORDS = """
+hospital hospitalet hospitali hôpital ospedale ospidéal spital spitalul szpital sygehus sykehus sykehuset sjukhus
+sjukhuset sjúkrahús sjúkrahúsið spítali sairaala terveyskeskus haigla kliinikum kliinik kórház kórháza nemocnice
+nemocnica bolnica bolnišnica ligoninė slimnīca krankenhaus klinikum klinik kliniek klinika klinikka clinique
+clínica clinica ziekenhuis hastanesi hastane xəstəxana xəstəxanası shifoxona shifoxonasi policlinico poliklinika
+poliklinik polyclinic vårdcentral vårdcentralen puskesmas rsud infirmary
+"""
+_CARE_WORD = "(?i:" + "|".join(sorted(_CARE_WORDS.split(), key=len, reverse=True)) + ")"
+_CARE_ENDING = "|".join(w for w in _CARE_WORDS.split() if len(w) >= 6)
+# Up to three capitalised words (a lower-case adjective may follow: "Rautjärvin yliopistollinen sairaala"), the
+# head word (or a compound ending in it), then a town or patron, perhaps after a particle ("Sykehuset i Molde",
+# "Szpital Miejski w Radomiu", "Hospital Universitario de Salamanca", "Nemocnice Řevnice").
+_CARE_PARTICLE = r"(?:(?:de|di|da|do|du|des|del|of|in|i|w|á|ya|v|u|na|im|am|an[ \t]+der)[ \t]+)"
+# A town or patron after the head word, never a month or a day ("terveyskeskus in March").
+_CARE_NAME = (
+    r"(?!(?:January|February|March|April|May|June|July|August|September|October|November|December|Monday|"
+    rf"Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b){_ANY_CAP}"
+)
+_CARE_PLACE = re.compile(
+    rf"(?:\b(?:{_ANY_CAP}[ \t]+){{1,3}}(?:[a-zß-ž][\w]{{3,}}[ \t]+)?)?"
+    rf"(?:\b{_CARE_WORD}|\b[{_UP}][\w]*(?i:{_CARE_ENDING}))(?![\w'’])"
+    rf"(?:[ \t]+{_CARE_PARTICLE}?{_CARE_NAME}(?:[ \t]+{_CARE_PARTICLE}?{_CARE_NAME}){{0,2}})?"
+)
+_CARE_INITIALISM = re.compile(rf"\b(?:CHU|CHR|KBC|LKH|RSUD|AZ|UZ)(?:[ \t]+(?:de|du|d'|of)[ \t]*)?[ \t]+{_ANY_CAP}")
+
+
+def _names_a_place(value: str) -> bool:
+    """Beside the head word, a word that is no everyday word or specialty: "Hospital Olmo", not "Hospital in March"."""
+    words = [w for w in _NAME_WORD.findall(value) if not re.fullmatch(_CARE_WORD, w)]
+    return any(not is_common(w) and not _SPECIALTY.match(w) and len(w) > 1 for w in words)
+
+
+# Legal forms of companies across the world (ISO 20275's commonest abbreviations) and "... and Sons" words: a
+# capitalised name before one is a firm. Forms with dots or of four letters and more are unambiguous; short
+# ones ("AB", "AS", "Oy") need a name that is not an everyday word.
+_LEGAL_FORM = (
+    r"(?:j\.d\.o\.o\.|d\.o\.o\.|d\.d\.|s\.p\.|s\.r\.o\.|spol\.[ \t]+s[ \t]+r\.[ \t]?o\.|a\.s\.|k\.s\.|v\.o\.s\.|"
+    r"Kft\.?|Zrt\.?|Nyrt\.?|Bt\.?|Sp\.[ \t]?z[ \t]?o\.[ \t]?o\.|Sp\.[ \t]?[jk]\.|s\.c\.|S\.A\.S\.?|S\.A\.?|S/A|S\.L\.U?\.?|"
+    r"S\.Coop\.?|Ltda\.?|E\.I\.R\.L\.?|S\.p\.A\.?|SpA|S\.n\.c\.?|S\.a\.s\.?|Oyj|Oy|Ay|Ky|AB|HB|ASA|AS|A/S|ApS|"
+    r"I/S|ehf\.?|hf\.?|OÜ|UAB|SIA|TNHH(?:[ \t]+MTV)?|JSC|Tbk|CV|BVBA|SPRL|e\.K\.|mbH|KGaA|A\.Ş\.|Ltd\.?[ \t]+Şti\.?|"
+    r"Pty\.?(?:[ \t]+Ltd\.?)?|Pvt\.?(?:[ \t]+Ltd\.?)?|Sdn\.?[ \t]+Bhd\.?|Bhd|K\.K\.|EOOD|OOD|AD|MMC|ASC|QSC|"
+    r"Groep|Grupa|Gruppe|Groupe|Grupo|Sons|Söhne|Fils|Hijos|Figli|Zonen|Sønner|syn|Társa|[Cc]o\.)"
+)
+_FIRM = re.compile(
+    rf"\b(?:(?:PT|CV|UD|PD|Firma|Spółdzielnia|Công[ \t]+ty)[ \t]+)?{_PARTNERS}(?:,?[ \t]+(?:{_AND}[ \t]+)?)"
+    rf"(?:Công[ \t]+ty[ \t]+)?{_LEGAL_FORM}(?![\w/])"
+)
+# A firm written with its form first: "PT Megantara Samosir", "UD Laksita".
+_FORM_FIRST = re.compile(rf"\b(?:PT|CV|UD|PD|Firma|Spółdzielnia|Công[ \t]+ty)[ \t]+{_PARTNERS}")
+
+
+def _firm_named(value: str) -> bool:
+    form = re.search(rf"{_LEGAL_FORM}$", value)
+    if form and ("." in form.group() or len(form.group()) >= 4):
+        return True
+    return any(not is_common(w) and not is_clinical(w) and len(w) > 1 for w in _NAME_WORD.findall(value)[:-1])
+
+
+# Partners named together: "Cole, Rivas and Carter", "Lääts, Koit and Susi" (people or their firm; either way
+# names). Two of the three words are no everyday word, and none is clinical ("Xarelto, Eliquis and Pradaxa").
+_THREE_NAMES = re.compile(rf"\b{_ANY_CAP},[ \t]+{_ANY_CAP},?[ \t]+{_AND}[ \t]+{_ANY_CAP}(?![\w'’])")
+
+
+def _names_listed(value: str) -> bool:
+    words = [w for w in _NAME_WORD.findall(value) if w[0].isupper()]
+    return sum(not is_common(w) for w in words) >= 2 and not any(is_clinical(w) for w in words)
+
+
+# A firm after the words that introduce an employer or an insurer: "Employer: Růžička", "works at Ray Brothers",
+# "insurance is through Kovács".
+_EMPLOYER = re.compile(
+    r"(?i:\b(?:employer|company|firm|insurer|carrier|works?(?:\s+as\s+an?\s+\w+)?\s+(?:at|for)|employed\s+(?:by|at|with)|"
+    r"insurance\s+(?:is\s+)?(?:through|with|from)|insured\s+(?:by|with|through))\s*:?\s+)"
+    rf"(?P<v>{_PARTNERS})"
+)
+
+
 def organisation_recognizers() -> list[EntityRecognizer]:
     return [
         RegexRecognizer(
@@ -104,6 +195,15 @@ def organisation_recognizers() -> list[EntityRecognizer]:
             name="SiloCareFacility",
         ),
         RegexRecognizer("LOCATION", [(re.compile(_SAINT), 0.7)], name="SiloSaint"),
+        RegexRecognizer(
+            "LOCATION",
+            [(_CARE_PLACE, 0.75), (_CARE_INITIALISM, 0.75)],
+            validate=_names_a_place,
+            name="SiloCareAnyLanguage",
+        ),
+        RegexRecognizer("ORGANIZATION", [(_FIRM, 0.75), (_FORM_FIRST, 0.7)], validate=_firm_named, name="SiloFirm"),
+        RegexRecognizer("PERSON", [(_THREE_NAMES, 0.7)], validate=_names_listed, name="SiloPartners"),
+        RegexRecognizer("ORGANIZATION", [(_EMPLOYER, 0.7)], validate=_names_a_place, name="SiloEmployer"),
         RegexRecognizer(
             "ORGANIZATION",
             [(re.compile(rf"\b{_NAME},?[ \t]+{_ORG_HEAD}\b\.?"), 0.7)],

@@ -102,6 +102,24 @@ def strict():
             "we moved to contrada cappelli, 1 appartamento 61 or praça de fernandes, 71",
             ["cappelli", "61", "fernandes", "71"],
         ),
+        # places of care by their head word in any language, their town or patron after it
+        (
+            "Transferred to Splošna bolnišnica Mariaton; notes from Rautjärvin keskussairaala.",
+            ["Mariaton", "Rautjärvin"],
+        ),
+        (
+            "Seen at Sykehuset i Moldevik, then CHU de Paynechester; Rigshospitalet agreed.",
+            ["Moldevik", "Paynechester", "Rigshospitalet"],
+        ),
+        # firms by their legal form in any country, partners named together, an employer after its cue
+        (
+            "Insured through Zdenko Rozman s.p.; employer Tesař a.s., before that Kiss és Gál Nyrt.",
+            ["Rozman", "Tesař", "Gál"],
+        ),
+        ("Insurance is through Buck, Young and Banks since 2019.", ["Buck", "Young", "Banks"]),
+        ("Employer: Růžička; he works at Dương và Hoàng Công ty TNHH MTV.", ["Růžička", "Dương", "Hoàng"]),
+        # double-barrelled names, each part a name
+        ("Insurance is through Lee-Beasley; Yeboah-Ankra referred the patient.", ["Lee-Beasley", "Yeboah-Ankra"]),
         # a single surname at a sentence start before any past-tense verb, a relative in brackets, a title with no dot
         ("Jakobsson reviewed the chart. Horváth explained the risks.", ["Jakobsson", "Horváth"]),
         ("Grethe (her niece) will visit; the GP, Dr Park, and Mr Banks agreed.", ["Grethe", "Park", "Banks"]),
@@ -146,6 +164,8 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "pleural effusion and bilateral infiltrates; hi there, dear sir, thanks again for everything",
         "i took the grant money; will mark the date; tylenol extra strength helps",
         "He moved 2 years ago? No: see Pr. 3, the Rx per day and The Main Sk.",
+        "Admitted to hospital in March; Metformin, Lisinopril and Atorvastatin; blood group AB; Type AB.",
+        "Creutzfeldt-Jakob disease and Guillain-Barré syndrome; Hodgkin lymphoma; Wolff-Parkinson-White syndrome.",
         "Counts were 12345, Smith's criteria were met.",
     ],
 )
