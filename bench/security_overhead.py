@@ -5,7 +5,7 @@
 For 3, 10 and 30 sites (--quick: 3 and 10) and two adapter shapes, one round three ways, side by side in
 one process, on the same site updates:
 
-  plain    the coordinator reads each reply's arrays out of its ArrayRecord and takes FedAvg's
+  plain    the coordinator reads each reply's arrays out of its packed record and takes FedAvg's
            example-weighted mean (`server.strategy.FedAvg.aggregate`). No checks at all: Flower's FedAvg.
   +sign    each site runs what `client.site.handle_train` runs after training: `common.adapter.hash_state`
            of its adapter (declared, and in the ledger), then `client.replies.seal_fields` (hash of the
@@ -233,7 +233,7 @@ def plain_round(replies: list[SimpleNamespace], global_arrays: Arrays) -> tuple[
             SiteUpdate(
                 node_id=r.metadata.src_node_id,
                 site_id=str(r.content["site"]["site-id"]),
-                arrays={k: v.numpy() for k, v in arrays_to_state(r.content.array_records["arrays"]).items()},
+                arrays={k: v.numpy() for k, v in arrays_to_state(r.content.config_records["arrays"]).items()},
                 num_examples=int(r.content.metric_records["metrics"]["num-examples"]),
             )
             for r in replies

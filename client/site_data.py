@@ -118,7 +118,7 @@ def load_for_round(msg: Message, context: Context) -> Loaded:
     warm.WARM.start_message(cfg)
     configure_threads(cfg)
     device = resolve_device(cfg.training.device)
-    received = arrays_to_state(msg.content.array_records["arrays"])
+    received = arrays_to_state(msg.content.config_records["arrays"])
     global_state = received_global(received)
     source = cfg.model_source()
     tokenizer = warm.WARM.get("tokenizer", source, lambda: load_tokenizer(source))

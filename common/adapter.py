@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 from common.errors import UpdateRejected
@@ -50,12 +50,12 @@ def check_compatible(state: StateDict, spec: dict[str, tuple[tuple[int, ...], to
             raise UpdateRejected(f"adapter tensor {key} has shape {tuple(state[key].shape)}, expected {shape}")
 
 
-def state_to_arrays(state: StateDict) -> ArrayRecord:
-    """The tensors as they travel: one packed record of two arrays (common/packing.py)."""
+def state_to_arrays(state: StateDict) -> ConfigRecord:
+    """The tensors as they travel: one packed record of two byte strings (common/packing.py)."""
     return pack(state)
 
 
-def arrays_to_state(arrays: ArrayRecord) -> StateDict:
+def arrays_to_state(arrays: ConfigRecord) -> StateDict:
     """The tensors of a record `state_to_arrays` made; UpdateRejected for anything else."""
     return unpack(arrays)
 

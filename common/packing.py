@@ -1,9 +1,13 @@
-"""Tensors as one Flower ArrayRecord of two arrays: every tensor's bytes in one, their layout in the other.
+"""Tensors as one Flower ConfigRecord of two byte strings: every tensor's bytes in one, their layout in the other.
 
-Flower 1.41 sends each Array of a message as its own object, pushed and pulled through the SuperLink one
-request at a time (two at once when pulling). An adapter of 40 tensors made ~45 objects a message, and
-those round trips, not the bytes, were most of a round's messaging (3-4 s each way for a 1.2M-parameter
-adapter on 2 cores). Packed, a message holds a handful of objects whatever the adapter's size.
+Flower 1.41 sends every object of a message (the message, its RecordDict, each record, each Array and
+each Array's chunks) on its own, pushed and pulled through the SuperLink one request at a time (two at
+once). An adapter of 40 tensors made ~45 objects a message, and those round trips, not the bytes, were
+most of a round's messaging (3-4 s each way for a 1.2M-parameter adapter on 2 cores). Packed into an
+ArrayRecord of two arrays a message still held 8 objects (the record, two arrays and a chunk each); as
+byte values of one ConfigRecord, which has no children, it holds 3: the message, its RecordDict and this
+record. Flower's HTTP transport carries a protobuf object of up to 2 GiB, so one record holds any
+adapter Silo sends (a rank-8 adapter of a 7B model is ~17 MB in fp16).
 
 `pack` keeps each tensor's dtype, shape and raw bytes exactly (bf16 included), so `hash_state` of what
 `unpack` returns equals the sender's. `unpack` reads input from the network: anything but exactly this
@@ -17,14 +21,14 @@ import json
 import math
 
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
 
 from common.errors import UpdateRejected
 
 StateDict = dict[str, torch.Tensor]
 
-PACKED = "packed"  # uint8: every tensor's raw bytes, in layout order
-LAYOUT = "layout"  # uint8: UTF-8 JSON [[key, dtype, [dims...]], ...]
+PACKED = "packed"  # bytes: every tensor's raw bytes, in layout order
+LAYOUT = "layout"  # bytes: UTF-8 JSON [[key, dtype, [dims...]], ...]
 DTYPES = {
     str(d).removeprefix("torch."): d
     for d in (
@@ -44,12 +48,8 @@ MAX_TENSORS = 100_000
 MAX_LAYOUT_BYTES = 16 << 20
 
 
-def _bytes_tensor(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
-
-
-def pack(state: StateDict) -> ArrayRecord:
-    """`state`, in its key order, as the two-array record `unpack` reads."""
+def pack(state: StateDict) -> ConfigRecord:
+    """`state`, in its key order, as the two-value record `unpack` reads."""
     layout, parts = [], []
     for key, tensor in state.items():
         t = tensor.detach().cpu().contiguous()
@@ -58,28 +58,26 @@ def pack(state: StateDict) -> ArrayRecord:
             raise UpdateRejected(f"tensor {key} has dtype {name}, which does not travel")
         layout.append([key, name, list(t.shape)])
         parts.append(t.reshape(-1).view(torch.uint8) if t.numel() else torch.zeros(0, dtype=torch.uint8))
-    packed = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
-    return ArrayRecord({LAYOUT: _bytes_tensor(json.dumps(layout).encode()), PACKED: packed})
+    packed = torch.cat(parts).numpy().tobytes() if parts else b""
+    return ConfigRecord({LAYOUT: json.dumps(layout).encode(), PACKED: packed})
 
 
-def unpack(record: ArrayRecord) -> StateDict:
+def unpack(record: ConfigRecord) -> StateDict:
     """The tensors `pack` was given; UpdateRejected for any other form."""
-    if set(record.keys()) != {LAYOUT, PACKED}:
-        raise UpdateRejected(f"malformed arrays: expected exactly {LAYOUT!r} and {PACKED!r}, got {sorted(record)[:4]}")
-    try:
-        raw_layout, packed = record[LAYOUT].numpy(), record[PACKED].numpy()
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise UpdateRejected(f"malformed arrays: {type(err).__name__}") from None
-    for name, a in ((LAYOUT, raw_layout), (PACKED, packed)):
-        if a.dtype.name != "uint8" or a.ndim != 1:
-            raise UpdateRejected(f"malformed arrays: {name!r} must be 1-D uint8, got {a.dtype.name} {a.shape}")
-    if raw_layout.size > MAX_LAYOUT_BYTES:
-        raise UpdateRejected(f"malformed arrays: a layout of {raw_layout.size} bytes")
-    entries = _layout(raw_layout.tobytes())
+    if not isinstance(record, ConfigRecord) or set(record.keys()) != {LAYOUT, PACKED}:
+        got = sorted(record)[:4] if isinstance(record, ConfigRecord) else type(record).__name__
+        raise UpdateRejected(f"malformed arrays: expected exactly {LAYOUT!r} and {PACKED!r}, got {got}")
+    raw_layout, packed = record[LAYOUT], record[PACKED]
+    if not (isinstance(raw_layout, bytes) and isinstance(packed, bytes)):
+        kinds = f"{type(raw_layout).__name__} and {type(packed).__name__}"
+        raise UpdateRejected(f"malformed arrays: {LAYOUT!r} and {PACKED!r} must be bytes, got {kinds}")
+    if len(raw_layout) > MAX_LAYOUT_BYTES:
+        raise UpdateRejected(f"malformed arrays: a layout of {len(raw_layout)} bytes")
+    entries = _layout(raw_layout)
     sizes = [math.prod(shape) * DTYPES[dtype].itemsize for _, dtype, shape in entries]
-    if sum(sizes) != packed.size:
-        raise UpdateRejected(f"malformed arrays: the layout describes {sum(sizes)} bytes, {packed.size} arrived")
-    data = torch.from_numpy(packed.copy())
+    if sum(sizes) != len(packed):
+        raise UpdateRejected(f"malformed arrays: the layout describes {sum(sizes)} bytes, {len(packed)} arrived")
+    data = torch.frombuffer(bytearray(packed), dtype=torch.uint8) if packed else torch.zeros(0, dtype=torch.uint8)
     out: StateDict = {}
     offset = 0
     for (key, dtype, shape), size in zip(entries, sizes, strict=True):

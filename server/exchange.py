@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from logging import WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -97,7 +97,7 @@ def wait_for_sites(grid: Grid, *, minimum: int, timeout_s: float) -> list[int]:
         time.sleep(NODE_POLL_S)
 
 
-def global_record(arrays: Arrays, encoding: WireEncoding) -> ArrayRecord:
+def global_record(arrays: Arrays, encoding: WireEncoding) -> ConfigRecord:
     """The global adapter as it goes down to the sites (common/transport.py)."""
     return state_to_arrays(numpy_to_state(encode_global(arrays, encoding)))
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ConfigRecord, Message, MetricRecord
 
 from common.adapter import arrays_to_state, hash_state, numpy_to_state
 from common.config import SecuritySection, WireEncoding
@@ -49,15 +49,15 @@ def reply_site_id(msg: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _records(msg: Message) -> tuple[ArrayRecord, MetricRecord, ConfigRecord]:
+def _records(msg: Message) -> tuple[ConfigRecord, MetricRecord, ConfigRecord]:
     content = msg.content
     arrays, metrics, site = (content.get(name) for name in ("arrays", "metrics", "site"))
-    if not (isinstance(arrays, ArrayRecord) and isinstance(metrics, MetricRecord) and isinstance(site, ConfigRecord)):
+    if not (isinstance(arrays, ConfigRecord) and isinstance(metrics, MetricRecord) and isinstance(site, ConfigRecord)):
         raise UpdateRejected(f"malformed reply: needs arrays, metrics and site records (has {sorted(content.keys())})")
     return arrays, metrics, site
 
 
-def _arrays(record: ArrayRecord) -> tuple[Arrays, str]:
+def _arrays(record: ConfigRecord) -> tuple[Arrays, str]:
     """The reply's arrays and their `hash_state`, or UpdateRejected when they do not parse."""
     state = arrays_to_state(record)  # UpdateRejected unless exactly the packed form
     try:

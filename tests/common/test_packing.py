@@ -1,5 +1,6 @@
-"""common/packing.py: an adapter crosses Flower as two arrays whatever its size, bit-exact, and a packed
-record that is anything but exactly what `pack` makes is refused before a tensor is built."""
+"""common/packing.py: an adapter crosses Flower as one record of two byte strings whatever its size,
+bit-exact, and a packed record that is anything but exactly what `pack` makes is refused before a tensor is
+built."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from common.adapter import hash_state, state_to_arrays
@@ -47,19 +48,15 @@ def test_a_message_carries_a_handful_of_objects_however_many_tensors(monkeypatch
         content = RecordDict({"arrays": state_to_arrays(_adapter(tensors))})
         return len(get_all_nested_objects(Message(content, dst_node_id=1, message_type=MessageType.TRAIN)))
 
-    # Message, RecordDict, ArrayRecord, and the two arrays with their chunk each: 7, for 4 tensors or 400.
-    assert objects(4) == objects(400) <= 8
+    # Message, RecordDict and the packed record (a ConfigRecord has no children): 3, for 4 tensors or 400.
+    # An ArrayRecord of the same two arrays made 7 (the record, two arrays, a chunk each).
+    assert objects(4) == objects(400) == 3
     unpacked = RecordDict({"arrays": ArrayRecord({k: v for k, v in _adapter(40).items()})})
     assert len(get_all_nested_objects(Message(unpacked, dst_node_id=1, message_type=MessageType.TRAIN))) > 40
 
 
-def _record(layout: object, packed: bytes, **extra: torch.Tensor) -> ArrayRecord:
-    raw = json.dumps(layout).encode()
-    arrays = {
-        LAYOUT: torch.frombuffer(bytearray(raw), dtype=torch.uint8),
-        PACKED: torch.frombuffer(bytearray(packed), dtype=torch.uint8) if packed else torch.zeros(0, dtype=torch.uint8),
-    }
-    return ArrayRecord({**arrays, **extra})
+def _record(layout: object, packed: bytes, **extra: object) -> ConfigRecord:
+    return ConfigRecord({LAYOUT: json.dumps(layout).encode(), PACKED: packed, **extra})
 
 
 GOOD = [["w", "float16", [2, 2]]]
@@ -68,8 +65,14 @@ GOOD = [["w", "float16", [2, 2]]]
 @pytest.mark.parametrize(
     ("record", "why"),
     [
-        (lambda: ArrayRecord({"w": torch.zeros(2, 2).half()}), "expected exactly"),  # the old, unpacked form
-        (lambda: _record(GOOD, b"\0" * 8, extra=torch.zeros(1)), "expected exactly"),
+        (lambda: ArrayRecord({"w": torch.zeros(2, 2).half()}), "expected exactly"),  # an unpacked form
+        (
+            lambda: ArrayRecord({LAYOUT: torch.zeros(2, dtype=torch.uint8), PACKED: torch.zeros(8, dtype=torch.uint8)}),
+            "expected exactly",
+        ),  # the two-array form of before: an ArrayRecord is not accepted at all
+        (lambda: _record(GOOD, b"\0" * 8, extra=b"\0"), "expected exactly"),
+        (lambda: ConfigRecord({LAYOUT: json.dumps(GOOD), PACKED: b"\0" * 8}), "must be bytes"),  # str layout
+        (lambda: ConfigRecord({LAYOUT: json.dumps(GOOD).encode(), PACKED: [0] * 8}), "must be bytes"),
         (lambda: _record(GOOD, b"\0" * 7), "describes 8 bytes, 7 arrived"),
         (lambda: _record(GOOD, b"\0" * 9), "describes 8 bytes, 9 arrived"),
         (lambda: _record([["w", "float16", [2, 2]], ["w", "float16", [0]]], b"\0" * 8), "bad layout entry"),
@@ -87,12 +90,10 @@ def test_anything_but_the_packed_form_is_refused(record, why):
         unpack(record())
 
 
-def test_a_layout_that_is_not_json_or_not_uint8_is_refused():
-    raw = ArrayRecord(
-        {LAYOUT: torch.tensor([0xFF, 0xFE], dtype=torch.uint8), PACKED: torch.zeros(0, dtype=torch.uint8)}
-    )
+def test_a_layout_that_is_not_json_or_too_long_is_refused():
     with pytest.raises(UpdateRejected, match="not JSON"):
-        unpack(raw)
-    wide = ArrayRecord({LAYOUT: torch.zeros(2, dtype=torch.int16), PACKED: torch.zeros(0, dtype=torch.uint8)})
-    with pytest.raises(UpdateRejected, match="1-D uint8"):
-        unpack(wide)
+        unpack(ConfigRecord({LAYOUT: b"\xff\xfe", PACKED: b""}))
+    from common.packing import MAX_LAYOUT_BYTES
+
+    with pytest.raises(UpdateRejected, match="a layout of"):
+        unpack(ConfigRecord({LAYOUT: b" " * (MAX_LAYOUT_BYTES + 1), PACKED: b""}))
