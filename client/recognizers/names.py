@@ -16,7 +16,8 @@ from presidio_analyzer.nlp_engine import NlpArtifacts
 from client.recognizers.addresses import US_STATE_CODES
 from client.recognizers.vocabulary import is_clinical, is_common, is_rare, name_tokens, zipf
 
-_WORD = re.compile(r"(?<!\w)[^\W\d_](?:[^\W\d_]|['’\-](?=[^\W\d_]))*")
+# (Uzbek and Hawaiian write a letter's apostrophe as ‘ or ʻ: "Ulug‘bekov".)
+_WORD = re.compile(r"(?<!\w)[^\W\d_](?:[^\W\d_]|['’‘ʻ\-](?=[^\W\d_]))*")
 # A capitalised word glued to digits is a code or a measure ("SpO2", "HbA1c", "Emily2023"), not a name.
 _CODE_WORD = re.compile(r"[^\W\d_][\w'’\-]*\d")
 _PARTICLES = frozenset(

@@ -118,6 +118,8 @@ def strict():
         ),
         ("Insurance is through Buck, Young and Banks since 2019.", ["Buck", "Young", "Banks"]),
         ("Employer: Růžička; he works at Dương và Hoàng Công ty TNHH MTV.", ["Růžička", "Dương", "Hoàng"]),
+        # an Uzbek name with its letter apostrophe (o‘, g‘)
+        ("Notes by Ulug‘bekov; Ulug‘bekov, Abdullohov and Marjonova reviewed it.", ["Ulug", "bekov", "Abdullohov"]),
         # double-barrelled names, each part a name
         ("Insurance is through Lee-Beasley; Yeboah-Ankra referred the patient.", ["Lee-Beasley", "Yeboah-Ankra"]),
         # a single surname at a sentence start before any past-tense verb, a relative in brackets, a title with no dot
