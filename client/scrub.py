@@ -159,8 +159,31 @@ class _Analyzer(AnalyzerEngine):
     """Silo's recognizers carry their context in their patterns, and the no-op NLP engine gives no lemmas to
     enhance with: skip Presidio's context step (it deep-copies and re-filters every result on every call)."""
 
+    _fixed: tuple[list[EntityRecognizer], list[str], NlpArtifacts] | None = None
+
     def _enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):  # type: ignore[no-untyped-def]
         return raw_results
+
+    def detect(self, text: str, score_threshold: float) -> list[RecognizerResult]:
+        """`analyze(text, language="en", score_threshold=...)` with the same results, without its per-call
+        set-up: the recognizers are fixed once built and the no-op NLP engine reads nothing (that set-up, the
+        registry's filtering, the entity list and an empty spaCy document, was a fifth of the scrubber's time)."""
+        if self._fixed is None:
+            recognizers = self.registry.get_recognizers(language="en", all_fields=True)
+            for recognizer in recognizers:
+                if not recognizer.is_loaded:
+                    recognizer.load()
+                    recognizer.is_loaded = True
+            artifacts = self.nlp_engine.process_text("", "en")  # the no-op engine's, the same for every text
+            self._fixed = (recognizers, self.get_supported_entities(language="en"), artifacts)
+        recognizers, entities, artifacts = self._fixed
+        results = [
+            r
+            for recognizer in recognizers
+            for r in recognizer.analyze(text=text, entities=entities, nlp_artifacts=artifacts)
+            if r.score >= score_threshold
+        ]
+        return EntityRecognizer.remove_duplicates(results)
 
 
 def _load_key(path: str) -> bytes:
@@ -230,7 +253,7 @@ def _join_space_separated(text: str, detections: list[Detection]) -> list[Detect
 class Scrubber:
     """Analyzer + anonymizer for one site configuration. Expensive to build: build once, reuse."""
 
-    def __init__(self, config: ScrubConfig, analyzer: AnalyzerEngine, key: bytes | None) -> None:
+    def __init__(self, config: ScrubConfig, analyzer: _Analyzer, key: bytes | None) -> None:
         self.config = config
         self._analyzer = analyzer
         self._key = key
@@ -256,7 +279,7 @@ class Scrubber:
         found: list[Detection] = []
         spans = windows(text)
         for a, b in spans:
-            for r in self._analyzer.analyze(text=text[a:b], language="en", score_threshold=threshold):
+            for r in self._analyzer.detect(text[a:b], threshold):
                 found.append(Detection(r.entity_type, r.start + a, r.end + a, r.score))
         if len(spans) > 1:  # a name found in one window is removed where it is mentioned in any other
             seeds = [(d.entity_type, d.start, d.end, d.score) for d in found if d.entity_type in ("PERSON", "LOCATION")]

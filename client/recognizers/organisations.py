@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 
-from presidio_analyzer import EntityRecognizer
+from presidio_analyzer import EntityRecognizer, RecognizerResult
+from presidio_analyzer.nlp_engine import NlpArtifacts
 
 from client.recognizers.pattern import RegexRecognizer
 from client.recognizers.vocabulary import is_clinical, is_common
@@ -113,11 +114,44 @@ _CARE_NAME = (
     r"(?!(?:January|February|March|April|May|June|July|August|September|October|November|December|Monday|"
     rf"Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b){_ANY_CAP}"
 )
-_CARE_PLACE = re.compile(
-    rf"(?:\b(?:{_ANY_CAP}[ \t]+){{1,3}}(?:[a-zß-ž][\w]{{3,}}[ \t]+)?)?"
-    rf"(?:\b{_CARE_WORD}|\b[{_UP}][\w]*(?i:{_CARE_ENDING}))(?![\w'’])"
-    rf"(?:[ \t]+{_CARE_PARTICLE}?{_CARE_NAME}(?:[ \t]+{_CARE_PARTICLE}?{_CARE_NAME}){{0,2}})?"
-)
+# Found head first (one pattern with the optional name before the head word was tried at every word and cost
+# more than all other patterns together), then widened over the name around it.
+_CARE_SET = frozenset(_CARE_WORDS.split())
+_CARE_ENDINGS = tuple(w for w in _CARE_SET if len(w) >= 6)
+_ANY_WORD = re.compile(r"[^\W\d_][\w'’]*")
+_CARE_BEFORE = re.compile(rf"\b(?:{_ANY_CAP}[ \t]+){{1,3}}(?:[a-zß-ž][\w]{{3,}}[ \t]+)?$")
+_CARE_AFTER = re.compile(rf"(?:[ \t]+{_CARE_PARTICLE}?{_CARE_NAME}){{1,3}}")
+# How far before its head word a place of care's name may start: three long words and an adjective.
+_CARE_REACH = 128
+
+
+class CarePlaceRecognizer(EntityRecognizer):
+    """A place of care by its head word in any language, with the name around it (typed LOCATION, as i2b2)."""
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["LOCATION"], name="SiloCareAnyLanguage")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        out = []
+        for m in _ANY_WORD.finditer(text):
+            word = m.group().casefold()
+            # The head word itself, or a capitalised compound ending in one ("Rigshospitalet").
+            if word not in _CARE_SET and not (m.group()[0].isupper() and word.endswith(_CARE_ENDINGS)):
+                continue
+            word_start, end = m.span()
+            before = _CARE_BEFORE.search(text, max(0, word_start - _CARE_REACH), word_start)
+            after = _CARE_AFTER.match(text, end)
+            span = (before.start() if before else word_start, after.end() if after else end)
+            if _names_a_place(text[span[0] : span[1]]):
+                out.append(RecognizerResult("LOCATION", span[0], span[1], 0.75))
+        return out
+
+
 _CARE_INITIALISM = re.compile(rf"\b(?:CHU|CHR|KBC|LKH|RSUD|AZ|UZ)(?:[ \t]+(?:de|du|d'|of)[ \t]*)?[ \t]+{_ANY_CAP}")
 
 
@@ -195,12 +229,8 @@ def organisation_recognizers() -> list[EntityRecognizer]:
             name="SiloCareFacility",
         ),
         RegexRecognizer("LOCATION", [(re.compile(_SAINT), 0.7)], name="SiloSaint"),
-        RegexRecognizer(
-            "LOCATION",
-            [(_CARE_PLACE, 0.75), (_CARE_INITIALISM, 0.75)],
-            validate=_names_a_place,
-            name="SiloCareAnyLanguage",
-        ),
+        RegexRecognizer("LOCATION", [(_CARE_INITIALISM, 0.75)], validate=_names_a_place, name="SiloCareInitialism"),
+        CarePlaceRecognizer(),
         RegexRecognizer("ORGANIZATION", [(_FIRM, 0.75), (_FORM_FIRST, 0.7)], validate=_firm_named, name="SiloFirm"),
         RegexRecognizer("PERSON", [(_THREE_NAMES, 0.7)], validate=_names_listed, name="SiloPartners"),
         RegexRecognizer("ORGANIZATION", [(_EMPLOYER, 0.7)], validate=_names_a_place, name="SiloEmployer"),

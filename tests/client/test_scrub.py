@@ -514,3 +514,32 @@ def test_scrub_text_hostile_repetition_costs_no_more_than_ordinary_text(scrubber
     scrubber.scrub_text(text)
     hostile = time.process_time() - start
     assert hostile < 25 * ordinary, (hostile, ordinary)
+
+
+# ---- speed without changing what is found ----------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="Mm RrNn:#0123456789abAB-\t\n.,", max_size=60))
+def test_gated_pattern_finds_what_the_pattern_finds(text):
+    from client.recognizers.pattern import _keyword, gated
+
+    for pattern in (
+        _keyword(r"MRN|MR|medical\s+record")[0],
+        re.compile(r"(?<![\w+])(?:\+?1[\s.\-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.\-])\d{3}[\s.\-]\d{4}(?!\d)"),
+        re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}\b|\b\d{4} ?[A-Z]{2}(?=[ \t]+[A-Z])"),
+    ):
+        fast = gated(pattern)
+        assert fast.pattern != pattern.pattern  # a first-character gate was found
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in pattern.finditer(text)]
+
+
+def test_scrubber_detect_matches_presidio_analyze(scrubber):
+    text = "Patient: Amara Okafor, MRN 00482913, seen at Sykehuset i Moldevik; call 030 345 582 or (617) 555-0142."
+    analyzer = scrubber._analyzer
+    fast = sorted((r.entity_type, r.start, r.end, r.score) for r in analyzer.detect(text, 0.5))
+    full = sorted(
+        (r.entity_type, r.start, r.end, r.score)
+        for r in analyzer.analyze(text=text, language="en", score_threshold=0.5)
+    )
+    assert fast == full
