@@ -107,9 +107,9 @@ LORA_TARGETS = ("layer.5.attention.self.value",)
 # Silo's own planner, the real FedAvg of the steps; 3 seeds, mean [min-max]): expected batch 3,000 is every
 # record of every site (q = 1: 2,281-2,926 training records a site), which the Skellam bound accounts without
 # the general subsampling bound's looseness; at eps 8, 30 rounds at lr 64 reach 90.3 [90.2-90.4] (lr 96: 90.6;
-# 40 rounds: 90.7; 20 rounds: 89.5), against 86.2 [86.1-86.5] for the former 20 rounds x batch 500 at lr 32
-# (real: 85.7% test). Without noise the same 20 rounds reach only 89.9: the former schedule was short of steps,
-# not drowned by noise. eps 3: 88.1 [88.0-88.4] (lr 96: 86.8). The rate is large because every record's
+# 40 rounds: 90.7; 20 rounds: 89.5; real: 90.23% test), against 86.2 [86.1-86.5] for the former 20 rounds x
+# batch 500 at lr 32 (real: 85.7% test). Without noise those 20 steps reach only 87.0: the former schedule was
+# short of steps, not drowned by noise. eps 3: 88.1 [88.0-88.4] (lr 96: 86.8). The rate is large because every record's
 # gradient is clipped to norm 1: a step moves the 77 x 384 head by at most lr. LoRA (what the simulation cannot
 # see) gets the noise and little signal: the same rate on the top layer's LoRA at alpha 2 grew A and B to 2-5
 # within 5 rounds through the real pipeline (hold-out accuracy 5-13%), so its alpha is 1/16 of the local rows'
