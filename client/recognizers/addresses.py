@@ -91,14 +91,15 @@ Pine Pines Radial Ridge River Stream Throughway Trace Viaduct Ville Wall Branch 
 Burgs Bluff Bluffs Bottom Access Alleyway Amble Anchorage Approach Arcade Basin Beach Bend Brae Broadway
 Brow Byway Circuit Circus Colonnade Concourse Copse Courtyard Crossway Cul-de-sac Cutting Dell Driveway
 Fairway Footway Foreshore Frontage Glade Grange Gully Highroad Laneway Lookout Meander Nook Outlook
-Parklands Pathway Plateau Quadrant Ramble Reserve Retreat Ridgeway Riverway Riviera Roadway Rotary
-Siding Strand Thoroughfare Tollway Tor Towers Vale Villas Walkway Isitaladi Ithafa Umgwaqo Indlela
+Parklands Pathway Plateau Quadrant Ramble Reserve Retreat Ridgeway Riverway Riviera Roadway Roadside Rotary
+Siding Strand Thoroughfare Tollway Tor Towers Vale Villas Walkway Isitaladi Ithafa Umgwaqo Indlela Nagar Marg
+Colony Chowk Gali Bazar Bazaar Layout Enclave Vihar Puram
 """
 STREET_TYPES = frozenset(w.casefold() for w in _STREET_TYPE_WORDS.split())
 # Longest first, so that "Streets" is not cut to "Street" and a "Parks" to "Park" (regex alternation is ordered).
 _STREET_SUFFIX = "(?:" + "|".join(sorted(_STREET_TYPE_WORDS.split(), key=len, reverse=True)) + ")"
 _STREET_SUFFIX_LOWER = _STREET_SUFFIX.lower()
-_CAPWORD = r"[A-Z][\w'’\-]*"
+_CAPWORD = r"[A-ZÀ-ÖØ-ÞĀ-ſȘȚ][\w'’\-]*"
 # A capital of any Latin script ("Świerczewskiego", "Ełk", "Şükürlü"; Latin Extended-A holds both cases).
 _UP = "A-ZÀ-ÖØ-ÞĀ-ſȘȚ"
 _UNIT = r"(?:,?\s+(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Fl\.?|Floor|Room|Rm\.?|#)\s*[\w\-]+)?"
@@ -112,7 +113,7 @@ _EU_STREET_PREFIX = (
     r"Largo|Vicolo|Contrada|Borgo|Strada|Rotonda|Stretto|Canale|Incrocio|Callejón|Glorieta|Pasaje|Rambla|"
     r"Travesía|Urbanización|Rua|Travessa|Praça|Alameda|ul\.|ulica|aleja|al\.|Jl\.|Jln\.|Jalan|Gg\.|Gang|Lorong|"
     r"[Mm]ontée|[Cc]ôte|[Rr]ang|Diagonal|Transversal|pl\.|Carrera|Calzada|Prolongación|Circunvalación|Calea|Drumul|"
-    r"Aleea|Splaiul|Intrarea|Bulevardul|Soseaua|Șoseaua)"
+    r"Aleea|Splaiul|Intrarea|Bulevardul|Soseaua|Șoseaua|R\.)"
 )
 _NUMBER = r"\d{1,5}(?:[\-/]\d{1,4})?[A-Za-z]?"
 # "no. 5", "Nr. 12", "N° 786", "nº 4": the word before a house number.
@@ -170,7 +171,7 @@ def _street_like(value: str, *, lower: bool = False) -> bool:
     a first word that is no everyday English."""
     # (a letter glued to the number is part of it: "6a/9")
     words = [w for w in re.findall(r"(?<!\d)[^\W\d_]+", value) if w.casefold() not in ("no", "nr", "n")]
-    if any(w[0].islower() and is_common(w) and not _street_word(w) for w in words):
+    if any(w[0].islower() and is_common(w) and not _street_word(w) and w not in _STREET_PARTICLES for w in words):
         return False  # "Okonkwo on 3": an everyday lower-case word is prose, not a street ("pikk tee 5")
     if any(_street_word(w) for w in words):
         return True
@@ -189,6 +190,10 @@ _POSTCODE_BEFORE_TOWN = re.compile(
     # Between commas, before its town: "Via Roma, 24, 38061, Serravalle" (five digits: no year).
     rf"(?<=, )\d{{5,6}}(?=,[ \t]+[{_UP}][^\W\d_])"
 )
+# A postcode last on its line after a town and a comma: "..., Springs, 4794" (no year).
+_POSTCODE_LAST = re.compile(
+    rf"[{_UP}][\w'’\-]+, (?P<v>(?!(?:19|20)\d\d\b)\d{{4,6}})(?=[ \t]*(?:$|\n|[.;]))", re.MULTILINE
+)
 # A Dutch postcode before its town after a comma ("9592 FM, Grafhorst"), an Indian town and its PIN
 # ("Rewa-355417").
 _POSTCODE_COMMA_TOWN = re.compile(rf"\b\d{{4}} ?[A-Z]{{2}}(?=,[ \t]+[{_UP}][^\W\d_])|\b[{_UP}][a-z]+-\d{{6}}\b")
@@ -204,7 +209,7 @@ _TOWN_THEN_POSTCODE = re.compile(
 # A street numbered by its crossing, as Latin America writes it: "Calle 12 # 34-56", "Cr. 8A # 2U-3 Sur",
 # "Carrera 7 No. 45-10", "Diagonal 8 n° 65-8"; and an Indian house number, "H.No. 560", "House No. 12-3/A".
 _CROSSING_STREET = re.compile(
-    r"\b(?i:calle|carrera|cra|cr|cl|kr|kra|diagonal|dg|transversal|tv|tr|avenida|av|ak|ac)\.?[ \t]+\d{1,3}[A-Z]?"
+    r"\b(?i:calle|carrera|cra|cr|cl|kr|kra|diagonal|dg|transversal|tv|tr|avenida|av|ak|ac)\.?[ \t]+\d{1,3}(?:[ \t]?[A-Z])?"
     r"(?:[ \t]+(?i:bis|sur|este|norte|oeste))?[ \t]*(?:#|(?i:no|n[°º])\.?)[ \t]*\d{1,3}[A-Z]?(?:[ \t]*-[ \t]*\d{1,3}[A-Z]?)?"
     r"(?:[ \t]+(?i:sur|este|norte|oeste)\b)?"
 )
@@ -273,14 +278,21 @@ def _lower_street_named(value: str) -> bool:
 _LOWER_PREFIX = (
     r"(?:rue|avenue|chemin|allée|impasse|quai|calle|avenida|camino|paseo|carrer|via|viale|piazza|corso|"
     r"largo|vicolo|strada|rua|travessa|praça|ul\.|ulica|aleja|al\.|jl\.|jln\.|jalan|gang|gg\.|str\.|"
-    r"bulevardul|aleea|calea|trg|ulice|contrada|borgo|c/|pl\.|plac|rambla|ronda|alameda|praceta|largo)"
+    r"bulevardul|aleea|calea|trg|ulice|contrada|borgo|c/|pl\.|plac|rambla|ronda|alameda|praceta|largo|boulevard|bd|"
+    r"r\.|montée|cesta|rotonda|stretto|canale|piazzale|viale|vicolo|incrocio|borgo|rodovia|travessa|estrada)"
 )
 _LOWER_PREFIX_STREET = re.compile(
     rf"(?<![\w.]){_LOWER_PREFIX}[ \t]+(?:[a-zß-ÿ][^\W\d_]*,?[ \t]+){{1,4}}"
     r"(?:no\.?[ \t]*|nr\.?[ \t]*)?\d{1,5}[a-z]?(?:/\d{1,4})?(?![\w/])"
 )
+# A street's name ends before the words that go on the sentence: "... louise rivière last month".
+# (a unit word starts the unit, which joins by extent: "... amélie apt. 185").
+_PROSE_AFTER = (
+    r"(?!(?:last|next|this|that|the|and|or|in|on|at|to|for|with|from|since|ago|now|then|today|yesterday|tomorrow|"
+    r"apt|apartment|suite|unit|flat|floor|piso|appartamento)\b)"
+)
 _LOWER_NUMBER_STREET = re.compile(
-    rf"(?<![\w.])\d{{1,5}}[a-z]?,?[ \t]+{_LOWER_PREFIX}(?:[ \t]+[a-zß-ÿ][^\W\d_]*){{1,4}}(?![\w])"
+    rf"(?<![\w.])\d{{1,5}}[a-z]?,?[ \t]+{_LOWER_PREFIX}(?:[ \t]+{_PROSE_AFTER}[a-zß-ÿ][^\W\d_]*){{1,4}}(?![\w])"
 )
 
 
@@ -291,7 +303,29 @@ def _lower_street_ok(value: str) -> bool:
 
 
 # Words inside a street's name or before its number that are English words too.
-_STREET_PARTICLES = frozenset(["de", "la", "le", "del", "da", "di", "do", "dos", "das", "no", "nr"])
+_STREET_PARTICLES = frozenset(
+    [
+        "de",
+        "la",
+        "le",
+        "del",
+        "da",
+        "di",
+        "do",
+        "dos",
+        "das",
+        "no",
+        "nr",
+        "na",
+        "u",
+        "v",
+        "pod",
+        "nad",
+        "ob",
+        "pri",
+        "za",
+    ]
+)
 
 
 # A lower-case town after its postcode: "00184 roma", "114 28 stockholm", "31-052 krakow" (the town must be
@@ -336,7 +370,7 @@ _UNIT_WORDS = (
     r"(?i:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Level|Lvl|Room|Rm|Bldg|Building|Block|Blk|Lot|Shop|"
     r"bl|ap|app|apto|lgh|bus|bte|boks|et|etg|etage|Stiege|Stg|Tür|Top|piso|planta|puerta|pta|esc|int|interno|"
     r"scala|sc|lok|m|kat|stan|nr|No|n[°º]|dpto|depto|departamento|casa|torre|bloque|bloco|portal|oficina|of|"
-    r"local|lote|mz|manzana|sala|andar|lt|rt|rw|dto|appartamento|apartamento|interior|studio|b|m|k|kv|d)"
+    r"local|lote|mz|manzana|sala|andar|lt|rt|rw|dto|appartamento|apartamento|interior|studio|piano|b|m|k|kv|d)"
 )
 _ADDRESS_TAIL = re.compile(
     rf"(?:,[ \t]*|[ \t]+)(?:{_UNIT_WORDS}\.?[ \t]*#?[ \t]*[0-9][0-9A-Za-z\-/]{{0,5}}|\d{{1,4}}[A-Za-z]?[.ºª°]?"
@@ -374,7 +408,57 @@ def address_extent(text: str, start: int, end: int) -> tuple[int, int]:
         if not m:
             break
         end = m.end()
-    return start, end
+    return start, _address_rest(text, end)
+
+
+# After a street address, the parts that follow it, each after a comma or a slash: a town, a state's code, a
+# postcode ("41 vanessa roadside, nicoleberg, nt, 2619", "..., bandung, jawa barat 46685", "... / ma").
+_REST_SEPARATOR = re.compile(r"\.?[ \t]*[,/][ \t]*|[ \t]+(?=\d)")
+_SPACES = re.compile(r"[ \t]+")
+_REST_WORD = re.compile(r"[^\W_][\w'’.\-]*|\([A-Za-z]{2,4}\)")
+# A town's name may start with these everyday words ("new aleksandr", "lake christopher", "east çapkan").
+_TOWN_PREFIX_WORDS = "new north south east west upper lower old great little lake port mount fort saint st san santa"
+_TOWN_PREFIXES = frozenset(_TOWN_PREFIX_WORDS.split())
+# A town, state and postcode take a few words: past this it is prose again.
+REST_PARTS, REST_WORDS = 4, 4
+
+
+def _address_part_word(word: str) -> bool:
+    """A word an address's town, region or postcode is made of: a code with digits, a short code, a word that is
+    not everyday English (a street type or a town's prefix may be)."""
+    word = word.rstrip(".")
+    low = word.casefold().strip("()")
+    if any(c.isdigit() for c in word):
+        return len(word) <= 10
+    if len(low) <= 3 and low.isalpha():
+        return low not in STOP_WORDS
+    if low in STREET_TYPES or low in _TOWN_PREFIXES:
+        return True
+    # A lower-case word English uses often goes on the sentence ("..., Springfield, filed a complaint").
+    return not is_common(word) and not (word[0].islower() and zipf(word) >= LOWER_TOWN_ZIPF)
+
+
+def _address_rest(text: str, end: int) -> int:
+    """`end` moved over the town, region and postcode parts after an address, word by word; it stops at the
+    first word that is prose."""
+    for _ in range(REST_PARTS):
+        sep = _REST_SEPARATOR.match(text, end)
+        if not sep:
+            break
+        pos, words = sep.end(), 0
+        while words < REST_WORDS:
+            m = _REST_WORD.match(text, pos)
+            if not m or not _address_part_word(m.group()) or text.startswith(":", m.end()):
+                break  # prose, or a label ("GPA: 3.8")
+            word = m.group()
+            end, words = m.end() - (word.endswith(".") and not word[:-1].isalpha()), words + 1
+            if word.endswith("."):
+                break  # the sentence may end here: only a comma goes on ("utca 45., h-7776 ...")
+            space = _SPACES.match(text, m.end())
+            pos = space.end() if space else m.end()
+        if words == 0:
+            break
+    return end
 
 
 def address_recognizers() -> list[EntityRecognizer]:
@@ -385,7 +469,8 @@ def address_recognizers() -> list[EntityRecognizer]:
             [
                 (
                     re.compile(
-                        rf"\b\d{{1,6}}[A-Za-z]?(?:\s+[NSEW]\.?)?(?:\s+{_CAPWORD}){{1,4}}\s+{_STREET_SUFFIX}\b\.?{_UNIT}"
+                        rf"\b\d{{1,6}}(?:/\d{{1,4}})?[A-Za-z]?,?(?:\s+[NSEW]\.?)?(?:\s+{_CAPWORD}){{1,4}}\s+{_STREET_SUFFIX}\b\.?"
+                        rf"{_UNIT}"
                     ),
                     0.85,
                 ),
@@ -419,6 +504,7 @@ def address_recognizers() -> list[EntityRecognizer]:
             [
                 (_POSTCODE_CUE, 0.85),
                 (_POSTCODE_COMMA_TOWN, 0.75),
+                (_POSTCODE_LAST, 0.7),
                 (_POSTCODE_BEFORE_TOWN, 0.7),
                 (_MAIL_BOX, 0.85),
                 (_CROSSING_STREET, 0.8),

@@ -50,6 +50,13 @@ _PARTICLES = frozenset(
         "ó",
         "ní",
         "mac",
+        # a town's particles: "Frankfurt am Main", "Beuchat sur Rhône" ("an" is English too)
+        "am",
+        "im",
+        "ob",
+        "bei",
+        "sur",
+        "sous",
     ]
 )
 _TITLE = r"(?:Dr|Mr|Mrs|Ms|Mx|Miss|Mister|Prof|Professor|Rev|Sir|Dame|Herr|Frau|Mme|Mlle|Sr|Sra|Srta)\.?"

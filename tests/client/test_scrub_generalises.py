@@ -102,6 +102,22 @@ def strict():
             "we moved to contrada cappelli, 1 appartamento 61 or praça de fernandes, 71",
             ["cappelli", "61", "fernandes", "71"],
         ),
+        # a whole address in lower case: the town, state and postcode after the street go with it
+        (
+            "my address is 41 vanessa roadside, nicoleberg, nt, 2619 and that is where i live",
+            ["nicoleberg", "nt", "2619"],
+        ),
+        ("ship to gang otto iskandardinata no. 56, langsa, dki jakarta 46874 please", ["langsa", "jakarta", "46874"]),
+        ("it is hetvenfalui utca 45., h-7776 szerbkeresztapáti now", ["h-7776", "szerbkeresztapáti"]),
+        ("we moved to 3900 boulevard amélie apt. 185 last month", ["3900", "amélie", "185"]),
+        # a postcode last on its line, a house number then a comma, Indian localities, accented street names
+        ("Correspondence: 589 Albertina Sisulu Indlela, Springs, 4794", ["589", "Sisulu", "4794"]),
+        ("Deliver to 20, Wadhwa Street or 03/202, Buch Nagar, Kochi-447102.", ["20", "Wadhwa", "03/202", "Buch"]),
+        (
+            "Write to 2355 Ó Modhráin Village or Cesta na Ježah 137, 0068 Mengeš.",
+            ["2355", "Modhráin", "Ježah", "Mengeš"],
+        ),
+        ("Vive en Av. 173 B N° 12 Dto. 3, Neuquén 8300; o en R. Moreira, 22.", ["173 B", "12", "Dto. 3", "Moreira"]),
         # places of care by their head word in any language, their town or patron after it
         (
             "Transferred to Splošna bolnišnica Mariaton; notes from Rautjärvin keskussairaala.",
@@ -168,6 +184,7 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "He moved 2 years ago? No: see Pr. 3, the Rx per day and The Main Sk.",
         "Admitted to hospital in March; Metformin, Lisinopril and Atorvastatin; blood group AB; Type AB.",
         "Creutzfeldt-Jakob disease and Guillain-Barré syndrome; Hodgkin lymphoma; Wolff-Parkinson-White syndrome.",
+        "I live at the corner, which is near the park; in 2019, 2020 was worse; we had 12 visits, 3400.",
         "Counts were 12345, Smith's criteria were met.",
     ],
 )
