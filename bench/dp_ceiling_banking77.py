@@ -210,16 +210,16 @@ def adapter_dim(encoder: Path, labels: list[str], *, ffa: bool) -> int:
 def distributed_plans(
     sizes: list[int], *, rounds: int, batch_size: int, learning_rate: float, epsilon: float, dim: int
 ) -> list[Any]:
-    """Each site's `DistributedRound` for the schedule, as `client.distributed_dp.plan_site_round` makes it:
-    Silo's sample rate, the SecAgg grid of the benchmark's federation, t = every site, the budget on the
-    "sum" figure, σ spending `epsilon` over `rounds` and their `rounds + 1` hold-out answers."""
+    """Each site's `DistributedRound` for the schedule, from the site's own planner
+    (`client.distributed_dp.plan_round_for_records`): the benchmark's `[privacy]` for a distributed row (t =
+    every site, the budget on the "sum" figure, σ spending `epsilon` over `rounds` and their `rounds + 1`
+    hold-out answers at the bench's eval sigma) and its federation's SecAgg grid."""
     from dataclasses import replace
 
     from bench.harness import DISTRIBUTED_SECAGG_RANGE, privacy_config
     from bench.utility_banking77 import DISTRIBUTED
-    from client.privacy import planned_sample_rate
+    from client.distributed_dp import plan_round_for_records
     from common.config import SecAggSection
-    from common.distributed_dp import plan_distributed_round
 
     privacy = replace(
         privacy_config(
@@ -228,32 +228,12 @@ def distributed_plans(
         eval_noise_multiplier=DISTRIBUTED.eval_noise_multiplier,
     )
     grid_step = 2.0 * SecAggSection().clip / DISTRIBUTED_SECAGG_RANGE  # client.secagg.grid_step
-    plans = []
-    for n in sizes:
-        rate = planned_sample_rate(dataset_size=n, batch_size=min(batch_size, n))
-
-        def plan(sigma: float, rate: float = rate, n: int = n) -> Any:
-            return plan_distributed_round(
-                noise_multiplier=sigma,
-                min_honest=privacy.distributed_min_honest,
-                budget_figure=privacy.distributed_budget,
-                learning_rate=learning_rate,
-                max_grad_norm=privacy.max_grad_norm,
-                expected_batch=rate * n,
-                grid_step=grid_step,
-                dim=dim,
-                sample_rate=rate,
-            )
-
-        unit = plan(1.0)
-        plans.append(
-            plan(
-                privacy.resolve_distributed_noise_multiplier(
-                    sample_rate=rate, l2_sensitivity=unit.l2_sensitivity, l1_sensitivity=unit.l1_sensitivity
-                )
-            )
+    return [
+        plan_round_for_records(
+            privacy, dataset_size=n, batch_size=batch_size, learning_rate=learning_rate, dim=dim, grid_step=grid_step
         )
-    return plans
+        for n in sizes
+    ]
 
 
 def distributed(
@@ -284,7 +264,7 @@ def distributed(
             sizes, rounds=rounds, batch_size=batch_size, learning_rate=learning_rate, epsilon=epsilon, dim=dim
         )
     )
-    rates = [planned_sample_rate(dataset_size=n, batch_size=min(batch_size, n)) for n in sizes]
+    rates = [planned_sample_rate(dataset_size=n, batch_size=min(batch_size, n)) for n in sizes]  # as the planner
     generator = torch.Generator().manual_seed(seed)
     weight, bias = (t.clone().double() for t in feats["head"])
     for _ in range(rounds):

@@ -29,7 +29,7 @@ from peft import get_peft_model_state_dict
 from client.prefix_cache import PrefixCache
 from client.privacy import planned_sample_rate
 from client.train import per_sample_loss
-from common.config import SiteConfig, TaskConfig
+from common.config import PrivacyConfig, SiteConfig, TaskConfig
 from common.distributed_dp import DistributedRound, conditional_round, plan_distributed_round, skellam_noise
 from common.secagg import Arrays
 
@@ -111,19 +111,32 @@ def _take_grad_sample(p: Any) -> torch.Tensor:
 def plan_site_round(
     cfg: SiteConfig, model: torch.nn.Module, dataset_size: int, *, grid_step: float
 ) -> DistributedRound:
-    """This site's distributed round from its own `[privacy]` and `[training]` (batch = expected records per
-    round, learning rate) and the SecAgg grid: sensitivities first, then σ that spends `target_epsilon`
-    over `planned_rounds` on the figure `distributed_budget` names, then the noise share."""
-    privacy = cfg.privacy
-    sample_rate = planned_sample_rate(dataset_size=dataset_size, batch_size=min(cfg.training.batch_size, dataset_size))
-    dim = sum(p.numel() for p in adapter_parameters(model).values())
+    """This site's distributed round from its own `[privacy]` and `[training]` and the SecAgg grid, for the
+    adapter `model` trains (`plan_round_for_records`)."""
+    return plan_round_for_records(
+        cfg.privacy,
+        dataset_size=dataset_size,
+        batch_size=cfg.training.batch_size,
+        learning_rate=cfg.training.learning_rate,
+        dim=sum(p.numel() for p in adapter_parameters(model).values()),
+        grid_step=grid_step,
+    )
+
+
+def plan_round_for_records(
+    privacy: PrivacyConfig, *, dataset_size: int, batch_size: int, learning_rate: float, dim: int, grid_step: float
+) -> DistributedRound:
+    """A distributed round over `dataset_size` training records (batch = expected records per round) for an
+    adapter of `dim` trained values: sensitivities first, then σ that spends `target_epsilon` over
+    `planned_rounds` on the figure `distributed_budget` names, then the noise share."""
+    sample_rate = planned_sample_rate(dataset_size=dataset_size, batch_size=min(batch_size, dataset_size))
 
     def plan(sigma: float) -> DistributedRound:
         return plan_distributed_round(
             noise_multiplier=sigma,
             min_honest=privacy.distributed_min_honest,
             budget_figure=privacy.distributed_budget,
-            learning_rate=cfg.training.learning_rate,
+            learning_rate=learning_rate,
             max_grad_norm=privacy.max_grad_norm,
             expected_batch=sample_rate * dataset_size,
             grid_step=grid_step,
