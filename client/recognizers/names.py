@@ -235,6 +235,7 @@ class NamePlaceRecognizer(EntityRecognizer):
             if hit:
                 found.append(hit)
         found.extend(lower_case_names(text, self._names))
+        found.extend(("PERSON", m.start(), m.end(), 0.6) for m in _CASELESS_RUN.finditer(text))
         found.extend(propagate_mentions(text, found))
         return [RecognizerResult(t, s, e, score) for t, s, e, score in found]
 
@@ -325,6 +326,16 @@ class NamePlaceRecognizer(EntityRecognizer):
         return end
 
 
+# Letters of scripts without capitals (Han, kana, Hangul, Arabic, Hebrew, the Indic scripts, Thai, Georgian,
+# Ethiopic): in English text a run of them is a name or a place written in its own script ("王伟", "김민준",
+# "محمد علي"), or a phrase of another language; capitalisation cannot tell which, so all of them are masked.
+_CASELESS = (
+    "\u0590-\u05ff\u0600-\u06ff\u0750-\u077f\u0900-\u0dff\u0e00-\u0eff\u10d0-\u10ff\u1100-\u11ff"
+    "\u1200-\u137f\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+)
+_CASELESS_RUN = re.compile(
+    rf"[{_CASELESS}][{_CASELESS}\u0300-\u036f·・]*(?:[ \t][{_CASELESS}][{_CASELESS}·・]*){{0,3}}"
+)
 # A cue that only a name follows, written in lower case in chat: "my name is kaarel tamm", "thanks, jaan".
 _LOWER_NAME_CUE = re.compile(
     r"(?i:\b(?:my\s+name\s+is|name\s*:|this\s+is|i\s+am|i'm|im|thanks(?:\s+again)?|thank\s+you|regards|cheers|"

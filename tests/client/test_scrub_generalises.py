@@ -134,6 +134,11 @@ def strict():
         ),
         ("Insurance is through Buck, Young and Banks since 2019.", ["Buck", "Young", "Banks"]),
         ("Employer: Růžička; he works at Dương và Hoàng Công ty TNHH MTV.", ["Růžička", "Dương", "Hoàng"]),
+        # names in scripts without capitals
+        (
+            "王伟 had moved; the board thanked 李娜 and 김민준; محمد علي arrived late.",
+            ["王伟", "李娜", "김민준", "محمد", "علي"],
+        ),
         # an Uzbek name with its letter apostrophe (o‘, g‘)
         ("Notes by Ulug‘bekov; Ulug‘bekov, Abdullohov and Marjonova reviewed it.", ["Ulug", "bekov", "Abdullohov"]),
         # double-barrelled names, each part a name
