@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
 from client.recognizers.addresses import US_STATE_CODES
+from client.recognizers.pattern import gated
 from client.recognizers.vocabulary import is_clinical, is_common, is_rare, name_tokens, zipf
 
 # (Uzbek and Hawaiian write a letter's apostrophe as ‘ or ʻ: "Ulug‘bekov".)
@@ -175,6 +177,14 @@ _PLACE_SUFFIX = frozenset(
 _LABEL_COMMA = re.compile(r"(?i:\b(?:patient|name|pt|patient\s+name)\s*:\s*)$")
 
 
+@lru_cache(maxsize=16384)
+def _ends(pattern: re.Pattern[str], before: str) -> bool:
+    """`pattern` (anchored at `$`) matches at the end of `before`. Cached: a context check fails only after a
+    try at every position of its window, and the same windows recur (several checks of one run, the second
+    pass over a scrubbed text)."""
+    return gated(pattern).search(before) is not None
+
+
 def _sentence_initial(text: str, start: int) -> bool:
     i = start
     while i > 0 and text[i - 1] in " \t":  # (not `text[:start].rstrip()`: that is quadratic over a text)
@@ -245,15 +255,15 @@ class NamePlaceRecognizer(EntityRecognizer):
         if all(m.group().isupper() and len(m.group()) <= 3 for m in run):  # "USD", "MRN": codes, not names
             return None
         before, after = text[max(0, start - 48) : start], text[end : end + 16]
-        if _TITLE_BEFORE.search(before) or _LABEL_COMMA.search(before):
+        if _ends(_TITLE_BEFORE, before) or _ends(_LABEL_COMMA, before):
             return ("PERSON", start, self._extend_last_first(text, before, end), 0.85)
         if len(run) > 1 and _TITLE_WORD.fullmatch(run[0].group()):  # "Dr Park", "Mr Banks": the title stays
             return ("PERSON", run[1].start(), end, 0.85)
-        if _STRONG_PERSON_BEFORE.search(before):  # "Attending: Tao Xu, MD" is not in Maryland
+        if _ends(_STRONG_PERSON_BEFORE, before):  # "Attending: Tao Xu, MD" is not in Maryland
             return None
         if _STATE_AFTER.match(after):  # the state goes with its town: "Springfield, IL" names one place
             return ("LOCATION", start, end + re.match(r",\s*[A-Z]{2}", after).end(), 0.85)  # type: ignore[union-attr]
-        if _INSTITUTION_BEFORE.search(before) or (_POSTCODE_BEFORE.search(before) and not _DATE_BEFORE.search(before)):
+        if _ends(_INSTITUTION_BEFORE, before) or (_ends(_POSTCODE_BEFORE, before) and not _ends(_DATE_BEFORE, before)):
             return ("LOCATION", start, end, 0.85)
         return None
 
@@ -283,19 +293,19 @@ class NamePlaceRecognizer(EntityRecognizer):
         if any(self._double_barrelled(w) for w in uncommon):
             return ("PERSON", start, end, 0.8)
         # The place cue covers the whole run: "moved to New York City", "admitted to Cedar Sinai".
-        if _STRONG_PLACE_BEFORE.search(cue) or _FACILITY_BEFORE.search(cue):
+        if _ends(_STRONG_PLACE_BEFORE, cue) or _ends(_FACILITY_BEFORE, cue):
             return ("LOCATION", full, end, 0.85)
-        if _STRONG_PLACE_BEFORE.search(before) or _FACILITY_BEFORE.search(before):
+        if _ends(_STRONG_PLACE_BEFORE, before) or _ends(_FACILITY_BEFORE, before):
             return ("LOCATION", start, end, 0.85)
-        if words[0].casefold() in _PLACE_PREFIX and len(words) > 1 and not _STRONG_PERSON_BEFORE.search(before):
+        if words[0].casefold() in _PLACE_PREFIX and len(words) > 1 and not _ends(_STRONG_PERSON_BEFORE, before):
             return ("LOCATION", start, end, 0.7)
-        if _STRONG_PERSON_BEFORE.search(before) or _STRONG_PERSON_AFTER.match(after):
+        if _ends(_STRONG_PERSON_BEFORE, before) or _STRONG_PERSON_AFTER.match(after):
             return ("PERSON", start, end, 0.85)
-        if _WEAK_PLACE_BEFORE.search(cue) and not listed:
+        if _ends(_WEAK_PLACE_BEFORE, cue) and not listed:
             return ("LOCATION", full, end, 0.6)
         if (listed or rare) and len(words) >= 2:
             return ("PERSON", start, end, 0.8)
-        weak = bool(_WEAK_PERSON_BEFORE.search(before))
+        weak = bool(_ends(_WEAK_PERSON_BEFORE, before))
         initial = _sentence_initial(text, start)
         if (listed or rare) and (weak or not initial):
             return ("PERSON", start, end, 0.7)
@@ -318,7 +328,7 @@ class NamePlaceRecognizer(EntityRecognizer):
     @staticmethod
     def _extend_last_first(text: str, before: str, end: int) -> int:
         """After "Name:" a comma can separate last and first name ("Nelson, Eleanor", "NELSON, ELEANOR")."""
-        if not _LABEL_COMMA.search(before):
+        if not _ends(_LABEL_COMMA, before):
             return end
         m = re.match(r", ?([A-Z][\w'’\-]*(?: [A-Z][a-z][\w'’\-]*)?)", text[end : end + 64])
         if m and not is_common(m.group(1).split()[0]):
