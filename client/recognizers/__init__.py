@@ -5,6 +5,7 @@ One module per concept:
 - `identifiers`: record, plan, account, licence, vehicle and device numbers, SSNs, dates, ages, cards, ...;
 - `phones`: phone numbers in written forms and after a keyword;
 - `addresses`: street addresses, postcodes, PO boxes and military mail;
+- `address_extent`: the unit, floor and door beside an address, and the town, region and postcode after it;
 - `organisations`: hospitals, clinics, employers, banks by their head word;
 - `strict`: the strict profile's extra masks (long digit runs, letter-digit codes, handles);
 - `names`: people and places from context, name lists and rarity, propagated to every mention;
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 from presidio_analyzer import EntityRecognizer
 
-from client.recognizers.addresses import US_STATE_CODES, address_extent, address_recognizers
+from client.recognizers.address_extent import address_extent
+from client.recognizers.addresses import US_STATE_CODES, address_recognizers
 from client.recognizers.identifiers import identifier_recognizers
 from client.recognizers.names import NamePlaceRecognizer, propagate_mentions
 from client.recognizers.organisations import organisation_recognizers
