@@ -250,6 +250,26 @@ def test_gate_turns_records_of_the_wrong_kind_into_a_rejection(registry):
     assert _reason(_gate(registry), reply).startswith("malformed reply: needs arrays, metrics and site records")
 
 
+def test_gate_rejects_arrays_sent_in_the_former_array_record_form(registry):
+    """An older or hostile site sending the packed bytes as an ArrayRecord of two uint8 arrays: rejected
+    before a tensor is built, not read."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    from common.packing import LAYOUT, PACKED
+
+    reply = train_reply("site-0")
+    packed = reply.content["arrays"]
+    reply.content["arrays"] = ArrayRecord(
+        {
+            LAYOUT: torch.frombuffer(bytearray(packed[LAYOUT]), dtype=torch.uint8),
+            PACKED: torch.frombuffer(bytearray(packed[PACKED]), dtype=torch.uint8),
+        }
+    )
+
+    assert _reason(_gate(registry), reply).startswith("malformed reply: needs arrays, metrics and site records")
+
+
 def test_gate_turns_an_unforeseen_failure_into_a_rejection(registry):
     reply = train_reply("site-0")
     reply.content = None  # anything a check trips over is a malformed reply, not the end of the round
