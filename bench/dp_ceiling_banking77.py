@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/dp_ceiling_banking77.py [--schedules 4x2 5x4 10x4 20x4] [--json FILE]
     .venv/bin/python bench/dp_ceiling_banking77.py --distributed 30x3000 [--distributed-learning-rate 64]
+    .venv/bin/python bench/dp_ceiling_banking77.py --distributed bench   (each epsilon's bench schedule)
 
 An analysis aid, NOT Silo's pipeline (bench/utility_banking77.py is that): it answers "what is the best a
 federated DP-SGD run could reach on these three sites?" in minutes instead of hours, by training only the
@@ -217,7 +218,7 @@ def distributed_plans(
     from dataclasses import replace
 
     from bench.harness import DISTRIBUTED_SECAGG_RANGE, privacy_config
-    from bench.utility_banking77 import DISTRIBUTED
+    from bench.utility_banking77 import DISTRIBUTED, distributed_schedule
     from client.distributed_dp import plan_round_for_records
     from common.config import SecAggSection
 
@@ -225,7 +226,7 @@ def distributed_plans(
         privacy_config(
             epsilon, rounds=rounds, delta=DELTA, max_grad_norm=MAX_GRAD_NORM, distributed_min_honest=len(sizes)
         ),
-        eval_noise_multiplier=DISTRIBUTED.eval_noise_multiplier,
+        eval_noise_multiplier=distributed_schedule(DISTRIBUTED, epsilon).eval_noise_multiplier,
     )
     grid_step = 2.0 * SecAggSection().clip / DISTRIBUTED_SECAGG_RANGE  # client.secagg.grid_step
     return [
@@ -291,19 +292,25 @@ def distributed(
 
 
 def distributed_table(feats: dict[str, Any], labels: list[str], args: argparse.Namespace, t0: float) -> int:
-    """`--distributed`: hold-out accuracy of each (epsilon, ROUNDSxBATCH, SGD rate), mean and range of seeds."""
-    from bench.utility_banking77 import DISTRIBUTED
+    """`--distributed`: hold-out accuracy of each (epsilon, ROUNDSxBATCH, SGD rate), mean and range of seeds;
+    `bench` is that epsilon's schedule in bench/utility_banking77.py, and without `--distributed-learning-rate`
+    each epsilon's rate is the bench's."""
+    from bench.utility_banking77 import DISTRIBUTED, DISTRIBUTED_EPS8, distributed_schedule
     from common.config import FederationSection, StrategyName
     from server.strategy import make_strategy
 
-    schedules = [tuple(int(v) for v in s.lower().split("x")) for s in args.distributed]
-    rates = args.distributed_learning_rate or [DISTRIBUTED.learning_rate]
-    dim = adapter_dim(encoder_dir(), labels, ffa=DISTRIBUTED.ffa)
+    dims: dict[bool, int] = {}  # adapter values by FFA (a frozen A does not travel): the rounding bound grows with it
     configs = [(f"dist{e:g}", e) for e in sorted(EPSILONS, reverse=True)] + [("dist-noiseless", None)]
     rows, results = [], []
     for key, eps in configs:
         if args.only and key not in args.only:
             continue
+        bench = DISTRIBUTED_EPS8 if eps is None else distributed_schedule(DISTRIBUTED, eps)
+        schedules = [(bench.rounds, bench.batch_size) if s == "bench" else parse_rounds_x(s) for s in args.distributed]
+        rates = args.distributed_learning_rate or [bench.learning_rate]
+        if bench.ffa not in dims:
+            dims[bench.ffa] = adapter_dim(encoder_dir(), labels, ffa=bench.ffa)
+        dim = dims[bench.ffa]
         for (rounds, batch), lr in ((s, r) for s in schedules for r in rates):
             strategy = FederationSection(
                 strategy=StrategyName(args.server), server_learning_rate=args.server_learning_rate
@@ -345,15 +352,25 @@ def distributed_table(feats: dict[str, Any], labels: list[str], args: argparse.N
                 }
             )
             print(f"[ceiling] {' '.join(map(str, rows[-1]))}", file=sys.stderr, flush=True)
+    adapter = "/".join(map(str, dims.values()))
     print(
         f"\nBanking77, DP-FedSGD with distributed noise (t = {SITES}, sum figure), head on frozen features, hold-out "
-        f"accuracy % over {args.seeds} seeds; server {args.server}; adapter {dim} values; clip {MAX_GRAD_NORM}, delta {DELTA}"
+        f"accuracy % over {args.seeds} seeds; server {args.server}; adapter {adapter} values; clip {MAX_GRAD_NORM}, "
+        f"delta {DELTA}"
     )
     print(format_table(["configuration", "rounds", "batch", "SGD lr", "mean", "range", "sigma (max site)"], rows))
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps({"distributed": results}, indent=2))
     return 0
+
+
+def parse_rounds_x(text: str) -> tuple[int, int]:
+    """ROUNDSxN as two integers ("30x3000" -> (30, 3000)): N is local epochs, or a distributed row's expected batch."""
+    parts = tuple(int(v) for v in text.lower().split("x"))
+    if len(parts) != 2 or min(parts) < 1:
+        raise ValueError(f"expected two positive integers joined by x, got {text!r}")
+    return parts[0], parts[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,20 +396,30 @@ def main(argv: list[str] | None = None) -> int:
         "--distributed",
         nargs="+",
         metavar="ROUNDSxBATCH",
-        help="instead: DP-FedSGD with distributed noise (one step a round, expected batch a site), e.g. 30x3000",
+        help="instead: DP-FedSGD with distributed noise (one step a round, expected batch a site), e.g. 30x3000; "
+        "bench: each epsilon's schedule in bench/utility_banking77.py",
     )
-    ap.add_argument("--distributed-learning-rate", type=float, nargs="+", help="SGD rates to try (default the bench's)")
+    ap.add_argument(
+        "--distributed-learning-rate",
+        type=float,
+        nargs="+",
+        help="SGD rates to try (default: each epsilon's rate in bench/utility_banking77.py)",
+    )
     ap.add_argument("--server", choices=["fedavg", "fedadam"], default="fedavg", help="the coordinator's strategy")
     ap.add_argument("--server-learning-rate", type=float, default=0.01, help="FedAdam's rate (default 0.01)")
     ap.add_argument("--features", type=Path, help="keep the encoded features in this file and reuse them")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     try:
-        schedules = [tuple(int(v) for v in s.lower().split("x")) for s in args.schedules]
-        if any(len(s) != 2 or min(s) < 1 for s in schedules):
-            raise ValueError
+        schedules = [parse_rounds_x(s) for s in args.schedules]
     except ValueError:
         ap.error(f"--schedules takes ROUNDSxEPOCHS such as 5x4, got {args.schedules}")
+    try:
+        for s in args.distributed or []:
+            if s != "bench":
+                parse_rounds_x(s)
+    except ValueError:
+        ap.error(f"--distributed takes ROUNDSxBATCH such as 30x3000, or bench, got {args.distributed}")
 
     BATCH_SIZE, LEARNING_RATE = args.batch_size, args.learning_rate
     t0 = time.perf_counter()

@@ -21,14 +21,15 @@ Configurations, each through Silo's pipeline from site TOMLs ([task] type = "cla
                local noise (each site adds all of its own noise)
   fed dist eps the 3 sites at the same epsilons with distributed noise (opt-in rows: `--only dist8` ...):
                [privacy] noise = "distributed", [secagg] enabled, t = distributed_min_honest = 3 (every
-               site), the budget on the "sum" figure; DP-FedSGD, one step a round, on its own schedule
-               (`DISTRIBUTED`); the table shows the "sum" and the "own-noise" epsilon
+               site), the budget on the "sum" figure; DP-FedSGD, one step a round, on a schedule of its
+               own per epsilon (`DISTRIBUTED`: rounds and SGD rate); the table shows the "sum" and the
+               "own-noise" epsilon, and each row's line its schedule
   single site  each site alone (a one-site federation), DP eps = 8: what a hospital gets by not
                federating; the table shows the best of the three
 Every site keeps its content-hashed 20% hold-out (never trained on), so the central site trains on
 exactly the union of the federated sites' training records. Same schedule and recipe for all rows but the
 distributed ones (one step a round, which the recipe's epochs and probe rounds do not apply to; the prefix
-cache does).
+cache does; their rounds and rate depend on the target epsilon).
 
 The recipe (issue 18), each part a site setting: a large logical batch ([training] batch_size, what the
 accountant sees) run in physical passes of `physical_batch_size`; the first `probe_rounds` rounds a DP
@@ -53,7 +54,8 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,23 +103,33 @@ DELTA = 1e-5  # < 1/n for every site (n <= 10,003)
 # all six layers on a CPU, and the encoder's pretrained features below are used as they are. Under DP every
 # trained parameter is noised: r=8 on query and value measured 1.7 points worse at DP eps=8 (bench/README.md).
 LORA_TARGETS = ("layer.5.attention.self.value",)
-# The distributed rows' schedule (DP-FedSGD: a round is one step of plain SGD on the three sites' summed,
-# clipped per-record gradients, the adapter and the 77-way head together). Chosen on the sites' hold-outs, never
-# on test, with bench/dp_ceiling_banking77.py --distributed (the head on frozen features, each site's σ from
-# Silo's own planner, the real FedAvg of the steps; 3 seeds, mean [min-max]): expected batch 3,000 is every
-# record of every site (q = 1: 2,281-2,926 training records a site), which the Skellam bound accounts without
+# The distributed rows' schedules, one per target epsilon (DP-FedSGD: a round is one step of plain SGD on the three
+# sites' summed, clipped per-record gradients, the adapter and the 77-way head together). Chosen on the sites'
+# hold-outs, never on test, with bench/dp_ceiling_banking77.py --distributed (the head on frozen features, each
+# site's σ from Silo's own planner, the real FedAvg of the steps; 3 seeds, mean [min-max]): expected batch 3,000 is
+# every record of every site (q = 1: 2,281-2,926 training records a site), which the Skellam bound accounts without
 # the general subsampling bound's looseness; at eps 8, 30 rounds at lr 64 reach 90.3 [90.2-90.4] (lr 96: 90.6;
 # 40 rounds: 90.7; 20 rounds: 89.5; real: 90.23% test), against 86.2 [86.1-86.5] for the former 20 rounds x
 # batch 500 at lr 32 (real: 85.7% test). Without noise those 20 steps reach only 87.0: the former schedule was
-# short of steps, not drowned by noise. eps 3: 88.1 [88.0-88.4] (lr 96: 86.8). The rate is large because every record's
-# gradient is clipped to norm 1: a step moves the 77 x 384 head by at most lr. LoRA (what the simulation cannot
-# see) gets the noise and little signal: the same rate on the top layer's LoRA at alpha 2 grew A and B to 2-5
-# within 5 rounds through the real pipeline (hold-out accuracy 5-13%), so its alpha is 1/16 of the local rows'
-# and A stays frozen (FFA-LoRA): the noise then moves B alone, and the layer's change B A stays on A's seeded
-# direction. A round trains from the prefix cache (the top layer and head over cached states).
-DISTRIBUTED = DistributedSchedule(
+# short of steps, not drowned by noise. The rate is large because every record's gradient is clipped to norm 1:
+# a step moves the 77 x 384 head by at most lr. LoRA (what the simulation cannot see) gets the noise and little
+# signal: the same rate on the top layer's LoRA at alpha 2 grew A and B to 2-5 within 5 rounds through the real
+# pipeline (hold-out accuracy 5-13%), so its alpha is 1/16 of the local rows' and A stays frozen (FFA-LoRA): the
+# noise then moves B alone, and the layer's change B A stays on A's seeded direction. A round trains from the
+# prefix cache (the top layer and head over cached states).
+DISTRIBUTED_EPS8 = DistributedSchedule(
     rounds=30, batch_size=3000, learning_rate=64.0, eval_noise_multiplier=60.0, lora_alpha=0.125, ffa=True
 )
+# Smaller epsilons, same sweep (rounds 10-40 x lr 8-96 at q = 1): eps 3 plateaus at ~88.1 from 20 rounds at lr 64
+# to 40 at lr 32 (30 x 64: 88.10 [87.9-88.4], real 87.21% test), so it keeps eps 8's measured schedule. At eps 1
+# the sum's σ (24 at 30 rounds) drowns eps 8's schedule (30 x lr 64: 71.6 [70.7-72.1], real 66.01% test): fewer,
+# smaller steps win: 15 rounds at lr 32 reach 82.1 [81.6-82.6] over 6 seeds (σ 16.4; 10 x 48: 81.9, 20 x 24 or
+# 32: 81.6, 30 x 16: 81.9), and put a quarter of 30 x 64's noise on LoRA (lr σ √rounds; the plateau's all ~equal).
+DISTRIBUTED: dict[float, DistributedSchedule] = {
+    8.0: DISTRIBUTED_EPS8,
+    3.0: DISTRIBUTED_EPS8,
+    1.0: replace(DISTRIBUTED_EPS8, rounds=15, learning_rate=32.0),
+}
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,8 @@ class Settings:
     # `[training] dropout`; None keeps the encoder's own (0.1). Turning it off (`--dropout 0`) measured 0.5
     # and 1.8 points LOWER at DP eps=8 (4x2 and 5x4 schedules, one seed each; bench/README.md).
     dropout: float | None = None
-    distributed: DistributedSchedule = DISTRIBUTED
+    # The distributed rows' schedule for each target epsilon (a row whose epsilon is not here cannot run).
+    distributed: dict[float, DistributedSchedule] = field(default_factory=lambda: dict(DISTRIBUTED))
 
 
 QUICK = Settings("quick", train_per_site=600, test_n=770, rounds=6, local_epochs=2, probe_rounds=5)
@@ -167,6 +180,23 @@ DEFAULT = Settings(
 FULL = Settings(
     "full", train_per_site=0, test_n=0, rounds=44, local_epochs=4, probe_rounds=40, eval_noise_multiplier=60.0
 )
+
+
+def distributed_schedule(schedules: Mapping[float, DistributedSchedule], epsilon: float) -> DistributedSchedule:
+    """The distributed row's schedule at target `epsilon` (per site, the "sum" figure) from `schedules`."""
+    if epsilon not in schedules:
+        known = ", ".join(f"{e:g}" for e in sorted(schedules))
+        raise ValueError(f"`distributed` has no schedule for eps={epsilon:g} (it has eps {known})")
+    return schedules[epsilon]
+
+
+def describe_schedule(d: DistributedSchedule, *, lora_r: int) -> str:
+    """One line: what a distributed row ran (its output and RESULTS name it)."""
+    alpha = 2 * lora_r if d.lora_alpha is None else d.lora_alpha
+    return (
+        f"{d.rounds} rounds x 1 DP-FedSGD step, expected batch {d.batch_size} a site, SGD lr {d.learning_rate:g}, "
+        f"LoRA alpha {alpha:g}{' (FFA)' if d.ffa else ''}, eval sigma {d.eval_noise_multiplier:g}"
+    )
 
 
 def encoder_dir() -> Path:
@@ -237,9 +267,10 @@ def run_config(
     d = work / row.key
     from common.config import DataConfig, TrainingConfig
 
+    dist = distributed_schedule(s.distributed, row.epsilon) if row.distributed and row.epsilon is not None else None
     lora_alpha = 2 * s.lora_r
-    if row.distributed and s.distributed.lora_alpha is not None:
-        lora_alpha = s.distributed.lora_alpha
+    if dist is not None and dist.lora_alpha is not None:
+        lora_alpha = dist.lora_alpha
     model = model_sections(
         base=encoder,
         max_length=s.max_length,
@@ -247,7 +278,7 @@ def run_config(
         lora_r=s.lora_r,
         lora_alpha=lora_alpha,
         targets=s.lora_targets,
-        ffa=row.distributed and s.distributed.ffa,
+        ffa=dist is not None and dist.ffa,
     )
     # One torch thread per site: on a small shared machine 2 threads ran 3-6x SLOWER per step than 1
     # (measured here: MiniLM LoRA step, batch 32, 0.5-0.8 s with 1 thread, 2.5-4.6 s with 2, under load).
@@ -265,8 +296,7 @@ def run_config(
         dropout=s.dropout,
     )
     rounds, eval_sigma = s.rounds, s.eval_noise_multiplier
-    if row.distributed:  # one step a round: the expected batch and SGD rate are all of the schedule it reads
-        dist = s.distributed
+    if dist is not None:  # one step a round: the expected batch and SGD rate are all of the schedule it reads
         rounds, eval_sigma = dist.rounds, dist.eval_noise_multiplier
         training = replace(
             training, epochs=1, batch_size=dist.batch_size, learning_rate=dist.learning_rate, probe_rounds=0
@@ -329,8 +359,13 @@ def measure(
         **privacy_columns(manifest, row),
         "seconds": time.perf_counter() - t0,
     }
+    ran = ""
+    if row.distributed and row.epsilon is not None:  # which of the per-epsilon schedules this row ran
+        dist = distributed_schedule(s.distributed, row.epsilon)
+        result["schedule"] = asdict(dist)
+        ran = f"; {describe_schedule(dist, lora_r=s.lora_r)}"
     print(
-        f"[utility] {row.title}: accuracy {acc:.4f}  macro-F1 {f1:.4f}  ({result['seconds']:.0f} s)",
+        f"[utility] {row.title}: accuracy {acc:.4f}  macro-F1 {f1:.4f}  ({result['seconds']:.0f} s{ran})",
         file=sys.stderr,
         flush=True,
     )
@@ -411,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         probe_rounds=s.probe_rounds if args.probe_rounds is None else args.probe_rounds,
         eval_noise_multiplier=args.eval_noise_multiplier or s.eval_noise_multiplier,
         prefix_cache=s.prefix_cache and not args.no_prefix_cache,
-        distributed=override_distributed(s.distributed, args),
+        distributed={eps: override_distributed(d, args) for eps, d in s.distributed.items()},
     )
     encoder = encoder_dir()
     labels, train, test = read_banking77(args.data)
@@ -446,14 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         f"work dir {work}",
         flush=True,
     )
-    if any(c.distributed for c in configs):
-        d = s.distributed
-        print(
-            f"distributed rows: {d.rounds} rounds x 1 DP-FedSGD step, expected batch {d.batch_size} a site, "
-            f"SGD lr {d.learning_rate}, LoRA alpha {d.lora_alpha or 2 * s.lora_r:g}{' (FFA)' if d.ffa else ''}, eval sigma "
-            f"{d.eval_noise_multiplier:g}, t = {SITES}, budget on the sum figure",
-            flush=True,
-        )
+    for c in configs:
+        if c.distributed and c.epsilon is not None:
+            schedule = describe_schedule(distributed_schedule(s.distributed, c.epsilon), lora_r=s.lora_r)
+            print(f"{c.key}: {schedule}, t = {SITES}, budget on the sum figure", flush=True)
     # Configurations are independent: run `--jobs` of them at once (each is single-threaded in-process).
     jobs = 1 if args.processes else max(1, args.jobs)
     rows = measure_all(measure, work, configs, labels, encoder, s, args.processes, test, jobs=jobs)
