@@ -36,6 +36,8 @@ from client.normalize import normalize, normalized_text
 from client.recognizers import (
     NamePlaceRecognizer,
     address_extent,
+    name_core,
+    name_extent,
     phone_extent,
     propagate_mentions,
     regex_recognizers,
@@ -78,6 +80,7 @@ _SEAL = object()  # only scrub_records holds it: the one way to make ScrubbedRec
 _EXTENTS: dict[str, Callable[[str, int, int], tuple[int, int]]] = {
     "LOCATION": address_extent,
     "PHONE_NUMBER": phone_extent,
+    "PERSON": name_extent,
 }
 
 
@@ -270,7 +273,8 @@ class Scrubber:
         """`<TYPE_hhhhhhhh>`: keyed HMAC-SHA256 of the normalised value, the same token for the same value."""
         if self._key is None:
             raise ScrubFailed("pseudonyms need `scrub.pseudonym_key_file`; none was loaded.")
-        norm = " ".join(normalized_text(value).casefold().split())
+        core = name_core(value) if entity_type == "PERSON" else value  # "Mrs. Okafor" is "Okafor"
+        norm = " ".join(normalized_text(core).casefold().split())
         digest = hmac.new(self._key, f"{entity_type}\x00{norm}".encode(), hashlib.sha256).hexdigest()
         return f"<{entity_type}_{digest[:PSEUDONYM_HEX]}>"
 
@@ -284,8 +288,8 @@ class Scrubber:
         if len(spans) > 1:  # a name found in one window is removed where it is mentioned in any other
             seeds = [(d.entity_type, d.start, d.end, d.score) for d in found if d.entity_type in ("PERSON", "LOCATION")]
             found.extend(Detection(*m) for m in propagate_mentions(text, seeds) if m[3] >= threshold)
-        # An address's unit, floor and door go with it ("Pikk tee 5 Apt. 31", "Unit 4, 27 Wattle Grove"), and
-        # a phone number's extension ("x4567").
+        # An address's unit, floor and door go with it ("Pikk tee 5 Apt. 31", "Unit 4, 27 Wattle Grove"), a
+        # phone number's extension ("x4567"), a name's title and degrees ("Dr. Vukić, MD": gender, profession).
         return [
             Detection(d.entity_type, *_EXTENTS[d.entity_type](text, d.start, d.end), d.score)
             if d.entity_type in _EXTENTS

@@ -8,6 +8,7 @@ One module per concept:
 - `address_extent`: the unit, floor and door beside an address, and the town, region and postcode after it;
 - `organisations`: hospitals, clinics, employers, banks by their head word;
 - `strict`: the strict profile's extra masks (long digit runs, letter-digit codes, handles);
+- `titles`: courtesy titles and post-nominals around a name, and names after a title in any case;
 - `names`: people and places from context, name lists and rarity, propagated to every mention;
 - `vocabulary`: what counts as an everyday word, a rare word, a listed name.
 """
@@ -23,6 +24,7 @@ from client.recognizers.names import NamePlaceRecognizer, propagate_mentions
 from client.recognizers.organisations import organisation_recognizers
 from client.recognizers.phones import phone_extent, phone_recognizers
 from client.recognizers.strict import strict_recognizers
+from client.recognizers.titles import name_core, name_extent
 from client.recognizers.vocabulary import NAME_LIST_LOCALES, common_words, is_common, name_tokens
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "NamePlaceRecognizer",
     "common_words",
     "is_common",
+    "name_core",
+    "name_extent",
     "name_tokens",
     "phone_extent",
     "propagate_mentions",

@@ -16,6 +16,7 @@ from presidio_analyzer.nlp_engine import NlpArtifacts
 
 from client.recognizers.addresses import US_STATE_CODES
 from client.recognizers.pattern import gated
+from client.recognizers.titles import TITLE, titled_names
 from client.recognizers.vocabulary import is_clinical, is_common, is_rare, name_tokens, zipf
 
 # (Uzbek and Hawaiian write a letter's apostrophe as ‘ or ʻ: "Ulug‘bekov".)
@@ -61,9 +62,8 @@ _PARTICLES = frozenset(
         "sous",
     ]
 )
-_TITLE = r"(?:Dr|Mr|Mrs|Ms|Mx|Miss|Mister|Prof|Professor|Rev|Sir|Dame|Herr|Frau|Mme|Mlle|Sr|Sra|Srta)\.?"
 _STRONG_PERSON_BEFORE = re.compile(
-    rf"(?:\b{_TITLE}\s+|"
+    rf"(?:\b{TITLE}\s+|"
     r"(?i:\b(?:patient|pt|name|patient\s+name|full\s+name|attending|prescriber|provider|physician|surgeon|"
     r"applicant|customer|client|sender|recipient|beneficiary|payee|holder|account|kin|contact|guardian|caregiver|for|"
     r"from|to|by|signed|cc|author|nurse|RN|technician|interpreter)\s*:\s*)|"
@@ -75,8 +75,8 @@ _STRONG_PERSON_BEFORE = re.compile(
     r"called|signed\s+by|dictated\s+by|read\s+by|referred\s+by|accompanied\s+by|met\s+with)\s+)|"
     r"(?:^|\n)\s*(?:--|—)\s*)$"
 )
-_TITLE_BEFORE = re.compile(rf"\b{_TITLE}\s+$")
-_TITLE_WORD = re.compile(_TITLE.removesuffix(r"\.?"))
+_TITLE_BEFORE = re.compile(rf"\b{TITLE}\s+$")
+_TITLE_WORD = re.compile(TITLE.removesuffix(r"\.?"))
 _WEAK_PERSON_BEFORE = re.compile(r"(?i:\b(?:by|with|to|for|from|and|of|as|&)\s+)$")
 # "..., MD", "X is a 72-year-old", "X lives in", "X, aged 93": what only a person does.
 _STRONG_PERSON_AFTER = re.compile(
@@ -245,6 +245,7 @@ class NamePlaceRecognizer(EntityRecognizer):
             if hit:
                 found.append(hit)
         found.extend(lower_case_names(text, self._names))
+        found.extend(titled_names(text))
         found.extend(("PERSON", m.start(), m.end(), 0.6) for m in _CASELESS_RUN.finditer(text))
         found.extend(propagate_mentions(text, found))
         return [RecognizerResult(t, s, e, score) for t, s, e, score in found]
@@ -257,7 +258,7 @@ class NamePlaceRecognizer(EntityRecognizer):
         before, after = text[max(0, start - 48) : start], text[end : end + 16]
         if _ends(_TITLE_BEFORE, before) or _ends(_LABEL_COMMA, before):
             return ("PERSON", start, self._extend_last_first(text, before, end), 0.85)
-        if len(run) > 1 and _TITLE_WORD.fullmatch(run[0].group()):  # "Dr Park", "Mr Banks": the title stays
+        if len(run) > 1 and _TITLE_WORD.fullmatch(run[0].group()):  # "Dr Park", "Mr Banks" (`name_extent` adds "Dr")
             return ("PERSON", run[1].start(), end, 0.85)
         if _ends(_STRONG_PERSON_BEFORE, before):  # "Attending: Tao Xu, MD" is not in Maryland
             return None

@@ -146,6 +146,9 @@ def strict():
         # a single surname at a sentence start before any past-tense verb, a relative in brackets, a title with no dot
         ("Jakobsson reviewed the chart. Horváth explained the risks.", ["Jakobsson", "Horváth"]),
         ("Grethe (her niece) will visit; the GP, Dr Park, and Mr Banks agreed.", ["Grethe", "Park", "Banks"]),
+        # a courtesy title goes with its name (gender, profession); a name after a title in any case
+        ("Mrs. Halvorsen phoned; Dr Teodora Vukić, MD, replied.", ["Mrs", "Halvorsen", "Dr", "Vukić", "MD"]),
+        ("spoke to dr. smith and mr jones; MRS. HALVORSEN agreed", ["dr.", "smith", "mr", "jones", "MRS", "HALVORSEN"]),
         # romanised East Asian names as on a passport, and their later mentions
         ("Yesterday, YA-TING LIN arrived late; later LIN phoned. MIN-JUN KIM came too.", ["YA-TING", "LIN", "MIN-JUN"]),
         # lower-case names in chat: a listed first name and an unknown surname, two unknown words, after a cue
@@ -191,6 +194,8 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "Creutzfeldt-Jakob disease and Guillain-Barré syndrome; Hodgkin lymphoma; Wolff-Parkinson-White syndrome.",
         "I live at the corner, which is near the park; in 2019, 2020 was worse; we had 12 visits, 3400.",
         "Counts were 12345, Smith's criteria were met.",
+        # a title with no name after it stays
+        "The Dr. will see you now; ask Mrs. if she is free. my dr. appointment is at 5, ms fatigue is worse",
     ],
 )
 def test_scrub_text_clinical_and_everyday_content_is_kept(scrubber, text):
