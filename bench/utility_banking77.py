@@ -190,6 +190,13 @@ def distributed_schedule(schedules: Mapping[float, DistributedSchedule], epsilon
     return schedules[epsilon]
 
 
+def override_distributed_schedules(
+    schedules: Mapping[float, DistributedSchedule], args: argparse.Namespace
+) -> dict[float, DistributedSchedule]:
+    """`schedules` with the `--distributed-*` options given applied to every epsilon's (`override_distributed`)."""
+    return {eps: override_distributed(d, args) for eps, d in schedules.items()}
+
+
 def describe_schedule(d: DistributedSchedule, *, lora_r: int) -> str:
     """One line: what a distributed row ran (its output and RESULTS name it)."""
     alpha = 2 * lora_r if d.lora_alpha is None else d.lora_alpha
@@ -446,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         probe_rounds=s.probe_rounds if args.probe_rounds is None else args.probe_rounds,
         eval_noise_multiplier=args.eval_noise_multiplier or s.eval_noise_multiplier,
         prefix_cache=s.prefix_cache and not args.no_prefix_cache,
-        distributed={eps: override_distributed(d, args) for eps, d in s.distributed.items()},
+        distributed=override_distributed_schedules(s.distributed, args),
     )
     encoder = encoder_dir()
     labels, train, test = read_banking77(args.data)

@@ -1,0 +1,78 @@
+"""bench/utility_banking77.py: the distributed rows' schedule per target epsilon."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import utility_banking77 as b77
+from bench.harness import Configuration, add_distributed_overrides
+from common.config import load_federation_config, load_site_config
+
+
+def test_distributed_schedules_cover_every_epsilon() -> None:
+    for settings in (b77.QUICK, b77.DEFAULT, b77.FULL):
+        assert sorted(settings.distributed) == sorted(b77.EPSILONS)
+
+
+def test_distributed_schedule_eps8_and_eps3_keep_the_measured_one() -> None:
+    measured = b77.DistributedSchedule(
+        rounds=30, batch_size=3000, learning_rate=64.0, eval_noise_multiplier=60.0, lora_alpha=0.125, ffa=True
+    )
+    assert b77.distributed_schedule(b77.DEFAULT.distributed, 8.0) == measured
+    assert b77.distributed_schedule(b77.DEFAULT.distributed, 3.0) == measured
+
+
+def test_distributed_schedule_eps1_takes_fewer_smaller_steps() -> None:
+    eps1 = b77.distributed_schedule(b77.DEFAULT.distributed, 1.0)
+    assert (eps1.rounds, eps1.learning_rate) == (15, 32.0)
+    assert eps1 == replace(b77.DISTRIBUTED_EPS8, rounds=15, learning_rate=32.0)
+
+
+def test_distributed_schedule_unknown_epsilon_names_it() -> None:
+    with pytest.raises(ValueError, match=r"eps=2 \(it has eps 1, 3, 8\)"):
+        b77.distributed_schedule(b77.DEFAULT.distributed, 2.0)
+
+
+def test_describe_schedule_names_rounds_rate_and_alpha() -> None:
+    line = b77.describe_schedule(b77.DISTRIBUTED[1.0], lora_r=1)
+    assert line.startswith("15 rounds x 1 DP-FedSGD step, expected batch 3000 a site, SGD lr 32, LoRA alpha 0.125")
+    assert "(FFA)" in line
+    assert "LoRA alpha 2 (FFA)" in b77.describe_schedule(replace(b77.DISTRIBUTED[1.0], lora_alpha=None), lora_r=1)
+
+
+def test_distributed_overrides_replace_every_epsilons_value() -> None:
+    ap = argparse.ArgumentParser()
+    add_distributed_overrides(ap)
+    args = ap.parse_args(["--distributed-rounds", "7"])
+    schedules = b77.override_distributed_schedules(b77.DISTRIBUTED, args)
+    assert {eps: d.rounds for eps, d in schedules.items()} == {1.0: 7, 3.0: 7, 8.0: 7}
+    assert schedules[1.0].learning_rate == 32.0 and schedules[8.0].learning_rate == 64.0
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 8.0])
+def test_run_config_writes_the_rows_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epsilon: float) -> None:
+    written: dict[str, Any] = {}
+
+    def fake_run(work: Path, sites: list[Path], federation: Path, *, processes: bool) -> tuple[dict, dict]:
+        written.update(sites=sites, federation=federation)
+        return {}, {}
+
+    monkeypatch.setattr(b77, "run_federation_here", fake_run)
+    labels = ["card_arrival", "card_linking"]
+    records = [{"text": f"query {i}", "category": labels[i % 2]} for i in range(20)]
+    row = Configuration(f"dist{epsilon:g}", "dist", [records, records, records], epsilon, distributed=True)
+    b77.run_config(tmp_path, row, labels=labels, encoder=tmp_path, s=b77.QUICK, processes=False)
+
+    schedule = b77.DISTRIBUTED[epsilon]
+    federation = load_federation_config(written["federation"])
+    assert federation.federation.rounds == schedule.rounds
+    assert federation.lora.alpha == schedule.lora_alpha and federation.lora.ffa
+    site = load_site_config(written["sites"][0])
+    assert site.training.learning_rate == schedule.learning_rate
+    assert site.training.batch_size == schedule.batch_size
+    assert site.privacy.eval_noise_multiplier == schedule.eval_noise_multiplier
