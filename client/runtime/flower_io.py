@@ -41,6 +41,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
+from client.runtime.wake import ENV as WAKE_ENV
+from client.runtime.wake import Doorbell, parse_fds
 from common.flower_pulls import prompt_object_pulls
 
 FLWR_VERSION = "1.41.0"
@@ -86,11 +88,13 @@ _FLOWER_IDLE_SLEEP_S = 3
 
 class _CappedSleeps(ModuleType):
     """`time` as the SuperNode's loop sees it: every sleep at most `cap` seconds while a run is under way;
-    after `SUPERNODE_BUSY_S` of empty pulls, at most `SUPERNODE_IDLE_SLEEP_S` (an idle node polls less)."""
+    after `SUPERNODE_BUSY_S` of empty pulls, at most `SUPERNODE_IDLE_SLEEP_S` (an idle node polls less).
+    With a `reply` doorbell (wake.py), a wait for the runtime's reply ends as soon as the runtime rings."""
 
-    def __init__(self, cap: float) -> None:
+    def __init__(self, cap: float, reply: Doorbell | None = None) -> None:
         super().__init__("time")
         self.cap = cap
+        self.reply = reply
         self.idle_since: float | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -100,7 +104,10 @@ class _CappedSleeps(ModuleType):
         now = time.monotonic()
         if seconds != _FLOWER_IDLE_SLEEP_S:  # a wait while a message is being handled: the node is busy
             self.idle_since = None
-            time.sleep(min(seconds, self.cap))
+            if self.reply is not None:
+                self.reply.wait(min(seconds, self.cap))
+            else:
+                time.sleep(min(seconds, self.cap))
             return
         self.idle_since = now if self.idle_since is None else self.idle_since
         idle = now - self.idle_since > SUPERNODE_BUSY_S
@@ -115,12 +122,31 @@ def run_supernode(argv: list[str]) -> int:
     from flwr.supernode.cli import flower_supernode
 
     cap = float(os.environ.get(SUPERNODE_SLEEP_ENV, SUPERNODE_MAX_SLEEP_S))
-    start_client_internal.time = _CappedSleeps(cap)  # type: ignore[attr-defined]
-    if cap < _FLOWER_IDLE_SLEEP_S:  # Flower's own waits asked for (the old path) keep its back-off too
+    reply = None
+    if cap < _FLOWER_IDLE_SLEEP_S:  # Flower's own waits asked for (the old path) keep its back-off and polls
         prompt_object_pulls()
+        if wake := os.environ.get(WAKE_ENV):
+            task_w, reply_r = parse_fds(wake)
+            reply = Doorbell(reply_r)
+            _ring_on_message(start_client_internal, Doorbell(task_w))
+    start_client_internal.time = _CappedSleeps(cap, reply)  # type: ignore[attr-defined]
     sys.argv = [SUPERNODE, *argv]
     flower_supernode()
     return 0
+
+
+def _ring_on_message(loop: ModuleType, task: Doorbell) -> None:
+    """Ring `task` each time the SuperNode's loop has a message in (its objects pulled, the task it
+    serves created), so the runtime claims it at once instead of polling for it."""
+    pull = loop._pull_and_store_message
+
+    def pull_and_ring(*args: Any, **kwargs: Any) -> int | None:
+        run_id: int | None = pull(*args, **kwargs)
+        if run_id is not None:
+            task.ring()
+        return run_id
+
+    loop._pull_and_store_message = pull_and_ring  # type: ignore[attr-defined]
 
 
 def check_flower_version() -> None:

@@ -7,8 +7,9 @@ it, and a supervisor over both, for the node's life.
 The supervisor (this module) checks the site's configuration once, starts the SuperNode command
 given after `--` and then the site runtime (worker.py), which claims the SuperNode's tasks one at a
 time and keeps the site warm between them (client/warm.py). It shares a fresh task-claim secret with
-both (0600, in a private directory). `flower-supernode` itself runs with its fixed waits shortened
-(flower_io.py, `supernode_command`).
+both (0600, in a private directory), and two wake pipes (wake.py): the SuperNode rings the runtime
+when a message is in, the runtime rings the SuperNode when its reply is, so neither polls the other.
+`flower-supernode` itself runs with its fixed waits shortened (flower_io.py, `supernode_command`).
 
 - The SuperNode exits: the runtime is stopped and the node exits with the SuperNode's code.
 - The runtime dies (a crash, the OOM killer, SIGKILL): the task it was serving fails at the
@@ -39,6 +40,8 @@ from pathlib import Path
 
 from client.runtime.flower_io import SECRET_FLAG, supernode_command
 from client.runtime.site_runtime import SiteRuntime
+from client.runtime.wake import ENV as WAKE_ENV
+from client.runtime.wake import WakePipes, format_fds
 from common.errors import SiloError
 
 log = logging.getLogger("silo.site")
@@ -80,24 +83,42 @@ def run_node(args: argparse.Namespace) -> int:
         secret_file = Path(private) / "superexec.secret"
         write_secret(secret_file)
         command = [*supernode_command(args.supernode), SECRET_FLAG, str(secret_file)]
-        supernode = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: S603 (the operator's command)
+        pipes = WakePipes.create()  # the SuperNode and the runtime wake each other (wake.py) instead of polling
+        supernode = subprocess.Popen(  # noqa: S603 (the operator's command)
+            command,
+            preexec_fn=_die_with_parent,
+            pass_fds=pipes.supernode_fds,
+            env={**os.environ, WAKE_ENV: format_fds(pipes.supernode_fds)},
+        )
+        for fd in pipes.supernode_fds:
+            os.close(fd)  # the runtime's ends stay open here, for each runtime the supervisor starts
         worker = [sys.executable, "-m", "client.runtime.worker", "--site-config", str(args.site_config)]
         worker += ["--runtime-api-address", args.runtime_api_address, "--secret-file", str(secret_file), *key_args]
-        return Supervisor(supernode, worker).run()
+        worker += ["--wake-fds", format_fds(pipes.runtime_fds)]
+        try:
+            return Supervisor(supernode, worker, pass_fds=pipes.runtime_fds).run()
+        finally:
+            for fd in pipes.runtime_fds:
+                os.close(fd)
 
 
 class Supervisor:
     """Keeps one site runtime serving `supernode` until the SuperNode exits or a signal stops the node."""
 
-    def __init__(self, supernode: subprocess.Popen[bytes], worker_argv: list[str]) -> None:
+    def __init__(
+        self, supernode: subprocess.Popen[bytes], worker_argv: list[str], *, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         self.supernode = supernode
         self.worker_argv = worker_argv
+        self.pass_fds = pass_fds
         self.worker: subprocess.Popen[bytes] | None = None
         self.stop = threading.Event()
         self.restarts = 0
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        self.worker = subprocess.Popen(self.worker_argv, preexec_fn=_die_with_parent)  # noqa: S603 (our own module)
+        self.worker = subprocess.Popen(  # noqa: S603 (our own module)
+            self.worker_argv, preexec_fn=_die_with_parent, pass_fds=self.pass_fds
+        )
         return self.worker
 
     def run(self) -> int:

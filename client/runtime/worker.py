@@ -1,7 +1,7 @@
 """The site runtime: the process that holds the warm site (client/warm.py) and serves its SuperNode's tasks.
 
     python -m client.runtime.worker --site-config site.toml --runtime-api-address 127.0.0.1:9094 \
-        --secret-file FILE (--coordinator-key KEY | --no-coordinator-key)
+        --secret-file FILE (--coordinator-key KEY | --no-coordinator-key) [--wake-fds TASK_R,REPLY_W]
 
 Started and watched by the node's supervisor (node.py), never by hand: it claims the SuperNode's tasks
 one at a time with the secret the supervisor shares with the SuperNode, hands each to one
@@ -22,12 +22,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from client.runtime.flower_io import RuntimeLink, TaskInput, TaskSession
 from client.runtime.site_runtime import SiteRuntime
+from client.runtime.wake import Doorbell, parse_fds
 from common.errors import SiloError
 
 log = logging.getLogger("silo.site")
@@ -36,6 +38,17 @@ log = logging.getLogger("silo.site")
 POLL_S = 0.05
 IDLE_POLL_S = 0.5
 BUSY_S = 120.0
+# With the SuperNode's doorbell (wake.py) the runtime claims a task when rung, and asks on its own only
+# this often (a lost ring delays a task by at most this long).
+WAKE_FALLBACK_S = 1.0
+
+
+@dataclass(frozen=True)
+class Bells:
+    """The runtime's ends of the wake pipes: `task` rings when a message is in, ring `reply` once a reply is handed over."""
+
+    task: Doorbell
+    reply: Doorbell
 
 
 def pull_input(session: TaskSession, ready: queue.Queue[tuple[TaskSession, TaskInput]]) -> None:
@@ -53,8 +66,8 @@ def pull_input(session: TaskSession, ready: queue.Queue[tuple[TaskSession, TaskI
         session.close()
 
 
-def serve_task(runtime: SiteRuntime, session: TaskSession, task: TaskInput) -> None:
-    """Let the runtime handle one task, push the reply and the task's outcome."""
+def serve_task(runtime: SiteRuntime, session: TaskSession, task: TaskInput, reply_bell: Doorbell | None = None) -> None:
+    """Let the runtime handle one task, push the reply (ring `reply_bell`) and the task's outcome."""
     try:
         session.bind(task)
         t0 = time.perf_counter()
@@ -62,6 +75,8 @@ def serve_task(runtime: SiteRuntime, session: TaskSession, task: TaskInput) -> N
         t1 = time.perf_counter()
         try:
             session.reply(outcome.reply, outcome.context)
+            if reply_bell is not None:
+                reply_bell.ring()
         finally:
             session.finish(outcome.context, ok=outcome.ok, details=outcome.details)
         kind = task.message.metadata.message_type
@@ -77,17 +92,30 @@ def serve_task(runtime: SiteRuntime, session: TaskSession, task: TaskInput) -> N
         session.close()
 
 
-def serve(runtime: SiteRuntime, link: RuntimeLink, stop: threading.Event, *, one_task: bool = False) -> None:
+def serve(
+    runtime: SiteRuntime,
+    link: RuntimeLink,
+    stop: threading.Event,
+    *,
+    one_task: bool = False,
+    bells: Bells | None = None,
+) -> None:
     """Claim tasks and pull their inputs side by side; handle them one at a time, until `stop` is set.
     `one_task`: claim one, serve it and return (`[site] warm_runtime = false`: a fresh process per
-    message, as Flower's own `flwr-clientapp` runs, for comparison)."""
+    message, as Flower's own `flwr-clientapp` runs, for comparison). With `bells`, ask the SuperNode for
+    a task when it rings (and every WAKE_FALLBACK_S), not every POLL_S."""
     ready: queue.Queue[tuple[TaskSession, TaskInput]] = queue.Queue()
     claimed_one = False
-    last_task = float("-inf")
+    last_task = last_ask = float("-inf")
+    claimed = None
     while not stop.is_set():
+        # Ask again at once after a claim: several messages may have come in on one ring.
+        ask = bells is None or claimed is not None or bells.task.rung()
+        ask = ask or time.monotonic() - last_ask >= WAKE_FALLBACK_S
         claimed = None
         try:
-            if not (one_task and claimed_one):
+            if ask and not (one_task and claimed_one):
+                last_ask = time.monotonic()
                 claimed = link.acquire()
         except httpx.HTTPError as err:
             log.debug("[silo] Runtime API not reachable yet: %s", err)
@@ -103,7 +131,7 @@ def serve(runtime: SiteRuntime, link: RuntimeLink, stop: threading.Event, *, one
             session, task = ready.get(timeout=POLL_S if busy else IDLE_POLL_S)
         except queue.Empty:
             continue
-        serve_task(runtime, session, task)
+        serve_task(runtime, session, task, bells.reply if bells is not None else None)
         if one_task:
             return
 
@@ -116,6 +144,9 @@ def parser() -> argparse.ArgumentParser:
     key = p.add_mutually_exclusive_group(required=True)
     key.add_argument("--coordinator-key", type=Path)
     key.add_argument("--no-coordinator-key", action="store_true")
+    p.add_argument(
+        "--wake-fds", type=parse_fds, help="TASK_R,REPLY_W: the wake pipes' ends (wake.py; the supervisor's)"
+    )
     return p
 
 
@@ -141,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"silo: error: {err}", file=sys.stderr)
         return err.exit_code
     try:
-        serve(runtime, link, stop, one_task=not runtime.cfg.site.warm_runtime)
+        bells = Bells(Doorbell(args.wake_fds[0]), Doorbell(args.wake_fds[1])) if args.wake_fds else None
+        serve(runtime, link, stop, one_task=not runtime.cfg.site.warm_runtime, bells=bells)
     finally:
         with contextlib.suppress(Exception):
             link.close()

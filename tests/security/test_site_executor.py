@@ -74,6 +74,9 @@ def test_flower_internals_the_executor_uses_are_the_pinned_ones():
 
     source = inspect.getsource(start_client_internal)
     assert start_client_internal.time is __import__("time") and "time.sleep(3)" in source
+    # ... and calls its message pull by the module's name each time: what `run_supernode` wraps to ring the runtime.
+    assert callable(start_client_internal._pull_and_store_message)
+    assert "run_id = _pull_and_store_message(" in source
     assert callable(flower_supernode)
     # The SuperNode still offers the isolation mode in which it starts no app process.
     out = subprocess.run([str(BIN / "flower-supernode"), "--help"], capture_output=True, text=True, check=True)
