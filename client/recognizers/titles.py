@@ -14,6 +14,7 @@ import re
 
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from client.recognizers.pattern import gated
 from client.recognizers.vocabulary import is_clinical, name_tokens, zipf
 
 # Courtesy titles as written before a capitalised name ("Dr. Park", "Mrs Okafor", "Herr Weiß", "Sra. Ruiz").
@@ -90,7 +91,7 @@ def _name_word(word: str, *, strict: bool, first: bool) -> bool:
 def titled_names(text: str) -> list[tuple[str, int, int, float]]:
     """Names written after a title, in any case: up to three name-like words, initials between them."""
     out = []
-    for m in _STARTER.finditer(text):
+    for m in gated(_STARTER).finditer(text):
         strict = not m.group("dot") and m.group("t").casefold() not in _UNDOTTED_OK
         pos = end = m.end()
         words = 0
