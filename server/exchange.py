@@ -63,12 +63,16 @@ class PromptGrid:
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while pending:
+            pulled = 0
             for reply in self.grid.pull_messages(pending):
                 pending.discard(reply.metadata.reply_to_message_id)
                 replies.append(reply)
                 self._observe(reply)
+                pulled += 1
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
+            if pulled:  # pulling those took a while: the next site's reply may be in already
+                continue
             time.sleep(self.poll_s if deadline is None else max(0.0, min(self.poll_s, deadline - time.monotonic())))
         return replies
 
