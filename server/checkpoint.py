@@ -189,6 +189,13 @@ class RunDirectory:
                 entry.update(fields)
         self._save_manifest()
 
+    def note_timing(self, n: int, name: str, seconds: float) -> None:
+        """A timing of round `n` taken after its entry was written (its checkpoint): kept in memory and
+        written with the manifest's next write (the next round's, or the final evaluation's)."""
+        for entry in self.manifest["rounds"]:
+            if entry["round"] == n:
+                entry.setdefault("timings", {})[name] = seconds
+
     def set_sites(self, sites: dict[str, str]) -> None:
         self.manifest["sites"].update(sites)
         self._save_manifest()

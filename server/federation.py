@@ -235,6 +235,7 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
                 dp_record["epsilon_total"],
                 dp_record["delta"],
             )
+        saving = time.perf_counter()
         heads.save()
         last_norms = [u.entry.update_norm for u in accepted if u.entry is not None and u.entry.update_norm is not None]
         state = strategy.state_dict()
@@ -245,6 +246,8 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             record=record,
             server_state={"strategy": state} if state else None,
         )
+        # Part of the round's time too (the next round starts after it); written with the next manifest write.
+        run.note_timing(rnd, "checkpoint_seconds", time.perf_counter() - saving)
         log(
             INFO,
             "[silo] round %d/%d  sites %d  rejected %d  (%.1fs)",

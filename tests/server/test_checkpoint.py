@@ -219,3 +219,13 @@ def test_finish_failed_records_the_reason_and_writes_no_final(tmp_path):
     assert manifest["status"] == "failed"
     assert manifest["failure"] == "round 1: 0 usable update(s)"
     assert not (tmp_path / "final").exists()
+
+
+def test_a_rounds_checkpoint_time_lands_in_its_entry_with_the_next_manifest_write(tmp_path):
+    run = _open(tmp_path)
+    _save(run, 0)
+    run.note_timing(0, "checkpoint_seconds", 0.25)  # taken after round 0's entry was written
+    assert "timings" not in json.loads((tmp_path / MANIFEST).read_text())["rounds"][0]  # no write of its own
+    run.update_round(0, eval={"eval_loss": 1.0})  # the next round records round 0's evaluation
+    entry = read_manifest(tmp_path / MANIFEST).rounds[0].to_dict()
+    assert entry["timings"] == {"checkpoint_seconds": 0.25} and entry["eval"] == {"eval_loss": 1.0}
