@@ -13,6 +13,9 @@ from typing import Any
 from common.errors import FederationFailed
 from silo.flower_connection import FlowerConnection
 
+# Seconds between asks for Flower's status of a run whose own files have not said it ended.
+FALLBACK_STATUS_EVERY_S = 30.0
+
 
 class RoundProgress:
     """Prints one line per evaluated round, read from the run's manifest as the run goes, and once
@@ -73,7 +76,10 @@ def follow_run(connection: FlowerConnection, run_id: int, run_dir: Path, *, time
             return False
 
     manifest_path = Path(run_dir) / "manifest.json"
-    status = connection.wait(run_id, timeout=timeout, poll=poll, ended=ended)
+    # The run's own files say when it ends; Flower's status (a `flwr ls` process, about a CPU-second that
+    # the sites and the coordinator would otherwise have) is asked then, and now and then for a run that
+    # died without saying so.
+    status = connection.wait(run_id, timeout=timeout, poll=poll, ended=ended, status_every=FALLBACK_STATUS_EVERY_S)
     live()
     progress()
     path = Path(run_dir) / "manifest.json"
