@@ -10,6 +10,7 @@ One module per concept:
 - `strict`: the strict profile's extra masks (long digit runs, letter-digit codes, handles);
 - `titles`: courtesy titles and post-nominals around a name, and names after a title in any case;
 - `names`: people and places from context, name lists and rarity, propagated to every mention;
+- `uncased`: names that capitalisation does not show (lower-case chat, scripts without capitals);
 - `vocabulary`: what counts as an everyday word, a rare word, a listed name.
 """
 
