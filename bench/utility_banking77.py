@@ -123,8 +123,9 @@ DISTRIBUTED_EPS8 = DistributedSchedule(
 # Smaller epsilons, same sweep (rounds 10-40 x lr 8-96 at q = 1): eps 3 plateaus at ~88.1 from 20 rounds at lr 64
 # to 40 at lr 32 (30 x 64: 88.10 [87.9-88.4], real 87.21% test), so it keeps eps 8's measured schedule. At eps 1
 # the sum's σ (24 at 30 rounds) drowns eps 8's schedule (30 x lr 64: 71.6 [70.7-72.1], real 66.01% test): fewer,
-# smaller steps win: 15 rounds at lr 32 reach 82.1 [81.6-82.6] over 6 seeds (σ 16.4; 10 x 48: 81.9, 20 x 24 or
-# 32: 81.6, 30 x 16: 81.9), and put a quarter of 30 x 64's noise on LoRA (lr σ √rounds; the plateau's all ~equal).
+# smaller steps win: 15 rounds at lr 32 reach 82.1 [81.6-82.6] over 6 seeds (σ 16.4; 12 x 48: 82.1, 10 x 48: 81.9,
+# 20 x 24: 81.6, 30 x 16: 81.9; 12 x 48 puts 1.2x its noise on LoRA, the others about as much: lr σ √rounds, a
+# quarter of 30 x 64's); real: 80.81% test (1,712 s here).
 DISTRIBUTED: dict[float, DistributedSchedule] = {
     8.0: DISTRIBUTED_EPS8,
     3.0: DISTRIBUTED_EPS8,
