@@ -23,9 +23,10 @@ _LOWER_NAME_CUE = re.compile(
     r"signed(?:\s+off)?(?:\s+by)?\s*:?|ask\s+for|speak\s+to|spoke\s+(?:to|with)|call\s+me|dear|hi|hello|hey|"
     r"(?:notes|written|seen|referred|reviewed)\s+by|visitors?\s*:|present\s+were|"
     r"(?:daughter|son|wife|husband|mother|father|sister|brother|partner|spouse|niece|nephew|friend),?))"
-    r"[ \t,]*(?=[a-zß-ÿ])"
+    # a whole word ("hi", not the start of "Hispanic"), then a letter of any script (lower case: checked below)
+    r"(?!(?<=\w)\w)[ \t,]*(?=[^\W\d_])"
 )
-_LOWER_WORD = re.compile(r"[a-zß-ÿ][^\W\d_]*(?:['’\-][^\W\d_]+)?")
+_LOWER_WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)?")
 
 
 def lower_case_names(text: str, names: frozenset[str]) -> list[tuple[str, int, int, float]]:
@@ -36,7 +37,12 @@ def lower_case_names(text: str, names: frozenset[str]) -> list[tuple[str, int, i
         for _ in range(3):
             m = _LOWER_WORD.match(text, pos)
             word = m.group() if m else ""
-            if not m or is_common(word) or not ((word in names and zipf(word) < LOWER_GIVEN_ZIPF) or is_rare(word)):
+            if (
+                not m
+                or not word[0].islower()
+                or is_common(word)
+                or not ((word in names and zipf(word) < LOWER_GIVEN_ZIPF) or is_rare(word))
+            ):
                 break
             end = m.end()
             pos = end + 1 if text[end : end + 1] == " " else len(text) + 1

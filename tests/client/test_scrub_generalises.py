@@ -146,6 +146,9 @@ def strict():
         # a single surname at a sentence start before any past-tense verb, a relative in brackets, a title with no dot
         ("Jakobsson reviewed the chart. Horváth explained the risks.", ["Jakobsson", "Horváth"]),
         ("Grethe (her niece) will visit; the GP, Dr Park, and Mr Banks agreed.", ["Grethe", "Park", "Banks"]),
+        # two people named together, in any script; a surname that looks like an inflection ("Harding")
+        ("Both Lund and Christensen declined; Прасковья and Федосий agreed.", ["Lund", "Прасковья", "Федосий"]),
+        ("Both Wright and Harding declined the offer.", ["Wright", "Harding"]),
         # a courtesy title goes with its name (gender, profession); a name after a title in any case
         ("Mrs. Halvorsen phoned; Dr Teodora Vukić, MD, replied.", ["Mrs", "Halvorsen", "Dr", "Vukić", "MD"]),
         ("spoke to dr. smith and mr jones; MRS. HALVORSEN agreed", ["dr.", "smith", "mr", "jones", "MRS", "HALVORSEN"]),
@@ -194,6 +197,8 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "Creutzfeldt-Jakob disease and Guillain-Barré syndrome; Hodgkin lymphoma; Wolff-Parkinson-White syndrome.",
         "I live at the corner, which is near the park; in 2019, 2020 was worse; we had 12 visits, 3400.",
         "Counts were 12345, Smith's criteria were met.",
+        # a greeting's letters inside a word are no greeting ("Hi" in "Hispanic", "im" in "immunotherapy")
+        "A 35-year-old Hispanic male on immunotherapy; hi there, im fine.",
         # a title with no name after it stays
         "The Dr. will see you now; ask Mrs. if she is free. my dr. appointment is at 5, ms fatigue is worse",
     ],
