@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client import warm
 from client.distributed_dp import distributed_step, plan_site_round
@@ -47,6 +47,7 @@ from common.adapter import adapter_state, hash_state, numpy_to_state, state_to_a
 from common.config import SiteConfig
 from common.distributed_dp import fresh_numpy_generator
 from common.errors import SiloError
+from common.reply import reply_content
 from common.schema import strict_json
 from common.secagg import RECORD as SECAGG_RECORD
 from common.secagg import STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK, SecAggFailed
@@ -156,9 +157,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         if site is not None:
             release_private(private, site.model)
         warm.WARM.end_message()
-    content = RecordDict({"arrays": state_to_arrays(sent), "metrics": MetricRecord(metrics)})
-    content["site"] = declarations
-    return Message(content=content, reply_to=msg)
+    return Message(content=reply_content(declarations, metrics=metrics, arrays=state_to_arrays(sent)), reply_to=msg)
 
 
 def train_distributed(msg: Message, context: Context, site: Loaded, rid: RoundId, *, with_secagg: bool) -> Message:
@@ -220,9 +219,7 @@ def train_distributed(msg: Message, context: Context, site: Loaded, rid: RoundId
     declarations["secagg"] = json.dumps(secagg_declaration, sort_keys=True)
     sent = numpy_to_state(masked)
     seal_round(signing_key, rid, site, sent, metrics, declarations)
-    content = RecordDict({"arrays": state_to_arrays(sent), "metrics": MetricRecord(metrics)})
-    content["site"] = declarations
-    return Message(content=content, reply_to=msg)
+    return Message(content=reply_content(declarations, metrics=metrics, arrays=state_to_arrays(sent)), reply_to=msg)
 
 
 def reserve_round(ledger: Ledger, cfg: SiteConfig, plan: DPPlan, rid: RoundId, phase: Phase = Phase.LORA) -> RoundPlan:
@@ -312,7 +309,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     # it): a number the site already sends every round, never a record or a statistic of one.
     spent = {"epsilon_total": entries[-1]["epsilon_total"], "budget_epsilon": entries[-1]["budget_epsilon"]}
     site_record = ConfigRecord({"site-id": cfg.site.id, "privacy": json.dumps(strict_json(spent))})
-    return Message(content=RecordDict({"metrics": MetricRecord(release.metrics()), "site": site_record}), reply_to=msg)
+    return Message(content=reply_content(site_record, metrics=release.metrics()), reply_to=msg)
 
 
 def answer_evaluation(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from logging import WARNING
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -26,6 +26,7 @@ from common.config import WireEncoding
 from common.errors import FederationFailed, UpdateRejected
 from common.flower_pulls import prompt_object_pulls
 from common.manifest import Rejection
+from common.reply import reply_parts
 from common.transport import encode_global
 from server.gate import NO_REPLY, NUM_EXAMPLES, RoundGate, collect_updates, example_count, finite_metrics
 from server.secagg import SecAggRound
@@ -141,10 +142,10 @@ def evaluate_round(
             failed.append({"node_id": msg.metadata.src_node_id, "reason": reply_error(msg)})
             continue
         try:
-            metrics = msg.content["metrics"]
+            metrics = reply_parts(msg.content).metrics
             n = example_count(metrics, NUM_EXAMPLES)
-            if not isinstance(metrics, MetricRecord) or n is None or n < 0:
-                raise UpdateRejected(f"malformed reply: needs a metrics record with `{NUM_EXAMPLES}` >= 0")
+            if n is None or n < 0:
+                raise UpdateRejected(f"malformed reply: needs the metric `{NUM_EXAMPLES}` >= 0")
         except (UpdateRejected, KeyError, TypeError) as err:
             failed.append({"node_id": msg.metadata.src_node_id, "reason": str(err)})
             continue

@@ -29,6 +29,7 @@ from common.config import SecuritySection, WireEncoding
 from common.declaration import SITE_ID, SiteDeclaration
 from common.errors import UpdateRejected
 from common.manifest import Rejection, SiteEntry
+from common.reply import reply_parts
 from common.transport import decode_update, encode_global
 from server.secagg import SecAggRound
 from server.strategy import Arrays, SiteUpdate
@@ -50,11 +51,11 @@ def reply_site_id(msg: Any) -> str | None:
 
 
 def _records(msg: Message) -> tuple[ConfigRecord, MetricRecord, ConfigRecord]:
-    content = msg.content
-    arrays, metrics, site = (content.get(name) for name in ("arrays", "metrics", "site"))
-    if not (isinstance(arrays, ConfigRecord) and isinstance(metrics, MetricRecord) and isinstance(site, ConfigRecord)):
-        raise UpdateRejected(f"malformed reply: needs arrays, metrics and site records (has {sorted(content.keys())})")
-    return arrays, metrics, site
+    """The update, the metrics and the declarations of a train reply (common/reply.py)."""
+    parts = reply_parts(msg.content)
+    if parts.arrays is None:
+        raise UpdateRejected("malformed reply: it carries no update")
+    return parts.arrays, parts.metrics, parts.site
 
 
 def _arrays(record: ConfigRecord) -> tuple[Arrays, str]:

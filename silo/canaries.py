@@ -364,6 +364,7 @@ def _train_rounds(cfg_path: Path, cfg: Any, *, rounds: int) -> tuple[Any, Any]:
     from common.adapter import adapter_state, arrays_to_state, load_adapter_state, state_to_arrays
     from common.errors import FederationFailed
     from common.model import load_lora_model, load_tokenizer
+    from common.reply import reply_parts
 
     # A ClientApp process has these set by Flower; replies read them.
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
@@ -380,7 +381,7 @@ def _train_rounds(cfg_path: Path, cfg: Any, *, rounds: int) -> tuple[Any, Any]:
         if reply.has_error():
             raise FederationFailed(f"canary audit round {rnd}: the site refused: {reply.error.reason}")
         # The site sends its adapter as a delta from the one it received (common/transport.py, fp32 here).
-        delta = arrays_to_state(reply.content.config_records["arrays"])
+        delta = arrays_to_state(reply_parts(reply.content).arrays or ConfigRecord())
         arrays = state_to_arrays({k: v + delta[k] if k in delta else v for k, v in arrays_to_state(arrays).items()})
     load_adapter_state(model, arrays_to_state(arrays))
     return model, load_tokenizer(cfg.model_source())

@@ -23,6 +23,7 @@ from common.adapter import arrays_to_state, hash_state, numpy_to_state
 from common.config import PrivacyConfig, SecAggSection
 from common.declaration import PrivacyDeclaration
 from common.errors import BudgetExhausted
+from common.reply import reply_parts
 from common.run_request import HANDSHAKE_MESSAGE_TYPE
 from common.secagg import SecAggFailed
 from server.checkpoint import RunDirectory
@@ -250,11 +251,11 @@ def test_handle_train_with_secagg_records_the_adapter_then_sends_it_masked(
     reply = handle_train(_secagg_train_message(train_message(RND), 1, relayed[1]), context)
 
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    sent = {k: v.numpy() for k, v in arrays_to_state(reply.content["arrays"]).items()}
+    sent = {k: v.numpy() for k, v in arrays_to_state(reply_parts(reply.content).arrays).items()}
     assert all(a.dtype == np.uint64 for a in sent.values())  # the narrowest type for the modulus 2^62
     site = reply.content["site"]
     declared = json.loads(site["secagg"])
-    assert declared["masked_with"] == [2] and declared["weight"] == reply.content["metrics"]["num-examples"]
+    assert declared["masked_with"] == [2] and declared["weight"] == reply_parts(reply.content).metrics["num-examples"]
     ledger = [e for e in site_ledger(cfg) if e.get("kind") == "round"]
     # The ledger and the declaration name the adapter trained; what left the site is its masked form.
     assert ledger[0]["update_sha256"] == site["update-sha256"] != hash_state(numpy_to_state(sent))
@@ -297,7 +298,7 @@ def test_distributed_round_records_both_figures_and_sends_only_a_masked_integer_
     reply = handle_train(_secagg_train_message(train_message(RND), 1, relayed[1]), context)
 
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    sent = {k: v.numpy() for k, v in arrays_to_state(reply.content["arrays"]).items()}
+    sent = {k: v.numpy() for k, v in arrays_to_state(reply_parts(reply.content).arrays).items()}
     assert all(a.dtype == np.uint64 for a in sent.values())
     declared = json.loads(reply.content["site"]["secagg"])
     assert declared["noise"] == "distributed" and declared["min_honest"] == 3 and declared["weight"] == 1

@@ -16,6 +16,7 @@ from common.errors import BudgetExhausted, LedgerError
 from common.keys import load_public_key
 from common.ledger.verify import verify_ledger
 from common.model import load_lora_model
+from common.reply import reply_parts
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 
@@ -41,7 +42,7 @@ def test_handle_train_records_the_sent_update_then_refuses_when_spent(
     first = handle_train(train_message(1), site_context(cfg))
     assert not first.has_error(), first.error.reason if first.has_error() else ""
 
-    sent = {k: v for k, v in arrays_to_state(first.content["arrays"]).items()}
+    sent = {k: v for k, v in arrays_to_state(reply_parts(first.content).arrays).items()}
     rounds = [e for e in site_ledger(cfg) if e.get("kind") == "round"]
     assert len(rounds) == 1
     assert rounds[0]["update_sha256"] == hash_state(sent)  # the ledger names exactly what left the site
@@ -66,7 +67,7 @@ def test_handle_train_reply_carries_no_raw_identifier(
     planted = {s.entity_value for r in notes for s in r.spans if len(s.entity_value) >= 6}
     assert planted, "the synthetic notes must carry identifiers for this test to mean anything"
     assert [v for v in planted if v in declared] == []
-    assert set(arrays_to_state(reply.content["arrays"]).keys()) == set(
+    assert set(arrays_to_state(reply_parts(reply.content).arrays).keys()) == set(
         adapter_state(
             load_lora_model(str(base_model_dir), LoraSettings(target_modules=("q_proj", "v_proj")), TaskConfig())
         ).keys()
@@ -98,7 +99,7 @@ def test_two_rounds_with_identical_inputs_send_different_updates(
         for rnd in (1, 2):
             reply = handle_train(train_message(rnd), site_context(cfg))
             assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-            hashes.append(hash_state(arrays_to_state(reply.content["arrays"])))
+            hashes.append(hash_state(arrays_to_state(reply_parts(reply.content).arrays)))
         rounds = [e for e in site_ledger(cfg) if e["kind"] == "round"]
         assert [e["noise_source"] for e in rounds] == ["os-seeded", "os-seeded"]
     assert len(set(hashes)) == 4
@@ -121,9 +122,11 @@ def test_evaluation_answers_are_charged_and_refused_once_the_budget_is_spent(
             assert reply.error.code == 1000 + BudgetExhausted.exit_code, reply.error.reason
             refused += 1
         else:
-            assert set(reply.content["metrics"].keys()) >= {"eval_loss", "eval_loss_noise_std", "num-examples"}
+            parts = reply_parts(reply.content)
+            assert set(parts.metrics.keys()) >= {"eval_loss", "eval_loss_noise_std", "num-examples"}
+            assert parts.arrays is None
             # The site's total after the answer, for the coordinator's live view; nothing else rides along.
-            site = reply.content.config_records["site"]
+            site = parts.site
             assert set(site.keys()) == {"site-id", "privacy"}
             declared.append(json.loads(site["privacy"]))
             answered += 1

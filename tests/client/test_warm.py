@@ -18,6 +18,7 @@ from client.site import handle_train
 from client.warm import WARM, data_version
 from common.adapter import arrays_to_state
 from common.config import PrivacyConfig, ScrubConfig, ScrubProfile, load_site_config
+from common.reply import reply_parts
 
 
 def _set_privacy(cfg: Path, privacy: PrivacyConfig) -> None:
@@ -27,7 +28,7 @@ def _set_privacy(cfg: Path, privacy: PrivacyConfig) -> None:
 
 def _arrays(reply: Message) -> dict[str, np.ndarray]:
     assert not reply.has_error(), reply.error.reason
-    return {k: v.numpy() for k, v in arrays_to_state(reply.content["arrays"]).items()}
+    return {k: v.numpy() for k, v in arrays_to_state(reply_parts(reply.content).arrays).items()}
 
 
 pytestmark = pytest.mark.usefixtures("flower_task")

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 
 from client.replies import seal_fields
 from client.secagg import accept_shares, mask_integers, mask_update
@@ -21,6 +21,7 @@ from common.adapter import arrays_to_state, hash_state, numpy_to_state, state_to
 from common.config import FederationConfig, SecAggSection, SecuritySection
 from common.errors import ConfigError, FederationFailed
 from common.keys import generate_signing_key
+from common.reply import reply_content, reply_parts
 from common.run_request import HANDSHAKE_MESSAGE_TYPE
 from server.checkpoint import RunDirectory
 from server.federation import run_federation
@@ -90,9 +91,8 @@ class SecAggGrid(PushPull):
                 return None
             return handle_secagg(msg, context)
         if kind == MessageType.EVALUATE:
-            metrics = MetricRecord({"eval_loss": 1.0, "num-examples": 5})
             return SimpleNamespace(
-                content=RecordDict({"metrics": metrics}),
+                content=reply_content(ConfigRecord(), metrics={"eval_loss": 1.0, "num-examples": 5}),
                 metadata=SimpleNamespace(src_node_id=node),
                 has_error=lambda: False,
             )
@@ -130,11 +130,15 @@ class SecAggGrid(PushPull):
             first = next(iter(masked))
             masked[first] = masked[first].copy()
             masked[first].flat[0] ^= 1
-        content = RecordDict(
-            {"arrays": state_to_arrays(numpy_to_state(masked)), "metrics": MetricRecord(metrics), "site": declarations}
-        )
+        content = reply_content(declarations, metrics=metrics, arrays=state_to_arrays(numpy_to_state(masked)))
         self.sent_updates.append(content)
         return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
+
+
+def _update(content: RecordDict) -> ConfigRecord:
+    arrays = reply_parts(content).arrays
+    assert arrays is not None
+    return arrays
 
 
 def _secagg_config(base_model_dir: Path, *, min_sites: int = 2, **secagg) -> FederationConfig:
@@ -172,7 +176,7 @@ def test_secagg_with_a_32_bit_modulus_sends_uint32_and_still_equals_fedavg(tmp_p
     run_federation(grid, federation_config(base_model_dir, min_sites=2, secagg=narrow), str(tmp_path / "run"))
 
     # 4 bytes a value on the wire where int64 takes 8 (the float32 adapter's own size).
-    sent = [np.asarray(v.numpy()) for content in grid.sent_updates for v in arrays_to_state(content["arrays"]).values()]
+    sent = [np.asarray(v.numpy()) for content in grid.sent_updates for v in arrays_to_state(_update(content)).values()]
     assert sent and all(a.dtype == np.uint32 for a in sent)
     for rnd in (1, 2):
         error = _aggregation_error(tmp_path / "run", rnd, grid, [1, 2, 3])
@@ -185,7 +189,7 @@ def test_secagg_coordinator_never_receives_a_plain_update(tmp_path, base_model_d
 
     assert len(grid.sent_updates) == 6
     for content in grid.sent_updates:
-        arrays = {k: v.numpy() for k, v in arrays_to_state(content["arrays"]).items()}
+        arrays = {k: v.numpy() for k, v in arrays_to_state(_update(content)).items()}
         assert all(a.dtype == np.uint64 for a in arrays.values())  # the default modulus, 2^62
         plain = hash_state(numpy_to_state(arrays))
         assert plain not in {hash_state(numpy_to_state(p)) for r in grid.plain.values() for p in r.values()}

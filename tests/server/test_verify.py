@@ -247,7 +247,15 @@ def test_gate_turns_records_of_the_wrong_kind_into_a_rejection(registry):
     reply = train_reply("site-0")
     reply.content["site"] = MetricRecord({"x": 1.0})
 
-    assert _reason(_gate(registry), reply).startswith("malformed reply: needs arrays, metrics and site records")
+    assert _reason(_gate(registry), reply).startswith("malformed reply: needs exactly one 'site' config record")
+
+
+def test_gate_rejects_a_reply_without_an_update(registry):
+    reply = train_reply("site-0")
+    for key in [k for k in reply.content["site"] if k.startswith("arrays.")]:
+        del reply.content["site"][key]
+
+    assert _reason(_gate(registry), reply) == "malformed reply: it carries no update"
 
 
 def test_gate_rejects_arrays_sent_in_the_former_array_record_form(registry):
@@ -259,15 +267,16 @@ def test_gate_rejects_arrays_sent_in_the_former_array_record_form(registry):
     from common.packing import LAYOUT, PACKED
 
     reply = train_reply("site-0")
-    packed = reply.content["arrays"]
+    site = reply.content["site"]
+    layout, packed = site.pop(f"arrays.{LAYOUT}"), site.pop(f"arrays.{PACKED}")
     reply.content["arrays"] = ArrayRecord(
         {
-            LAYOUT: torch.frombuffer(bytearray(packed[LAYOUT]), dtype=torch.uint8),
-            PACKED: torch.frombuffer(bytearray(packed[PACKED]), dtype=torch.uint8),
+            LAYOUT: torch.frombuffer(bytearray(layout), dtype=torch.uint8),
+            PACKED: torch.frombuffer(bytearray(packed), dtype=torch.uint8),
         }
     )
 
-    assert _reason(_gate(registry), reply).startswith("malformed reply: needs arrays, metrics and site records")
+    assert _reason(_gate(registry), reply).startswith("malformed reply: needs exactly one 'site' config record")
 
 
 def test_gate_turns_an_unforeseen_failure_into_a_rejection(registry):
