@@ -126,6 +126,11 @@ _EPONYM_AFTER = re.compile(
     r"^[ \t]+(?i:disease|syndrome|palsy|lymphoma|sarcoma|tumou?r|ulcer|sign|test|phenomenon|disorder|flare|"
     r"contracture|criteria|classification|score|law|procedure|operation|fracture|anomaly|encephalopathy)\b"
 )
+# Below this a capitalised word is no everyday word of English, though names use it ("Hussein" 3.5, "Louisa"
+# 3.3, "Dianne" 3.0, "Larsson" 3.0); in a name's place (mid-sentence, before a verb) it is taken as one.
+NAME_ZIPF = 3.6
+_CAMEL = re.compile(r"[^\W\d_][^\W\d_A-Z]{3,}[A-Z]")
+_CAPITALS = re.compile(r"[A-Z]{2}")  # an initialism inside a word: "Pro-BNP", "BSc", "SEs"
 # A first word that begins a place's name, not a person's: "New Haven", "San Jose", "Fort Worth", "Lake Bled".
 _PLACE_PREFIX_WORDS = (
     "new north south east west upper lower san santa los las fort port mount lake saint st great little el la le"
@@ -195,6 +200,8 @@ def _sentence_initial(text: str, start: int) -> bool:
     i = start
     while i > 0 and text[i - 1] in " \t":  # (not `text[:start].rstrip()`: that is quadratic over a text)
         i -= 1
+    if i > 0 and text[i - 1] in "-*•" and (i == 1 or text[i - 2] in "\n\t "):  # a list's bullet starts one too
+        return _sentence_initial(text, i - 1)
     return i == 0 or text[i - 1] in '.!?:\n"(' or text[max(0, i - 2) : i] == "--"
 
 
@@ -290,6 +297,18 @@ class NamePlaceRecognizer(EntityRecognizer):
         listed = sum(_POSSESSIVE.sub("", w).casefold() in self._names for w in uncommon)
         # Not a word of English at all (wordfreq): a name the lists do not know ("Halvorsen", "Vukić").
         rare = sum(not w.isupper() and is_rare(w) for w in uncommon)
+        # Not an everyday word, though more frequent than a rare one: a name once it is where names go. Not a
+        # field's label ("Insurer:"), a heading's word ("Project Kickoff": capitalised words before it), a product
+        # in camel case ("JavaScript"; but "McKay", "DeShawn") or with an initialism ("Pro-BNP"), a possessive
+        # ("Alzheimer's", "Bachelor's").
+        unusual = rare or (
+            full == start
+            and text[end : end + 1] != ":"
+            and any(
+                not _CAPITALS.search(w) and not _CAMEL.match(w) and not _POSSESSIVE.search(w) and zipf(w) < NAME_ZIPF
+                for w in uncommon
+            )
+        )
         if any(_ROMANISED_GIVEN.fullmatch(w) for w in words):  # "KUO-HUA TSAI", "Min-Jun Kim"
             return ("PERSON", start, end, 0.8)
         before, after = text[max(0, start - 48) : start], text[end : end + 24]
@@ -315,9 +334,9 @@ class NamePlaceRecognizer(EntityRecognizer):
             return ("PERSON", start, end, 0.8)
         weak = bool(_ends(_WEAK_PERSON_BEFORE, before))
         initial = _sentence_initial(text, start)
-        if (listed or rare) and (weak or not initial):
+        if (listed or unusual) and (weak or not initial):
             return ("PERSON", start, end, 0.7)
-        if (rare or listed) and (_PERSON_VERB_AFTER.match(after) or _POSSESSIVE.search(run[-1].group())):
+        if (unusual or listed) and (_PERSON_VERB_AFTER.match(after) or _POSSESSIVE.search(run[-1].group())):
             return ("PERSON", start, end, 0.6)
         if len(uncommon) >= 2 and not initial:
             return ("PERSON", start, end, 0.65 if weak else 0.55)

@@ -149,6 +149,8 @@ def strict():
         # two people named together, in any script; a surname that looks like an inflection ("Harding")
         ("Both Lund and Christensen declined; Прасковья and Федосий agreed.", ["Lund", "Прасковья", "Федосий"]),
         ("Both Wright and Harding declined the offer.", ["Wright", "Harding"]),
+        # given names and surnames English uses now and then (wordfreq 3-3.6), where a name goes
+        ("After lunch, Hussein drove home; we waited for Louisa. Larsson had moved.", ["Hussein", "Louisa", "Larsson"]),
         # a courtesy title goes with its name (gender, profession); a name after a title in any case
         ("Mrs. Halvorsen phoned; Dr Teodora Vukić, MD, replied.", ["Mrs", "Halvorsen", "Dr", "Vukić", "MD"]),
         ("spoke to dr. smith and mr jones; MRS. HALVORSEN agreed", ["dr.", "smith", "mr", "jones", "MRS", "HALVORSEN"]),
@@ -199,6 +201,8 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "Counts were 12345, Smith's criteria were met.",
         # a greeting's letters inside a word are no greeting ("Hi" in "Hispanic", "im" in "immunotherapy")
         "A 35-year-old Hispanic male on immunotherapy; hi there, im fine.",
+        # a list's bullet starts a sentence; a heading's word, a field's label, a product in camel case
+        "Skills:\n- Collaborated with teams\n- Agile methods. Registrar: closed. Project Kickoff at noon; then JavaScript failed.",
         # a title with no name after it stays
         "The Dr. will see you now; ask Mrs. if she is free. my dr. appointment is at 5, ms fatigue is worse",
     ],
