@@ -44,9 +44,11 @@ def address_extent(text: str, start: int, end: int) -> tuple[int, int]:
     province = _PROVINCE_AFTER.match(text, end)
     if province:
         end = province.end()
-    if not any(c.isdigit() for c in text[start:end]):  # a town or a street without its number: only a unit joins
-        unit = _UNIT_TAIL.match(text, end)
-        return start, (unit.end() if unit else end)
+    if not any(c.isdigit() for c in text[start:end]):  # a town or a street without its number: a unit joins,
+        unit = _UNIT_TAIL.match(text, end)  # and the town or region after a comma ("Houston, Texas", "Elm
+        if unit:  # Street, Denver", "Mercy Hospital, Leeds", "Oslo, Norway 0150")
+            return start, unit.end()
+        return start, (_address_rest(text, end, parts=TOWN_REST_PARTS) if text.startswith(",", end) else end)
     head = _ADDRESS_HEAD.search(text, max(0, start - 24), start)
     if head and head.end() == start:
         start = head.start()
@@ -68,6 +70,8 @@ _TOWN_PREFIX_WORDS = "new north south east west upper lower old great little lak
 _TOWN_PREFIXES = frozenset(_TOWN_PREFIX_WORDS.split())
 # A town, state and postcode take a few words: past this it is prose again.
 REST_PARTS, REST_WORDS = 4, 4
+# After a town or a street with no number, its region and postcode at most: "Houston, TX 77002".
+TOWN_REST_PARTS = 2
 
 
 def _address_part_word(word: str) -> bool:
@@ -85,10 +89,10 @@ def _address_part_word(word: str) -> bool:
     return not is_common(word) and not (word[0].islower() and zipf(word) >= LOWER_TOWN_ZIPF)
 
 
-def _address_rest(text: str, end: int) -> int:
-    """`end` moved over the town, region and postcode parts after an address, word by word; it stops at the
-    first word that is prose."""
-    for _ in range(REST_PARTS):
+def _address_rest(text: str, end: int, *, parts: int = REST_PARTS) -> int:
+    """`end` moved over the town, region and postcode parts after an address (at most `parts` of them), word by
+    word; it stops at the first word that is prose."""
+    for _ in range(parts):
         sep = _REST_SEPARATOR.match(text, end)
         if not sep:
             break

@@ -98,7 +98,7 @@ _STRONG_PLACE_BEFORE = re.compile(
 # "seen at Stanford", "admitted to Cedars-Sinai": where a patient was cared for.
 _FACILITY_BEFORE = re.compile(
     r"(?i:\b(?:seen|treated|admitted|presented|evaluated|visited|attended|transferred|referred|operated|"
-    r"diagnosed|followed|hospitali[sz]ed|discharged|scanned|imaged|delivered)(?:\s+on)?\s+(?:at|to|from|in)\s+"
+    r"diagnosed|followed|hospitali[sz]ed|discharged|scanned|imaged|delivered)(?:\s+on)?\s+(?:at|@|to|from|in)\s+"
     r"(?:the\s+)?)$"
 )
 # An upper-case letter of any script ("Lind", "Øberg", "Федосий"): a character class of every one in the BMP.
@@ -136,7 +136,8 @@ _PLACE_PREFIX_WORDS = (
     "new north south east west upper lower san santa los las fort port mount lake saint st great little el la le"
 )
 _PLACE_PREFIX = frozenset(_PLACE_PREFIX_WORDS.split())
-_WEAK_PLACE_BEFORE = re.compile(r"(?i:\b(?:in|at|near|around|outside|towards?|from)\s+)$")
+# "@" is "at" in notes ("seen @ Stanford").
+_WEAK_PLACE_BEFORE = re.compile(r"(?i:(?:\b(?:in|at|near|around|outside|towards?|from)|(?<!\S)@)\s+)$")
 # ", Boston" after an institution: the institution's town.
 _INSTITUTION_BEFORE = re.compile(
     r"(?:Hospital|Medical\s+Center|Center|Centre|Clinic|Practice|Infirmary|Home|Hospice|University|Bank|"

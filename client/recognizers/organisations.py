@@ -206,6 +206,15 @@ _EMPLOYER = re.compile(
 )
 
 
+# A place of care named after where a patient was: "seen at County General", "admitted to Central Health". Heads
+# that also name services or ranks ("General", "Health") count only here, after "at", "@" or "admitted to", and even
+# with an everyday word before them (a hospital's name often is one: "Central", "County", "Memorial").
+_CARED_AT = re.compile(
+    r"(?:\b(?i:at|(?:admitted|transferred|taken|brought|rushed|readmitted)[ \t]+to)|(?<!\S)@)[ \t]+(?:the[ \t]+)?"
+    r"(?P<v>(?:[A-Z][\w'’\-]*[ \t]+){1,3}(?:General|Health|Healthcare|Memorial)(?:[ \t]+(?:Hospital|Campus))?)(?![\w'’])"
+)
+
+
 def organisation_recognizers() -> list[EntityRecognizer]:
     return [
         RegexRecognizer(
@@ -229,6 +238,7 @@ def organisation_recognizers() -> list[EntityRecognizer]:
             name="SiloCareFacility",
         ),
         RegexRecognizer("LOCATION", [(re.compile(_SAINT), 0.7)], name="SiloSaint"),
+        RegexRecognizer("LOCATION", [(_CARED_AT, 0.7)], name="SiloCaredAt"),
         RegexRecognizer("LOCATION", [(_CARE_INITIALISM, 0.75)], validate=_names_a_place, name="SiloCareInitialism"),
         CarePlaceRecognizer(),
         RegexRecognizer("ORGANIZATION", [(_FIRM, 0.75), (_FORM_FIRST, 0.7)], validate=_firm_named, name="SiloFirm"),

@@ -146,6 +146,16 @@ def strict():
         # a single surname at a sentence start before any past-tense verb, a relative in brackets, a title with no dot
         ("Jakobsson reviewed the chart. Horváth explained the risks.", ["Jakobsson", "Horváth"]),
         ("Grethe (her niece) will visit; the GP, Dr Park, and Mr Banks agreed.", ["Grethe", "Park", "Banks"]),
+        # a place of care after "at", "@" or "admitted to", whatever words name it; "@" for "at" in notes
+        (
+            "Seen @ Kilburne on 3/2. Treated at Lakeview General, admitted to Northfield Health.",
+            ["Kilburne", "Lakeview", "General", "Northfield", "Health"],
+        ),
+        # the region or town after a comma goes with a town or an unnumbered street
+        (
+            "She lives in Tromsø, Finnmark; he moved from Ridley Road, Harrogate.",
+            ["Tromsø", "Finnmark", "Ridley", "Harrogate"],
+        ),
         # two people named together, in any script; a surname that looks like an inflection ("Harding")
         ("Both Lund and Christensen declined; Прасковья and Федосий agreed.", ["Lund", "Прасковья", "Федосий"]),
         ("Both Wright and Harding declined the offer.", ["Wright", "Harding"]),
@@ -186,6 +196,7 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "Today's plan: rest. The Hospital is closed on Sundays. North wing closed.",
         "Step #1 and #12 of the checklist are done.",
         "Patient's wife called. Mental Health follows up.",
+        "According to Public Health advice, referred to Mental Health; seen at Ward 5, Bay 2 on Monday, General.",
         "Referred to the Cardiology clinic; Neurology Center follow-up in May.",
         "give 2 tablets at 8, meet at gate 12 by the cafe, wait 5 min",
         "sent via email 2 times; from 2023 onwards 10000 units were given; 4000 lost",
