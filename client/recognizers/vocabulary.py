@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 # Faker locales whose name lists the recognizer uses. The rest of silo.synthetic.NAME_LOCALES is held out.
 NAME_LIST_LOCALES: tuple[str, ...] = (
@@ -91,7 +91,11 @@ def common_words() -> frozenset[str]:
 
 
 def is_common(token: str) -> bool:
-    low = token.casefold()
+    return _is_common(token.casefold())
+
+
+@lru_cache(maxsize=1 << 16)  # asked of every capitalised word of every text, and the same words recur
+def _is_common(low: str) -> bool:
     words = common_words()
     if low in words:
         return True
