@@ -2,7 +2,7 @@
 
 Masks any remaining long digit run, any code that mixes letters and at least two digits ("Emily2023",
 "AB12CD34", "clark89"), and lower-case handles joined by an underscore ("emily_clark"). Costs content
-("COVID-19" in prose; a number with a unit, "70yo", "40mg", is kept), buys recall on identifiers no keyword announces.
+("COVID-19" in prose; a number with a unit, "70yo", "40mg", "60-year-old", "14-day", is kept), buys recall on identifiers no keyword announces.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def strict_recognizers() -> list[EntityRecognizer]:
                 (re.compile(r"(?<![\w.,\-])\d{2,}(?:[ \-]\d{2,}){2,}(?![\w\-])"), 0.6),
                 (
                     re.compile(
-                        r"(?<![\w.\-])(?!\d+[A-Za-z]{1,4}\b)(?=(?:[A-Za-z._\-]*\d){2})(?=[\w.\-]*[A-Za-z])[A-Za-z0-9][\w.\-]{2,}[A-Za-z0-9]"
+                        r"(?<![\w.\-])(?!\d+[A-Za-z]{1,4}\b)(?!\d+(?:-[A-Za-z]{2,})+(?![\w\-]))"
+                        r"(?=(?:[A-Za-z._\-]*\d){2})(?=[\w.\-]*[A-Za-z])[A-Za-z0-9][\w.\-]{2,}[A-Za-z0-9]"
                     ),
                     0.6,
                 ),
