@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from silo.flower_processes import (
     supernode_argv,
     wait_healthy,
 )
+from silo.interrupts import signals_ignored, terminate_as_interrupt
 from silo.keygen import add_sites, create_keys
 
 
@@ -86,6 +88,7 @@ class LocalFederation:
     procs: list[Proc] = field(default_factory=list)
     site_ports: dict[int, int] = field(default_factory=dict)
     registered: dict[str, str] = field(default_factory=dict)
+    _signals: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
@@ -218,10 +221,21 @@ class LocalFederation:
             kill_children_of(port)
 
     def __enter__(self) -> LocalFederation:
-        return self.start()
+        # SIGTERM (a service manager, `timeout`, `kill`) stops the federation as Ctrl-C does: its processes
+        # are in their own process groups and would otherwise go on training, and spending ε, without us.
+        self._signals.enter_context(terminate_as_interrupt())
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        try:
+            with signals_ignored():
+                self.stop()
+        finally:
+            self._signals.close()
 
     def submit(self, run_config: dict[str, str]) -> int:
         return self.connection.submit(run_config)

@@ -6,11 +6,8 @@ import csv
 import json
 import os
 import shutil
-import signal
 import tempfile
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,6 +19,7 @@ from common.config.scrub import ScrubConfig, ScrubOperator
 from common.declaration import sum_scrub_reports
 from common.errors import ConfigError, DataError
 from silo import console
+from silo.interrupts import signals_ignored, terminate_as_interrupt
 
 if TYPE_CHECKING:
     from client.scrub import Scrubber
@@ -80,30 +78,6 @@ def _load_config(config: str | None, fields: list[str] | None, operator: str | N
     if operator:
         section["operator"] = operator
     return ScrubConfig.from_mapping(section), max_record_chars
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends the scrub as Ctrl-C does: staging removed, exit 130
-
-
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """While cleaning up after a signal, a second one must not cut the clean-up short."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _scrub_file(path: Path, dest: Path, scrubber: Scrubber, max_record_chars: int) -> dict[str, Any]:
@@ -172,7 +146,7 @@ def run(
     scrubber = build_scrubber(scrub_config)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging: Path | None = None
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
             reports = {p.name: _scrub_file(p, staging / p.name, scrubber, max_record_chars) for p in files}
@@ -183,7 +157,7 @@ def run(
                 out.rmdir()  # empty, checked above
             os.replace(staging, out)
         except BaseException:
-            with _signals_ignored():
+            with signals_ignored():
                 if staging is not None:
                     shutil.rmtree(staging, ignore_errors=True)
             raise
