@@ -19,7 +19,7 @@ from client.recognizers.addresses import US_STATE_CODES
 from client.recognizers.pattern import gated
 from client.recognizers.titles import TITLE, titled_names
 from client.recognizers.uncased import caseless_names, lower_case_names
-from client.recognizers.vocabulary import is_clinical, is_common, is_rare, name_tokens, zipf
+from client.recognizers.vocabulary import given_names, is_clinical, is_common, is_rare, name_tokens, zipf
 
 # (Uzbek and Hawaiian write a letter's apostrophe as ‘ or ʻ: "Ulug‘bekov".)
 _WORD = re.compile(r"(?<!\w)[^\W\d_](?:[^\W\d_]|['’‘ʻ\-](?=[^\W\d_]))*")
@@ -197,6 +197,10 @@ def _ends(pattern: re.Pattern[str], before: str) -> bool:
     return gated(pattern).search(before) is not None
 
 
+def _given(word: str) -> bool:
+    return not word.isupper() and word.casefold() in given_names()
+
+
 def _sentence_initial(text: str, start: int) -> bool:
     i = start
     while i > 0 and text[i - 1] in " \t":  # (not `text[:start].rstrip()`: that is quadratic over a text)
@@ -251,11 +255,15 @@ class NamePlaceRecognizer(EntityRecognizer):
             if hit is None and run:
                 # Leading common words are not part of the name ("Daughter Ross", "Thanks Mary"), but a place
                 # prefix is part of a place's ("New York", "San Jose").
+                popped = None
                 while run and is_common(run[0].group()) and run[0].group().casefold() not in self._names:
                     if run[0].group().casefold() in _PLACE_PREFIX and len(run) > 1:
                         break
-                    run.pop(0)
+                    popped = run.pop(0)
                 hit = self._classify(text, run, full) if run else None
+                # ... unless it is a given name right before the surname found: "Bill Stone", "Grace Halvorsen".
+                if hit and hit[0] == "PERSON" and popped and hit[1] == run[0].start() and _given(popped.group()):
+                    hit = ("PERSON", popped.start(), *hit[2:])
             if hit:
                 found.append(hit)
         found.extend(lower_case_names(text, self._names))

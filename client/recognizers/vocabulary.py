@@ -127,6 +127,18 @@ def name_tokens() -> frozenset[str]:
     return frozenset(t for t in tokens if not is_common(t))
 
 
+@cache
+def given_names() -> frozenset[str]:
+    """Lower-cased given names of NAME_LIST_LOCALES, everyday words among them kept ("will", "grace", "bill"):
+    what a common word directly before a surname may be."""
+    names: set[str] = set()
+    for locale in NAME_LIST_LOCALES:
+        provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        for attr in ("first_names", "first_names_male", "first_names_female"):
+            names.update(n.casefold() for n in getattr(provider, attr, ()) if " " not in n)
+    return frozenset(names)
+
+
 # A word used less often than this in English (Zipf scale: log10 of uses per billion words; 3 = once per
 # million) is not an everyday word: "Halvorsen" 2.0, "Okafor" 2.6, but "river" 4.6, "hospital" 5.0.
 RARE_ZIPF = 3.0

@@ -146,6 +146,8 @@ def strict():
         # a single surname at a sentence start before any past-tense verb, a relative in brackets, a title with no dot
         ("Jakobsson reviewed the chart. Horváth explained the risks.", ["Jakobsson", "Horváth"]),
         ("Grethe (her niece) will visit; the GP, Dr Park, and Mr Banks agreed.", ["Grethe", "Park", "Banks"]),
+        # a given name that is also an everyday word goes with the surname after it
+        ("Bill Stone paid the invoice; later Grace Halvorsen called.", ["Bill", "Stone", "Grace", "Halvorsen"]),
         # a place of care after "at", "@" or "admitted to", whatever words name it; "@" for "at" in notes
         (
             "Seen @ Kilburne on 3/2. Treated at Lakeview General, admitted to Northfield Health.",
