@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterator
 from functools import cache, lru_cache
 
 # Faker locales whose name lists the recognizer uses. The rest of silo.synthetic.NAME_LOCALES is held out.
@@ -115,15 +116,18 @@ def _is_common(low: str) -> bool:
 INFLECTION_ZIPF_GAP = 2.0
 
 
+def _faker_names(attrs: tuple[str, ...]) -> Iterator[str]:
+    """Every name Faker's person providers list under `attrs` for NAME_LIST_LOCALES."""
+    for locale in NAME_LIST_LOCALES:
+        provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        for attr in attrs:
+            yield from getattr(provider, attr, ())
+
+
 @cache
 def name_tokens() -> frozenset[str]:
     """Lower-cased first and last name tokens from Faker's person providers for NAME_LIST_LOCALES."""
-    tokens: set[str] = set()
-    for locale in NAME_LIST_LOCALES:
-        provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
-        for attr in _NAME_ATTRS:
-            for name in getattr(provider, attr, ()):
-                tokens.update(t.casefold() for t in re.split(r"[\s\-]+", name) if len(t) > 1)
+    tokens = {t.casefold() for name in _faker_names(_NAME_ATTRS) for t in re.split(r"[\s\-]+", name) if len(t) > 1}
     return frozenset(t for t in tokens if not is_common(t))
 
 
@@ -131,12 +135,8 @@ def name_tokens() -> frozenset[str]:
 def given_names() -> frozenset[str]:
     """Lower-cased given names of NAME_LIST_LOCALES, everyday words among them kept ("will", "grace", "bill"):
     what a common word directly before a surname may be."""
-    names: set[str] = set()
-    for locale in NAME_LIST_LOCALES:
-        provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
-        for attr in ("first_names", "first_names_male", "first_names_female"):
-            names.update(n.casefold() for n in getattr(provider, attr, ()) if " " not in n)
-    return frozenset(names)
+    attrs = ("first_names", "first_names_male", "first_names_female")
+    return frozenset(n.casefold() for n in _faker_names(attrs) if " " not in n)
 
 
 # A word used less often than this in English (Zipf scale: log10 of uses per billion words; 3 = once per
