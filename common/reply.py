@@ -8,9 +8,9 @@ objects with the message and its RecordDict, one record is three. Keys are kept 
 (common/packing.py), every other key a declaration, as before (the site's seal covers the declarations,
 the metrics and the update's hash, common/sealing.py).
 
-`reply_parts` reads input from the network: a reply with any other record, a metric that is not a
-number (or a list of numbers), or update keys that are not exactly the packed pair is refused with
-`UpdateRejected` before anything else looks at it.
+`reply_parts` reads input from the network: a reply with any other record or a metric that is not a
+number (or a list of numbers) is refused with `UpdateRejected` before anything else looks at it; update
+keys that are not exactly the packed pair are refused when the update is unpacked (common/packing.py).
 """
 
 from __future__ import annotations

@@ -381,7 +381,10 @@ def _train_rounds(cfg_path: Path, cfg: Any, *, rounds: int) -> tuple[Any, Any]:
         if reply.has_error():
             raise FederationFailed(f"canary audit round {rnd}: the site refused: {reply.error.reason}")
         # The site sends its adapter as a delta from the one it received (common/transport.py, fp32 here).
-        delta = arrays_to_state(reply_parts(reply.content).arrays or ConfigRecord())
+        sent = reply_parts(reply.content).arrays
+        if sent is None:
+            raise FederationFailed(f"canary audit round {rnd}: the site's reply carries no update")
+        delta = arrays_to_state(sent)
         arrays = state_to_arrays({k: v + delta[k] if k in delta else v for k, v in arrays_to_state(arrays).items()})
     load_adapter_state(model, arrays_to_state(arrays))
     return model, load_tokenizer(cfg.model_source())
