@@ -217,20 +217,21 @@ def privacy_config(
 
 
 @dataclass(frozen=True)
-class DistributedSchedule:
-    """What a distributed-noise row runs instead of its bench's local-noise schedule (README "Two trust
-    models"): DP-FedSGD, one step a round, so `[training] epochs`, `physical_batch_size` and `probe_rounds`
-    do not apply (client/site.py `train_distributed`: every round trains the adapter and head together, from
-    the prefix cache's states when `[training] prefix_cache` holds)."""
+class FedSGDSchedule:
+    """What a DP row runs instead of its bench's multi-epoch recipe: DP-FedSGD, one step of plain SGD a round
+    (`[training] epochs = 1`, `optimizer = "sgd"`; `probe_rounds` 0). A distributed-noise row (README "Two
+    trust models"; client/site.py `train_distributed`) always trains so; a local-noise row does when its bench
+    gives it a schedule. Every round trains the adapter and head together, from the prefix cache's states
+    when `[training] prefix_cache` holds."""
 
     rounds: int
     batch_size: int  # expected records a site's Poisson draw takes per round (q = batch / training records)
     learning_rate: float  # plain SGD on the sites' averaged clipped per-record gradients (no optimiser state)
     eval_noise_multiplier: float  # each round's hold-out answer: rounds + 1 of them share the budget
-    # `[lora] alpha` of the distributed rows (None: the bench's own). One SGD rate serves every parameter; a
+    # `[lora] alpha` of the rows on this schedule (None: the bench's own). One SGD rate serves every parameter; a
     # smaller alpha scales LoRA's gradients, and a step's effect on the layer, down with it.
     lora_alpha: float | None = None
-    # `[lora] ffa` of the distributed rows: A stays at its seeded start, so the noise moves B alone and the
+    # `[lora] ffa` of the rows on this schedule: A stays at its seeded start, so the noise moves B alone and the
     # layer's change B A stays on A's one direction.
     ffa: bool = False
 
@@ -242,14 +243,14 @@ DISTRIBUTED_SECAGG_RANGE = 1 << 28
 
 def add_distributed_overrides(ap: argparse.ArgumentParser) -> None:
     """`--distributed-rounds`, `--distributed-batch-size`, `--distributed-learning-rate`: each, when given,
-    replaces its DistributedSchedule value (`override_distributed`) for the dist rows only."""
+    replaces its FedSGDSchedule value (`override_distributed`) for the dist rows only."""
     ap.add_argument("--distributed-rounds", type=int, help="override the distributed rows' rounds")
     ap.add_argument("--distributed-batch-size", type=int, help="override the distributed rows' expected batch")
     ap.add_argument("--distributed-learning-rate", type=float, help="override the distributed rows' SGD rate")
     ap.add_argument("--distributed-lora-alpha", type=float, help="override the distributed rows' [lora] alpha")
 
 
-def override_distributed(d: DistributedSchedule, args: argparse.Namespace) -> DistributedSchedule:
+def override_distributed(d: FedSGDSchedule, args: argparse.Namespace) -> FedSGDSchedule:
     return replace(
         d,
         rounds=args.distributed_rounds or d.rounds,

@@ -47,7 +47,7 @@ from bench.harness import (  # noqa: E402
     PRIVACY_HEADER,
     SHARED_DATA,
     Configuration,
-    DistributedSchedule,
+    FedSGDSchedule,
     add_distributed_overrides,
     add_schedule_overrides,
     best_single_site,
@@ -84,7 +84,7 @@ HIDDEN_SIZE = 128  # ~0.8M parameters: one CPU thread trains it at ~0.2 s per st
 # rounds give the random-init model ~30 steps (the local rows take ~45 Adam steps), and lr 1 (a step moves the
 # adapter by at most 1: every record's gradient is clipped to norm 1) took the quick settings' test perplexity
 # from 2,051 to 1,160 in 5 rounds at eps 8. The hold-out answers at σ 60: 31 of them share the budget.
-DISTRIBUTED = DistributedSchedule(rounds=30, batch_size=240, learning_rate=1.0, eval_noise_multiplier=60.0)
+DISTRIBUTED = FedSGDSchedule(rounds=30, batch_size=240, learning_rate=1.0, eval_noise_multiplier=60.0)
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class Settings:
     physical_batch_size: int = 16
     learning_rate: float = 3e-3
     max_length: int = 128  # question + the start of its answer; answers run to ~900 characters (median)
-    distributed: DistributedSchedule = DISTRIBUTED
+    distributed: FedSGDSchedule = DISTRIBUTED
 
 
 QUICK = Settings("quick", per_site=150, test_n=150, rounds=2)

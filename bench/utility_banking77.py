@@ -18,7 +18,9 @@ Configurations, each through Silo's pipeline from site TOMLs ([task] type = "cla
   central      one site holding all three sites' records, DP off
   federated    the 3 sites, FedAvg, DP off
   fed DP eps   the 3 sites, FedAvg, DP-SGD at target_epsilon = 1, 3, 8 per site (delta = 1e-5, RDP),
-               local noise (each site adds all of its own noise)
+               local noise (each site adds all of its own noise); DP-FedSGD, one step of plain SGD a round
+               over every record ([training] optimizer = "sgd", q = 1), rounds and rate per epsilon
+               (`LOCAL_FEDSGD`; `--local-recipe` runs the multi-epoch recipe below instead)
   fed dist eps the 3 sites at the same epsilons with distributed noise (opt-in rows: `--only dist8` ...):
                [privacy] noise = "distributed", [secagg] enabled, t = distributed_min_honest = 3 (every
                site), the budget on the "sum" figure; DP-FedSGD, one step a round, on a schedule of its
@@ -27,9 +29,9 @@ Configurations, each through Silo's pipeline from site TOMLs ([task] type = "cla
   single site  each site alone (a one-site federation), DP eps = 8: what a hospital gets by not
                federating; the table shows the best of the three
 Every site keeps its content-hashed 20% hold-out (never trained on), so the central site trains on
-exactly the union of the federated sites' training records. Same schedule and recipe for all rows but the
-distributed ones (one step a round, which the recipe's epochs and probe rounds do not apply to; the prefix
-cache does; their rounds and rate depend on the target epsilon).
+exactly the union of the federated sites' training records. The non-private and single-site rows run the
+recipe below; the federated DP rows one step a round (which the recipe's epochs and probe rounds do not apply
+to; the prefix cache does; their rounds and rate depend on the target epsilon and the trust model).
 
 The recipe (issue 18), each part a site setting: a large logical batch ([training] batch_size, what the
 accountant sees) run in physical passes of `physical_batch_size`; the first `probe_rounds` rounds a DP
@@ -67,7 +69,7 @@ from bench.harness import (  # noqa: E402
     PRIVACY_HEADER,
     SHARED_DATA,
     Configuration,
-    DistributedSchedule,
+    FedSGDSchedule,
     add_distributed_overrides,
     add_schedule_overrides,
     best_single_site,
@@ -117,7 +119,7 @@ LORA_TARGETS = ("layer.5.attention.self.value",)
 # pipeline (hold-out accuracy 5-13%), so its alpha is 1/16 of the local rows' and A stays frozen (FFA-LoRA): the
 # noise then moves B alone, and the layer's change B A stays on A's seeded direction. A round trains from the
 # prefix cache (the top layer and head over cached states).
-DISTRIBUTED_EPS8 = DistributedSchedule(
+DISTRIBUTED_EPS8 = FedSGDSchedule(
     rounds=30, batch_size=3000, learning_rate=64.0, eval_noise_multiplier=60.0, lora_alpha=0.125, ffa=True
 )
 # Smaller epsilons, same sweep (rounds 10-40 x lr 8-96 at q = 1): eps 3 plateaus at ~88.1 from 20 rounds at lr 64
@@ -126,10 +128,26 @@ DISTRIBUTED_EPS8 = DistributedSchedule(
 # smaller steps win: 15 rounds at lr 32 reach 82.1 [81.6-82.6] over 6 seeds (σ 16.4; 12 x 48: 82.1, 10 x 48: 81.9,
 # 20 x 24: 81.6, 30 x 16: 81.9; 12 x 48 puts 1.2x its noise on LoRA, the others about as much: lr σ √rounds, a
 # quarter of 30 x 64's); real: 80.81% test (1,712 s here).
-DISTRIBUTED: dict[float, DistributedSchedule] = {
+DISTRIBUTED: dict[float, FedSGDSchedule] = {
     8.0: DISTRIBUTED_EPS8,
     3.0: DISTRIBUTED_EPS8,
     1.0: replace(DISTRIBUTED_EPS8, rounds=15, learning_rate=32.0),
+}
+# The local-noise DP rows (dp8, dp3, dp1) on the same kind of schedule: one DP-FedSGD step a round over every
+# record (`[training] optimizer = "sgd"`, epochs 1, batch 3,000 >= every site's records: q = 1), each site adding
+# all of its noise (Opacus, RDP of the plain Gaussian mechanism), FedAvg by records. Chosen on the sites'
+# hold-outs with the head-only simulation (each site's σ from Silo's find_noise_multiplier at q = 1 for the
+# rounds; 3 seeds, mean [min-max]), never on test: eps 8, 30 rounds at lr 64: 88.8 [88.2-89.6] (40 x 64: 89.0,
+# 20 x 64: 88.3, 30 x 32: 87.8), against 87.8 for the former recipe (32 rounds x 4 epochs of Adam at batch 512,
+# real: 87.1% test); eps 3, 20 x 48: 84.8 [84.3-85.2] (20 x 32: 84.6, 15 x 64: 84.3, 30 x 64: 82.2; former recipe
+# real 81.8%); eps 1, 12 x 24: 75.8 [75.4-76.3] (15 x 16: 75.9, 10 x 32: 75.4, 20 x 32: 71.0; former real 70.7%).
+# Each site's σ is √3 times the distributed rows' sum at the same eps on average, so the rates are smaller and
+# the rounds fewer at small eps. LoRA as the distributed rows: alpha 1/8, A frozen. The single-site rows keep the
+# multi-epoch recipe (a site alone at eps 8, 30 x 64: 61.6 on the hold-outs, about what the recipe gives).
+LOCAL_FEDSGD: dict[str, FedSGDSchedule] = {
+    "dp8": DISTRIBUTED_EPS8,
+    "dp3": replace(DISTRIBUTED_EPS8, rounds=20, learning_rate=48.0),
+    "dp1": replace(DISTRIBUTED_EPS8, rounds=12, learning_rate=24.0),
 }
 
 
@@ -167,7 +185,9 @@ class Settings:
     # and 1.8 points LOWER at DP eps=8 (4x2 and 5x4 schedules, one seed each; bench/README.md).
     dropout: float | None = None
     # The distributed rows' schedule for each target epsilon (a row whose epsilon is not here cannot run).
-    distributed: dict[float, DistributedSchedule] = field(default_factory=lambda: dict(DISTRIBUTED))
+    distributed: dict[float, FedSGDSchedule] = field(default_factory=lambda: dict(DISTRIBUTED))
+    # The local-noise rows that run one DP-FedSGD step a round instead of the recipe above, by row key.
+    local: dict[str, FedSGDSchedule] = field(default_factory=lambda: dict(LOCAL_FEDSGD))
 
 
 QUICK = Settings("quick", train_per_site=600, test_n=770, rounds=6, local_epochs=2, probe_rounds=5)
@@ -183,7 +203,7 @@ FULL = Settings(
 )
 
 
-def distributed_schedule(schedules: Mapping[float, DistributedSchedule], epsilon: float) -> DistributedSchedule:
+def distributed_schedule(schedules: Mapping[float, FedSGDSchedule], epsilon: float) -> FedSGDSchedule:
     """The distributed row's schedule at target `epsilon` (per site, the "sum" figure) from `schedules`."""
     if epsilon not in schedules:
         known = ", ".join(f"{e:g}" for e in sorted(schedules))
@@ -191,15 +211,25 @@ def distributed_schedule(schedules: Mapping[float, DistributedSchedule], epsilon
     return schedules[epsilon]
 
 
+def row_schedule(s: Settings, row: Configuration) -> FedSGDSchedule | None:
+    """The one-step-a-round schedule `row` runs (distributed rows always, local-noise rows named in
+    `s.local`), or None: the settings' multi-epoch recipe."""
+    if row.epsilon is None:
+        return None
+    if row.distributed:
+        return distributed_schedule(s.distributed, row.epsilon)
+    return s.local.get(row.key)
+
+
 def override_distributed_schedules(
-    schedules: Mapping[float, DistributedSchedule], args: argparse.Namespace
-) -> dict[float, DistributedSchedule]:
+    schedules: Mapping[float, FedSGDSchedule], args: argparse.Namespace
+) -> dict[float, FedSGDSchedule]:
     """`schedules` with the `--distributed-*` options given applied to every epsilon's (`override_distributed`)."""
     return {eps: override_distributed(d, args) for eps, d in schedules.items()}
 
 
-def describe_schedule(d: DistributedSchedule, *, lora_r: int) -> str:
-    """One line: what a distributed row ran (its output and RESULTS name it)."""
+def describe_schedule(d: FedSGDSchedule, *, lora_r: int) -> str:
+    """One line: what a row on a DP-FedSGD schedule ran (its output and RESULTS name it)."""
     alpha = 2 * lora_r if d.lora_alpha is None else d.lora_alpha
     return (
         f"{d.rounds} rounds x 1 DP-FedSGD step, expected batch {d.batch_size} a site, SGD lr {d.learning_rate:g}, "
@@ -273,9 +303,9 @@ def run_config(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One configuration: write its sites and federation, run it; (manifest, final adapter arrays)."""
     d = work / row.key
-    from common.config import DataConfig, TrainingConfig
+    from common.config import DataConfig, Optimizer, TrainingConfig
 
-    dist = distributed_schedule(s.distributed, row.epsilon) if row.distributed and row.epsilon is not None else None
+    dist = row_schedule(s, row)
     lora_alpha = 2 * s.lora_r
     if dist is not None and dist.lora_alpha is not None:
         lora_alpha = dist.lora_alpha
@@ -307,7 +337,12 @@ def run_config(
     if dist is not None:  # one step a round: the expected batch and SGD rate are all of the schedule it reads
         rounds, eval_sigma = dist.rounds, dist.eval_noise_multiplier
         training = replace(
-            training, epochs=1, batch_size=dist.batch_size, learning_rate=dist.learning_rate, probe_rounds=0
+            training,
+            epochs=1,
+            batch_size=dist.batch_size,
+            learning_rate=dist.learning_rate,
+            probe_rounds=0,
+            optimizer=Optimizer.SGD,
         )
     t = len(row.sites) if row.distributed else None  # every site's share counted: t = the number of sites
     privacy = privacy_config(row.epsilon, rounds=rounds, delta=DELTA, distributed_min_honest=t)
@@ -368,8 +403,8 @@ def measure(
         "seconds": time.perf_counter() - t0,
     }
     ran = ""
-    if row.distributed and row.epsilon is not None:  # which of the per-epsilon schedules this row ran
-        dist = distributed_schedule(s.distributed, row.epsilon)
+    dist = row_schedule(s, row)
+    if dist is not None:  # which of the per-row schedules this row ran
         result["schedule"] = asdict(dist)
         ran = f"; {describe_schedule(dist, lora_r=s.lora_r)}"
     print(
@@ -439,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-rounds", type=int, help="override [training] probe_rounds (head-only rounds first)")
     ap.add_argument("--eval-noise-multiplier", type=float, help="override [privacy] eval_noise_multiplier")
     ap.add_argument("--no-prefix-cache", action="store_true", help="[training] prefix_cache = false (slower)")
+    ap.add_argument(
+        "--local-recipe",
+        action="store_true",
+        help="the local-noise DP rows run the multi-epoch recipe (Adam, probe rounds) instead of their DP-FedSGD "
+        "schedules (LOCAL_FEDSGD): how the rows were measured before",
+    )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="configurations run at once (in-process)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -455,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_noise_multiplier=args.eval_noise_multiplier or s.eval_noise_multiplier,
         prefix_cache=s.prefix_cache and not args.no_prefix_cache,
         distributed=override_distributed_schedules(s.distributed, args),
+        local={} if args.local_recipe else s.local,
     )
     encoder = encoder_dir()
     labels, train, test = read_banking77(args.data)
@@ -490,9 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     for c in configs:
-        if c.distributed and c.epsilon is not None:
-            schedule = describe_schedule(distributed_schedule(s.distributed, c.epsilon), lora_r=s.lora_r)
-            print(f"{c.key}: {schedule}, t = {SITES}, budget on the sum figure", flush=True)
+        if (sched := row_schedule(s, c)) is not None:
+            trust = f", t = {SITES}, budget on the sum figure" if c.distributed else ", local noise"
+            print(f"{c.key}: {describe_schedule(sched, lora_r=s.lora_r)}{trust}", flush=True)
     # Configurations are independent: run `--jobs` of them at once (each is single-threaded in-process).
     jobs = 1 if args.processes else max(1, args.jobs)
     rows = measure_all(measure, work, configs, labels, encoder, s, args.processes, test, jobs=jobs)

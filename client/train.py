@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.prepare import IGNORE_INDEX
-from common.config import Precision, TaskConfig, TaskType, TrainingConfig
+from common.config import Optimizer, Precision, TaskConfig, TaskType, TrainingConfig
 from common.errors import ConfigError
 
 # Wraps (model, optimizer, loader) for DP-SGD: client.privacy.make_private with the round's settings.
@@ -103,6 +103,13 @@ def round_plan_steps(dataset_size: int, training: TrainingConfig) -> tuple[int, 
     return batch, min(steps, training.max_steps) if training.max_steps else steps
 
 
+def make_optimizer(params: list[torch.nn.Parameter], training: TrainingConfig) -> Any:
+    """A fresh optimiser over `params` for one round, as `[training] optimizer` names it."""
+    if training.optimizer == Optimizer.SGD:
+        return torch.optim.SGD(params, lr=training.learning_rate)
+    return torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
+
+
 def set_dropout(model: torch.nn.Module, p: float) -> None:
     """Every dropout of `model` drops with probability `p`: `nn.Dropout` layers (LoRA's own included) and
     the `attention_dropout` rate that Llama-style attention reads at each call."""
@@ -168,7 +175,7 @@ def train_round(
     if training.dropout is not None:
         set_dropout(model, training.dropout)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer: Any = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=0.0)
+    optimizer = make_optimizer(params, training)
     trained, data = (model, dataset) if prefix is None else (prefix.top, prefix.dataset)
     logical = round_plan_steps(len(dataset), training)[0]
     physical = min(training.physical_batch_size or logical, logical)

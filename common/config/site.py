@@ -24,6 +24,16 @@ class Precision(enum.StrEnum):
     FP16 = "fp16"
 
 
+class Optimizer(enum.StrEnum):
+    """`[training] optimizer`: how a site turns a round's (noised) gradients into steps."""
+
+    ADAMW = "adamw"  # AdamW without weight decay, a fresh state each round: many small local steps
+    # Plain SGD, no momentum: each step moves the adapter by -learning_rate x the (noised) mean gradient. With
+    # `batch_size` >= the site's records and `epochs = 1` a round is one DP-FedSGD step over every record
+    # (q = 1), where Adam's first step, lr x sign(noisy gradient), would move every value by the same amount.
+    SGD = "sgd"
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dir: str = "data"
@@ -61,6 +71,7 @@ class TrainingConfig:
     # trainable parameter sits above a layer (checked at each round; client/prefix_cache.py).
     prefix_cache: bool = True
     learning_rate: float = 1e-3
+    optimizer: Optimizer = Optimizer.ADAMW
     # Stop a round after this many optimiser steps (0 = no cap); bounds a round's time on big sites.
     max_steps: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -75,6 +86,7 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", enum_value(Precision, self.precision, "training.precision"))
+        object.__setattr__(self, "optimizer", enum_value(Optimizer, self.optimizer, "training.optimizer"))
         above_zero("training.epochs", self.epochs, integer=True)
         above_zero("training.batch_size", self.batch_size, integer=True)
         zero_or_more("training.physical_batch_size", self.physical_batch_size, integer=True)

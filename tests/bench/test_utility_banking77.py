@@ -20,7 +20,7 @@ def test_distributed_schedules_cover_every_epsilon() -> None:
 
 
 def test_distributed_schedule_eps8_and_eps3_keep_the_measured_one() -> None:
-    measured = b77.DistributedSchedule(
+    measured = b77.FedSGDSchedule(
         rounds=30, batch_size=3000, learning_rate=64.0, eval_noise_multiplier=60.0, lora_alpha=0.125, ffa=True
     )
     assert b77.distributed_schedule(b77.DEFAULT.distributed, 8.0) == measured
@@ -76,3 +76,55 @@ def test_run_config_writes_the_rows_schedule(tmp_path: Path, monkeypatch: pytest
     assert site.training.learning_rate == schedule.learning_rate
     assert site.training.batch_size == schedule.batch_size
     assert site.privacy.eval_noise_multiplier == schedule.eval_noise_multiplier
+
+
+@pytest.mark.parametrize(("key", "epsilon"), [("dp8", 8.0), ("dp1", 1.0)])
+def test_run_config_gives_a_local_noise_row_its_fedsgd_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, epsilon: float
+) -> None:
+    written: dict[str, Any] = {}
+
+    def fake_run(work: Path, sites: list[Path], federation: Path, *, processes: bool) -> tuple[dict, dict]:
+        written.update(sites=sites, federation=federation)
+        return {}, {}
+
+    monkeypatch.setattr(b77, "run_federation_here", fake_run)
+    labels = ["card_arrival", "card_linking"]
+    records = [{"text": f"query {i}", "category": labels[i % 2]} for i in range(20)]
+    row = Configuration(key, "dp", [records, records, records], epsilon)
+    b77.run_config(tmp_path, row, labels=labels, encoder=tmp_path, s=b77.DEFAULT, processes=False)
+
+    schedule = b77.LOCAL_FEDSGD[key]
+    federation = load_federation_config(written["federation"])
+    assert federation.federation.rounds == schedule.rounds and not federation.secagg.enabled
+    assert federation.lora.alpha == schedule.lora_alpha and federation.lora.ffa
+    site = load_site_config(written["sites"][0])
+    assert site.privacy.noise.value == "local"
+    assert site.training.optimizer == "sgd" and site.training.epochs == 1 and site.training.probe_rounds == 0
+    assert (site.training.learning_rate, site.training.batch_size) == (schedule.learning_rate, schedule.batch_size)
+    # q = 1 at every site: one step a round over every record
+    assert site.training.batch_size >= len(records)
+
+
+def test_local_noise_rows_without_a_schedule_run_the_multi_epoch_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: dict[str, Any] = {}
+    monkeypatch.setattr(
+        b77,
+        "run_federation_here",
+        lambda work, sites, federation, *, processes: written.update(sites=sites) or ({}, {}),
+    )
+    records = [{"text": f"query {i}", "category": "a" if i % 2 else "b"} for i in range(20)]
+    for s, key in ((replace(b77.DEFAULT, local={}), "dp8"), (b77.DEFAULT, "single0")):
+        b77.run_config(
+            tmp_path / key,
+            Configuration(key, "x", [records], 8.0),
+            labels=["a", "b"],
+            encoder=tmp_path,
+            s=s,
+            processes=False,
+        )
+        site = load_site_config(written["sites"][0])
+        assert site.training.optimizer == "adamw" and site.training.epochs == b77.DEFAULT.local_epochs
+        assert site.training.probe_rounds == b77.DEFAULT.probe_rounds

@@ -7,9 +7,9 @@ import torch
 
 from client.prepare import IGNORE_INDEX, encode_records
 from client.scrub import build_scrubber, scrub_records
-from client.train import _proximal_step, evaluate, macro_f1, per_sample_loss, train_round
+from client.train import _proximal_step, evaluate, macro_f1, per_sample_loss, set_dropout, train_round
 from common.adapter import adapter_state, load_adapter_state
-from common.config import DataConfig, LoraSettings, TaskConfig, TaskType, TrainingConfig
+from common.config import DataConfig, LoraSettings, Optimizer, TaskConfig, TaskType, TrainingConfig
 from common.config.scrub import ScrubConfig
 from common.errors import ConfigError
 from common.model import load_lora_model
@@ -185,6 +185,38 @@ def test_train_round_lowers_the_loss_and_changes_only_lora_tensors(base_model_di
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == trainable
     assert all("lora_" in k for k in changed)
+
+
+@pytest.mark.parametrize("learning_rate", [0.5, 4.0])
+def test_an_sgd_round_over_every_record_is_one_step_of_minus_lr_times_the_mean_gradient(
+    base_model_dir, encode, learning_rate
+):
+    # `optimizer = "sgd"` with the whole site in one batch: the DP-FedSGD round. Adam would move every value by
+    # about lr whatever its gradient; SGD must move each by exactly lr x its mean gradient.
+    model = _lora_model(base_model_dir)
+    dataset = encode([{"text": t} for t in TRAIN_TEXTS])
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    reference = _lora_model(base_model_dir)
+    set_dropout(reference, 0.0)
+    per_sample_loss(reference.train(), tuple(dataset.tensors), CAUSAL_LM).mean().backward()
+    step = {n: -learning_rate * p.grad for n, p in reference.named_parameters() if p.requires_grad}
+    training = TrainingConfig(
+        epochs=1,
+        batch_size=len(TRAIN_TEXTS),
+        learning_rate=learning_rate,
+        optimizer=Optimizer.SGD,
+        dropout=0.0,
+        device="cpu",
+    )
+
+    result = train_round(model, dataset, task=CAUSAL_LM, training=training, device=CPU)
+
+    assert result.steps == 1
+    moved = {n: p.detach() - before[n] for n, p in model.named_parameters() if p.requires_grad}
+    assert moved.keys() == step.keys()
+    assert max(float(s.abs().max()) for s in step.values()) > 1e-3  # a step that can be told from none
+    for name, delta in moved.items():
+        torch.testing.assert_close(delta, step[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_train_round_stops_at_max_steps(base_model_dir, encode):

@@ -142,6 +142,7 @@ def test_load_federation_config_is_frozen(tmp_path):
         ('precision = "fp32"', 'precision = "fp8"', "`training.precision`", "'fp8'"),
         ('precision = "fp32"', 'device = "tpu"', "`training.device`", "'tpu'"),
         ('precision = "fp32"', "dropout = 1.0", "`training.dropout`", "1.0"),
+        ('precision = "fp32"', 'optimizer = "adam"', "`training.optimizer` must be one of 'adamw', 'sgd'", "'adam'"),
         ("max_grad_norm = 1.0", "max_grad_norm = 0.0", "`max_grad_norm`", "0.0"),
     ],
 )
