@@ -11,7 +11,7 @@ import pytest
 
 from bench import utility_banking77 as b77
 from bench.harness import Configuration, add_distributed_overrides
-from common.config import load_federation_config, load_site_config
+from common.config import FederationConfig, SiteConfig, load_federation_config, load_site_config
 
 
 def test_distributed_schedules_cover_every_epsilon() -> None:
@@ -54,8 +54,14 @@ def test_distributed_overrides_replace_every_epsilons_value() -> None:
     assert schedules[1.0].learning_rate == 32.0 and schedules[8.0].learning_rate == 64.0
 
 
-@pytest.mark.parametrize("epsilon", [1.0, 8.0])
-def test_run_config_writes_the_rows_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epsilon: float) -> None:
+LABELS = ["card_arrival", "card_linking"]
+RECORDS = [{"text": f"query {i}", "category": LABELS[i % 2]} for i in range(20)]
+
+
+def written_configs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, row: Configuration, s: b77.Settings
+) -> tuple[FederationConfig, SiteConfig]:
+    """The federation and first site config `run_config` writes for `row` (the federation is not run)."""
     written: dict[str, Any] = {}
 
     def fake_run(work: Path, sites: list[Path], federation: Path, *, processes: bool) -> tuple[dict, dict]:
@@ -63,16 +69,18 @@ def test_run_config_writes_the_rows_schedule(tmp_path: Path, monkeypatch: pytest
         return {}, {}
 
     monkeypatch.setattr(b77, "run_federation_here", fake_run)
-    labels = ["card_arrival", "card_linking"]
-    records = [{"text": f"query {i}", "category": labels[i % 2]} for i in range(20)]
-    row = Configuration(f"dist{epsilon:g}", "dist", [records, records, records], epsilon, distributed=True)
-    b77.run_config(tmp_path, row, labels=labels, encoder=tmp_path, s=b77.QUICK, processes=False)
+    b77.run_config(tmp_path / row.key, row, labels=LABELS, encoder=tmp_path, s=s, processes=False)
+    return load_federation_config(written["federation"]), load_site_config(written["sites"][0])
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 8.0])
+def test_run_config_writes_the_rows_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epsilon: float) -> None:
+    row = Configuration(f"dist{epsilon:g}", "dist", [RECORDS] * 3, epsilon, distributed=True)
+    federation, site = written_configs(tmp_path, monkeypatch, row, b77.QUICK)
 
     schedule = b77.DISTRIBUTED[epsilon]
-    federation = load_federation_config(written["federation"])
     assert federation.federation.rounds == schedule.rounds
     assert federation.lora.alpha == schedule.lora_alpha and federation.lora.ffa
-    site = load_site_config(written["sites"][0])
     assert site.training.learning_rate == schedule.learning_rate
     assert site.training.batch_size == schedule.batch_size
     assert site.privacy.eval_noise_multiplier == schedule.eval_noise_multiplier
@@ -82,49 +90,25 @@ def test_run_config_writes_the_rows_schedule(tmp_path: Path, monkeypatch: pytest
 def test_run_config_gives_a_local_noise_row_its_fedsgd_schedule(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, epsilon: float
 ) -> None:
-    written: dict[str, Any] = {}
-
-    def fake_run(work: Path, sites: list[Path], federation: Path, *, processes: bool) -> tuple[dict, dict]:
-        written.update(sites=sites, federation=federation)
-        return {}, {}
-
-    monkeypatch.setattr(b77, "run_federation_here", fake_run)
-    labels = ["card_arrival", "card_linking"]
-    records = [{"text": f"query {i}", "category": labels[i % 2]} for i in range(20)]
-    row = Configuration(key, "dp", [records, records, records], epsilon)
-    b77.run_config(tmp_path, row, labels=labels, encoder=tmp_path, s=b77.DEFAULT, processes=False)
+    federation, site = written_configs(
+        tmp_path, monkeypatch, Configuration(key, "dp", [RECORDS] * 3, epsilon), b77.DEFAULT
+    )
 
     schedule = b77.LOCAL_FEDSGD[key]
-    federation = load_federation_config(written["federation"])
     assert federation.federation.rounds == schedule.rounds and not federation.secagg.enabled
     assert federation.lora.alpha == schedule.lora_alpha and federation.lora.ffa
-    site = load_site_config(written["sites"][0])
     assert site.privacy.noise.value == "local"
     assert site.training.optimizer == "sgd" and site.training.epochs == 1 and site.training.probe_rounds == 0
     assert (site.training.learning_rate, site.training.batch_size) == (schedule.learning_rate, schedule.batch_size)
-    # q = 1 at every site: one step a round over every record
-    assert site.training.batch_size >= len(records)
+    assert site.training.batch_size >= len(RECORDS)  # q = 1: one step a round over every record
 
 
+@pytest.mark.parametrize(("key", "local"), [("dp8", False), ("single0", True)], ids=["--local-recipe", "single-site"])
 def test_local_noise_rows_without_a_schedule_run_the_multi_epoch_recipe(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, local: bool
 ) -> None:
-    written: dict[str, Any] = {}
-    monkeypatch.setattr(
-        b77,
-        "run_federation_here",
-        lambda work, sites, federation, *, processes: written.update(sites=sites) or ({}, {}),
-    )
-    records = [{"text": f"query {i}", "category": "a" if i % 2 else "b"} for i in range(20)]
-    for s, key in ((replace(b77.DEFAULT, local={}), "dp8"), (b77.DEFAULT, "single0")):
-        b77.run_config(
-            tmp_path / key,
-            Configuration(key, "x", [records], 8.0),
-            labels=["a", "b"],
-            encoder=tmp_path,
-            s=s,
-            processes=False,
-        )
-        site = load_site_config(written["sites"][0])
-        assert site.training.optimizer == "adamw" and site.training.epochs == b77.DEFAULT.local_epochs
-        assert site.training.probe_rounds == b77.DEFAULT.probe_rounds
+    s = b77.DEFAULT if local else replace(b77.DEFAULT, local={})
+    _, site = written_configs(tmp_path, monkeypatch, Configuration(key, "x", [RECORDS], 8.0), s)
+
+    assert site.training.optimizer == "adamw" and site.training.epochs == b77.DEFAULT.local_epochs
+    assert site.training.probe_rounds == b77.DEFAULT.probe_rounds
