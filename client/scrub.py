@@ -278,38 +278,56 @@ class Scrubber:
         digest = hmac.new(self._key, f"{entity_type}\x00{norm}".encode(), hashlib.sha256).hexdigest()
         return f"<{entity_type}_{digest[:PSEUDONYM_HEX]}>"
 
-    def _detect(self, text: str, threshold: float) -> list[Detection]:
-        """Detections in normalised `text`, window by window."""
-        found: list[Detection] = []
+    def _detect(self, text: str, *thresholds: float) -> list[list[Detection]]:
+        """Detections in normalised `text`, window by window, at each of `thresholds`, from one run of the
+        recognizers at the lowest. Each list is what a run at its threshold alone gives: Presidio drops a result
+        only for a container of its type scoring at least as high (so dropping commutes with the threshold),
+        and names spread to their other mentions from that threshold's own detections."""
+        raw: list[Detection] = []
         spans = windows(text)
         for a, b in spans:
-            for r in self._analyzer.detect(text[a:b], threshold):
-                found.append(Detection(r.entity_type, r.start + a, r.end + a, r.score))
-        if len(spans) > 1:  # a name found in one window is removed where it is mentioned in any other
-            seeds = [(d.entity_type, d.start, d.end, d.score) for d in found if d.entity_type in ("PERSON", "LOCATION")]
-            found.extend(Detection(*m) for m in propagate_mentions(text, seeds) if m[3] >= threshold)
-        # An address's unit, floor and door go with it ("Pikk tee 5 Apt. 31", "Unit 4, 27 Wattle Grove"), a
-        # phone number's extension ("x4567"), a name's title and degrees ("Dr. Vukić, MD": gender, profession).
+            for r in self._analyzer.detect(text[a:b], min(thresholds)):
+                raw.append(Detection(r.entity_type, r.start + a, r.end + a, r.score))
+        out = []
+        for threshold in thresholds:
+            found = [d for d in raw if d.score >= threshold]
+            if len(spans) > 1:  # a name found in one window is removed where it is mentioned in any other
+                seeds = [
+                    (d.entity_type, d.start, d.end, d.score) for d in found if d.entity_type in ("PERSON", "LOCATION")
+                ]
+                found.extend(Detection(*m) for m in propagate_mentions(text, seeds) if m[3] >= threshold)
+            # An address's unit, floor and door go with it ("Pikk tee 5 Apt. 31", "Unit 4, 27 Wattle Grove"), a
+            # phone number's extension ("x4567"), a name's title and degrees ("Dr. Vukić, MD": gender, profession).
+            out.append(
+                [
+                    Detection(d.entity_type, *_EXTENTS[d.entity_type](text, d.start, d.end), d.score)
+                    if d.entity_type in _EXTENTS
+                    else d
+                    for d in found
+                ]
+            )
+        return out
+
+    def _analyze(self, text: str, *thresholds: float) -> list[list[Detection]]:
+        """`analyze` at each of `thresholds`, from one run of the recognizers."""
+        norm = normalize(text)
         return [
-            Detection(d.entity_type, *_EXTENTS[d.entity_type](text, d.start, d.end), d.score)
-            if d.entity_type in _EXTENTS
-            else d
-            for d in found
+            _merge(Detection(d.entity_type, *norm.span(d.start, d.end), d.score) for d in found)
+            for found in self._detect(norm.text, *thresholds)
         ]
 
     def analyze(self, text: str, *, score_threshold: float | None = None) -> list[Detection]:
         """Detections in `text`, found in its normalised form, as spans of the original `text`, overlaps merged."""
         threshold = self.config.score_threshold if score_threshold is None else score_threshold
-        norm = normalize(text)
-        return _merge(
-            Detection(d.entity_type, *norm.span(d.start, d.end), d.score) for d in self._detect(norm.text, threshold)
-        )
+        return self._analyze(text, threshold)[0]
 
     def scrub_text(self, text: str) -> tuple[str, dict[str, int]]:
         """The text with every detected identifier replaced, and how many of each type were found."""
         if not isinstance(text, str):
             raise ScrubFailed(f"only text can be scrubbed, got {type(text).__name__}.")
-        results = self.analyze(text)
+        return self._replace(text, self.analyze(text))
+
+    def _replace(self, text: str, results: list[Detection]) -> tuple[str, dict[str, int]]:
         if not results:
             return text, {}
         pieces: list[str] = []
@@ -323,8 +341,28 @@ class Scrubber:
     def residual(self, scrubbed: str) -> list[str]:
         """Entity types a second, more sensitive pass still finds in scrubbed text (placeholders blanked)."""
         blanked = _PLACEHOLDER.sub(lambda m: "_" * len(m.group()), scrubbed)
-        threshold = max(0.0, self.config.score_threshold - SECOND_PASS_MARGIN)
-        return [r.entity_type for r in self.analyze(blanked, score_threshold=threshold)]
+        return [r.entity_type for r in self.analyze(blanked, score_threshold=self._residual_threshold())]
+
+    def _residual_threshold(self) -> float:
+        return max(0.0, self.config.score_threshold - SECOND_PASS_MARGIN)
+
+    def scrub_checked(self, text: str) -> tuple[str, dict[str, int], list[str]]:
+        """`scrub_text`, and `residual` of its result when the config's `second_pass` is on (else []).
+
+        When nothing is replaced and the text holds nothing placeholder-shaped, the second pass would read
+        the very text the first did: both come from one run of the recognizers, at the two thresholds."""
+        if not isinstance(text, str):
+            raise ScrubFailed(f"only text can be scrubbed, got {type(text).__name__}.")
+        if not self.config.second_pass:
+            return (*self.scrub_text(text), [])
+        if _PLACEHOLDER.search(text):
+            scrubbed, counts = self.scrub_text(text)
+            return scrubbed, counts, self.residual(scrubbed)
+        first, second = self._analyze(text, self.config.score_threshold, self._residual_threshold())
+        if first:
+            scrubbed, counts = self._replace(text, first)
+            return scrubbed, counts, self.residual(scrubbed)
+        return text, {}, [r.entity_type for r in second]
 
 
 def build_scrubber(config: ScrubConfig) -> Scrubber:
@@ -370,8 +408,7 @@ def _scrub_record(record: Any, scrubber: Scrubber, entities: Counter[str], resid
         if not isinstance(value, str):
             return "not_text"
         try:
-            text, counts = scrubber.scrub_text(value)
-            left = scrubber.residual(text) if scrubber.config.second_pass else []
+            text, counts, left = scrubber.scrub_checked(value)
         except Exception:  # fail closed: whatever went wrong, this record is not trained on
             return "scrub_error"
         if left:

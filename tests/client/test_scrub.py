@@ -272,6 +272,53 @@ def test_scrub_records_second_pass_can_be_turned_off():
     assert result.quarantined == 0
 
 
+_PLAIN = [
+    "Plain clinical text with no identifiers.",
+    "Report reviewed.\nMartinez\nCough.",  # a listed surname alone: below the threshold, the second pass sees it
+    "Patient: Amara Okafor, MRN 00482913.",
+    "Already scrubbed: <PERSON> seen at <LOCATION>; follow-up with Martinez.",  # placeholder-shaped text
+    "Routine visit. " * 400 + "Seen by Dr. Halvorsen. " + "Stable. " * 800 + "Halvorsen agreed.",  # 2 windows
+    "Stable. " * 1100 + "Martinez",
+]
+
+
+@pytest.mark.parametrize("second_pass", [True, False])
+def test_scrub_checked_is_scrub_text_then_residual(second_pass):
+    # The one-run shortcut for texts left unchanged must give exactly what the two passes give.
+    checked = build_scrubber(ScrubConfig(second_pass=second_pass))
+    texts = _PLAIN + [r.text for r in make_clinical_notes(40, seed=7) + make_bank_messages(40, seed=8)]
+    for text in texts:
+        scrubbed, counts = checked.scrub_text(text)
+        expected = (scrubbed, counts, checked.residual(scrubbed) if second_pass else [])
+        assert checked.scrub_checked(text) == expected, text
+    assert len(windows(_PLAIN[4])) > 1 and len(windows(_PLAIN[5])) > 1
+
+
+def test_a_text_with_nothing_to_replace_runs_the_recognizers_once():
+    counted = build_scrubber(ScrubConfig())
+    analyzer = counted._analyzer
+    runs = []
+    real_detect = analyzer.detect
+
+    def detect(text, score_threshold):
+        runs.append(score_threshold)
+        return real_detect(text, score_threshold)
+
+    analyzer.detect = detect
+    assert counted.scrub_checked("Plain clinical text with no identifiers.") == (
+        "Plain clinical text with no identifiers.",
+        {},
+        [],
+    )
+    assert runs == [0.4]  # once, at the second pass's threshold
+    runs.clear()
+    assert counted.scrub_checked("Report reviewed.\nMartinez\nCough.")[2] == ["PERSON"]
+    assert runs == [0.4]
+    runs.clear()
+    assert counted.scrub_checked("Patient: Amara Okafor.")[0] == "Patient: <PERSON>."
+    assert runs == [0.4, 0.4]  # the second pass reads the scrubbed text
+
+
 def test_scrub_records_report_never_contains_a_raw_value(scrubber):
     notes = make_clinical_notes(40, seed=99) + make_bank_messages(40, seed=99)
     result = scrub_records(({"text": n.text} for n in notes), scrubber)
