@@ -18,7 +18,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -258,6 +258,30 @@ def override_distributed(d: FedSGDSchedule, args: argparse.Namespace) -> FedSGDS
         learning_rate=args.distributed_learning_rate or d.learning_rate,
         lora_alpha=args.distributed_lora_alpha or d.lora_alpha,
     )
+
+
+def distributed_schedule(schedules: Mapping[float, FedSGDSchedule], epsilon: float) -> FedSGDSchedule:
+    """The distributed row's schedule at target `epsilon` (per site, the "sum" figure) from `schedules`."""
+    if epsilon not in schedules:
+        known = ", ".join(f"{e:g}" for e in sorted(schedules))
+        raise ValueError(f"`distributed` has no schedule for eps={epsilon:g} (it has eps {known})")
+    return schedules[epsilon]
+
+
+def describe_schedule(d: FedSGDSchedule, *, lora_r: int) -> str:
+    """One line: what a row on a DP-FedSGD schedule ran (its output and RESULTS name it)."""
+    alpha = 2 * lora_r if d.lora_alpha is None else d.lora_alpha
+    return (
+        f"{d.rounds} rounds x 1 DP-FedSGD step, expected batch {d.batch_size} a site, SGD lr {d.learning_rate:g}, "
+        f"LoRA alpha {alpha:g}{' (FFA)' if d.ffa else ''}, eval sigma {d.eval_noise_multiplier:g}"
+    )
+
+
+def override_distributed_schedules(
+    schedules: Mapping[float, FedSGDSchedule], args: argparse.Namespace
+) -> dict[float, FedSGDSchedule]:
+    """`schedules` (one per target epsilon) with the `--distributed-*` options given applied to each."""
+    return {eps: override_distributed(d, args) for eps, d in schedules.items()}
 
 
 @dataclass(frozen=True)

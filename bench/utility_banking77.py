@@ -56,7 +56,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,13 +74,15 @@ from bench.harness import (  # noqa: E402
     best_single_site,
     classification_task,
     configurations,
+    describe_schedule,
+    distributed_schedule,
     evaluate_adapter,
     format_table,
     git_commit,
     machine,
     measure_all,
     model_sections,
-    override_distributed,
+    override_distributed_schedules,
     override_schedule,
     privacy_cells,
     privacy_columns,
@@ -203,14 +204,6 @@ FULL = Settings(
 )
 
 
-def distributed_schedule(schedules: Mapping[float, FedSGDSchedule], epsilon: float) -> FedSGDSchedule:
-    """The distributed row's schedule at target `epsilon` (per site, the "sum" figure) from `schedules`."""
-    if epsilon not in schedules:
-        known = ", ".join(f"{e:g}" for e in sorted(schedules))
-        raise ValueError(f"`distributed` has no schedule for eps={epsilon:g} (it has eps {known})")
-    return schedules[epsilon]
-
-
 def row_schedule(s: Settings, row: Configuration) -> FedSGDSchedule | None:
     """The one-step-a-round schedule `row` runs (distributed rows always, local-noise rows named in
     `s.local`), or None: the settings' multi-epoch recipe."""
@@ -219,22 +212,6 @@ def row_schedule(s: Settings, row: Configuration) -> FedSGDSchedule | None:
     if row.distributed:
         return distributed_schedule(s.distributed, row.epsilon)
     return s.local.get(row.key)
-
-
-def override_distributed_schedules(
-    schedules: Mapping[float, FedSGDSchedule], args: argparse.Namespace
-) -> dict[float, FedSGDSchedule]:
-    """`schedules` with the `--distributed-*` options given applied to every epsilon's (`override_distributed`)."""
-    return {eps: override_distributed(d, args) for eps, d in schedules.items()}
-
-
-def describe_schedule(d: FedSGDSchedule, *, lora_r: int) -> str:
-    """One line: what a row on a DP-FedSGD schedule ran (its output and RESULTS name it)."""
-    alpha = 2 * lora_r if d.lora_alpha is None else d.lora_alpha
-    return (
-        f"{d.rounds} rounds x 1 DP-FedSGD step, expected batch {d.batch_size} a site, SGD lr {d.learning_rate:g}, "
-        f"LoRA alpha {alpha:g}{' (FFA)' if d.ffa else ''}, eval sigma {d.eval_noise_multiplier:g}"
-    )
 
 
 def encoder_dir() -> Path:
