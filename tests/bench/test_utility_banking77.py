@@ -112,3 +112,15 @@ def test_local_noise_rows_without_a_schedule_run_the_multi_epoch_recipe(
 
     assert site.training.optimizer == "adamw" and site.training.epochs == b77.DEFAULT.local_epochs
     assert site.training.probe_rounds == b77.DEFAULT.probe_rounds
+
+
+def test_the_accountant_setting_reaches_the_local_noise_rows_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = replace(b77.DEFAULT, accountant="prv")
+    _, local = written_configs(tmp_path, monkeypatch, Configuration("dp3", "dp", [RECORDS] * 3, 3.0), s)
+    _, dist = written_configs(
+        tmp_path, monkeypatch, Configuration("dist3", "d", [RECORDS] * 3, 3.0, distributed=True), s
+    )
+
+    assert local.privacy.accountant == "prv" and dist.privacy.accountant == "rdp"
