@@ -355,11 +355,8 @@ class Scrubber:
             raise ScrubFailed(f"only text can be scrubbed, got {type(text).__name__}.")
         if not self.config.second_pass:
             return (*self.scrub_text(text), [])
-        if _PLACEHOLDER.search(text):
-            scrubbed, counts = self.scrub_text(text)
-            return scrubbed, counts, self.residual(scrubbed)
         first, second = self._analyze(text, self.config.score_threshold, self._residual_threshold())
-        if first:
+        if first or _PLACEHOLDER.search(text):  # the second pass reads other text than the first did
             scrubbed, counts = self._replace(text, first)
             return scrubbed, counts, self.residual(scrubbed)
         return text, {}, [r.entity_type for r in second]

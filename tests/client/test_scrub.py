@@ -279,6 +279,11 @@ _PLAIN = [
     "Already scrubbed: <PERSON> seen at <LOCATION>; follow-up with Martinez.",  # placeholder-shaped text
     "Routine visit. " * 400 + "Seen by Dr. Halvorsen. " + "Stable. " * 800 + "Halvorsen agreed.",  # 2 windows
     "Stable. " * 1100 + "Martinez",
+    # Written to slip past the shortcut: a placeholder glued to a near-threshold name, placeholder lookalikes
+    # that are not placeholders, and a name hidden by a zero-width space and a Cyrillic "а".
+    "Reviewed.\n<DATE_TIME>Martinez\nCough.",
+    "Reviewed.\n<person> <PERSON_zz> Martinez\nCough.",
+    "Reviewed.\nM\u200bartinez\nCough. Call Amar\u0430 Okafor.",
 ]
 
 
