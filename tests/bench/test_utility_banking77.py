@@ -117,10 +117,14 @@ def test_local_noise_rows_without_a_schedule_run_the_multi_epoch_recipe(
 def test_the_accountant_setting_reaches_the_local_noise_rows_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = replace(b77.DEFAULT, accountant="prv")
+    s = b77.DEFAULT  # PRV by default: the tighter bound
     _, local = written_configs(tmp_path, monkeypatch, Configuration("dp3", "dp", [RECORDS] * 3, 3.0), s)
     _, dist = written_configs(
         tmp_path, monkeypatch, Configuration("dist3", "d", [RECORDS] * 3, 3.0, distributed=True), s
     )
+    _, rdp = written_configs(
+        tmp_path / "rdp", monkeypatch, Configuration("dp3", "dp", [RECORDS] * 3, 3.0), replace(s, accountant="rdp")
+    )
 
     assert local.privacy.accountant == "prv" and dist.privacy.accountant == "rdp"
+    assert rdp.privacy.accountant == "rdp"
