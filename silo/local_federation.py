@@ -148,7 +148,11 @@ class LocalFederation:
             host="127.0.0.1",
             port=self.superlink_port,
             keys=self.key_layout,
-            database=self.workdir / "superlink-state" / "superlink.db",
+            # State in memory, Flower's default: the database's SQL costs about half a second of every round's
+            # messaging (bench/federation_cost.py), and no message in transit is written to disk. After a
+            # restart start_superlink registers the sites' keys again and each site's node starts a fresh
+            # SuperNode, which joins again (client/runtime/node.py); the run resumes from its run directory.
+            database=None,
         )
         env = superlink_env(self.connection.env)
         if self.at_rest_key_file is not None:

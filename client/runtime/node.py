@@ -11,7 +11,10 @@ both (0600, in a private directory), and two wake pipes (wake.py): the SuperNode
 when a message is in, the runtime rings the SuperNode when its reply is, so neither polls the other.
 `flower-supernode` itself runs with its fixed waits shortened (flower_io.py, `supernode_command`).
 
-- The SuperNode exits: the runtime is stopped and the node exits with the SuperNode's code.
+- The SuperNode exits (Flower's SuperNode ends itself when a restarted SuperLink no longer knows its
+  node, as one that keeps its state in memory does): a fresh SuperNode is started, which joins again;
+  the runtime stays up and goes on with it. A SuperNode that keeps exiting right after start stops
+  the node, with that SuperNode's exit code (`MAX_QUICK_DEATHS`).
 - The runtime dies (a crash, the OOM killer, SIGKILL): the task it was serving fails at the
   coordinator ("ClientApp stopped responding", once its heartbeats stop); its ledger reservation
   stays spent; a fresh runtime is started for the next task. A runtime that keeps dying right
@@ -35,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from client.runtime.flower_io import SECRET_FLAG, supernode_command
@@ -84,36 +87,57 @@ def run_node(args: argparse.Namespace) -> int:
         write_secret(secret_file)
         command = [*supernode_command(args.supernode), SECRET_FLAG, str(secret_file)]
         pipes = WakePipes.create()  # the SuperNode and the runtime wake each other (wake.py) instead of polling
-        supernode = subprocess.Popen(  # noqa: S603 (the operator's command)
-            command,
-            preexec_fn=_die_with_parent,
-            pass_fds=pipes.supernode_fds,
-            env={**os.environ, WAKE_ENV: format_fds(pipes.supernode_fds)},
-        )
-        for fd in pipes.supernode_fds:
-            os.close(fd)  # the runtime's ends stay open here, for each runtime the supervisor starts
+
+        def start_supernode() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(  # noqa: S603 (the operator's command)
+                command,
+                preexec_fn=_die_with_parent,
+                pass_fds=pipes.supernode_fds,
+                env={**os.environ, WAKE_ENV: format_fds(pipes.supernode_fds)},
+            )
+
+        # Both pipes' ends stay open here: for each runtime and each SuperNode the supervisor starts.
         worker = [sys.executable, "-m", "client.runtime.worker", "--site-config", str(args.site_config)]
         worker += ["--runtime-api-address", args.runtime_api_address, "--secret-file", str(secret_file), *key_args]
         worker += ["--wake-fds", format_fds(pipes.runtime_fds)]
         try:
-            return Supervisor(supernode, worker, pass_fds=pipes.runtime_fds).run()
+            return Supervisor(start_supernode, worker, pass_fds=pipes.runtime_fds).run()
         finally:
-            for fd in pipes.runtime_fds:
+            for fd in (*pipes.runtime_fds, *pipes.supernode_fds):
                 os.close(fd)
 
 
+class QuickDeaths:
+    """Counts a child's deaths within QUICK_DEATH_S of its start, in a row: a restart will not mend
+    one that keeps dying at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def too_many(self, started: float) -> bool:
+        self.count = self.count + 1 if time.monotonic() - started < QUICK_DEATH_S else 1
+        return self.count >= MAX_QUICK_DEATHS
+
+
 class Supervisor:
-    """Keeps one site runtime serving `supernode` until the SuperNode exits or a signal stops the node."""
+    """Keeps a SuperNode (`start_supernode()`) and one site runtime serving it until a signal stops the
+    node, or one of them keeps dying right after start."""
 
     def __init__(
-        self, supernode: subprocess.Popen[bytes], worker_argv: list[str], *, pass_fds: tuple[int, ...] = ()
+        self,
+        start_supernode: Callable[[], subprocess.Popen[bytes]],
+        worker_argv: list[str],
+        *,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
-        self.supernode = supernode
+        self.start_supernode = start_supernode
+        self.supernode = start_supernode()
         self.worker_argv = worker_argv
         self.pass_fds = pass_fds
         self.worker: subprocess.Popen[bytes] | None = None
         self.stop = threading.Event()
         self.restarts = 0
+        self.supernode_restarts = 0
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         self.worker = subprocess.Popen(  # noqa: S603 (our own module)
@@ -127,19 +151,31 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
-        quick_deaths, code = 0, None
+        worker_deaths, supernode_deaths, code = QuickDeaths(), QuickDeaths(), None
+        supernode_started = time.monotonic()
         try:
             worker, started = self.start_worker(), time.monotonic()
-            while not self.stop.is_set() and self.supernode.poll() is None:
+            while not self.stop.is_set():
+                supernode_status = self.supernode.poll()
+                if supernode_status is not None:
+                    if self.stop.is_set() or supernode_deaths.too_many(supernode_started):
+                        break
+                    self.supernode_restarts += 1
+                    log.warning(
+                        "[silo] SuperNode exited with code %s; starting a fresh SuperNode, which joins again (Flower's "
+                        "SuperNode ends itself when a restarted coordinator no longer knows its node)",
+                        supernode_status,
+                    )
+                    self.supernode, supernode_started = self.start_supernode(), time.monotonic()
+                    continue
                 status = worker.poll()
                 if status == 0 and not self.stop.is_set():  # served its one task (`warm_runtime = false`)
                     worker, started = self.start_worker(), time.monotonic()
                 elif status is not None and not self.stop.is_set() and self.supernode.poll() is None:
-                    quick_deaths = quick_deaths + 1 if time.monotonic() - started < QUICK_DEATH_S else 1
-                    if quick_deaths >= MAX_QUICK_DEATHS:
+                    if worker_deaths.too_many(started):
                         log.error(
                             "[silo] the site runtime died %d times right after starting; stopping the node",
-                            quick_deaths,
+                            worker_deaths.count,
                         )
                         code = status if status > 0 else 1
                         break
@@ -156,8 +192,12 @@ class Supervisor:
         status = self.supernode.wait()
         if self.stop.is_set():  # asked to stop: the SuperNode's status is the signal we passed on
             log.info("[silo] asked to stop: the SuperNode and the site runtime were stopped; the node stops")
-        else:
-            log.info("[silo] SuperNode exited with code %s; the node stops", status)
+        elif code is None:
+            log.error(
+                "[silo] SuperNode exited with code %s, %d times right after starting; the node stops",
+                status,
+                supernode_deaths.count,
+            )
         if code is not None:
             return code
         return status if status >= 0 else 128 - status

@@ -49,6 +49,26 @@ def test_node_exits_with_its_supernodes_exit_code(write_site_toml):
     assert "SuperNode exited with code 3" in out
 
 
+def test_a_supernode_that_ends_itself_once_is_replaced_and_the_node_goes_on(write_site_toml, tmp_path):
+    # Flower's SuperNode ends itself when a restarted SuperLink that keeps its state in memory no longer
+    # knows its node; the site must join again by itself, not stop until an operator restarts it.
+    starts = tmp_path / "starts"
+    script = "import sys, time; f = open(sys.argv[1], 'a+'); f.write('x'); f.flush(); f.seek(0)\n"
+    script += "time.sleep(0.3 if f.read() == 'x' else 600)"
+    proc = node(write_site_toml(), sys.executable, "-c", script, str(starts))
+    deadline = time.monotonic() + 60
+    while (not starts.exists() or starts.read_text() != "xx") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert starts.exists() and starts.read_text() == "xx", "the node did not start a second SuperNode"
+    time.sleep(1.0)
+    assert proc.poll() is None, "the node stopped when its SuperNode ended itself once"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert "starting a fresh SuperNode" in out, out
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert starts.read_text() == "xx", "a SuperNode was started after the node was asked to stop"
+
+
 def test_a_node_asked_to_stop_says_so_instead_of_reporting_the_signal_as_a_supernode_failure(write_site_toml):
     proc = node(write_site_toml(), sys.executable, "-c", "import time; time.sleep(600)")
     _child_pid(proc.pid)
