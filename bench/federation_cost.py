@@ -9,6 +9,9 @@ processes on loopback, TLS, DP on) read back from its manifest:
   travels as fp16 deltas (common/transport.py).
 - floor (only when named): the warm setup with 30 records a site, so each site trains about one step and a
   round is almost all fixed cost: what Flower's messaging and the sites' fixed work cost on this machine.
+- disk, floor-disk (only when named): warm and floor with the SuperLink's state in its SQLite database
+  file, as the local federation kept it before (now in memory, as `silo coordinator start` without
+  `--database`): what the database costs a round's messaging, side by side.
 - per-message: what a round cost before: a fresh site process per message (imports, model load,
   scrubbing every record, `[site] warm_runtime = false`), Flower's own 3 s waits at the coordinator
   and the SuperNode, fp32 on the wire.
@@ -56,6 +59,7 @@ from silo.synthetic import make_bank_messages, make_clinical_notes  # noqa: E402
 
 # Records per site of the `floor` setup: each site trains about one step, so a round is almost all fixed cost.
 FLOOR_RECORDS = 30
+FLOOR_NAME = f"floor ({FLOOR_RECORDS} rec/site)"
 
 STAGES = (
     ("site_prepare_seconds", "prepare"),
@@ -74,6 +78,7 @@ class Setup:
     hidden: int
     warm: bool
     records: int | None = None  # records per site; None: --records
+    database: bool = False  # the SuperLink's state in a database file (SQLite) instead of memory
 
 
 def machine() -> str:
@@ -127,7 +132,9 @@ def run(out: Path, setup: Setup, *, records: int, rounds: int) -> dict:
     os.environ["SILO_SUPERNODE_MAX_SLEEP_S"] = "0.2" if setup.warm else "3"  # 3: Flower's own waits
     try:
         print(f"\n[bench] {setup.name}: {setup.sites} sites, hidden {setup.hidden}", file=sys.stderr)
-        manifest = run_local_federation(layout, configs, timeout=3600, log=sys.stderr)
+        manifest = run_local_federation(
+            layout, configs, timeout=3600, log=sys.stderr, superlink_database=setup.database
+        )
     finally:
         if old is None:
             os.environ.pop("SILO_SUPERNODE_MAX_SLEEP_S", None)
@@ -159,13 +166,14 @@ def run(out: Path, setup: Setup, *, records: int, rounds: int) -> dict:
 
 def report(results: list[dict]) -> None:
     print(f"\nFederation cost — machine: {machine()}; real SuperLink/SuperNodes/site runtimes on loopback, TLS, DP on")
-    head = f"{'setup':<22} {'model':>9} {'rnd':>3} {'round s':>7} {'train s':>7} {'overhead':>8}"
+    width = max([22, *(len(r["setup"]["name"]) for r in results)])
+    head = f"{'setup':<{width}} {'model':>9} {'rnd':>3} {'round s':>7} {'train s':>7} {'overhead':>8}"
     head += "".join(f" {label:>15}" for _, label in STAGES) + f" {'up/fp32':>7} {'down/fp32':>9}"
     print(head)
     for res in results:
         s = res["setup"]
         for row in res["rows"]:
-            line = f"{s['name']:<22} {res['params'] / 1e6:>8.2f}M {row['round']:>3} {row['wall']:>7.1f} "
+            line = f"{s['name']:<{width}} {res['params'] / 1e6:>8.2f}M {row['round']:>3} {row['wall']:>7.1f} "
             line += f"{row['train']:>7.1f} {row['overhead']:>8.1%}"
             line += "".join(f" {row[k]:>15.2f}" for k, _ in STAGES)
             fp32 = row["fp32"] or row["up"]
@@ -176,7 +184,7 @@ def report(results: list[dict]) -> None:
         steady = res["rows"][1:] or res["rows"]
         wall, train = mean(r["wall"] for r in steady), mean(r["train"] for r in steady)
         print(
-            f"  {res['setup']['name']:<22} round {wall:6.1f}s  slowest training {train:6.1f}s  overhead "
+            f"  {res['setup']['name']:<{width}} round {wall:6.1f}s  slowest training {train:6.1f}s  overhead "
             f"{(wall - train) / wall:6.1%}  final held-out loss (DP release) {res['final_eval_loss']:.3f}"
         )
     by_name = {r["setup"]["name"]: r for r in results}
@@ -187,7 +195,19 @@ def report(results: list[dict]) -> None:
             f"\nwarm / per-message round time (steady): {mean(r['wall'] for r in ws) / mean(r['wall'] for r in ps):.2f}; "
             f"bytes up: {w[0]['up'] / p[0]['up']:.2f} of fp32"
         )
-    floor = next((r for r in results if r["setup"]["records"] == FLOOR_RECORDS), None)
+    for memory in ("warm, 3 sites", FLOOR_NAME):
+        disk = f"{memory}, state on disk"
+        if memory in by_name and disk in by_name:
+            m, d = (
+                (by_name[memory]["rows"][1:] or by_name[memory]["rows"]),
+                (by_name[disk]["rows"][1:] or by_name[disk]["rows"]),
+            )
+            print(
+                f"\n{memory}: SuperLink state in memory / in a database file, steady: messaging "
+                f"{mean(r['messaging_seconds'] for r in m):.2f}s / {mean(r['messaging_seconds'] for r in d):.2f}s, round "
+                f"{mean(r['wall'] for r in m):.1f}s / {mean(r['wall'] for r in d):.1f}s"
+            )
+    floor = by_name.get(FLOOR_NAME)
     if floor is not None and "warm, 3 sites" in by_name:
         fs, ws = (
             (floor["rows"][1:] or floor["rows"]),
@@ -218,9 +238,10 @@ def main() -> int:
     ap.add_argument(
         "--only",
         nargs="+",
-        choices=("warm", "per-message", "large", "many", "floor"),
+        choices=("warm", "per-message", "large", "many", "floor", "disk", "floor-disk"),
         help="run only these setups (floor: the demo federation with 30 records a site, so a round is almost all "
-        "fixed cost; run only when named)",
+        "fixed cost; disk, floor-disk: warm and floor with the SuperLink's state in a database file, as before "
+        "it was kept in memory; these three run only when named)",
     )
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="silo-bench-fed-"))
@@ -230,9 +251,16 @@ def main() -> int:
         ("large", Setup(f"warm, 3 sites, h{args.large_hidden}", 3, args.large_hidden, True)),
         ("many", Setup(f"warm, {args.many_sites} sites", args.many_sites, DEMO_HIDDEN_SIZE, True)),
         # What a round costs with almost no training: Flower's messaging and the sites' fixed work.
-        ("floor", Setup(f"floor ({FLOOR_RECORDS} rec/site)", 3, DEMO_HIDDEN_SIZE, True, FLOOR_RECORDS)),
+        ("floor", Setup(FLOOR_NAME, 3, DEMO_HIDDEN_SIZE, True, FLOOR_RECORDS)),
+        # The same two with the SuperLink's state in its SQLite database, as the demo kept it before 45ffb84.
+        ("disk", Setup("warm, 3 sites, state on disk", 3, DEMO_HIDDEN_SIZE, True, database=True)),
+        (
+            "floor-disk",
+            Setup(f"{FLOOR_NAME}, state on disk", 3, DEMO_HIDDEN_SIZE, True, FLOOR_RECORDS, database=True),
+        ),
     ]
-    wanted = args.only or (("warm", "per-message") if args.quick else [n for n, _ in named if n != "floor"])
+    opt_in = ("floor", "disk", "floor-disk")
+    wanted = args.only or (("warm", "per-message") if args.quick else [n for n, _ in named if n not in opt_in])
     setups = [setup for name, setup in named if name in wanted]
     results = []
     for i, setup in enumerate(setups):

@@ -214,8 +214,10 @@ def run_local_federation(
     log: TextIO,
     insecure: bool = False,
     encrypt_at_rest: bool = False,
+    superlink_database: bool = False,
 ) -> dict:
-    """Start the processes, run, check the real outcome, stop everything; returns the manifest."""
+    """Start the processes, run, check the real outcome, stop everything; returns the manifest.
+    `superlink_database`: the SuperLink's state in a database file instead of memory (benchmarks)."""
     at_rest = layout.at_rest_key if encrypt_at_rest else None
     with LocalFederation(
         layout.out / "processes",
@@ -223,6 +225,7 @@ def run_local_federation(
         keys=None if insecure else layout.keys,
         insecure=insecure,
         at_rest_key_file=at_rest,
+        superlink_database=superlink_database,
     ) as fed:
         mode = "plain text, NO authentication" if insecure else f"TLS, {len(fed.registered)} SuperNode keys registered"
         print(

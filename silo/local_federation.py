@@ -75,7 +75,8 @@ class LocalFederation:
     is handed to the coordinator as SILO_AT_REST_KEY_FILE, encrypting its checkpoints.
     `fleet_proxy=True` starts the nginx Fleet proxy (silo/proxy.py) on loopback as `silo coordinator
     start` does, and the SuperNodes connect through it; otherwise they reach the SuperLink directly,
-    all on loopback (the demo)."""
+    all on loopback (the demo). The SuperLink keeps its state in memory unless `superlink_database`
+    (then in `workdir/superlink-state/superlink.db`, as `silo coordinator start --database` keeps it)."""
 
     workdir: Path
     site_configs: list[Path]
@@ -83,6 +84,7 @@ class LocalFederation:
     insecure: bool = False
     at_rest_key_file: Path | None = None
     fleet_proxy: bool = False
+    superlink_database: bool = False
     superlink_port: int = 0
     proxy_port: int = 0
     procs: list[Proc] = field(default_factory=list)
@@ -152,7 +154,7 @@ class LocalFederation:
             # messaging (bench/federation_cost.py), and no message in transit is written to disk. After a
             # restart start_superlink registers the sites' keys again and each site's node starts a fresh
             # SuperNode, which joins again (client/runtime/node.py); the run resumes from its run directory.
-            database=None,
+            database=self.workdir / "superlink-state" / "superlink.db" if self.superlink_database else None,
         )
         env = superlink_env(self.connection.env)
         if self.at_rest_key_file is not None:
