@@ -136,8 +136,6 @@ class Supervisor:
         self.pass_fds = pass_fds
         self.worker: subprocess.Popen[bytes] | None = None
         self.stop = threading.Event()
-        self.restarts = 0
-        self.supernode_restarts = 0
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         self.worker = subprocess.Popen(  # noqa: S603 (our own module)
@@ -160,7 +158,6 @@ class Supervisor:
                 if supernode_status is not None:
                     if self.stop.is_set() or supernode_deaths.too_many(supernode_started):
                         break
-                    self.supernode_restarts += 1
                     log.warning(
                         "[silo] SuperNode exited with code %s; starting a fresh SuperNode, which joins again (Flower's "
                         "SuperNode ends itself when a restarted coordinator no longer knows its node)",
@@ -179,7 +176,6 @@ class Supervisor:
                         )
                         code = status if status > 0 else 1
                         break
-                    self.restarts += 1
                     log.error(
                         "[silo] the site runtime died (exit %s): any round it was serving fails at the coordinator and "
                         "its ledger reservation stays spent; starting a fresh runtime",
