@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 
+import regex
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from client.recognizers.addresses import US_STATE_CODES
-from client.recognizers.pattern import gated
 from client.recognizers.titles import TITLE, titled_names
 from client.recognizers.uncased import caseless_names, lower_case_names
 from client.recognizers.vocabulary import given_names, is_clinical, is_common, is_rare, name_tokens, zipf
@@ -189,12 +189,19 @@ _PLACE_SUFFIX = frozenset(
 _LABEL_COMMA = re.compile(r"(?i:\b(?:patient|name|pt|patient\s+name)\s*:\s*)$")
 
 
+@cache
+def _from_the_end(pattern: re.Pattern[str]) -> regex.Pattern[str]:
+    """`pattern` for the `regex` engine, matched right to left (`REVERSE`, with `re`'s semantics: `V0`). A
+    `$`-anchored pattern then fails at once at every position but the window's end, where Python's engine
+    works through the pattern's head at each position first (three times slower on these context checks)."""
+    return regex.compile(pattern.pattern, pattern.flags | regex.REVERSE | regex.V0)
+
+
 @lru_cache(maxsize=16384)
 def _ends(pattern: re.Pattern[str], before: str) -> bool:
-    """`pattern` (anchored at `$`) matches at the end of `before`. Cached: a context check fails only after a
-    try at every position of its window, and the same windows recur (several checks of one run, the second
-    pass over a scrubbed text)."""
-    return gated(pattern).search(before) is not None
+    """`pattern` (anchored at `$`) matches at the end of `before`. Cached: the same windows recur (several
+    checks of one run, the second pass over a scrubbed text)."""
+    return _from_the_end(pattern).search(before) is not None
 
 
 def _given(word: str) -> bool:
