@@ -180,7 +180,9 @@ def _street_like(value: str, *, lower: bool = False) -> bool:
 
 # "my postcode is 4021", "ZIP: 1015 BS", "postal code H-3914": a postcode after its word, any country's form.
 _POSTCODE_CUE = re.compile(
-    r"(?i:\b(?:post(?:al)?[ \t]*code|postcode|zip(?:[ \t]*code)?|PLZ|CEP|CAP|code[ \t]+postal))"
+    r"(?i:\b(?:post(?:al)?[ \t]*code|postcode|zip(?:[ \t]*code)?|PLZ|CEP|CAP|code[ \t]+postal|c[óo]digo[ \t]+postal|"
+    # India's PIN code (a card's PIN after the same words is a secret too), Germany's and the Nordics' words.
+    r"pin[ \t]*code|postleitzahl|post(?:nummer|nr\.?)))"
     r"[ \t]*(?:is|:|-|#)?[ \t]*(?P<v>(?=[A-Z\- ]{0,4}\d)[A-Z0-9]{1,4}(?:[ \-]?[A-Z0-9]{2,4}){0,2})(?![\w\-])"
 )
 # A postcode after an address's comma, before a town: "..., 114 28 Stockholm", "..., H-3914 Felsőmellékháza".

@@ -43,6 +43,7 @@ def strict():
         ("Call 555.019.9123 x4567 or (416) 555-0199 ext. 22 after five.", ["4567", "22"]),
         # postcodes after a cue
         ("my postcode is 4021 and the ZIP: 1015 BS", ["4021", "1015 BS"]),
+        ("PIN code 560034, Postleitzahl: 80331, código postal 28013", ["560034", "80331", "28013"]),
         # facilities and employers
         ("Seen at Baystate Hospital, then admitted to St. Luke's on Friday.", ["Baystate", "Luke"]),
         ("He works nights at Biggen Mühle KG.", ["Biggen"]),
