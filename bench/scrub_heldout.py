@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from faker import Faker
 
-from silo.synthetic import LabelledRecord, RecordBuilder, Span
+from silo.synthetic import LabelledRecord, RecordBuilder, Span, reproducible_faker
 
 # Address and phone formats: locales none of the project's templates draw addresses or phones from.
 ADDRESS_LOCALES = (
@@ -90,13 +90,8 @@ class _Rec(RecordBuilder):
         self.rng = rng
 
     def faker(self, locales: tuple[str, ...]) -> Faker:
-        f = Faker(self.rng.choice(locales))
+        f = reproducible_faker(self.rng.choice(locales))
         f.seed_instance(self.rng.getrandbits(32))
-        # Some locales build their town list from a set (it_IT: `getcities`), whose order follows the
-        # process's hash seed: in sorted order the same seed draws the same towns in every process.
-        for provider in f.providers:
-            if isinstance(getattr(provider, "cities", None), list):
-                provider.cities = sorted(provider.cities)
         return f
 
     def name(self) -> tuple[str, str]:

@@ -305,9 +305,20 @@ def to_span_json(records: Sequence[LabelledRecord]) -> list[dict]:
     ]
 
 
+def reproducible_faker(locale: str) -> Faker:
+    """A Faker for `locale` whose seeded draws are the same in every process. Some locales list their towns
+    from a set (it_IT: `getcities`), in an order that follows Python's hash seed; sorted, the same seed draws
+    the same towns whatever the process's hash seed."""
+    f = Faker(locale)
+    for provider in f.providers:
+        if isinstance(getattr(provider, "cities", None), list):
+            provider.cities = sorted(provider.cities)
+    return f
+
+
 @cache
 def _faker(locale: str) -> Faker:
-    return Faker(locale)
+    return reproducible_faker(locale)
 
 
 @dataclass
