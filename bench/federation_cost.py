@@ -164,6 +164,11 @@ def run(out: Path, setup: Setup, *, records: int, rounds: int) -> dict:
     return {"setup": setup.__dict__, "params": params, "rows": rows, "final_eval_loss": final.get("eval_loss")}
 
 
+def _steady(res: dict) -> list[dict]:
+    """A setup's rounds after the first (which loads the model and scrubs the records), or the first alone."""
+    return res["rows"][1:] or res["rows"]
+
+
 def report(results: list[dict]) -> None:
     print(f"\nFederation cost — machine: {machine()}; real SuperLink/SuperNodes/site runtimes on loopback, TLS, DP on")
     width = max([22, *(len(r["setup"]["name"]) for r in results)])
@@ -181,16 +186,18 @@ def report(results: list[dict]) -> None:
             print(line)
     print("\nsteady state (rounds after the first), mean:")
     for res in results:
-        steady = res["rows"][1:] or res["rows"]
+        steady = _steady(res)
         wall, train = mean(r["wall"] for r in steady), mean(r["train"] for r in steady)
+        answer = mean(r["site_eval_seconds"] for r in steady)
         print(
             f"  {res['setup']['name']:<{width}} round {wall:6.1f}s  slowest training {train:6.1f}s  overhead "
-            f"{(wall - train) / wall:6.1%}  final held-out loss (DP release) {res['final_eval_loss']:.3f}"
+            f"{(wall - train) / wall:6.1%} (hold-out answer {answer / wall:5.1%}, the rest {(wall - train - answer) / wall:5.1%})"
+            f"  final held-out loss (DP release) {res['final_eval_loss']:.3f}"
         )
     by_name = {r["setup"]["name"]: r for r in results}
     if "warm, 3 sites" in by_name and "per-message, 3 sites" in by_name:
         w, p = by_name["warm, 3 sites"]["rows"], by_name["per-message, 3 sites"]["rows"]
-        ws, ps = (w[1:] or w), (p[1:] or p)
+        ws, ps = _steady(by_name["warm, 3 sites"]), _steady(by_name["per-message, 3 sites"])
         print(
             f"\nwarm / per-message round time (steady): {mean(r['wall'] for r in ws) / mean(r['wall'] for r in ps):.2f}; "
             f"bytes up: {w[0]['up'] / p[0]['up']:.2f} of fp32"
@@ -198,10 +205,7 @@ def report(results: list[dict]) -> None:
     for memory in ("warm, 3 sites", FLOOR_NAME):
         disk = f"{memory}, state on disk"
         if memory in by_name and disk in by_name:
-            m, d = (
-                (by_name[memory]["rows"][1:] or by_name[memory]["rows"]),
-                (by_name[disk]["rows"][1:] or by_name[disk]["rows"]),
-            )
+            m, d = _steady(by_name[memory]), _steady(by_name[disk])
             print(
                 f"\n{memory}: SuperLink state in memory / in a database file, steady: messaging "
                 f"{mean(r['messaging_seconds'] for r in m):.2f}s / {mean(r['messaging_seconds'] for r in d):.2f}s, round "
@@ -209,10 +213,7 @@ def report(results: list[dict]) -> None:
             )
     floor = by_name.get(FLOOR_NAME)
     if floor is not None and "warm, 3 sites" in by_name:
-        fs, ws = (
-            (floor["rows"][1:] or floor["rows"]),
-            (by_name["warm, 3 sites"]["rows"][1:] or by_name["warm, 3 sites"]["rows"]),
-        )
+        fs, ws = _steady(floor), _steady(by_name["warm, 3 sites"])
         fixed = mean(r["wall"] - r["train"] for r in fs)
         print(
             f"\nfixed cost of a round (floor: wall minus training, steady) {fixed:.2f}s; against the warm round's "
@@ -223,7 +224,9 @@ def report(results: list[dict]) -> None:
         "overhead = round wall time minus the slowest site's training time; the stages are the slowest site's "
         "(prepare: config, records, model, tokenizer; hold-out answer: its DP evaluation; ledger+seal: the rest "
         "of its work), messaging (the exchange minus that site's work: Flower, TLS, polls), the coordinator "
-        "(ledger heads, aggregation) and its checkpoint of the round (adapter and manifest written and fsynced)."
+        "(ledger heads, aggregation) and its checkpoint of the round (adapter and manifest written and fsynced). "
+        "The hold-out answer is the slowest site's DP evaluation of the adapter it received, work every round asks "
+        "for (a forward pass over its hold-out split); the rest is what the federation itself costs."
     )
 
 
