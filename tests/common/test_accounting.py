@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -123,6 +124,15 @@ def test_compute_epsilon_without_noise_is_infinite():
 def test_compute_epsilon_prv_is_tighter_than_rdp():
     prv = compute_epsilon(MNIST, delta=DELTA, accountant=Accountant.PRV, conversion=None)
     assert 2.0 < prv < compute_epsilon(MNIST, delta=DELTA)
+
+
+def test_compute_epsilon_prv_with_every_record_in_every_step_is_quiet_and_finite():
+    # q = 1 (a DP-FedSGD round over all records): Opacus' PRV takes log(1 - q) on purpose; no warning reaches
+    # the operator, and the value is the Gaussian mechanism's, below RDP's bound for it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prv = compute_epsilon([(3.0, 1.0, 10)], delta=DELTA, accountant=Accountant.PRV, conversion=None)
+    assert 0 < prv < compute_epsilon([(3.0, 1.0, 10)], delta=DELTA)
 
 
 def test_compute_epsilon_rejects_conversion_with_prv():
