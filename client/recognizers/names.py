@@ -193,7 +193,7 @@ _LABEL_COMMA = re.compile(r"(?i:\b(?:patient|name|pt|patient\s+name)\s*:\s*)$")
 def _from_the_end(pattern: re.Pattern[str]) -> regex.Pattern[str]:
     """`pattern` for the `regex` engine, matched right to left (`REVERSE`, with `re`'s semantics: `V0`). A
     `$`-anchored pattern then fails at once at every position but the window's end, where Python's engine
-    works through the pattern's head at each position first (three times slower on these context checks)."""
+    works through the pattern's head at each position first (2.3x the time over these context checks)."""
     return regex.compile(pattern.pattern, pattern.flags | regex.REVERSE | regex.V0)
 
 
