@@ -55,7 +55,7 @@ GOAL_DIRECT_LEAK, GOAL_PRECISION = 0.01, 0.8
 # Quasi-identifiers: reported, not counted in the direct-identifier leak.
 QUASI = frozenset({"DATE", "AGE", "ORGANIZATION", "RECORD_ID"})
 # Throughput rounds, best of each side kept; within a round ours and stock alternate every THROUGHPUT_CHUNK
-# records, so a change in the machine's speed (a shared VM's swings by a fifth within seconds) falls on both.
+# records, so a change in the machine's speed (this VM's moved by a fifth between runs minutes apart) falls on both.
 ROUNDS = 2
 THROUGHPUT_CHUNK = 50
 
