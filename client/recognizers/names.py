@@ -72,7 +72,7 @@ _STRONG_PERSON_BEFORE = re.compile(
     r"(?i:\b(?:dear|hi|hello|hey|thanks|thank\s+you|regards|sincerely|faithfully|best|cheers|yours|love)\b[ \t,]*\n?[ \t]*)|"
     r"(?i:\b(?:daughter|son|wife|husband|mother|father|sister|brother|partner|spouse|fianc[ée]e?|grandson|"
     r"granddaughter|grandmother|grandfather|niece|nephew|aunt|uncle|cousin|friend|neighbou?r|roommate|"
-    r"caregiver|sibling|parent|child)\s*:?\s+)|"
+    r"caregiver|sibling|parent|child)(?:\s*:?\s+|\s*\(\s*))|"  # "daughter: Mei", "daughter (Saoirse)"
     r"(?i:\b(?:this\s+is|my\s+name\s+is|i\s+am|i'm|identified\s+as|spoke\s+with|seen\s+by|seeing|named|"
     r"called|signed\s+by|dictated\s+by|read\s+by|referred\s+by|accompanied\s+by|met\s+with)\s+)|"
     r"(?:^|\n)\s*(?:--|—)\s*)$"
@@ -273,6 +273,10 @@ class NamePlaceRecognizer(EntityRecognizer):
                     hit = ("PERSON", popped.start(), *hit[2:])
             if hit:
                 found.append(hit)
+        # A word the text itself writes in lower case is an ordinary word here ("Chemotherapy is ...", then
+        # "... after chemotherapy"): only a cue makes it a name.
+        lower = lower_case_words(text)
+        found = [f for f in found if f[3] >= CUED_SCORE or not _ordinary_here(text, f, lower)]
         found.extend(lower_case_names(text, self._names))
         found.extend(titled_names(text))
         found.extend(caseless_names(text))
@@ -419,14 +423,41 @@ def coordinated_names(text: str, found: list[tuple[str, int, int, float]]) -> li
     return out
 
 
+# A name found after a cue that only a name follows ("Dr.", "Patient:", a relative): its lower-case mentions are
+# the name too ("Patient: Rose Halvorsen ... halvorsen said").
+CUED_SCORE = 0.85
+
+
+# A word of prose in lower case: not part of an address, a handle or a link ("john.smith@...", "@jsmith").
+_PROSE_LOWER = re.compile(r"(?<![\w@.\-/'’‘ʻ])[^\W\d_]+(?![\w@\-/]|\.\w|['’‘ʻ]\w)")
+
+
+def lower_case_words(text: str) -> frozenset[str]:
+    """The words `text` writes in lower case in its prose."""
+    return frozenset(w for w in _PROSE_LOWER.findall(text) if w.islower())
+
+
+def _ordinary_here(text: str, found: tuple[str, int, int, float], lower: frozenset[str]) -> bool:
+    """Every capitalised word of `found` is written in lower case elsewhere in the text."""
+    words = [w for w in _WORD.findall(text[found[1] : found[2]]) if w[0].isupper() and len(w) > 1]
+    return bool(words) and all(w.casefold() in lower for w in words)
+
+
 def propagate_mentions(text: str, found: list[tuple[str, int, int, float]]) -> list[tuple[str, int, int, float]]:
-    """Every other mention of a word already found as a name or place ("Ms. Nelson" ... "Nelson")."""
+    """Every other mention of a word already found as a name or place ("Ms. Nelson" ... "Nelson"). A word the
+    text also writes in lower case is spread only from a cue ("Hodgkin Lymphoma" is no reason to remove every
+    "lymphoma"; "Patient: Rose Halvorsen" is, to remove "halvorsen")."""
     seen: dict[str, str] = {}
+    lower: frozenset[str] | None = None
     for etype, s, e, score in found:
         if score < 0.6:
             continue
         for w in _WORD.findall(text[s:e]):
             if len(w) > 2 and w[0].isupper() and not is_common(w):
+                if score < CUED_SCORE:
+                    lower = lower_case_words(text) if lower is None else lower
+                    if w.casefold() in lower:
+                        continue
                 seen.setdefault(w.casefold(), etype)
     if not seen:
         return []

@@ -48,6 +48,14 @@ def lower_case_names(text: str, names: frozenset[str]) -> list[tuple[str, int, i
             pos = end + 1 if text[end : end + 1] == " " else len(text) + 1
         if end > cue.end():
             out.append(("PERSON", cue.end(), end, 0.7))
+    for m in _LOWER_BEFORE_VERB.finditer(text):
+        word = m.group()
+        if (
+            not is_common(word)
+            and not is_clinical(word)
+            and (is_rare(word) or (word in names and zipf(word) < LOWER_SURNAME_ZIPF))
+        ):
+            out.append(("PERSON", m.start(), m.end(), 0.7))
     for m in _LOWER_PAIR.finditer(text):
         first, last = m.group("first"), m.group("last")
         listed = first in names and _lower_given(first)
@@ -58,6 +66,11 @@ def lower_case_names(text: str, names: frozenset[str]) -> list[tuple[str, int, i
 
 # Two lower-case words in chat where a name would be: "ok so maria nevalainen will", "with ekene ojukwu".
 _LOWER_PAIR = re.compile(r"(?<![\w@.\-])(?P<first>[a-zß-ÿ][^\W\d_]{2,})(?= (?P<last>[a-zß-ÿ][^\W\d_]{2,})(?![\w@\-]))")
+# One lower-case word before what only a person does, in chat: "ramesh phoned about his card", "so lucía said" (not "called": "air sacs called alveoli").
+_LOWER_BEFORE_VERB = re.compile(
+    r"(?<![\w@.\-'’])[a-zß-ÿ][^\W\d_]{2,}(?= (?:said|says|told|asked|wrote|phoned|rang|texted|emailed|"
+    r"replied|mentioned|confirmed|agreed|promised|thinks|thought|wants|wanted)\b)"
+)
 # A listed given name more frequent than this in English is mostly a word ("will", "mark", "grant": 5 and more).
 LOWER_GIVEN_ZIPF = 4.5
 # A surname below this is no everyday word ("nevalainen" 0, "ojukwu" 1.2); a listed one may be a little more

@@ -178,6 +178,12 @@ def strict():
         ("Ms. Q., from Tarrowby, was seen in Kelton, TX on Monday.", ["Tarrowby", "Kelton", "TX"]),
         ("Admitted to UVX Brightmoor on Friday, then seen at Kelton Oncology Center.", ["UVX", "Brightmoor", "Kelton"]),
         ("Follow-up in Tarrowby clinic and at Kelton med center.", ["Tarrowby", "Kelton"]),
+        # a name in brackets after a relative; one lower-case word before what only a person does
+        ("The daughter (Saoirse) was present; his wife ( Ingrid ) too.", ["Saoirse", "Ingrid"]),
+        ("ramesh phoned about his card, ok so lucía said the branch is closed", ["ramesh", "lucía"]),
+        # a cue-found name keeps its lower-case mentions; a place only a state code found keeps its earlier one
+        ("Patient: Rose Halvorsen. Later halvorsen said she was fine.", ["Halvorsen", "halvorsen"]),
+        ("Davida lives in Tacoma. Address: 12 Blair Falls, Tacoma, WA 37554.", ["Tacoma"]),
     ],
 )
 def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, secrets):
@@ -219,6 +225,10 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "Skills:\n- Collaborated with teams\n- Agile methods. Registrar: closed. Project Kickoff at noon; then JavaScript failed.",
         # a title with no name after it stays
         "The Dr. will see you now; ask Mrs. if she is free. my dr. appointment is at 5, ms fatigue is worse",
+        # a word the text writes in lower case is an ordinary word where it starts a sentence, and is not spread
+        "Chemotherapy is one treatment. Acromegaly is rare; acromegaly and chemotherapy are discussed below.",
+        # "called" names a thing as often as it tells what a person did
+        "Tiny air sacs called alveoli; a gene called UBE3A; the merchant said the refund was sent",
     ],
 )
 def test_scrub_text_clinical_and_everyday_content_is_kept(scrubber, text):
@@ -237,3 +247,10 @@ def test_strict_profile_masks_leftover_codes_the_standard_keeps(scrubber, strict
 
 def test_scrub_text_a_year_before_a_drug_is_no_postcode(scrubber):
     assert "Metformin" in scrubber.scrub_text("Started on May 4, 2023 Metformin was added.")[0]
+
+
+def test_scrub_text_a_name_found_without_a_cue_is_not_spread_to_the_texts_lower_case_words(scrubber):
+    # "Hodgkin" is no English word, so "Hodgkin Lymphoma" reads as a name; "lymphoma" is written in lower case
+    # in the same text, so its other mentions are the disease (a cue would have spread it: see above).
+    scrubbed = scrubber.scrub_text("Adult Hodgkin Lymphoma is treated with chemotherapy; lymphoma recurs.")[0]
+    assert scrubbed.endswith("is treated with chemotherapy; lymphoma recurs."), scrubbed
