@@ -11,6 +11,9 @@ Sets (each one table):
 - `asq-phi`, `contextual-anonymizer`: the outside labelled sets in `--data` (default `../shared/data`),
   skipped with a note when absent. Both were looked at while building issue 17's recognizers (they are the
   sets its goals are stated on): their figures are development figures, not held-out ones.
+- text with (almost) no identifiers, from `--data` when there: MedQuAD's answers (NIH patient information) and
+  Banking77's messages, the public text the utility benchmarks train on. No gold spans: the share of tokens
+  masked there is the content a site loses (MedQuAD cites a few organisations and eponyms).
 
 Metrics, on alphanumeric tokens (`[^\\W_]+`) of the gold spans:
 - recall of a category: share of its gold tokens wholly covered by detections (of any type); leak = 1 - recall;
@@ -30,6 +33,9 @@ records, best of 2.
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
+import itertools
 import json
 import logging
 import os
@@ -268,6 +274,38 @@ def _stock_presidio() -> tuple[Detector, Callable[[str], str]]:
     return detect, scrub
 
 
+# Public text with (almost) no identifiers, the kind a site trains on: what is masked there is lost content.
+# MedQuAD's answers are NIH patient information; Banking77's messages are customers' questions to a bank.
+CLEAN_SETS = {"MedQuAD answers": 400, "Banking77 messages": 3000}
+
+
+def load_clean(data: Path, limit: int | None) -> dict[str, list[str]]:
+    """The identifier-free sets found in `data` (first `CLEAN_SETS[name]` texts, or `limit`)."""
+    out: dict[str, list[str]] = {}
+    medquad, banking = data / "medquad" / "medquad_answered.jsonl.gz", data / "banking77" / "train.csv"
+    if medquad.is_file():
+        with gzip.open(medquad, "rt", encoding="utf-8") as f:
+            rows = (json.loads(line)["answer"] for line in f)
+            out["MedQuAD answers"] = list(itertools.islice(rows, limit or CLEAN_SETS["MedQuAD answers"]))
+    if banking.is_file():
+        with banking.open(encoding="utf-8", newline="") as f:
+            rows = (r["text"] for r in csv.DictReader(f))
+            out["Banking77 messages"] = list(itertools.islice(rows, limit or CLEAN_SETS["Banking77 messages"]))
+    return out
+
+
+def masked_share(texts: Sequence[str], detect: Detector) -> tuple[float, float]:
+    """Share of the texts' tokens (`[^\\W_]+`) touched by a detection, and share of texts with any detection."""
+    tokens = touched = texts_hit = 0
+    for text in texts:
+        spans = detect(text)
+        texts_hit += bool(spans)
+        for m in _TOKEN.finditer(text):
+            tokens += 1
+            touched += any(s < m.end() and m.start() < e for s, e in spans)
+    return touched / max(tokens, 1), texts_hit / max(len(texts), 1)
+
+
 def _spans_of(scrubber: Scrubber) -> Detector:
     return lambda text: [(d.start, d.end) for d in scrubber.analyze(text)]
 
@@ -383,6 +421,17 @@ def main(argv: list[str] | None = None) -> int:
         print_table(f"{title}: {len(records)} records", tallies)
         texts = [r.text for r in records]
         print("throughput, standard, 1 process: " + throughput(texts, scrub_standard, stock_scrub))
+
+    clean = load_clean(args.data, args.limit)
+    if clean:
+        detectors = {name: _spans_of(s) for name, s in systems.items()} | {"stock Presidio": stock_detect}
+        print("\n== text with (almost) no identifiers: share of tokens masked / of texts with anything masked")
+        print(f"{'set':24} {'texts':>6}  " + "  ".join(f"{n:>22}" for n in detectors))
+        for title, texts in clean.items():
+            shares = [masked_share(texts, d) for d in detectors.values()]
+            print(f"{title:24} {len(texts):6d}  " + "  ".join(f"{t:>10.2%} / {r:>9.1%}" for t, r in shares))
+    else:
+        print(f"(skipped text with no identifiers: no medquad/ or banking77/ in {args.data})")
     return 0
 
 
