@@ -19,7 +19,7 @@ from spacy.lang.en.stop_words import STOP_WORDS
 from client.recognizers.addresses import US_STATE_CODES
 from client.recognizers.titles import TITLE, titled_names
 from client.recognizers.uncased import caseless_names, lower_case_names
-from client.recognizers.vocabulary import given_names, is_clinical, is_common, is_rare, name_tokens, zipf
+from client.recognizers.vocabulary import countries, given_names, is_clinical, is_common, is_rare, name_tokens, zipf
 
 # (Uzbek and Hawaiian write a letter's apostrophe as ‘ or ʻ: "Ulug‘bekov".)
 _WORD = re.compile(r"(?<!\w)[^\W\d_](?:[^\W\d_]|['’‘ʻ\-](?=[^\W\d_]))*")
@@ -275,8 +275,12 @@ class NamePlaceRecognizer(EntityRecognizer):
                 found.append(hit)
         # A word the text itself writes in lower case is an ordinary word here ("Chemotherapy is ...", then
         # "... after chemotherapy"): only a cue makes it a name.
-        lower = lower_case_words(text)
-        found = [f for f in found if f[3] >= CUED_SCORE or not _ordinary_here(text, f, lower)]
+        # A country or a continent found without a cue ("money from China", "travelling in Europe") is kept too.
+        if any(f[3] < CUED_SCORE for f in found):
+            lower = lower_case_words(text)
+            found = [
+                f for f in found if f[3] >= CUED_SCORE or not _ordinary_here(text, f, lower) and not _country(f, text)
+            ]
         found.extend(lower_case_names(text, self._names))
         found.extend(titled_names(text))
         found.extend(caseless_names(text))
@@ -435,6 +439,10 @@ _PROSE_LOWER = re.compile(r"(?<![\w@.\-/'’‘ʻ])[^\W\d_]+(?![\w@\-/]|\.\w|['�
 def lower_case_words(text: str) -> frozenset[str]:
     """The words `text` writes in lower case in its prose."""
     return frozenset(w for w in _PROSE_LOWER.findall(text) if w.islower())
+
+
+def _country(found: tuple[str, int, int, float], text: str) -> bool:
+    return found[0] == "LOCATION" and " ".join(text[found[1] : found[2]].split()).casefold() in countries()
 
 
 def _ordinary_here(text: str, found: tuple[str, int, int, float], lower: frozenset[str]) -> bool:

@@ -79,6 +79,7 @@ pacemaker pump cpap machine implant monitor icd ip url www http https com org ne
 mental behavioral behavioural public occupational primary urgent emergency women's pediatric paediatric
 cardiac cancer eye dental sports rehab rehabilitation surgical surgery outpatient inpatient department dept
 sir madam hospital's luke's children's mary's anne's also old one was moved new hello dispute overdraft
+i'm i've i'll i'd mastercard maestro amex paypal venmo zelle contactless
 """
 
 
@@ -158,6 +159,25 @@ def zipf(word: str) -> float:
     from wordfreq import zipf_frequency
 
     return float(zipf_frequency(word, "en"))
+
+
+_CONTINENTS = ("Africa", "Antarctica", "Asia", "Europe", "North America", "South America", "Oceania", "Australia")
+# Everyday names of countries that Faker's list writes otherwise ("United States of America", "Russian Federation"),
+# comma-separated.
+_COUNTRY_NAMES_TEXT = """
+America, United States, USA, US, UK, Britain, Great Britain, England, Scotland, Wales, Northern Ireland
+Russia, South Korea, North Korea, Korea, Vietnam, Iran, Syria, Laos, Czechia, Czech Republic, Holland
+Netherlands, UAE, Ivory Coast, Macedonia, Moldova, Bolivia, Venezuela, Tanzania, Taiwan, Palestine, Kosovo
+"""
+_COUNTRY_NAMES = tuple(n.strip() for line in _COUNTRY_NAMES_TEXT.strip().splitlines() for n in line.split(","))
+
+
+@cache
+def countries() -> frozenset[str]:
+    """Lower-cased names of countries (Faker's en_US list) and continents: no identifier of a person by HIPAA's
+    Safe Harbor rule, which removes geographic units smaller than a state."""
+    provider = importlib.import_module("faker.providers.address.en_US").Provider
+    return frozenset(c.casefold() for c in (*provider.countries, *_CONTINENTS, *_COUNTRY_NAMES))
 
 
 def is_clinical(word: str) -> bool:

@@ -184,6 +184,8 @@ def strict():
         # a cue-found name keeps its lower-case mentions; a place only a state code found keeps its earlier one
         ("Patient: Rose Halvorsen. Later halvorsen said she was fine.", ["Halvorsen", "halvorsen"]),
         ("Davida lives in Tacoma. Address: 12 Blair Falls, Tacoma, WA 37554.", ["Tacoma"]),
+        # after a greeting, the name that follows "I'm" (kept itself); a country after a cue only a place follows
+        ("Hi, I'm Ngozi Adeyemi and I moved to Ghana last year.", ["Ngozi", "Adeyemi", "Ghana"]),
     ],
 )
 def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, secrets):
@@ -227,6 +229,8 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         "The Dr. will see you now; ask Mrs. if she is free. my dr. appointment is at 5, ms fatigue is worse",
         # a word the text writes in lower case is an ordinary word where it starts a sentence, and is not spread
         "Chemotherapy is one treatment. Acromegaly is rare; acromegaly and chemotherapy are discussed below.",
+        # a country or a continent with no cue (HIPAA's Safe Harbor keeps it), a card network, "I'm" after a greeting
+        "Money sent from China and the United States; used in Europe; do you accept Mastercard? Hi, I'm new here.",
         # "called" names a thing as often as it tells what a person did
         "Tiny air sacs called alveoli; a gene called UBE3A; the merchant said the refund was sent",
     ],
