@@ -273,19 +273,16 @@ class NamePlaceRecognizer(EntityRecognizer):
                     hit = ("PERSON", popped.start(), *hit[2:])
             if hit:
                 found.append(hit)
-        # A word the text itself writes in lower case is an ordinary word here ("Chemotherapy is ...", then
-        # "... after chemotherapy"): only a cue makes it a name.
-        # A country or a continent found without a cue ("money from China", "travelling in Europe") is kept too.
-        if any(f[3] < CUED_SCORE for f in found):
-            lower = lower_case_words(text)
-            found = [
-                f for f in found if f[3] >= CUED_SCORE or not _ordinary_here(text, f, lower) and not _country(f, text)
-            ]
+        # Found without a cue, a word of English the text itself writes in lower case is an ordinary word here
+        # ("Chemotherapy is ...", then "... after chemotherapy"), and a country or a continent is kept ("money from
+        # China", "travelling in Europe").
+        lower = lower_case_words(text) if any(f[3] < CUED_SCORE for f in found) else frozenset()
+        found = [f for f in found if f[3] >= CUED_SCORE or not (_ordinary_here(text, f, lower) or _country(f, text))]
         found.extend(lower_case_names(text, self._names))
         found.extend(titled_names(text))
         found.extend(caseless_names(text))
         found.extend(coordinated_names(text, found))
-        found.extend(propagate_mentions(text, found))
+        found.extend(propagate_mentions(text, found, lower=lower or None))
         return [RecognizerResult(t, s, e, score) for t, s, e, score in found]
 
     def _anchored(self, text: str, run: list[re.Match[str]]) -> tuple[str, int, int, float] | None:
@@ -452,12 +449,14 @@ def _ordinary_here(text: str, found: tuple[str, int, int, float], lower: frozens
     return bool(words) and all(w.casefold() in lower for w in words)
 
 
-def propagate_mentions(text: str, found: list[tuple[str, int, int, float]]) -> list[tuple[str, int, int, float]]:
-    """Every other mention of a word already found as a name or place ("Ms. Nelson" ... "Nelson"). A word the
-    text also writes in lower case is spread only from a cue ("Hodgkin Lymphoma" is no reason to remove every
-    "lymphoma"; "Patient: Rose Halvorsen" is, to remove "halvorsen")."""
+def propagate_mentions(
+    text: str, found: list[tuple[str, int, int, float]], *, lower: frozenset[str] | None = None
+) -> list[tuple[str, int, int, float]]:
+    """Every other mention of a word already found as a name or place ("Ms. Nelson" ... "Nelson"). A word of
+    English the text also writes in lower case is spread only from a cue ("Hodgkin Lymphoma" is no reason to
+    remove every "lymphoma"; "Patient: Rose Halvorsen" is, to remove "halvorsen"). `lower`: the text's
+    `lower_case_words`, when the caller has them."""
     seen: dict[str, str] = {}
-    lower: frozenset[str] | None = None
     for etype, s, e, score in found:
         if score < 0.6:
             continue

@@ -66,7 +66,8 @@ def lower_case_names(text: str, names: frozenset[str]) -> list[tuple[str, int, i
 
 # Two lower-case words in chat where a name would be: "ok so maria nevalainen will", "with ekene ojukwu".
 _LOWER_PAIR = re.compile(r"(?<![\w@.\-])(?P<first>[a-zß-ÿ][^\W\d_]{2,})(?= (?P<last>[a-zß-ÿ][^\W\d_]{2,})(?![\w@\-]))")
-# One lower-case word before what only a person does, in chat: "ramesh phoned about his card", "so lucía said" (not "called": "air sacs called alveoli").
+# One lower-case word before what only a person does, in chat: "ramesh phoned about his card", "so lucía said"
+# (not "called": "air sacs called alveoli").
 _LOWER_BEFORE_VERB = re.compile(
     r"(?<![\w@.\-'’])[a-zß-ÿ][^\W\d_]{2,}(?= (?:said|says|told|asked|wrote|phoned|rang|texted|emailed|"
     r"replied|mentioned|confirmed|agreed|promised|thinks|thought|wants|wanted)\b)"
