@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client import warm
+from client.answer_later import LATER, PendingAnswer
 from client.distributed_dp import distributed_step, plan_site_round
 from client.ledger import Ledger
 from client.ledger_plan import RoundPlan
@@ -43,7 +45,14 @@ from client.site_state import LEDGER_LOCK_TIMEOUT_S, ledger_path, site_signing_k
 from client.train import Phase, PrivacyWrapper, per_record_outcomes, round_phase, train_round, training_phase
 from client.warm import release_private
 from common.accounting import DPEvent, NoiseModel, SkellamEvent
-from common.adapter import adapter_state, hash_state, numpy_to_state, state_to_arrays, state_to_numpy
+from common.adapter import (
+    adapter_state,
+    hash_state,
+    load_adapter_state,
+    numpy_to_state,
+    state_to_arrays,
+    state_to_numpy,
+)
 from common.config import SiteConfig
 from common.distributed_dp import fresh_numpy_generator
 from common.errors import SiloError
@@ -82,6 +91,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         encoding = wire_encoding(config)
         site = load_for_round(msg, context)
         cfg = site.cfg
+        later = LATER.enabled and cfg.site.warm_runtime
         rid = RoundId(str(config.get("run-id", "unknown")), config_number(config, "server-round", int), cfg.site.id)
         if secagg is not None:
             accept_shares(context.state, secagg)
@@ -95,8 +105,11 @@ def handle_train(msg: Message, context: Context) -> Message:
             Ledger.open(ledger_path(cfg), signing_key=signing_key, lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger,
             training_phase(site.model, phase),
         ):
-            # The incoming global adapter's hold-out answer, charged first; the training after it must fit too.
-            before = answer_evaluation(site, ledger, rid, then=plan.event)
+            if later:  # the answer about the adapter received last round, charged then (answer_later.py)
+                pending = LATER.take(rid.run_id)
+                before, answered = (pending.release, pending.answered_round) if pending else (None, None)
+            else:  # the incoming global adapter's hold-out answer, charged first; the training must fit too
+                before, answered = answer_evaluation(site, ledger, rid, then=plan.event), rid.round - 1
             evaluated = time.perf_counter()
             reserved = reserve_round(ledger, cfg, plan, rid, phase)
             result = train_round(
@@ -132,11 +145,12 @@ def handle_train(msg: Message, context: Context) -> Message:
             "steps": result.steps,
             "train_seconds": result.seconds,
             "prepare_seconds": prepared - t0,
-            "eval_seconds": evaluated - prepared,
+            # Deferred: what the message waited for the last answer to be computed, before it was handled.
+            "eval_seconds": LATER.waited_s if later else evaluated - prepared,
             "server-round": rid.round,
-            **{f"global_{k}": v for k, v in before.metrics().items() if k != "num-examples"},
-            "holdout-examples": before.num_examples,
         }
+        if before is not None and answered is not None:
+            metrics.update(PendingAnswer(rid.run_id, answered, before).metrics())
         declarations = declaration_record(cfg, update_sha, site.data.scrub_report, reserved, entry)
         sent = wire
         if secagg is not None:
@@ -148,8 +162,10 @@ def handle_train(msg: Message, context: Context) -> Message:
             )
             sent = numpy_to_state(masked)
             declarations["secagg"] = json.dumps(secagg_declaration, sort_keys=True)
-        metrics["site_seconds"] = time.perf_counter() - t0
+        metrics["site_seconds"] = time.perf_counter() - t0 + (LATER.waited_s if later else 0.0)
         seal_round(signing_key, rid, site, sent, metrics, declarations)
+        if later:  # after the reply is handed over: this round's adapter's answer, for the next reply
+            LATER.schedule(answer_after_reply(site, rid, then=plan.event))
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         warm.WARM.drop("model")  # a round that failed half-way may leave the model anywhere: load it afresh
         return error_reply(msg, err)
@@ -300,6 +316,8 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
             site = load_for_round(msg, context)
             release = answer_evaluation(site, ledger, rid)
             entries = ledger.entries()
+        # The answer about the last round's adapter, computed after that round's reply, leaves with this one.
+        pending = LATER.take(rid.run_id) if LATER.enabled else None
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         return error_reply(msg, err)
     finally:
@@ -309,7 +327,34 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     # it): a number the site already sends every round, never a record or a statistic of one.
     spent = {"epsilon_total": entries[-1]["epsilon_total"], "budget_epsilon": entries[-1]["budget_epsilon"]}
     site_record = ConfigRecord({"site-id": cfg.site.id, "privacy": json.dumps(strict_json(spent))})
-    return Message(content=reply_content(site_record, metrics=release.metrics()), reply_to=msg)
+    metrics = {**release.metrics(), **(pending.metrics() if pending is not None else {})}
+    return Message(content=reply_content(site_record, metrics=metrics), reply_to=msg)
+
+
+def answer_after_reply(
+    site: Loaded, rid: RoundId, *, then: DPEvent | SkellamEvent
+) -> Callable[[], PendingAnswer | None]:
+    """The job the runtime runs once round `rid`'s reply is handed over (answer_later.py): the DP answer
+    about the adapter that round's message carried, charged to the ledger (with `then`, the next round's
+    training, required to fit too) before it is kept for the next reply. A failure or a budget that
+    cannot pay for it: no answer (a charge already made stays spent), and the next round goes on."""
+
+    def job() -> PendingAnswer | None:
+        try:
+            load_adapter_state(site.model, site.global_state)  # the model holds this round's training
+            with Ledger.open(
+                ledger_path(site.cfg), signing_key=site_signing_key(site.cfg), lock_timeout=LEDGER_LOCK_TIMEOUT_S
+            ) as ledger:
+                release = answer_evaluation(site, ledger, rid, then=then)
+        except Exception as err:  # noqa: BLE001 - nothing leaves; the site's log says why, the reply does not
+            log.warning(
+                "[silo] round %s: no hold-out answer for the adapter received (%s)", rid.round, type(err).__name__
+            )
+            warm.WARM.drop("model")
+            return None
+        return PendingAnswer(rid.run_id, rid.round - 1, release)
+
+    return job
 
 
 def answer_evaluation(

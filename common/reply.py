@@ -25,6 +25,10 @@ from common.errors import UpdateRejected
 SITE = "site"
 METRIC = "metric."
 ARRAYS = "arrays."
+ANSWERED_ROUND = "answered-round"
+"""Metric of a reply that carries a hold-out answer (`global_*` metrics): the round whose aggregate it is
+about. A site's runtime computes the answer after its reply and sends it with its next one
+(client/answer_later.py); the coordinator files it under that round (server/round_record.py)."""
 MetricValue = int | float | list[int] | list[float]
 """What a Flower MetricRecord holds."""
 

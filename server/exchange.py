@@ -3,7 +3,7 @@ arrive, and ask again the sites that were merely unreachable.
 
 Flower's `Grid.send_and_receive` sleeps 3 s between pulls, so every exchange costs up to 3 s after
 the last site has replied, several times a round (handshake, secure aggregation stages, training,
-evaluation). `PromptGrid` wraps the run's Grid and pulls every `poll_s` instead (0.2 s by default,
+evaluation). `PromptGrid` wraps the run's Grid and pulls every `poll_s` instead (0.05 s by default,
 `[federation] reply_poll_s`), with the same contract: the replies that arrived before `timeout`.
 `on_reply` sees each reply as it arrives (the coordinator's live view). The ServerApp's object pulls
 retry after 50 ms instead of backing off from 1 s (common/flower_pulls.py).
@@ -26,14 +26,23 @@ from common.config import WireEncoding
 from common.errors import FederationFailed, UpdateRejected
 from common.flower_pulls import prompt_object_pulls
 from common.manifest import Rejection
-from common.reply import reply_parts
+from common.reply import ANSWERED_ROUND, reply_parts
 from common.transport import encode_global
-from server.gate import NO_REPLY, NUM_EXAMPLES, RoundGate, collect_updates, example_count, finite_metrics
+from server.gate import (
+    HOLDOUT_EXAMPLES,
+    NO_REPLY,
+    NUM_EXAMPLES,
+    RoundGate,
+    collect_updates,
+    example_count,
+    finite_metrics,
+)
+from server.round_record import GLOBAL, RoundAnswers
 from server.secagg import SecAggRound
 from server.strategy import SiteUpdate, average_metrics
 
 # Seconds between pulls when the federation names none.
-POLL_S = 0.2
+POLL_S = 0.05
 # A poll interval below this also shortens Flower's object-pull back-off (common/flower_pulls.py).
 PROMPT_BELOW_S = 1.0
 
@@ -131,7 +140,11 @@ def evaluate_round(
     timeout: float,
     encoding: WireEncoding = WireEncoding.FP32,
     run_id: str | None = None,
+    answers: RoundAnswers | None = None,
 ) -> dict[str, Any]:
+    """The sites' answers about the adapter of round `rnd`, averaged. A reply may also carry a site's
+    answer about the round before (computed after its last train reply, client/answer_later.py): that
+    one is filed in `answers`, never averaged in here."""
     # The run id names the run in the site's ledger entry for the answer (without it: "unknown").
     config: dict[str, Any] = {"server-round": rnd} if run_id is None else {"server-round": rnd, "run-id": run_id}
     messages = round_messages(nodes, arrays, config, MessageType.EVALUATE, rnd, encoding)
@@ -149,7 +162,12 @@ def evaluate_round(
         except (UpdateRejected, KeyError, TypeError) as err:
             failed.append({"node_id": msg.metadata.src_node_id, "reason": str(err)})
             continue
-        per_site.append((n, finite_metrics(metrics)))
+        if answers is not None:
+            answers.add(msg.metadata.src_node_id, metrics, default_round=rnd - 1, latest=rnd - 1)
+        later = (ANSWERED_ROUND, HOLDOUT_EXAMPLES)
+        per_site.append(
+            (n, finite_metrics({k: v for k, v in metrics.items() if not k.startswith(GLOBAL) and k not in later}))
+        )
     out: dict[str, Any] = average_metrics(per_site) if per_site else {}
     out["sites"] = len(per_site)
     if failed:

@@ -51,7 +51,7 @@ from server.gate import (
 )
 from server.handshake import agree_on_run
 from server.ledger_heads import LedgerHeads
-from server.round_record import eval_from_train_replies, round_timings, security_record
+from server.round_record import RoundAnswers, round_timings, security_record
 from server.secagg import SecAggRound
 from server.strategy import Arrays, FedAvg, SiteUpdate, average_metrics, make_strategy
 from server.verify import IDENTITY_NONE, NORM_BOUND_MULTIPLE, UpdateVerifier, load_registry
@@ -151,6 +151,7 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
     heads = LedgerHeads.beside(run.path)
     last_norms = previous_norms(run.manifest["rounds"][-1] if run.manifest["rounds"] else None)
 
+    answers = RoundAnswers()
     for rnd in range(run.completed_rounds + 1, fed.rounds + 1):
         t0 = time.perf_counter()
         nodes = wait_for_sites(grid, minimum=fed.min_sites, timeout_s=timeout)
@@ -178,9 +179,13 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             )
         exchanged = time.perf_counter()
         accepted, regressions = _check_ledger_heads(heads, accepted, run.run_id, rnd)
-        # The sites evaluated the adapter they received (round rnd-1's) before training on it.
-        run.update_round(rnd - 1, eval=eval_from_train_replies(accepted))
-        _log_eval(rnd - 1, fed.rounds, run)
+        # The sites' hold-out answers: about round rnd-1's adapter (evaluated on receipt) or, from a site's
+        # long-lived runtime, about the one before it (evaluated after its last reply, client/answer_later.py).
+        filed = answers.add_updates(accepted, rnd)
+        for k in sorted(filed | {rnd - 1}):
+            run.update_round(k, eval=answers.summary(k))
+        for k in sorted(filed):
+            _log_eval(k, fed.rounds, run)
         run.set_sites({str(u.node_id): u.site_id for u in accepted})
         dp_record = secagg_record = None
         arrays_before = arrays
@@ -258,9 +263,13 @@ def _run_rounds(grid: Grid, cfg: FederationConfig, run: RunDirectory, strategy: 
             record["round_seconds"],
         )
     # The final adapter has no next round to evaluate it: one evaluate message.
-    final = evaluate_round(grid, nodes, arrays, run.completed_rounds, timeout, encoding, run.run_id)
-    run.update_round(run.completed_rounds, eval=final)
-    _log_eval(run.completed_rounds, fed.rounds, run)
+    last = run.completed_rounds
+    final = evaluate_round(grid, nodes, arrays, last, timeout, encoding, run.run_id, answers=answers)
+    if last - 1 in answers.by_round:  # the answers about the last round's input, computed after its replies
+        run.update_round(last - 1, eval=answers.summary(last - 1))
+        _log_eval(last - 1, fed.rounds, run)
+    run.update_round(last, eval=final)
+    _log_eval(last, fed.rounds, run)
 
 
 def _check_ledger_heads(

@@ -1,25 +1,56 @@
-"""What the run manifest records about a round beside the adapter: the sites' hold-out metrics of the
-adapter they received, where the round's time went, and the security it ran under."""
+"""What the run manifest records about a round beside the adapter: the sites' hold-out answers about
+its aggregate, where the round's time went, and the security it ran under."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from common.config import FederationConfig
+from common.reply import ANSWERED_ROUND
+from server.gate import HOLDOUT_EXAMPLES
 from server.strategy import FedAvg, SiteUpdate, average_metrics, trimmed_per_side
 from server.verify import NORM_BOUND_MULTIPLE, UpdateVerifier
 
+GLOBAL = "global_"
 
-def eval_from_train_replies(updates: list[SiteUpdate]) -> dict[str, Any]:
-    """The sites' hold-out metrics of the adapter they received, weighted by hold-out size."""
-    pairs = []
-    for u in updates:
-        m = {k.removeprefix("global_"): v for k, v in u.metrics.items() if k.startswith("global_")}
-        if m:
-            pairs.append((int(u.metrics.get("holdout-examples", 0)), m))
-    out: dict[str, Any] = average_metrics(pairs) if pairs else {}
-    out["sites"] = len(pairs)
-    return out
+
+class RoundAnswers:
+    """The sites' hold-out answers, filed under the round whose aggregate they are about.
+
+    A site answers about the adapter it received either in the same reply as its training (on receipt,
+    the answer is about round rnd - 1's aggregate) or, from a long-lived runtime, one reply later
+    (client/answer_later.py), naming the round in `answered-round`. Kept in the coordinator's memory
+    for the run: after a restart, a round's evaluation counts the answers received since."""
+
+    def __init__(self) -> None:
+        self.by_round: dict[int, dict[int, tuple[int, dict[str, Any]]]] = {}
+
+    def add(self, node_id: int, metrics: Mapping[str, Any], *, default_round: int, latest: int) -> int | None:
+        """File one reply's answer (its `global_*` metrics); the round it went to, or None when the reply
+        carries none or names a round that is not in [0, latest] (the answer is dropped, not the reply)."""
+        answer = {k.removeprefix(GLOBAL): v for k, v in metrics.items() if k.startswith(GLOBAL)}
+        if not answer:
+            return None
+        answered = metrics.get(ANSWERED_ROUND, default_round)
+        if isinstance(answered, float) and answered.is_integer():
+            answered = int(answered)
+        if isinstance(answered, bool) or not isinstance(answered, int) or not 0 <= answered <= latest:
+            return None
+        self.by_round.setdefault(answered, {})[node_id] = (int(metrics.get(HOLDOUT_EXAMPLES, 0)), answer)
+        return answered
+
+    def add_updates(self, updates: list[SiteUpdate], rnd: int) -> set[int]:
+        """Round `rnd`'s train replies: the rounds whose evaluation they added to."""
+        filed = {self.add(u.node_id, u.metrics, default_round=rnd - 1, latest=rnd - 1) for u in updates}
+        return {k for k in filed if k is not None}
+
+    def summary(self, rnd: int) -> dict[str, Any]:
+        """Round `rnd`'s evaluation: the answers' metrics weighted by hold-out size, and how many sites answered."""
+        pairs = list(self.by_round.get(rnd, {}).values())
+        out: dict[str, Any] = average_metrics(pairs) if pairs else {}
+        out["sites"] = len(pairs)
+        return out
 
 
 def round_timings(accepted: list[SiteUpdate], exchange_s: float, coordinator_s: float) -> dict[str, float]:

@@ -40,7 +40,9 @@ class RoundProgress:
         planned = manifest.get("rounds_planned", "?")
         for entry in manifest.get("rounds", []):
             n = entry["round"]
-            if n <= self.shown or "eval" not in entry:
+            # A round is shown once its hold-out answers are in: with the same train replies as the next
+            # round's training, or one round later from sites that answer after replying (client/answer_later.py).
+            if n <= self.shown or not (entry.get("eval") or {}).get("sites"):
                 continue
             self.shown = n
             ev = entry["eval"].get("eval_loss", float("nan"))

@@ -79,6 +79,11 @@ def supernode_command(command: list[str]) -> list[str]:
     return list(command)
 
 
+# For this long after a reply, the next message is due (the coordinator's next round or evaluation): the
+# SuperNode pulls every SUPERNODE_DUE_SLEEP_S, so that the slowest site, which the round waits for, starts
+# the next one within that; the other sites waiting on it pull at the cap again once the window has passed.
+SUPERNODE_DUE_S = 2.0
+SUPERNODE_DUE_SLEEP_S = 0.05
 # After this long without a message, an idle SuperNode pulls every SUPERNODE_IDLE_SLEEP_S instead.
 SUPERNODE_BUSY_S = 120.0
 SUPERNODE_IDLE_SLEEP_S = 1.0
@@ -88,7 +93,8 @@ _FLOWER_IDLE_SLEEP_S = 3
 
 class _CappedSleeps(ModuleType):
     """`time` as the SuperNode's loop sees it: every sleep at most `cap` seconds while a run is under way;
-    after `SUPERNODE_BUSY_S` of empty pulls, at most `SUPERNODE_IDLE_SLEEP_S` (an idle node polls less).
+    for `SUPERNODE_DUE_S` after a reply, at most `SUPERNODE_DUE_SLEEP_S` (the next message is due); after
+    `SUPERNODE_BUSY_S` of empty pulls, at most `SUPERNODE_IDLE_SLEEP_S` (an idle node polls less).
     With a `reply` doorbell (wake.py), a wait for the runtime's reply ends as soon as the runtime rings."""
 
     def __init__(self, cap: float, reply: Doorbell | None = None) -> None:
@@ -96,6 +102,7 @@ class _CappedSleeps(ModuleType):
         self.cap = cap
         self.reply = reply
         self.idle_since: float | None = None
+        self.replied_at = float("-inf")  # the end of the last wait for a reply
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -108,10 +115,14 @@ class _CappedSleeps(ModuleType):
                 self.reply.wait(min(seconds, self.cap))
             else:
                 time.sleep(min(seconds, self.cap))
+            self.replied_at = time.monotonic()
             return
         self.idle_since = now if self.idle_since is None else self.idle_since
         idle = now - self.idle_since > SUPERNODE_BUSY_S
-        time.sleep(min(seconds, max(self.cap, SUPERNODE_IDLE_SLEEP_S) if idle else self.cap))
+        limit = max(self.cap, SUPERNODE_IDLE_SLEEP_S) if idle else self.cap
+        if self.cap < _FLOWER_IDLE_SLEEP_S and now - self.replied_at < SUPERNODE_DUE_S:  # the next message is due
+            limit = min(limit, SUPERNODE_DUE_SLEEP_S)
+        time.sleep(min(seconds, limit))
 
 
 def run_supernode(argv: list[str]) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import Context, Error, Message, MessageType
 
+from client.answer_later import LATER
 from client.runtime.app_pin import AppIdentity, AppPin, identify
 from client.runtime.flower_io import TaskInput
 from common.config import SiteConfig, load_site_config
@@ -69,6 +70,8 @@ class SiteRuntime:
             load_public_key(coordinator_key) if coordinator_key is not None else None
         )
         self._app: Callable[[Message, Context], Message] | None = None
+        # A runtime that stays up answers about the adapter it received after its reply (answer_later.py).
+        LATER.enabled = self.cfg.site.warm_runtime
 
     def describe(self) -> str:
         key = (
@@ -86,6 +89,7 @@ class SiteRuntime:
 
     def handle(self, task: TaskInput) -> Outcome:
         msg, context = task.message, task.context
+        LATER.finish()  # the last message's hold-out answer first: it uses the model this message will
         app = identify(task.fab_content)
         try:
             self.admit(task, app)
@@ -111,6 +115,10 @@ class SiteRuntime:
                 details=type(err).__name__,
             )
         return Outcome(reply, context, ok=True)
+
+    def after_reply(self) -> None:
+        """Once a reply is handed over: the hold-out answer its handler left to compute (answer_later.py)."""
+        LATER.start()
 
     def admit(self, task: TaskInput, app: AppIdentity) -> None:
         """Nothing when this site agreed to run this message of the run of `app`; RunRefused otherwise."""

@@ -79,6 +79,7 @@ def serve_task(runtime: SiteRuntime, session: TaskSession, task: TaskInput, repl
                 reply_bell.ring()
         finally:
             session.finish(outcome.context, ok=outcome.ok, details=outcome.details)
+            runtime.after_reply()
         kind = task.message.metadata.message_type
         log.info(
             "[silo] %s message: handled in %.2fs, reply handed to the SuperNode in %.2fs",

@@ -69,7 +69,7 @@ class FederationSection:
     # The adapter on the wire (WireEncoding): fp16 halves the bytes at no privacy cost; int8 quarters them.
     wire_encoding: WireEncoding = WireEncoding.FP16
     # Seconds between the coordinator's polls for replies (Flower's own round loop sleeps 3 s).
-    reply_poll_s: float = 0.2
+    reply_poll_s: float = 0.05
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", enum_value(StrategyName, self.strategy, "federation.strategy"))

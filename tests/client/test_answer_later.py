@@ -1,0 +1,148 @@
+"""The hold-out answer a long-lived runtime computes after its reply (client/answer_later.py): charged in
+the ledger before it is kept, sent with the next reply for the round it is about, the same events and ε
+as answering on receipt, and nothing kept across runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from client.answer_later import LATER, PendingAnswer
+from client.site import handle_evaluate, handle_train
+from client.warm import WARM
+from common.reply import ANSWERED_ROUND, reply_parts
+
+pytestmark = pytest.mark.usefixtures("flower_task")
+
+
+@pytest.fixture
+def later() -> Iterator[None]:
+    """A runtime that answers after its replies, as client/runtime/site_runtime.py turns it on."""
+    WARM.drop()
+    LATER.enabled, LATER.job, LATER.pending = True, None, None
+    yield
+    LATER.finish()
+    LATER.enabled, LATER.job, LATER.pending = False, None, None
+
+
+def _metrics(reply: Message) -> dict:
+    assert not reply.has_error(), reply.error.reason
+    return dict(reply_parts(reply.content).metrics)
+
+
+def _after_reply() -> None:
+    """What the runtime does once a reply is handed over, and before the next message."""
+    LATER.start()
+    LATER.finish()
+
+
+def _evaluations(entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e["kind"] == "evaluation"]
+
+
+def _evaluate_message(rnd: int, train_message) -> Message:
+    content = RecordDict(
+        {
+            "arrays": train_message(rnd).content.config_records["arrays"],
+            "config": ConfigRecord({"server-round": rnd, "run-id": "run-test"}),
+        }
+    )
+    return Message(content, dst_node_id=7, message_type=MessageType.EVALUATE)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.usefixtures("later")
+def test_the_answer_is_charged_after_the_reply_and_sent_with_the_next(
+    make_site, train_message, site_context, site_ledger
+) -> None:
+    cfg, _ = make_site(sigma=0.8, budget=100)
+    first = _metrics(handle_train(train_message(1), site_context(cfg)))
+    # Round 1's reply carries no answer yet, and none has been charged: the adapter is evaluated afterwards.
+    assert not any(k.startswith("global_") for k in first) and ANSWERED_ROUND not in first
+    assert _evaluations(site_ledger(cfg)) == []
+    assert LATER.job is not None
+
+    _after_reply()
+    charged = _evaluations(site_ledger(cfg))
+    assert len(charged) == 1 and charged[0]["round"] == 1  # charged BEFORE it is kept, under round 1's key
+    assert LATER.pending is not None and LATER.pending.answered_round == 0
+
+    second = _metrics(handle_train(train_message(2), site_context(cfg)))
+    assert second[ANSWERED_ROUND] == 0  # about round 0's aggregate: the adapter round 1 carried
+    assert math.isfinite(second["global_eval_loss"]) and second["global_eval_loss_noise_std"] > 0
+    assert second["holdout-examples"] >= 1
+    assert LATER.pending is None  # sent once
+    kinds = [e["kind"] for e in site_ledger(cfg)]
+    # round 1 reserved and recorded, its answer, round 2 reserved and recorded: nothing sent before its entry.
+    assert kinds == ["reserve", "round", "evaluation", "reserve", "round"]
+
+    # The final evaluation carries its own answer and the one about round 1's aggregate, kept apart.
+    _after_reply()
+    final = _metrics(handle_evaluate(_evaluate_message(2, train_message), site_context(cfg)))
+    assert math.isfinite(final["eval_loss"]) and final[ANSWERED_ROUND] == 1
+    assert math.isfinite(final["global_eval_loss"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_answering_later_spends_exactly_what_answering_on_receipt_spends(
+    tmp_path: Path, make_site, train_message, site_context, site_ledger
+) -> None:
+    """The same events in another order: the ε total after two rounds and their answers is the same."""
+    on_receipt, _ = make_site(sigma=0.8, budget=100, root=tmp_path / "receipt")
+    for rnd in (1, 2):
+        _metrics(handle_train(train_message(rnd), site_context(on_receipt)))
+    _metrics(handle_evaluate(_evaluate_message(2, train_message), site_context(on_receipt)))
+
+    deferred, _ = make_site(sigma=0.8, budget=100, root=tmp_path / "later")
+    WARM.drop()
+    LATER.enabled = True
+    try:
+        for rnd in (1, 2):
+            _metrics(handle_train(train_message(rnd), site_context(deferred)))
+            _after_reply()
+        _metrics(handle_evaluate(_evaluate_message(2, train_message), site_context(deferred)))
+    finally:
+        LATER.enabled, LATER.job, LATER.pending = False, None, None
+    a, b = site_ledger(on_receipt), site_ledger(deferred)
+    assert len(_evaluations(a)) == len(_evaluations(b)) == 3
+    assert b[-1]["epsilon_total"] == pytest.approx(a[-1]["epsilon_total"], rel=1e-9)
+
+
+def test_an_answer_kept_for_another_run_is_never_sent() -> None:
+    import torch
+
+    from client.privacy import release_evaluation
+
+    release = release_evaluation(torch.ones(4), None, loss_clip=5.0, noise_multiplier=1.0)
+    LATER.pending = PendingAnswer("old-run", 3, release)
+    try:
+        assert LATER.take("new-run") is None
+        assert LATER.pending is None
+        LATER.pending = PendingAnswer("run", 3, release)
+        assert LATER.take("run") is not None
+    finally:
+        LATER.pending = None
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.usefixtures("later")
+def test_a_failed_answer_sends_nothing_and_the_next_round_trains(
+    make_site, train_message, site_context, site_ledger
+) -> None:
+    cfg, _ = make_site(sigma=0.8, budget=100)
+    _metrics(handle_train(train_message(1), site_context(cfg)))
+    # Between the reply and the answer, the site's signing key cannot be read: its ledger cannot be signed.
+    key = cfg.parent / "state" / "site_signing.key"
+    saved = key.read_bytes()
+    key.write_bytes(b"not a key")
+    try:
+        _after_reply()
+    finally:
+        key.write_bytes(saved)
+    assert LATER.pending is None and _evaluations(site_ledger(cfg)) == []
+    second = _metrics(handle_train(train_message(2), site_context(cfg)))
+    assert ANSWERED_ROUND not in second and not any(k.startswith("global_") for k in second)
