@@ -5,21 +5,22 @@ Each configuration is a real federation (SuperLink, SuperNodes and Silo's site r
 processes on loopback, TLS, DP on) read back from its manifest:
 
 - warm: the defaults. Each site's runtime keeps its model, tokenizer and scrubbed records between
-  messages; the coordinator polls replies every 0.2 s; SuperNode waits capped at 0.2 s; the adapter
-  travels as fp16 deltas (common/transport.py).
+  messages and computes each round's hold-out answer after its reply, in the wait for the next round
+  (client/answer_later.py); the coordinator polls replies every 0.05 s; SuperNode waits capped at 0.2 s
+  (0.05 s for 2 s after a reply); the adapter travels as fp16 deltas (common/transport.py).
 - floor (only when named): the warm setup with 30 records a site, so each site trains about one step and a
   round is almost all fixed cost: what Flower's messaging and the sites' fixed work cost on this machine.
 - disk, floor-disk (only when named): warm and floor with the SuperLink's state in its SQLite database
   file, as the local federation kept it before (now in memory, as `silo coordinator start` without
   `--database`): what the database costs a round's messaging, side by side.
 - per-message: what a round cost before: a fresh site process per message (imports, model load,
-  scrubbing every record, `[site] warm_runtime = false`), Flower's own 3 s waits at the coordinator
-  and the SuperNode, fp32 on the wire.
+  scrubbing every record, `[site] warm_runtime = false`, the hold-out answer on receipt), Flower's own
+  3 s waits at the coordinator and the SuperNode, fp32 on the wire.
 
 Per configuration: round wall time, the slowest site's training time, the overhead share (wall minus
 that training, over wall), where the overhead went (the slowest site preparing: config, records,
-model; its DP hold-out answer; the rest of its work: ledger, encoding, sealing; messaging; the
-coordinator), and bytes up/down per site against the fp32 adapter. The first round of a warm site
+model; its DP hold-out answer, as far as the round waited for it; the rest of its work: ledger,
+encoding, sealing; messaging; the coordinator), and bytes up/down per site against the fp32 adapter. The first round of a warm site
 loads and scrubs; later rounds show the steady state. Usage:
 
     .venv/bin/python bench/federation_cost.py            # 3 sites warm vs per-message, a larger model, 10 sites
@@ -225,8 +226,10 @@ def report(results: list[dict]) -> None:
         "(prepare: config, records, model, tokenizer; hold-out answer: its DP evaluation; ledger+seal: the rest "
         "of its work), messaging (the exchange minus that site's work: Flower, TLS, polls), the coordinator "
         "(ledger heads, aggregation) and its checkpoint of the round (adapter and manifest written and fsynced). "
-        "The hold-out answer is the slowest site's DP evaluation of the adapter it received, work every round asks "
-        "for (a forward pass over its hold-out split); the rest is what the federation itself costs."
+        "The hold-out answer is the slowest site's DP evaluation of the adapter it received (a forward pass over "
+        "its hold-out split), as far as the round waited for it: computed on receipt on the per-message path; "
+        "computed after the site's reply by a warm runtime, so that only what is left of it when the next "
+        "message comes counts. The rest is what the federation itself costs."
     )
 
 

@@ -72,10 +72,12 @@ def handle_train(msg: Message, context: Context) -> Message:
     BEFORE any training (refused with BudgetExhausted otherwise), trained with DP-SGD, and recorded
     with the update's sha256 before the update is sent. Any failure: an error reply, no update.
 
-    Evaluating here, on receipt, saves the coordinator a second message per round; only the final
-    adapter needs its own evaluate message. The answer is a DP release about the hold-out records,
-    charged to the ledger before the round is reserved; the round is refused unless the answer and
-    the training both fit the budget.
+    Evaluating here saves the coordinator a second message per round; only the final adapter needs its
+    own evaluate message. The answer is a DP release about the hold-out records, charged to the ledger
+    before the round is reserved; the round is refused unless the answer and the training both fit the
+    budget. A long-lived runtime (client/answer_later.py) trains first instead: this reply carries the
+    answer about last round's adapter, computed and charged after last round's reply, and this round's
+    adapter is answered about after this reply (`answer_after_reply`).
 
     The update leaves as its delta from the global adapter received, in the encoding the coordinator
     asked for (common/transport.py; post-processing of the noised adapter). With secure aggregation
