@@ -89,7 +89,10 @@ class SiteRuntime:
 
     def handle(self, task: TaskInput) -> Outcome:
         msg, context = task.message, task.context
-        LATER.finish()  # the last message's hold-out answer first: it uses the model this message will
+        if msg.metadata.message_type in (MessageType.TRAIN, MessageType.EVALUATE):
+            # The last train reply's hold-out answer first: it uses the model this message will. Secure
+            # aggregation's stages (only `context.state`, never the model) go on beside it.
+            LATER.finish()
         app = identify(task.fab_content)
         try:
             self.admit(task, app)

@@ -130,3 +130,29 @@ def test_the_supernodes_waits_are_capped_and_relax_only_after_a_long_idle(monkey
     capped.sleep(3)  # idle for longer than the busy window
     assert slept == [0.2, 0.2, 0.2, flower_io.SUPERNODE_IDLE_SLEEP_S]
     assert capped.monotonic is real_time.monotonic  # everything else is the time module's own
+
+
+def test_the_supernode_pulls_sooner_while_the_next_message_is_due(monkeypatch):
+    """After a reply the coordinator's next message is due: the slowest site, which the round waits for,
+    must not wait a whole cap for it; a node still waiting after the window pulls at the cap again."""
+    import time as real_time
+
+    from client.runtime import flower_io
+
+    slept: list[float] = []
+    clock = [1000.0]
+    monkeypatch.setattr(real_time, "sleep", slept.append)
+    monkeypatch.setattr(real_time, "monotonic", lambda: clock[0])
+    capped = flower_io._CappedSleeps(0.2)
+    capped.sleep(3)  # an empty pull before any message: the cap
+    capped.sleep(0.5)  # waiting for the runtime's reply
+    capped.sleep(3)  # the reply went out: the next message is due
+    clock[0] += flower_io.SUPERNODE_DUE_S + 0.1
+    capped.sleep(3)  # still nothing after the window
+    assert slept == [0.2, 0.2, flower_io.SUPERNODE_DUE_SLEEP_S, 0.2]
+
+    flower = flower_io._CappedSleeps(3.0)  # Flower's own waits (the per-message path, for comparison)
+    slept.clear()
+    flower.sleep(0.5)
+    flower.sleep(3)
+    assert slept == [0.5, 3]

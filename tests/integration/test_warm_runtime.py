@@ -91,3 +91,42 @@ def test_a_runtime_killed_mid_round_keeps_its_reservation_and_the_next_round_get
     declared = next(s for s in round2["sites"] if s["site_id"] == "site-0")["privacy"]["epsilon_total"]
     round2_entry = next(e for e in later if e["kind"] == "round" and e["round"] == 2)
     assert declared == pytest.approx(round2_entry["epsilon_total"]) and declared > reserve1["epsilon_total"]
+
+
+def test_a_runtime_killed_with_an_answer_unsent_keeps_its_charge_and_sends_nothing_of_it(
+    tmp_path: Path, federation_model_dir: Path
+) -> None:
+    """The hold-out answer a runtime computes after its reply (client/answer_later.py) is charged before it
+    is kept; killed before its next reply, the runtime loses the answer, never the charge, and the fresh
+    runtime serving the next round sends no answer it did not compute."""
+    from dataclasses import replace
+
+    from common.config import load_site_config
+
+    layout, sites = make_layout(tmp_path, federation_model_dir, rounds=2, sites=2)
+    victim_toml, slow_toml = sites
+    slow = load_site_config(slow_toml)  # site-1 trains six epochs a round: site-0 waits for it with its answer kept
+    slow_toml.write_text(replace(slow, training=replace(slow.training, epochs=6)).to_toml(defaults=True))
+    with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
+        run_id = fed.submit({"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)})
+        deadline = time.monotonic() + 600
+        while not any(e["kind"] == "evaluation" and e["round"] == 1 for e in _ledger(victim_toml)):
+            assert time.monotonic() < deadline, "site-0 never answered about round 1's adapter"
+            time.sleep(0.02)
+        assert not any(e["kind"] == "round" and e["round"] == 1 for e in _ledger(slow_toml)), "site-1 was too quick"
+        node = fed.proc("site-0")
+        (worker,) = _worker_pids(node.popen.pid)
+        os.kill(worker, signal.SIGKILL)  # charged, kept in memory, not yet sent
+        manifest = follow_run(fed.connection, run_id, layout.run_dir, timeout=900, log=sys.stderr)
+
+    assert manifest["status"] == "completed" and manifest["completed_rounds"] == 2
+    rounds = {r["round"]: r for r in manifest["rounds"]}
+    assert {s["site_id"] for s in rounds[2]["sites"]} == {"site-0", "site-1"}, "a fresh runtime serves round 2"
+    # Round 0's adapter: site-1's answer only; site-0's died with its runtime. Rounds 1 and 2: both sites.
+    assert [rounds[k]["eval"]["sites"] for k in (0, 1, 2)] == [1, 2, 2]
+    entries = _ledger(victim_toml)
+    charged = next(e for e in entries if e["kind"] == "evaluation" and e["round"] == 1)
+    # The charge stays spent: every later total includes it, and round 2's declaration says so.
+    assert all(e["epsilon_total"] >= charged["epsilon_total"] for e in entries if e["index"] > charged["index"])
+    declared = next(s for s in rounds[2]["sites"] if s["site_id"] == "site-0")["privacy"]["epsilon_total"]
+    assert declared > charged["epsilon_total"]
