@@ -137,6 +137,24 @@ def serve(
             return
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM or SIGINT: set `stop` and leave. A second signal while the process shuts down (the supervisor
+    and the process group may both send one) is ignored: raised inside an exit handler, it would only print
+    a traceback into the site's log."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client.runtime.worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--site-config", type=Path, required=True)
@@ -157,13 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     args = parser().parse_args(argv)
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop_on_signals(stop)
     try:
         runtime = SiteRuntime(args.site_config, None if args.no_coordinator_key else args.coordinator_key)
         link = RuntimeLink(

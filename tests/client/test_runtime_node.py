@@ -156,3 +156,26 @@ def test_the_supernode_pulls_sooner_while_the_next_message_is_due(monkeypatch):
     flower.sleep(0.5)
     flower.sleep(3)
     assert slept == [0.5, 3]
+
+
+def test_the_runtime_stops_on_the_first_signal_and_ignores_the_next(monkeypatch):
+    """A second SIGTERM while the runtime shuts down (supervisor and process group) must not interrupt its
+    exit handlers, which would print a traceback into the site's log at every stop."""
+    import os
+    import signal
+    import threading
+
+    from client.runtime.worker import STOP_SIGNALS, stop_on_signals
+
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    stop = threading.Event()
+    try:
+        stop_on_signals(stop)
+        with pytest.raises(SystemExit) as exited:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled as os.kill returns (the main thread)
+        assert exited.value.code == 128 + signal.SIGTERM and stop.is_set()
+        assert all(signal.getsignal(sig) is signal.SIG_IGN for sig in STOP_SIGNALS)
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: nothing raised, the test goes on
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
