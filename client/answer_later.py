@@ -10,8 +10,8 @@ evaluation's). The coordinator files each answer under the round whose adapter i
 
 Nothing about the privacy path changes: the answer is the same Gaussian release, charged to the
 ledger (under its lock, with the next round's training required to fit too) before it is kept, and
-kept only in this process's memory until it is sent. A runtime that dies in between loses the answer,
-never the charge. The per-message path (`[site] warm_runtime = false`) and direct calls of the
+kept until it is sent: in the runtime's memory, and in the site's state directory (`pending_answer.json`,
+DP-released numbers only) for a runtime started after this one died. The charge is never lost either way. The per-message path (`[site] warm_runtime = false`) and direct calls of the
 handlers answer on receipt, as before: only a runtime that will run the job turns this on.
 
 This module holds no torch object of its own, so the runtime's gate can import it before the app.
@@ -19,13 +19,17 @@ This module holds no torch object of its own, so the runtime's gate can import i
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.files import write_atomic
 from common.reply import ANSWERED_ROUND
 
 if TYPE_CHECKING:
@@ -34,19 +38,50 @@ if TYPE_CHECKING:
 log = logging.getLogger("silo.site")
 
 
+PENDING_FILE = "pending_answer.json"
+"""In the site's state directory: the answer charged and not yet sent, so that a runtime that dies before
+its next reply loses nothing. It holds what the next reply would carry (DP-released numbers, the run and
+the round), never a record or an exact statistic of one."""
+
+
 @dataclass(frozen=True)
 class PendingAnswer:
     run_id: str
     answered_round: int
-    release: EvalRelease
+    answer: dict[str, float]  # the release's metrics (`eval_loss`, `eval_loss_noise_std`, `accuracy`)
+    holdout_examples: int
+
+    @classmethod
+    def of(cls, run_id: str, answered_round: int, release: EvalRelease) -> PendingAnswer:
+        answer = {k: float(v) for k, v in release.metrics().items() if k != "num-examples"}  # type: ignore[arg-type]
+        return cls(run_id, answered_round, answer, release.num_examples)
 
     def metrics(self) -> dict[str, Any]:
         """The answer as a reply carries it beside an update or another answer: `global_*` metrics, the
         hold-out size, and the round it is about."""
-        out: dict[str, Any] = {f"global_{k}": v for k, v in self.release.metrics().items() if k != "num-examples"}
-        out["holdout-examples"] = self.release.num_examples
+        out: dict[str, Any] = {f"global_{k}": v for k, v in self.answer.items()}
+        out["holdout-examples"] = self.holdout_examples
         out[ANSWERED_ROUND] = self.answered_round
         return out
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps(asdict(self), sort_keys=True).encode(), mode=0o600)
+
+    @classmethod
+    def load(cls, path: Path) -> PendingAnswer | None:
+        """The answer a runtime kept on disk, or None (none kept, or a file that is not one: never sent)."""
+        try:
+            raw = json.loads(path.read_text())
+            answer = {str(k): float(v) for k, v in raw["answer"].items()}
+            pending = cls(str(raw["run_id"]), int(raw["answered_round"]), answer, int(raw["holdout_examples"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            log.warning("[silo] %s is not a kept hold-out answer (%s): not sent", path, type(err).__name__)
+            return None
+        if not all(math.isfinite(v) for v in answer.values()):
+            return None
+        return pending
 
 
 @dataclass
@@ -84,9 +119,13 @@ class AnswerLater:
         self.waited_s = time.perf_counter() - t0
         return self.waited_s
 
-    def take(self, run_id: str) -> PendingAnswer | None:
-        """The answer kept for this run (one for another run is dropped: its coordinator moved on)."""
+    def take(self, run_id: str, kept: Path) -> PendingAnswer | None:
+        """The answer kept for this run, in memory or (a runtime started since) in the file `kept`, which is
+        removed either way; one for another run is dropped: its coordinator moved on."""
         pending, self.pending = self.pending, None
+        if pending is None:
+            pending = PendingAnswer.load(kept)
+        kept.unlink(missing_ok=True)
         if pending is not None and pending.run_id != run_id:
             log.info(
                 "[silo] dropped a hold-out answer of run %s (now run %s); its charge stays", pending.run_id, run_id

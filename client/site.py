@@ -22,7 +22,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client import warm
-from client.answer_later import LATER, PendingAnswer
+from client.answer_later import LATER, PENDING_FILE, PendingAnswer
 from client.distributed_dp import distributed_step, plan_site_round
 from client.ledger import Ledger
 from client.ledger_plan import RoundPlan
@@ -108,10 +108,10 @@ def handle_train(msg: Message, context: Context) -> Message:
             training_phase(site.model, phase),
         ):
             if later:  # the answer about the adapter received last round, charged then (answer_later.py)
-                pending = LATER.take(rid.run_id)
-                before, answered = (pending.release, pending.answered_round) if pending else (None, None)
+                before = LATER.take(rid.run_id, kept=cfg.state_dir / PENDING_FILE)
             else:  # the incoming global adapter's hold-out answer, charged first; the training must fit too
-                before, answered = answer_evaluation(site, ledger, rid, then=plan.event), rid.round - 1
+                release = answer_evaluation(site, ledger, rid, then=plan.event)
+                before = PendingAnswer.of(rid.run_id, rid.round - 1, release)
             evaluated = time.perf_counter()
             reserved = reserve_round(ledger, cfg, plan, rid, phase)
             result = train_round(
@@ -151,8 +151,8 @@ def handle_train(msg: Message, context: Context) -> Message:
             "eval_seconds": LATER.waited_s if later else evaluated - prepared,
             "server-round": rid.round,
         }
-        if before is not None and answered is not None:
-            metrics.update(PendingAnswer(rid.run_id, answered, before).metrics())
+        if before is not None:
+            metrics.update(before.metrics())
         declarations = declaration_record(cfg, update_sha, site.data.scrub_report, reserved, entry)
         sent = wire
         if secagg is not None:
@@ -229,8 +229,7 @@ def train_distributed(msg: Message, context: Context, site: Loaded, rid: RoundId
         "num-examples": len(site.data.train),
         "steps": 1,
         "server-round": rid.round,
-        **{f"global_{k}": v for k, v in before.metrics().items() if k != "num-examples"},
-        "holdout-examples": before.num_examples,
+        **PendingAnswer.of(rid.run_id, rid.round - 1, before).metrics(),
     }
     log.info("[silo] round %s: one distributed step over %d sampled records (kept at the site)", rid.round, taken)
     declarations = declaration_record(cfg, update_sha, site.data.scrub_report, reserved, entry)
@@ -319,7 +318,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
             release = answer_evaluation(site, ledger, rid)
             entries = ledger.entries()
         # The answer about the last round's adapter, computed after that round's reply, leaves with this one.
-        pending = LATER.take(rid.run_id) if LATER.enabled else None
+        pending = LATER.take(rid.run_id, kept=cfg.state_dir / PENDING_FILE) if LATER.enabled else None
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         return error_reply(msg, err)
     finally:
@@ -354,7 +353,14 @@ def answer_after_reply(
             )
             warm.WARM.drop("model")
             return None
-        return PendingAnswer(rid.run_id, rid.round - 1, release)
+        pending = PendingAnswer.of(rid.run_id, rid.round - 1, release)
+        try:  # charged: kept on disk too, so that a runtime that dies before the next reply loses nothing
+            pending.save(site.cfg.state_dir / PENDING_FILE)
+        except OSError as err:
+            log.warning(
+                "[silo] round %s: the hold-out answer is kept in memory only (%s)", rid.round, type(err).__name__
+            )
+        return pending
 
     return job
 

@@ -4,6 +4,7 @@ as answering on receipt, and nothing kept across runs."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,18 +113,23 @@ def test_answering_later_spends_exactly_what_answering_on_receipt_spends(
     assert b[-1]["epsilon_total"] == pytest.approx(a[-1]["epsilon_total"], rel=1e-9)
 
 
-def test_an_answer_kept_for_another_run_is_never_sent() -> None:
+def test_an_answer_kept_for_another_run_is_never_sent(tmp_path: Path) -> None:
     import torch
 
     from client.privacy import release_evaluation
 
     release = release_evaluation(torch.ones(4), None, loss_clip=5.0, noise_multiplier=1.0)
-    LATER.pending = PendingAnswer("old-run", 3, release)
+    kept = tmp_path / "pending_answer.json"
     try:
-        assert LATER.take("new-run") is None
-        assert LATER.pending is None
-        LATER.pending = PendingAnswer("run", 3, release)
-        assert LATER.take("run") is not None
+        for in_memory in (True, False):
+            old = PendingAnswer.of("old-run", 3, release)
+            LATER.pending = old if in_memory else None
+            if not in_memory:
+                old.save(kept)
+            assert LATER.take("new-run", kept=kept) is None
+            assert LATER.pending is None and not kept.exists()
+        LATER.pending = PendingAnswer.of("run", 3, release)
+        assert LATER.take("run", kept=kept) is not None
     finally:
         LATER.pending = None
 
@@ -146,3 +152,43 @@ def test_a_failed_answer_sends_nothing_and_the_next_round_trains(
     assert LATER.pending is None and _evaluations(site_ledger(cfg)) == []
     second = _metrics(handle_train(train_message(2), site_context(cfg)))
     assert ANSWERED_ROUND not in second and not any(k.startswith("global_") for k in second)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.usefixtures("later")
+def test_a_runtime_started_after_the_charge_sends_the_kept_answer_once(
+    make_site, train_message, site_context, site_ledger
+) -> None:
+    cfg, _ = make_site(sigma=0.8, budget=100)
+    _metrics(handle_train(train_message(1), site_context(cfg)))
+    _after_reply()
+    kept = cfg.parent / "state" / "pending_answer.json"
+    # On disk: the numbers the next reply carries and which run and round they answer, nothing else.
+    on_disk = json.loads(kept.read_text())
+    assert set(on_disk) == {"run_id", "answered_round", "answer", "holdout_examples"}
+    assert set(on_disk["answer"]) == {"eval_loss", "eval_loss_noise_std"}
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
+
+    LATER.pending = None  # the runtime died: its memory is gone, the file is not
+    WARM.drop()
+    second = _metrics(handle_train(train_message(2), site_context(cfg)))
+    assert second[ANSWERED_ROUND] == 0 and second["global_eval_loss"] == on_disk["answer"]["eval_loss"]
+    assert not kept.exists()
+    assert len(_evaluations(site_ledger(cfg))) == 1  # sent from the file: not charged again
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        b"not json",
+        b'{"run_id": "run-test", "answered_round": 0, "answer": {"eval_loss": NaN}, "holdout_examples": 5}',
+        b'{"run_id": "run-test", "answered_round": "zero", "answer": {}, "holdout_examples": 5}',
+        b'{"run_id": "run-test", "answer": {"eval_loss": 1.0}, "holdout_examples": 5}',
+    ],
+)
+def test_a_kept_answer_file_that_is_not_one_is_never_sent(tmp_path: Path, forged: bytes) -> None:
+    kept = tmp_path / "pending_answer.json"
+    kept.write_bytes(forged)
+    LATER.pending = None
+    assert LATER.take("run-test", kept=kept) is None
+    assert not kept.exists()

@@ -93,12 +93,12 @@ def test_a_runtime_killed_mid_round_keeps_its_reservation_and_the_next_round_get
     assert declared == pytest.approx(round2_entry["epsilon_total"]) and declared > reserve1["epsilon_total"]
 
 
-def test_a_runtime_killed_with_an_answer_unsent_keeps_its_charge_and_sends_nothing_of_it(
+def test_a_runtime_killed_with_an_answer_unsent_loses_neither_the_answer_nor_its_charge(
     tmp_path: Path, federation_model_dir: Path
 ) -> None:
     """The hold-out answer a runtime computes after its reply (client/answer_later.py) is charged before it
-    is kept; killed before its next reply, the runtime loses the answer, never the charge, and the fresh
-    runtime serving the next round sends no answer it did not compute."""
+    is kept, in memory and in the site's state directory; killed before its next reply, the runtime loses
+    neither: the fresh runtime serving the next round sends the kept answer, once."""
     from dataclasses import replace
 
     from common.config import load_site_config
@@ -122,9 +122,12 @@ def test_a_runtime_killed_with_an_answer_unsent_keeps_its_charge_and_sends_nothi
     assert manifest["status"] == "completed" and manifest["completed_rounds"] == 2
     rounds = {r["round"]: r for r in manifest["rounds"]}
     assert {s["site_id"] for s in rounds[2]["sites"]} == {"site-0", "site-1"}, "a fresh runtime serves round 2"
-    # Round 0's adapter: site-1's answer only; site-0's died with its runtime. Rounds 1 and 2: both sites.
-    assert [rounds[k]["eval"]["sites"] for k in (0, 1, 2)] == [1, 2, 2]
+    # Round 0's adapter: site-0's answer came with its fresh runtime's round-2 reply. Every round: both sites.
+    assert [rounds[k]["eval"]["sites"] for k in (0, 1, 2)] == [2, 2, 2]
+    assert not (victim_toml.parent / "state" / "pending_answer.json").exists(), "sent, so no longer kept"
     entries = _ledger(victim_toml)
+    # One charge per answer, the kept one included: three answers (rounds 0, 1, 2), three evaluation entries.
+    assert [e["round"] for e in entries if e["kind"] == "evaluation"] == [1, 2, 2]
     charged = next(e for e in entries if e["kind"] == "evaluation" and e["round"] == 1)
     # The charge stays spent: every later total includes it, and round 2's declaration says so.
     assert all(e["epsilon_total"] >= charged["epsilon_total"] for e in entries if e["index"] > charged["index"])
