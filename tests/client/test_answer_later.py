@@ -41,6 +41,13 @@ def _after_reply() -> None:
     LATER.finish()
 
 
+def _round_one(make_site, train_message, site_context) -> Path:
+    """A DP site that has trained round 1 and replied; its answer is scheduled, not yet computed."""
+    cfg, _ = make_site(sigma=0.8, budget=100)
+    _metrics(handle_train(train_message(1), site_context(cfg)))
+    return cfg
+
+
 def _evaluations(entries: list[dict]) -> list[dict]:
     return [e for e in entries if e["kind"] == "evaluation"]
 
@@ -139,8 +146,7 @@ def test_an_answer_kept_for_another_run_is_never_sent(tmp_path: Path) -> None:
 def test_a_failed_answer_sends_nothing_and_the_next_round_trains(
     make_site, train_message, site_context, site_ledger
 ) -> None:
-    cfg, _ = make_site(sigma=0.8, budget=100)
-    _metrics(handle_train(train_message(1), site_context(cfg)))
+    cfg = _round_one(make_site, train_message, site_context)
     # Between the reply and the answer, the site's signing key cannot be read: its ledger cannot be signed.
     key = cfg.parent / "state" / "site_signing.key"
     saved = key.read_bytes()
@@ -159,8 +165,7 @@ def test_a_failed_answer_sends_nothing_and_the_next_round_trains(
 def test_a_runtime_started_after_the_charge_sends_the_kept_answer_once(
     make_site, train_message, site_context, site_ledger
 ) -> None:
-    cfg, _ = make_site(sigma=0.8, budget=100)
-    _metrics(handle_train(train_message(1), site_context(cfg)))
+    cfg = _round_one(make_site, train_message, site_context)
     _after_reply()
     kept = cfg.parent / "state" / "pending_answer.json"
     # On disk: the numbers the next reply carries and which run and round they answer, nothing else.
