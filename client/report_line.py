@@ -52,17 +52,26 @@ def _eps(value: Any) -> str:
 
 
 def round_line(
-    rid: RoundId, entry: Mapping[str, Any], scrub: Mapping[str, Any], update_sha256: str, ledger: Path, msg: Message
+    rid: RoundId,
+    entry: Mapping[str, Any],
+    scrub: Mapping[str, Any],
+    update_sha256: str,
+    ledger: Path,
+    msg: Message,
+    *,
+    answer_after: bool = False,
 ) -> str:
-    """The line for round `rid` just recorded as `entry` in `ledger`, for the update hashed `update_sha256`."""
+    """The line for round `rid` just recorded as `entry` in `ledger`, for the update hashed `update_sha256`
+    (`answer_after`: the round's evaluation answer is charged after the reply, with a line of its own)."""
     run_id, round = rid.run_id, rid.round
     total, budget = float(entry["epsilon_total"]), float(entry["budget_epsilon"])
     added = round_increment(read_ledger(ledger), run_id, round)
     left = "unlimited" if math.isinf(budget) else f"{_eps(budget - total)} left"
+    spent = "training; its evaluation answer after the reply" if answer_after else "training and its evaluation answer"
     return (
         f"round {round} of run {run_id} (Flower run {msg.metadata.run_id}, app {_app(msg)}): "
         f"{scrub.get('records_in', '?')} records scrubbed, {scrub.get('quarantined', '?')} quarantined; "
-        f"ε +{_eps(added)} this round (training and its evaluation answer), total {_eps(total)} of "
+        f"ε +{_eps(added)} this round ({spent}), total {_eps(total)} of "
         f"{_eps(budget)}, {left}; sent update sha256 {update_sha256[:SHORT]}"
     )
 

@@ -141,7 +141,8 @@ def handle_train(msg: Message, context: Context) -> Message:
         # The training loss is an exact statistic of the training records: it stays in the site's log.
         kept = "[silo] round %s: trained %d steps, mean training loss %.4f (kept at the site)"
         log.info(kept, rid.round, result.steps, result.loss)
-        log.info("[silo] %s", round_line(rid, entry, site.data.scrub_report, update_sha, ledger_path(cfg), msg))
+        line = round_line(rid, entry, site.data.scrub_report, update_sha, ledger_path(cfg), msg, answer_after=later)
+        log.info("[silo] %s", line)
         metrics: dict[str, Any] = {
             "num-examples": result.num_examples,
             "steps": result.steps,
@@ -167,7 +168,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         metrics["site_seconds"] = time.perf_counter() - t0 + (LATER.waited_s if later else 0.0)
         seal_round(signing_key, rid, site, sent, metrics, declarations)
         if later:  # after the reply is handed over: this round's adapter's answer, for the next reply
-            LATER.schedule(answer_after_reply(site, rid, then=plan.event))
+            LATER.schedule(answer_after_reply(site, rid, msg, then=plan.event))
     except Exception as err:  # noqa: BLE001 - any failure: an error reply without the exception's text
         warm.WARM.drop("model")  # a round that failed half-way may leave the model anywhere: load it afresh
         return error_reply(msg, err)
@@ -333,7 +334,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
 
 
 def answer_after_reply(
-    site: Loaded, rid: RoundId, *, then: DPEvent | SkellamEvent
+    site: Loaded, rid: RoundId, msg: Message, *, then: DPEvent | SkellamEvent
 ) -> Callable[[], PendingAnswer | None]:
     """The job the runtime runs once round `rid`'s reply is handed over (answer_later.py): the DP answer
     about the adapter that round's message carried, charged to the ledger (with `then`, the next round's
@@ -347,12 +348,14 @@ def answer_after_reply(
                 ledger_path(site.cfg), signing_key=site_signing_key(site.cfg), lock_timeout=LEDGER_LOCK_TIMEOUT_S
             ) as ledger:
                 release = answer_evaluation(site, ledger, rid, then=then)
+                entries = ledger.entries()
         except Exception as err:  # noqa: BLE001 - nothing leaves; the site's log says why, the reply does not
             log.warning(
                 "[silo] round %s: no hold-out answer for the adapter received (%s)", rid.round, type(err).__name__
             )
             warm.WARM.drop("model")
             return None
+        log.info("[silo] %s (sent with the next reply)", evaluation_line(rid, entries, msg))
         pending = PendingAnswer.of(rid.run_id, rid.round - 1, release)
         try:  # charged: kept on disk too, so that a runtime that dies before the next reply loses nothing
             pending.save(site.cfg.state_dir / PENDING_FILE)

@@ -5,6 +5,7 @@ as answering on receipt, and nothing kept across runs."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,16 +66,22 @@ def _evaluate_message(rnd: int, train_message) -> Message:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.usefixtures("later")
 def test_the_answer_is_charged_after_the_reply_and_sent_with_the_next(
-    make_site, train_message, site_context, site_ledger
+    make_site, train_message, site_context, site_ledger, caplog
 ) -> None:
+    caplog.set_level(logging.INFO, logger="silo.site")
     cfg, _ = make_site(sigma=0.8, budget=100)
     first = _metrics(handle_train(train_message(1), site_context(cfg)))
+    # The site's screen says where this round's answer went, and then what it spent.
+    assert "this round (training; its evaluation answer after the reply)" in caplog.text
     # Round 1's reply carries no answer yet, and none has been charged: the adapter is evaluated afterwards.
     assert not any(k.startswith("global_") for k in first) and ANSWERED_ROUND not in first
     assert _evaluations(site_ledger(cfg)) == []
     assert LATER.job is not None
 
     _after_reply()
+    assert (
+        "evaluation answer for round 1 of run run-test" in caplog.text and "(sent with the next reply)" in caplog.text
+    )
     charged = _evaluations(site_ledger(cfg))
     assert len(charged) == 1 and charged[0]["round"] == 1  # charged BEFORE it is kept, under round 1's key
     assert LATER.pending is not None and LATER.pending.answered_round == 0
