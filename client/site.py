@@ -355,14 +355,16 @@ def answer_after_reply(
             )
             warm.WARM.drop("model")
             return None
-        log.info("[silo] %s (sent with the next reply)", evaluation_line(rid, entries, msg))
         pending = PendingAnswer.of(rid.run_id, rid.round - 1, release)
-        try:  # charged: kept on disk too, so that a runtime that dies before the next reply loses nothing
+        # Charged: kept on disk too, so that a runtime that dies before its next reply loses nothing. Never
+        # before the charge (a kept answer is sent without another); one that dies in between loses the answer.
+        try:
             pending.save(site.cfg.state_dir / PENDING_FILE)
         except OSError as err:
             log.warning(
                 "[silo] round %s: the hold-out answer is kept in memory only (%s)", rid.round, type(err).__name__
             )
+        log.info("[silo] %s (sent with the next reply)", evaluation_line(rid, entries, msg))
         return pending
 
     return job

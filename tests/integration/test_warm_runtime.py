@@ -110,9 +110,11 @@ def test_a_runtime_killed_with_an_answer_unsent_loses_neither_the_answer_nor_its
     with LocalFederation(tmp_path / "procs", sites, keys=layout.keys) as fed:
         run_id = fed.submit({"silo-config": str(layout.federation_config), "run-dir": str(layout.run_dir)})
         deadline = time.monotonic() + 600
-        while not any(e["kind"] == "evaluation" and e["round"] == 1 for e in _ledger(victim_toml)):
-            assert time.monotonic() < deadline, "site-0 never answered about round 1's adapter"
+        kept = victim_toml.parent / "state" / "pending_answer.json"
+        while not kept.exists():  # charged, then kept (in the milliseconds between, a kill loses the answer)
+            assert time.monotonic() < deadline, "site-0 never kept an answer about round 1's adapter"
             time.sleep(0.02)
+        assert any(e["kind"] == "evaluation" and e["round"] == 1 for e in _ledger(victim_toml)), "kept uncharged"
         assert not any(e["kind"] == "round" and e["round"] == 1 for e in _ledger(slow_toml)), "site-1 was too quick"
         node = fed.proc("site-0")
         (worker,) = _worker_pids(node.popen.pid)
@@ -124,7 +126,7 @@ def test_a_runtime_killed_with_an_answer_unsent_loses_neither_the_answer_nor_its
     assert {s["site_id"] for s in rounds[2]["sites"]} == {"site-0", "site-1"}, "a fresh runtime serves round 2"
     # Round 0's adapter: site-0's answer came with its fresh runtime's round-2 reply. Every round: both sites.
     assert [rounds[k]["eval"]["sites"] for k in (0, 1, 2)] == [2, 2, 2]
-    assert not (victim_toml.parent / "state" / "pending_answer.json").exists(), "sent, so no longer kept"
+    assert not kept.exists(), "sent, so no longer kept"
     entries = _ledger(victim_toml)
     # One charge per answer, the kept one included: three answers (rounds 0, 1, 2), three evaluation entries.
     assert [e["round"] for e in entries if e["kind"] == "evaluation"] == [1, 2, 2]
