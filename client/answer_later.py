@@ -10,9 +10,10 @@ evaluation's). The coordinator files each answer under the round whose adapter i
 
 Nothing about the privacy path changes: the answer is the same Gaussian release, charged to the
 ledger (under its lock, with the next round's training required to fit too) before it is kept, and
-kept until it is sent: in the runtime's memory, and in the site's state directory (`pending_answer.json`,
-DP-released numbers only) for a runtime started after this one died. The charge is never lost either way. The per-message path (`[site] warm_runtime = false`) and direct calls of the
-handlers answer on receipt, as before: only a runtime that will run the job turns this on.
+kept until it is sent: in the runtime's memory, and in the site's state directory
+(`pending_answer.json`, DP-released numbers only) for a runtime started after this one died. The
+charge is never lost either way. The per-message path (`[site] warm_runtime = false`) and direct
+calls of the handlers answer on receipt, as before: only a runtime that will run the job turns this on.
 
 This module holds no torch object of its own, so the runtime's gate can import it before the app.
 """

@@ -107,9 +107,8 @@ def handle_train(msg: Message, context: Context) -> Message:
             Ledger.open(ledger_path(cfg), signing_key=signing_key, lock_timeout=LEDGER_LOCK_TIMEOUT_S) as ledger,
             training_phase(site.model, phase),
         ):
-            if later:  # the answer about the adapter received last round, charged then (answer_later.py)
-                before = LATER.take(rid.run_id, kept=cfg.state_dir / PENDING_FILE)
-            else:  # the incoming global adapter's hold-out answer, charged first; the training must fit too
+            before = None
+            if not later:  # the incoming global adapter's hold-out answer, charged first; the training must fit
                 release = answer_evaluation(site, ledger, rid, then=plan.event)
                 before = PendingAnswer.of(rid.run_id, rid.round - 1, release)
             evaluated = time.perf_counter()
@@ -152,6 +151,8 @@ def handle_train(msg: Message, context: Context) -> Message:
             "eval_seconds": LATER.waited_s if later else evaluated - prepared,
             "server-round": rid.round,
         }
+        if later:  # the answer about the adapter received last round (answer_later.py): taken once trained
+            before = LATER.take(rid.run_id, kept=cfg.state_dir / PENDING_FILE)
         if before is not None:
             metrics.update(before.metrics())
         declarations = declaration_record(cfg, update_sha, site.data.scrub_report, reserved, entry)

@@ -26,18 +26,10 @@ from common.config import WireEncoding
 from common.errors import FederationFailed, UpdateRejected
 from common.flower_pulls import prompt_object_pulls
 from common.manifest import Rejection
-from common.reply import ANSWERED_ROUND, reply_parts
+from common.reply import reply_parts
 from common.transport import encode_global
-from server.gate import (
-    HOLDOUT_EXAMPLES,
-    NO_REPLY,
-    NUM_EXAMPLES,
-    RoundGate,
-    collect_updates,
-    example_count,
-    finite_metrics,
-)
-from server.round_record import GLOBAL, RoundAnswers
+from server.gate import NO_REPLY, NUM_EXAMPLES, RoundGate, collect_updates, example_count, finite_metrics
+from server.round_record import RoundAnswers
 from server.secagg import SecAggRound
 from server.strategy import SiteUpdate, average_metrics
 
@@ -164,10 +156,7 @@ def evaluate_round(
             continue
         if answers is not None:
             answers.add(msg.metadata.src_node_id, metrics, default_round=rnd - 1, latest=rnd - 1)
-        later = (ANSWERED_ROUND, HOLDOUT_EXAMPLES)
-        per_site.append(
-            (n, finite_metrics({k: v for k, v in metrics.items() if not k.startswith(GLOBAL) and k not in later}))
-        )
+        per_site.append((n, finite_metrics(RoundAnswers.without(metrics))))
     out: dict[str, Any] = average_metrics(per_site) if per_site else {}
     out["sites"] = len(per_site)
     if failed:

@@ -8,7 +8,7 @@ from typing import Any
 
 from common.config import FederationConfig
 from common.reply import ANSWERED_ROUND
-from server.gate import HOLDOUT_EXAMPLES
+from server.gate import HOLDOUT_EXAMPLES, finite_metrics
 from server.strategy import FedAvg, SiteUpdate, average_metrics, trimmed_per_side
 from server.verify import NORM_BOUND_MULTIPLE, UpdateVerifier
 
@@ -28,8 +28,9 @@ class RoundAnswers:
 
     def add(self, node_id: int, metrics: Mapping[str, Any], *, default_round: int, latest: int) -> int | None:
         """File one reply's answer (its `global_*` metrics); the round it went to, or None when the reply
-        carries none or names a round that is not in [0, latest] (the answer is dropped, not the reply)."""
-        answer = {k.removeprefix(GLOBAL): v for k, v in metrics.items() if k.startswith(GLOBAL)}
+        carries none or names a round that is not in [0, latest] (the answer is dropped, not the reply).
+        Only finite numbers are kept, as for every other metric (server/gate.py `finite_metrics`)."""
+        answer = finite_metrics({k.removeprefix(GLOBAL): v for k, v in metrics.items() if k.startswith(GLOBAL)})
         if not answer:
             return None
         answered = metrics.get(ANSWERED_ROUND, default_round)
@@ -39,6 +40,12 @@ class RoundAnswers:
             return None
         self.by_round.setdefault(answered, {})[node_id] = (int(metrics.get(HOLDOUT_EXAMPLES, 0)), answer)
         return answered
+
+    @staticmethod
+    def without(metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """`metrics` less any answer they carry (its `global_*` metrics, hold-out size and round)."""
+        answer_keys = (ANSWERED_ROUND, HOLDOUT_EXAMPLES)
+        return {k: v for k, v in metrics.items() if not k.startswith(GLOBAL) and k not in answer_keys}
 
     def add_updates(self, updates: list[SiteUpdate], rnd: int) -> set[int]:
         """Round `rnd`'s train replies: the rounds whose evaluation they added to."""

@@ -127,7 +127,8 @@ class _CappedSleeps(ModuleType):
 
 def run_supernode(argv: list[str]) -> int:
     """`flower-supernode` with its polling waits capped: a round's message is picked up within 0.2 s
-    of reaching the SuperLink (0.05 s while it is due, after a reply), not up to 3 s later. Only the SuperNode's loop module is touched."""
+    of reaching the SuperLink (0.05 s while it is due, after a reply), not up to 3 s later. Only the
+    SuperNode's loop module is touched."""
     check_flower_version()
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli import flower_supernode

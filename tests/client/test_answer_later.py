@@ -31,6 +31,18 @@ def later() -> Iterator[None]:
     LATER.enabled, LATER.job, LATER.pending = False, None, None
 
 
+@pytest.fixture
+def kept_answer(later, make_site, train_message, site_context) -> Path:
+    """A DP site that trained round 1, replied, and has its answer charged and kept; its site TOML."""
+    cfg = _round_one(make_site, train_message, site_context)
+    _after_reply()
+    return cfg
+
+
+def _kept(cfg: Path) -> Path:
+    return cfg.parent / "state" / "pending_answer.json"
+
+
 def _metrics(reply: Message) -> dict:
     assert not reply.has_error(), reply.error.reason
     return dict(reply_parts(reply.content).metrics)
@@ -168,13 +180,10 @@ def test_a_failed_answer_sends_nothing_and_the_next_round_trains(
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.usefixtures("later")
 def test_a_runtime_started_after_the_charge_sends_the_kept_answer_once(
-    make_site, train_message, site_context, site_ledger
+    kept_answer: Path, train_message, site_context, site_ledger
 ) -> None:
-    cfg = _round_one(make_site, train_message, site_context)
-    _after_reply()
-    kept = cfg.parent / "state" / "pending_answer.json"
+    cfg, kept = kept_answer, _kept(kept_answer)
     # On disk: the numbers the next reply carries and which run and round they answer, nothing else.
     on_disk = json.loads(kept.read_text())
     assert set(on_disk) == {"run_id", "answered_round", "answer", "holdout_examples"}
@@ -204,3 +213,24 @@ def test_a_kept_answer_file_that_is_not_one_is_never_sent(tmp_path: Path, forged
     LATER.pending = None
     assert LATER.take("run-test", kept=kept) is None
     assert not kept.exists()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_round_refused_by_the_budget_keeps_the_answer_for_a_later_reply(
+    kept_answer: Path, train_message, site_context, site_ledger
+) -> None:
+    """Taken only once the round has trained: a round refused half-way does not swallow the kept answer."""
+    from dataclasses import replace
+
+    from common.config import load_site_config
+
+    cfg, kept = kept_answer, _kept(kept_answer)
+    spent = site_ledger(cfg)[-1]["epsilon_total"]
+    site = load_site_config(cfg)
+    tight = replace(site, privacy=replace(site.privacy, budget_epsilon=spent + 0.01))
+    cfg.write_text(tight.to_toml(defaults=True))
+    refused = handle_train(train_message(2), site_context(cfg))  # round 2 cannot fit: refused in the ledger
+    assert refused.has_error() and kept.exists()
+    cfg.write_text(site.to_toml(defaults=True))
+    second = _metrics(handle_train(train_message(2), site_context(cfg)))
+    assert second[ANSWERED_ROUND] == 0 and not kept.exists()

@@ -61,3 +61,15 @@ def test_the_final_evaluation_files_the_late_answers_apart() -> None:
     assert final["sites"] == 2 and final["eval_loss"] == pytest.approx(1.5)
     assert not any(k.startswith("global_") or k in (ANSWERED_ROUND, "holdout-examples") for k in final)
     assert answers.summary(1)["sites"] == 2 and answers.summary(1)["eval_loss"] == pytest.approx(5.5)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), True, "5.0"])
+def test_an_answer_value_that_is_not_a_finite_number_never_reaches_the_averages(poison: object) -> None:
+    """A final evaluation's reply is not gated like a train reply: its late answer is filtered here."""
+    answers = RoundAnswers()
+    metrics = _answer(2.0, 10, answered=1) | {"global_eval_loss": poison}
+    assert answers.add(7, metrics, default_round=1, latest=1) == 1  # the finite part stays
+    summary = answers.summary(1)
+    assert "eval_loss" not in summary and summary["eval_loss_noise_std"] == pytest.approx(0.1)
+    only_poison = {"global_eval_loss": poison, ANSWERED_ROUND: 1, "holdout-examples": 10}
+    assert RoundAnswers().add(7, only_poison, default_round=1, latest=1) is None
